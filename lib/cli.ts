@@ -1,0 +1,262 @@
+#!/usr/bin/env node
+// Command line: start the proxy, check a target against the rules, validate a rules file.
+import { readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { parseListen, type Config } from './config.js'
+import { admit } from './gate.js'
+import { formatIp, classifyIp, parseIp } from './ip.js'
+import { createLogger, LOG_LEVELS, type LogLevel } from './log.js'
+import type { Mode, RuleError } from './policy.js'
+import { createLookup } from './resolve.js'
+import { loadRulesFile, watchRulesFile, type Overrides } from './rules-file.js'
+import { createProxy, selfAddresses } from './server.js'
+import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './target.js'
+
+const MIN_NODE = [20, 19, 2]
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
+
+const HELP: Record<string, string> = {
+  main: `proxy-gate ${VERSION}: an egress allowlist proxy for containers
+
+usage: proxy-gate <command> [options]
+
+commands:
+  start      run the proxy with the rules in rules.json
+  check      say whether a target is allowed, and why
+  validate   check a rules file and list every problem
+
+Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
+  start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
+
+Runs the proxy. It reloads the rules when the file changes or on SIGHUP (a bad file is
+reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
+
+  --rules FILE         rules file (default: ./rules.json)
+  --listen HOST:PORT   listener address, overrides "listen" (default 127.0.0.1:3128)
+  --mode MODE          enforce (deny what the rules do not allow) or report (allow, log wouldDeny)
+  --log-level L        error, warn, info (default), debug or silent
+  --log-format F       json (default when stdout is not a terminal) or pretty
+  --insecure-open      allow listening on a non-loopback address (anyone who can reach it can use the proxy)`,
+  check: `usage: proxy-gate check TARGET [--rules FILE]
+
+TARGET is host:port (as in CONNECT) or a URL (http://host/..., https://host/...).
+Prints allow or deny, the rule, and for names the resolved addresses and the address guard's
+verdict. Exit status: 0 allowed, 1 denied, 2 error.`,
+  validate: `usage: proxy-gate validate [--rules FILE]
+
+Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.`,
+}
+
+const OPTIONS = {
+  rules: { type: 'string', default: 'rules.json' },
+  listen: { type: 'string' },
+  mode: { type: 'string' },
+  'log-level': { type: 'string', default: 'info' },
+  'log-format': { type: 'string' },
+  'insecure-open': { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false },
+  version: { type: 'boolean', short: 'v', default: false },
+} satisfies ParseArgsConfig['options']
+
+type Values = { [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K] extends { type: 'boolean' } ? boolean : string | undefined }
+
+function printErrors(file: string, errors: readonly RuleError[]): void {
+  console.error(`${file}: ${errors.length} problem${errors.length === 1 ? '' : 's'}`)
+  for (const e of errors) console.error(`  ${e.path} ${e.entry}: ${e.message}`)
+}
+
+function nodeTooOld(): boolean {
+  const have = process.versions.node.split('.').map(Number)
+  for (let i = 0; i < 3; i++) if ((have[i] ?? 0) !== MIN_NODE[i]) return (have[i] ?? 0) < (MIN_NODE[i] ?? 0)
+  return false
+}
+
+function isLoopback(host: string): boolean {
+  const ip = parseIp(host)
+  return ip !== undefined && classifyIp(ip)?.kind === 'loopback'
+}
+
+function overridesFrom(values: Values): Result<Overrides> {
+  const overrides: { listen?: Config['listen']; mode?: Mode } = {}
+  if (values.listen !== undefined) {
+    const listen = parseListen(values.listen)
+    if (!listen.ok) return { ok: false, error: `--listen: ${listen.error}` }
+    overrides.listen = listen.value
+  }
+  if (values.mode !== undefined) {
+    if (values.mode !== 'enforce' && values.mode !== 'report') return { ok: false, error: '--mode must be enforce or report' }
+    overrides.mode = values.mode
+  }
+  return { ok: true, value: overrides }
+}
+
+/** Exposure rules for the listener: open listeners need consent, report mode stays local. */
+function listenProblem(config: Config, insecureOpen: boolean): string | undefined {
+  if (isLoopback(config.listen.host)) return undefined
+  if (config.mode === 'report') return `report mode lets everything through, so it only runs on a loopback listener (not ${config.listen.host})`
+  if (!insecureOpen) return `listening on ${config.listen.host} lets anyone who can reach it use the proxy; pass --insecure-open to do it anyway`
+  return undefined
+}
+
+async function start(values: Values): Promise<number> {
+  if (nodeTooOld()) {
+    console.error(`proxy-gate needs Node.js ${MIN_NODE.join('.')} or newer (this is ${process.versions.node}): older 20.x releases have a request-smuggling flaw`)
+    return 2
+  }
+  const level = values['log-level'] as LogLevel
+  if (!LOG_LEVELS.includes(level)) return usageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}`)
+  const format = values['log-format'] ?? (process.stdout.isTTY ? 'pretty' : 'json')
+  if (format !== 'json' && format !== 'pretty') return usageError('--log-format must be json or pretty')
+  const overrides = overridesFrom(values)
+  if (!overrides.ok) return usageError(overrides.error)
+  const file = resolve(values.rules ?? 'rules.json')
+  const loaded = loadRulesFile(file, overrides.value)
+  if (!loaded.ok) {
+    printErrors(file, loaded.errors)
+    console.error('proxy-gate did not start: fix the rules file (see "proxy-gate validate")')
+    return 1
+  }
+  const problem = listenProblem(loaded.value, values['insecure-open'])
+  if (problem) {
+    console.error(`proxy-gate did not start: ${problem}`)
+    return 1
+  }
+  const log = createLogger({ level, format })
+  process.on('uncaughtException', (error) => log.error('uncaught exception', { error: error.stack }))
+  process.on('unhandledRejection', (error) => log.error('unhandled rejection', { error: error instanceof Error ? error.stack : String(error) }))
+  const proxy = createProxy({ config: loaded.value, log })
+  let address
+  try {
+    address = await proxy.listen()
+  } catch (error) {
+    console.error(`proxy-gate did not start: cannot listen on ${loaded.value.listen.host}:${loaded.value.listen.port}: ${(error as Error).message}`)
+    return 1
+  }
+  const { policy, mode } = loaded.value
+  if (!isLoopback(address.address)) log.warn('listening on a non-loopback address: anyone who can reach it can use this proxy', { address: address.address })
+  log.info('listening', { url: `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`, rules: file, allow: policy.allow.length, deny: policy.deny.length, mode })
+
+  const reload = (why: string): void => {
+    const next = loadRulesFile(file, overrides.value)
+    if (!next.ok) {
+      log.error('reload failed: keeping the previous rules', { rules: file, trigger: why, errors: next.errors.map((e) => `${e.path} ${e.entry}: ${e.message}`) })
+      return
+    }
+    const listen = next.value.listen
+    if (listen.host !== loaded.value.listen.host || listen.port !== loaded.value.listen.port) log.warn('"listen" changed: restart proxy-gate to apply it')
+    const outcome = proxy.reload(next.value)
+    log.info('reloaded', { rules: file, trigger: why, allow: next.value.policy.allow.length, deny: next.value.policy.deny.length, ...outcome })
+  }
+  const watcher = watchRulesFile(file, () => reload('file changed'))
+  process.on('SIGHUP', () => reload('SIGHUP'))
+  await new Promise<void>((done) => {
+    const stop = (signal: string): void => {
+      log.info('shutting down', { signal, open: proxy.open.size })
+      watcher.close()
+      void proxy.shutdown().then(done)
+    }
+    process.once('SIGINT', () => stop('SIGINT'))
+    process.once('SIGTERM', () => stop('SIGTERM'))
+  })
+  log.info('stopped')
+  return 0
+}
+
+function parseCheckTarget(text: string): Result<Target> {
+  const https = /^https:\/\/([^/?#]*)/i.exec(text)
+  if (https) {
+    if ((https[1] ?? '').includes('@')) return { ok: false, error: 'URL contains userinfo ("@")' }
+    return parseAuthority(https[1] ?? '', 443)
+  }
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
+    const url = parseAbsoluteUrl(text)
+    return url.ok ? { ok: true, value: url.value.target } : url
+  }
+  return parseAuthority(text)
+}
+
+async function check(values: Values, positional: string[]): Promise<number> {
+  const [text] = positional
+  if (text === undefined || positional.length > 1) return usageError('check takes one TARGET (host:port or URL)')
+  const target = parseCheckTarget(text)
+  if (!target.ok) {
+    console.error(`bad target: ${target.error}`)
+    return 2
+  }
+  const file = resolve(values.rules ?? 'rules.json')
+  const loaded = loadRulesFile(file)
+  if (!loaded.ok) {
+    printErrors(file, loaded.errors)
+    return 2
+  }
+  const config = loaded.value
+  const ctx = { mode: config.mode, self: selfAddresses({ address: config.listen.host, port: config.listen.port }) }
+  const admission = await admit({ policy: config.policy, ctx, lookup: createLookup(config.dns) }, target.value)
+  console.log(`target:   ${formatTarget(target.value)}`)
+  if (admission.kind === 'failed') {
+    console.log(`error:    ${admission.reply.details}`)
+    return 2
+  }
+  const { decision, resolved } = admission
+  if (resolved) console.log(`resolved: ${resolved.map(formatIp).join(', ')}`)
+  if (resolved || target.value.host.kind === 'ip') {
+    const guard = decision.reason === 'address-prohibited' || decision.reason === 'self-connection' ? `refused (${decision.detail})` : 'every address passed'
+    console.log(`guard:    ${decision.reason === 'deny-rule' || decision.reason === 'no-rule' ? 'not reached' : guard}`)
+  }
+  console.log(`decision: ${decision.verdict}${decision.wouldDeny ? ' (report mode: enforce would deny)' : ''}`)
+  console.log(`rule:     ${decision.rule ? `${decision.rule.list}[${decision.rule.index}] ${decision.rule.text}` : '(none)'}`)
+  console.log(`why:      ${decision.detail}`)
+  if (decision.verdict === 'deny' && decision.suggestion) console.log(`fix:      add to "allow" in rules.json: ${decision.suggestion}`)
+  return decision.verdict === 'allow' ? 0 : 1
+}
+
+function validate(values: Values): number {
+  const file = resolve(values.rules ?? 'rules.json')
+  const loaded = loadRulesFile(file)
+  if (!loaded.ok) {
+    printErrors(file, loaded.errors)
+    return 1
+  }
+  const { policy, bypass } = loaded.value
+  console.log(`${file}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
+  return 0
+}
+
+function usageError(message: string): number {
+  console.error(`proxy-gate: ${message}`)
+  return 2
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let parsed
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })
+  } catch (error) {
+    return usageError(`${(error as Error).message} (see --help)`)
+  }
+  const values = parsed.values as Values
+  const [command, ...rest] = parsed.positionals
+  if (values.version) {
+    console.log(VERSION)
+    return 0
+  }
+  if (values.help || command === undefined || command === 'help') {
+    console.log(HELP[command === undefined || command === 'help' ? 'main' : command] ?? HELP.main)
+    return command === undefined && !values.help ? 2 : 0
+  }
+  if (command === 'start' && rest.length === 0) return start(values)
+  if (command === 'check') return check(values, rest)
+  if (command === 'validate' && rest.length === 0) return validate(values)
+  return usageError(`unknown command or extra arguments: ${parsed.positionals.join(' ')} (see --help)`)
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code
+  },
+  (error: unknown) => {
+    console.error(error)
+    process.exitCode = 2
+  },
+)

@@ -1,0 +1,189 @@
+// rules.json as a value: validates the whole file (listen, mode, limits, dns, bypass) and hands
+// allow/deny to the policy. Pure: the caller reads the file.
+import { formatIp, parseIp, type Ip } from './ip.js'
+import { compilePolicy, parseBypass, type HostPattern, type Mode, type Policy, type RuleError } from './policy.js'
+import { parseAuthority, type Result } from './target.js'
+
+export interface Limits {
+  /** time for a client to send a complete request head */
+  readonly headerTimeoutMs: number
+  /** time for a client to send a whole request, body included */
+  readonly requestTimeoutMs: number
+  readonly keepAliveTimeoutMs: number
+  /** TCP connect to the upstream */
+  readonly connectTimeoutMs: number
+  /** time to wait for the upstream's response head on plain HTTP */
+  readonly upstreamHeadersTimeoutMs: number
+  readonly tunnelIdleTimeoutMs: number
+  readonly tunnelMaxLifetimeMs: number
+  readonly maxConnections: number
+  readonly maxHeaderBytes: number
+  readonly maxHeaderCount: number
+  readonly shutdownGraceMs: number
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  headerTimeoutMs: 10_000,
+  requestTimeoutMs: 300_000,
+  keepAliveTimeoutMs: 5_000,
+  connectTimeoutMs: 10_000,
+  upstreamHeadersTimeoutMs: 300_000,
+  tunnelIdleTimeoutMs: 300_000,
+  tunnelMaxLifetimeMs: 86_400_000,
+  maxConnections: 4_096,
+  maxHeaderBytes: 16_384,
+  maxHeaderCount: 200,
+  shutdownGraceMs: 10_000,
+}
+
+export interface DnsServer {
+  readonly ip: Ip
+  readonly port: number
+}
+
+export interface DnsConfig {
+  /** empty: the system resolver configuration */
+  readonly servers: readonly DnsServer[]
+  readonly timeoutMs: number
+  /** most names kept in the answer cache */
+  readonly cacheSize: number
+}
+
+export interface Listen {
+  readonly host: string
+  readonly port: number
+}
+
+export interface Config {
+  readonly listen: Listen
+  readonly mode: Mode
+  readonly policy: Policy
+  readonly bypass: readonly HostPattern[]
+  readonly dns: DnsConfig
+  readonly limits: Limits
+}
+
+export const DEFAULT_LISTEN: Listen = { host: '127.0.0.1', port: 3128 }
+const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits']
+const DNS_KEYS = ['servers', 'timeoutMs', 'cacheSize']
+
+type Errors = RuleError[]
+
+function err(errors: Errors, path: string, value: unknown, message: string): void {
+  errors.push({ path, entry: JSON.stringify(value) ?? String(value), message })
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+function unknownKeys(errors: Errors, path: string, obj: Record<string, unknown>, allowed: readonly string[]): void {
+  for (const key of Object.keys(obj)) {
+    if (!allowed.includes(key)) err(errors, path === '' ? key : `${path}.${key}`, obj[key], `unknown key "${key}" (allowed: ${allowed.join(', ')})`)
+  }
+}
+
+/** `HOST:PORT` for a listener: an IP literal or localhost, port 0-65535 (0 picks a free port). */
+export function parseListen(text: string): Result<Listen> {
+  const ephemeral = text.endsWith(':0')
+  const parsed = ephemeral ? parseAuthority(text.slice(0, -2), 0) : parseAuthority(text)
+  if (!parsed.ok) return parsed
+  const { host, port } = parsed.value
+  if (host.kind === 'name') {
+    return host.name === 'localhost' ? { ok: true, value: { host: '127.0.0.1', port } } : { ok: false, error: 'listen host must be an IP address or localhost' }
+  }
+  return { ok: true, value: { host: formatIp(host.ip), port } }
+}
+
+function parseDnsServer(text: unknown): Result<DnsServer> {
+  if (typeof text !== 'string') return { ok: false, error: 'a DNS server must be a string "IP" or "IP:PORT"' }
+  const ip = parseIp(text)
+  if (ip) return { ok: true, value: { ip, port: 53 } }
+  const parsed = parseAuthority(text)
+  if (!parsed.ok) return parsed
+  if (parsed.value.host.kind !== 'ip') return { ok: false, error: 'a DNS server must be an IP address' }
+  return { ok: true, value: { ip: parsed.value.host.ip, port: parsed.value.port } }
+}
+
+function parseDns(errors: Errors, value: unknown): DnsConfig {
+  const dns = { servers: [] as DnsServer[], timeoutMs: 5_000, cacheSize: 10_000 }
+  if (value === undefined) return dns
+  if (!isObject(value)) {
+    err(errors, 'dns', value, '"dns" must be an object')
+    return dns
+  }
+  unknownKeys(errors, 'dns', value, DNS_KEYS)
+  if (value.servers !== undefined) {
+    if (!Array.isArray(value.servers)) err(errors, 'dns.servers', value.servers, 'must be an array')
+    else
+      value.servers.forEach((s: unknown, i: number) => {
+        const server = parseDnsServer(s)
+        if (server.ok) dns.servers.push(server.value)
+        else err(errors, `dns.servers[${i}]`, s, server.error)
+      })
+  }
+  dns.timeoutMs = positiveInt(errors, 'dns.timeoutMs', value.timeoutMs, dns.timeoutMs)
+  dns.cacheSize = positiveInt(errors, 'dns.cacheSize', value.cacheSize, dns.cacheSize)
+  return dns
+}
+
+function positiveInt(errors: Errors, path: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) {
+    err(errors, path, value, 'must be a positive whole number')
+    return fallback
+  }
+  return value
+}
+
+function parseLimits(errors: Errors, value: unknown): Limits {
+  if (value === undefined) return DEFAULT_LIMITS
+  if (!isObject(value)) {
+    err(errors, 'limits', value, '"limits" must be an object')
+    return DEFAULT_LIMITS
+  }
+  const keys = Object.keys(DEFAULT_LIMITS) as Array<keyof Limits>
+  unknownKeys(errors, 'limits', value, keys)
+  const limits = { ...DEFAULT_LIMITS }
+  for (const key of keys) limits[key] = positiveInt(errors, `limits.${key}`, value[key], DEFAULT_LIMITS[key])
+  return limits
+}
+
+function parseBypassList(errors: Errors, value: unknown): HostPattern[] {
+  if (value === undefined) return []
+  if (!Array.isArray(value)) {
+    err(errors, 'bypass', value, '"bypass" must be an array')
+    return []
+  }
+  const patterns: HostPattern[] = []
+  value.forEach((entry: unknown, i: number) => {
+    const pattern = parseBypass(entry)
+    if (pattern.ok) patterns.push(pattern.value)
+    else err(errors, `bypass[${i}]`, entry, pattern.error)
+  })
+  return patterns
+}
+
+export type ConfigResult = { ok: true; value: Config } | { ok: false; errors: RuleError[] }
+
+/** Validates a parsed rules.json. Every problem is reported with its path, the entry and why. */
+export function parseConfig(json: unknown): ConfigResult {
+  if (!isObject(json)) return { ok: false, errors: [{ path: '(top level)', entry: JSON.stringify(json) ?? '', message: 'rules file must be a JSON object' }] }
+  const errors: Errors = []
+  unknownKeys(errors, '', json, TOP_KEYS)
+  let listen = DEFAULT_LISTEN
+  if (json.listen !== undefined) {
+    const parsed = typeof json.listen === 'string' ? parseListen(json.listen) : { ok: false as const, error: 'must be a string "HOST:PORT"' }
+    if (parsed.ok) listen = parsed.value
+    else err(errors, 'listen', json.listen, parsed.error)
+  }
+  const mode = json.mode ?? 'enforce'
+  if (mode !== 'enforce' && mode !== 'report') err(errors, 'mode', mode, 'must be "enforce" or "report"')
+  const policy = compilePolicy({ allow: json.allow, deny: json.deny })
+  if (!policy.ok) errors.push(...(policy.errors ?? []))
+  const bypass = parseBypassList(errors, json.bypass)
+  const dns = parseDns(errors, json.dns)
+  const limits = parseLimits(errors, json.limits)
+  if (errors.length > 0 || !policy.ok) return { ok: false, errors }
+  return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits } }
+}

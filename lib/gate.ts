@@ -1,0 +1,38 @@
+// The decide stage of every route: rules first (no DNS for names no rule allows), then one
+// resolution and the address guard. Owns the I/O the pure policy must not do.
+import type { Ip } from './ip.js'
+import { decideAddresses, decideTarget, type Decision, type DecisionContext, type Policy } from './policy.js'
+import { DnsFailure, type Lookup } from './resolve.js'
+import { reply, type ProxyReply } from './respond.js'
+import { formatTarget, type Target } from './target.js'
+
+export interface Gate {
+  readonly policy: Policy
+  readonly ctx: DecisionContext
+  readonly lookup: Lookup
+}
+
+export type Admission =
+  | { readonly kind: 'decided'; readonly decision: Decision; readonly resolved: readonly Ip[] | undefined }
+  | { readonly kind: 'failed'; readonly reply: ProxyReply }
+
+export async function admit(gate: Gate, target: Target): Promise<Admission> {
+  const first = decideTarget(gate.policy, gate.ctx, target)
+  if (first.verdict !== 'resolve') return { kind: 'decided', decision: first, resolved: undefined }
+  let resolved: Ip[]
+  try {
+    resolved = await gate.lookup(target.host.kind === 'name' ? target.host.name : '')
+  } catch (error) {
+    if (!(error instanceof DnsFailure)) throw error
+    const status = error.type === 'dns_timeout' ? 504 : 502
+    return { kind: 'failed', reply: reply(status, error.type, error.message, `cannot reach ${formatTarget(target)}: ${error.message}`) }
+  }
+  return { kind: 'decided', decision: decideAddresses(gate.policy, gate.ctx, target, first, resolved), resolved }
+}
+
+/** Re-decides an open connection under new rules, with the addresses it was admitted on. */
+export function redecide(gate: Gate, target: Target, resolved: readonly Ip[] | undefined): Decision {
+  const first = decideTarget(gate.policy, gate.ctx, target)
+  if (first.verdict !== 'resolve') return first
+  return decideAddresses(gate.policy, gate.ctx, target, first, resolved ?? [])
+}

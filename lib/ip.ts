@@ -1,0 +1,199 @@
+// IP addresses and CIDR ranges as numbers, and the table of special-purpose ranges
+// that an egress proxy must never reach unless a rule names them. Pure: no I/O.
+import { isIPv4, isIPv6 } from 'node:net'
+
+export type Family = 4 | 6
+
+/** An address in canonical form: IPv4-mapped IPv6 (::ffff:a.b.c.d) is stored as IPv4. */
+export interface Ip {
+  readonly family: Family
+  readonly value: bigint
+}
+
+export interface Cidr {
+  readonly family: Family
+  readonly base: bigint
+  readonly prefix: number
+}
+
+const BITS: Record<Family, number> = { 4: 32, 6: 128 }
+const MAPPED_PREFIX = 0xffffn << 32n
+
+function parseV4(text: string): bigint {
+  return text.split('.').reduce((acc, part) => (acc << 8n) | BigInt(Number(part)), 0n)
+}
+
+function parseV6(text: string): bigint {
+  let head = text
+  let tailV4: bigint | undefined
+  const lastColon = text.lastIndexOf(':')
+  if (text.includes('.', lastColon)) {
+    tailV4 = parseV4(text.slice(lastColon + 1))
+    head = text.slice(0, lastColon + 1) + '0:0'
+  }
+  const [left, right] = head.split('::') as [string, string | undefined]
+  const leftGroups = left === '' ? [] : left.split(':')
+  const rightGroups = right === undefined || right === '' ? [] : right.split(':')
+  const missing = 8 - leftGroups.length - rightGroups.length
+  const groups = [...leftGroups, ...Array<string>(right === undefined ? 0 : missing).fill('0'), ...rightGroups]
+  let value = groups.reduce((acc, g) => (acc << 16n) | BigInt(parseInt(g, 16)), 0n)
+  if (tailV4 !== undefined) value = (value & ~0xffffffffn) | tailV4
+  return value
+}
+
+/**
+ * Parses a strict IP literal: dotted-quad IPv4 without leading zeros, or IPv6 without a zone
+ * and without brackets. Lenient spellings (127.1, 0x7f.0.0.1, 2130706433) are not IPs here.
+ */
+export function parseIp(text: string): Ip | undefined {
+  if (isIPv4(text)) return { family: 4, value: parseV4(text) }
+  if (!isIPv6(text) || text.includes('%')) return undefined
+  const value = parseV6(text)
+  if (value >> 32n === 0xffffn) return { family: 4, value: value & 0xffffffffn }
+  return { family: 6, value }
+}
+
+export function formatIp(ip: Ip): string {
+  if (ip.family === 4) {
+    return [24n, 16n, 8n, 0n].map((s) => String((ip.value >> s) & 0xffn)).join('.')
+  }
+  const groups = Array.from({ length: 8 }, (_, i) => Number((ip.value >> BigInt(112 - 16 * i)) & 0xffffn))
+  let bestStart = -1
+  let bestLen = 1
+  for (let i = 0; i < 8; ) {
+    let j = i
+    while (j < 8 && groups[j] === 0) j++
+    if (j - i > bestLen) [bestStart, bestLen] = [i, j - i]
+    i = j === i ? i + 1 : j
+  }
+  const hex = groups.map((g) => g.toString(16))
+  if (bestStart < 0) return hex.join(':')
+  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`
+}
+
+/** How an IPv6 address with an IPv4-mapped prefix would look before canonicalisation. */
+export function isMappedValue(value: bigint): boolean {
+  return value >> 32n === MAPPED_PREFIX >> 32n
+}
+
+function mask(family: Family, prefix: number): bigint {
+  const bits = BITS[family]
+  return ((1n << BigInt(bits)) - 1n) ^ ((1n << BigInt(bits - prefix)) - 1n)
+}
+
+/** Parses `a.b.c.d/n`, `x::y/n` or a single address (a /32 or /128). Returns an error text on failure. */
+export function parseCidr(text: string): Cidr | string {
+  const slash = text.indexOf('/')
+  const addrText = slash < 0 ? text : text.slice(0, slash)
+  const prefixText = slash < 0 ? undefined : text.slice(slash + 1)
+  if (isIPv6(addrText) && !addrText.includes('%') && isMappedValue(parseV6(addrText))) {
+    return 'IPv4-mapped IPv6 ranges are not accepted: write the IPv4 form'
+  }
+  const ip = parseIp(addrText)
+  if (!ip) return `"${addrText}" is not an IP address (IPv4 dotted quad without leading zeros, or IPv6)`
+  const bits = BITS[ip.family]
+  if (prefixText === undefined) return { family: ip.family, base: ip.value, prefix: bits }
+  if (!/^(0|[1-9][0-9]{0,2})$/.test(prefixText) || Number(prefixText) > bits) {
+    return `prefix length "/${prefixText}" must be a number from 0 to ${bits}`
+  }
+  const prefix = Number(prefixText)
+  const base = ip.value & mask(ip.family, prefix)
+  if (base !== ip.value) {
+    return `host bits are set: did you mean ${formatIp({ family: ip.family, value: base })}/${prefix}?`
+  }
+  return { family: ip.family, base, prefix }
+}
+
+export function cidrContains(cidr: Cidr, ip: Ip): boolean {
+  return cidr.family === ip.family && (ip.value & mask(cidr.family, cidr.prefix)) === cidr.base
+}
+
+export function formatCidr(cidr: Cidr): string {
+  const addr = formatIp({ family: cidr.family, value: cidr.base })
+  return cidr.prefix === BITS[cidr.family] ? addr : `${addr}/${cidr.prefix}`
+}
+
+/** True when every address of `inner` lies inside `outer`. */
+export function cidrWithin(inner: Cidr, outer: Cidr): boolean {
+  return inner.family === outer.family && inner.prefix >= outer.prefix && cidrContains(outer, { family: inner.family, value: inner.base })
+}
+
+export type SpecialKind =
+  | 'unspecified'
+  | 'loopback'
+  | 'private'
+  | 'cgnat'
+  | 'link-local'
+  | 'metadata'
+  | 'ula'
+  | 'multicast'
+  | 'broadcast'
+  | 'documentation'
+  | 'reserved'
+  | 'ipv6-embedding'
+
+export interface SpecialRange {
+  readonly cidr: Cidr
+  readonly kind: SpecialKind
+  readonly label: string
+}
+
+/** Kinds that a name rule with `"private": true` may reach; everything else needs an IP rule. */
+export const PRIVATE_KINDS: ReadonlySet<SpecialKind> = new Set(['private', 'ula', 'cgnat'])
+
+const SPECIAL_TABLE: Array<[string, SpecialKind, string]> = [
+  ['0.0.0.0/8', 'unspecified', '"this network" (0.0.0.0/8)'],
+  ['10.0.0.0/8', 'private', 'private network (RFC 1918)'],
+  ['100.64.0.0/10', 'cgnat', 'carrier-grade NAT (100.64.0.0/10)'],
+  ['100.100.100.200', 'metadata', 'cloud metadata service (Alibaba)'],
+  ['127.0.0.0/8', 'loopback', 'loopback'],
+  ['169.254.0.0/16', 'link-local', 'link-local (169.254.0.0/16)'],
+  ['169.254.169.254', 'metadata', 'cloud metadata service'],
+  ['169.254.170.2', 'metadata', 'cloud metadata service (ECS)'],
+  ['168.63.129.16', 'metadata', 'cloud platform service (Azure WireServer)'],
+  ['172.16.0.0/12', 'private', 'private network (RFC 1918)'],
+  ['192.0.0.0/24', 'reserved', 'IETF protocol assignments (192.0.0.0/24)'],
+  ['192.0.0.192', 'metadata', 'cloud metadata service (Oracle)'],
+  ['192.0.2.0/24', 'documentation', 'documentation range (TEST-NET-1)'],
+  ['192.88.99.0/24', 'reserved', 'deprecated 6to4 relay anycast'],
+  ['192.168.0.0/16', 'private', 'private network (RFC 1918)'],
+  ['198.18.0.0/15', 'reserved', 'benchmarking range (198.18.0.0/15)'],
+  ['198.51.100.0/24', 'documentation', 'documentation range (TEST-NET-2)'],
+  ['203.0.113.0/24', 'documentation', 'documentation range (TEST-NET-3)'],
+  ['224.0.0.0/4', 'multicast', 'multicast'],
+  ['240.0.0.0/4', 'reserved', 'reserved (240.0.0.0/4)'],
+  ['255.255.255.255', 'broadcast', 'broadcast'],
+  ['::/128', 'unspecified', 'unspecified (::)'],
+  ['::1/128', 'loopback', 'loopback (::1)'],
+  ['::/8', 'reserved', 'reserved IPv6 (::/8, includes IPv4-compatible addresses)'],
+  ['64:ff9b::/96', 'ipv6-embedding', 'NAT64 (64:ff9b::/96) embeds an IPv4 address'],
+  ['64:ff9b:1::/48', 'ipv6-embedding', 'local-use NAT64 (64:ff9b:1::/48) embeds an IPv4 address'],
+  ['100::/64', 'reserved', 'discard-only (100::/64)'],
+  ['2001::/23', 'reserved', 'IETF protocol assignments (2001::/23)'],
+  ['2001::/32', 'ipv6-embedding', 'Teredo (2001::/32) embeds an IPv4 address'],
+  ['2001:db8::/32', 'documentation', 'documentation range (2001:db8::/32)'],
+  ['2002::/16', 'ipv6-embedding', '6to4 (2002::/16) embeds an IPv4 address'],
+  ['3fff::/20', 'documentation', 'documentation range (3fff::/20)'],
+  ['fc00::/7', 'ula', 'unique local address (fc00::/7)'],
+  ['fd00:ec2::254', 'metadata', 'cloud metadata service (AWS IPv6)'],
+  ['fe80::/10', 'link-local', 'link-local (fe80::/10)'],
+  ['fec0::/10', 'reserved', 'deprecated site-local (fec0::/10)'],
+  ['ff00::/8', 'multicast', 'multicast'],
+]
+
+// Most specific first, so a metadata host inside a larger range reports as metadata.
+const SPECIAL: readonly SpecialRange[] = SPECIAL_TABLE.map(([text, kind, label]) => {
+  const cidr = parseCidr(text)
+  if (typeof cidr === 'string') throw new Error(`bad special range ${text}: ${cidr}`)
+  return { cidr, kind, label }
+}).sort((a, b) => b.cidr.prefix - a.cidr.prefix)
+
+/** The most specific special-purpose range that holds `ip`, or undefined for a global unicast address. */
+export function classifyIp(ip: Ip): SpecialRange | undefined {
+  return SPECIAL.find((range) => cidrContains(range.cidr, ip))
+}
+
+/** The special range that wholly contains `cidr`, if any: such a rule names special space on purpose. */
+export function specialRangeHolding(cidr: Cidr): SpecialRange | undefined {
+  return SPECIAL.find((range) => cidrWithin(cidr, range.cidr))
+}

@@ -1,0 +1,70 @@
+// Plain HTTP forwarding.
+//   client --GET http://host/path--> check head -> parse URL -> admit -> undici to checked IP (Host = URL authority) -> client
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { pipeline } from 'node:stream/promises'
+import type { Agent } from 'undici'
+import { checkRequestHead, hasBody } from './checks.js'
+import { upstreamFailure } from './dial.js'
+import { admit } from './gate.js'
+import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js'
+import { formatIp } from './ip.js'
+import { denial, reply, replyOnResponse, type ProxyReply } from './respond.js'
+import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { formatHost, formatTarget, parseAbsoluteUrl } from './target.js'
+
+export async function forwardRoute(rt: Runtime, agent: Agent, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
+  const id = rt.nextId()
+  const method = req.method ?? 'GET'
+  const rawTarget = req.url ?? ''
+  const parsed = parseAbsoluteUrl(rawTarget)
+  const refuse = (r: ProxyReply, close: boolean): void => {
+    logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r })
+    replyOnResponse(res, r, close)
+  }
+  const problem = checkRequestHead(req, rt.limits())
+  if (problem) return refuse(problem, true)
+  if (!parsed.ok) return refuse(reply(400, 'http_request_error', `bad request-target: ${parsed.error}`), true)
+  const { target, path } = parsed.value
+  const admission = await admit(rt.gate(), target)
+  if (admission.kind === 'failed') return refuse(admission.reply, hasBody(req))
+  const { decision, resolved } = admission
+  logDecision(rt, { id, req, method, target, rawTarget, decision, resolved })
+  if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, formatTarget(target), decision), hasBody(req))
+  if (expectsContinue) res.writeContinue()
+
+  const ip = decision.dial[0]
+  if (ip === undefined) throw new Error('allowed decision without an address')
+  const ipText = formatIp(ip)
+  const origin = `http://${formatHost({ kind: 'ip', ip })}:${target.port}`
+  const authority = target.port === 80 ? formatHost(target.host) : formatTarget(target)
+  const abort = new AbortController()
+  const open: OpenConnection = { id, kind: 'forward', target, resolved, close: (reason) => abort.abort(new Error(reason)) }
+  rt.open.add(open)
+  res.on('close', () => {
+    rt.open.delete(open)
+    if (!res.writableFinished) abort.abort(new Error('client went away'))
+  })
+  const started = Date.now()
+  const limits = rt.limits()
+  try {
+    const upstream = await agent.request({
+      origin,
+      path,
+      method,
+      headers: upstreamRequestHeaders(req.rawHeaders, authority),
+      body: hasBody(req) ? req : null,
+      signal: abort.signal,
+      headersTimeout: limits.upstreamHeadersTimeoutMs,
+      bodyTimeout: limits.tunnelIdleTimeoutMs,
+    })
+    res.writeHead(upstream.statusCode, clientResponseHeaders(upstream.headers))
+    await pipeline(upstream.body, res)
+    rt.log.info('closed', { id, kind: 'forward', chosen: ipText, status: upstream.statusCode, durationMs: Date.now() - started })
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).name
+    const failure = upstreamFailure(code, `${ipText}:${target.port}`)
+    rt.log.info('closed', { id, kind: 'forward', chosen: ipText, error: code, durationMs: Date.now() - started })
+    if (!res.headersSent && !res.destroyed) replyOnResponse(res, failure, true)
+    else res.destroy()
+  }
+}

@@ -1,0 +1,75 @@
+// WebSocket and other Upgrade requests, relayed by http-proxy once the gate allows them.
+//   client --GET http://host/ws Upgrade--> check head -> parse URL -> admit -> http-proxy ws to checked IP -> 101 -> relay
+import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
+import type httpProxy from 'http-proxy'
+import { checkRequestHead } from './checks.js'
+import { upstreamFailure } from './dial.js'
+import { admit } from './gate.js'
+import { formatIp } from './ip.js'
+import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
+import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { formatHost, formatTarget, parseAbsoluteUrl } from './target.js'
+
+// Headers that must not reach the upstream; Connection/Upgrade stay, the handshake needs them.
+const STRIP = ['proxy-authorization', 'proxy-connection', 'keep-alive', 'trailer', 'te', 'forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-real-ip']
+
+export async function upgradeRoute(rt: Runtime, proxy: httpProxy, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+  const id = rt.nextId()
+  const method = req.method ?? 'GET'
+  const rawTarget = req.url ?? ''
+  socket.on('error', () => socket.destroy())
+  const parsed = parseAbsoluteUrl(rawTarget)
+  const refuse = (r: ProxyReply): void => {
+    logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r })
+    replyOnSocket(socket, r)
+  }
+  const problem = checkRequestHead(req, rt.limits())
+  if (problem) return refuse(problem)
+  if (!parsed.ok) return refuse(reply(400, 'http_request_error', `bad request-target: ${parsed.error}`))
+  const { target, path } = parsed.value
+  const admission = await admit(rt.gate(), target)
+  if (admission.kind === 'failed') return refuse(admission.reply)
+  const { decision, resolved } = admission
+  logDecision(rt, { id, req, method, target, rawTarget, decision, resolved })
+  if (decision.verdict === 'deny') return replyOnSocket(socket, denial(method, formatTarget(target), decision))
+  if (socket.destroyed) return
+
+  const ip = decision.dial[0]
+  if (ip === undefined) throw new Error('allowed decision without an address')
+  const ipText = formatIp(ip)
+  for (const name of STRIP) delete req.headers[name]
+  req.headers.host = target.port === 80 ? formatHost(target.host) : formatTarget(target)
+  req.url = path
+  const limits = rt.limits()
+  const started = Date.now()
+  const open: OpenConnection = { id, kind: 'upgrade', target, resolved, close: () => socket.destroy() }
+  rt.open.add(open)
+  const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
+  socket.once('close', () => {
+    clearTimeout(lifetime)
+    rt.open.delete(open)
+    rt.log.info('closed', { id, kind: 'upgrade', chosen: ipText, bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
+  })
+  proxy.ws(req, socket, head, { target: { protocol: 'http:', host: ipText, hostname: ipText, port: String(target.port) } }, (error: NodeJS.ErrnoException) => {
+    replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', `${ipText}:${target.port}`))
+  })
+}
+
+/** One http-proxy instance for all upgrades: ties both sockets' lifetimes and the idle timeout together. */
+export function createUpgradeProxy(rt: Runtime, proxyFactory: typeof httpProxy): httpProxy {
+  const proxy = proxyFactory.createProxyServer({ ws: true, xfwd: false, changeOrigin: false })
+  proxy.on('proxyReqWs', (proxyReq, _req, socket) => {
+    proxyReq.setTimeout(rt.limits().connectTimeoutMs, () => proxyReq.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })))
+    proxyReq.on('upgrade', (_res, upstream: Socket) => {
+      proxyReq.setTimeout(0)
+      upstream.setTimeout(rt.limits().tunnelIdleTimeoutMs, () => upstream.destroy())
+      upstream.on('close', () => socket.destroy())
+      socket.on('close', () => upstream.destroy())
+    })
+  })
+  proxy.on('error', (_error, _req, target) => {
+    if ('destroy' in target) target.destroy()
+  })
+  return proxy
+}

@@ -1,0 +1,62 @@
+// What every route needs from the running proxy: the current gate and limits (swapped on
+// reload), the logger, request ids, and the registry of open connections that reload re-decides.
+import type { IncomingMessage } from 'node:http'
+import type { Limits } from './config.js'
+import type { Gate } from './gate.js'
+import { formatIp, type Ip } from './ip.js'
+import type { Logger } from './log.js'
+import type { Decision } from './policy.js'
+import type { ProxyReply } from './respond.js'
+import { formatTarget, type Target } from './target.js'
+
+export interface OpenConnection {
+  readonly id: string
+  readonly kind: 'tunnel' | 'forward' | 'upgrade'
+  readonly target: Target
+  readonly resolved: readonly Ip[] | undefined
+  close(reason: string): void
+}
+
+export interface Runtime {
+  gate(): Gate
+  limits(): Limits
+  readonly log: Logger
+  readonly open: Set<OpenConnection>
+  nextId(): string
+}
+
+export function clientAddress(req: IncomingMessage): string {
+  const { remoteAddress, remotePort } = req.socket
+  return `${remoteAddress ?? '?'}:${remotePort ?? '?'}`
+}
+
+interface DecisionLog {
+  readonly id: string
+  readonly req: IncomingMessage
+  readonly method: string
+  readonly target: Target | undefined
+  readonly rawTarget: string
+  readonly decision?: Decision
+  readonly resolved?: readonly Ip[] | undefined
+  readonly reply?: ProxyReply
+}
+
+/** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
+export function logDecision(rt: Runtime, entry: DecisionLog): void {
+  const { decision, reply } = entry
+  rt.log.info('decision', {
+    id: entry.id,
+    client: clientAddress(entry.req),
+    method: entry.method,
+    target: entry.target ? formatTarget(entry.target) : entry.rawTarget.slice(0, 300),
+    resolved: entry.resolved?.map(formatIp),
+    chosen: decision && decision.verdict === 'allow' ? decision.dial.map(formatIp)[0] : undefined,
+    decision: decision?.verdict ?? 'error',
+    rule: decision?.rule ? `${decision.rule.list}[${decision.rule.index}] ${decision.rule.text}` : undefined,
+    reason: decision?.reason ?? reply?.type,
+    detail: reply?.details ?? decision?.detail,
+    status: reply?.status,
+    mode: rt.gate().ctx.mode,
+    wouldDeny: decision?.wouldDeny ?? false,
+  })
+}

@@ -1,0 +1,161 @@
+// The running proxy: one HTTP listener that routes CONNECT, Upgrade and absolute-form requests,
+// answers its own health check, swaps rules atomically on reload and shuts down gracefully.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo, Socket } from 'node:net'
+import { networkInterfaces } from 'node:os'
+import httpProxy from 'http-proxy'
+import { Agent } from 'undici'
+import type { Config } from './config.js'
+import { redecide, type Gate } from './gate.js'
+import { parseIp, type Ip } from './ip.js'
+import type { Logger } from './log.js'
+import type { SelfAddress } from './policy.js'
+import { createLookup, type Lookup } from './resolve.js'
+import { reply, replyOnResponse, replyOnSocket, type ProxyReply } from './respond.js'
+import { connectRoute } from './route-connect.js'
+import { forwardRoute } from './route-forward.js'
+import { createUpgradeProxy, upgradeRoute } from './route-upgrade.js'
+import type { OpenConnection, Runtime } from './runtime.js'
+import { formatTarget } from './target.js'
+
+export interface ProxyOptions {
+  readonly config: Config
+  readonly log: Logger
+  /** DNS override for tests and embedding; default: the resolver described by config.dns */
+  readonly lookup?: Lookup
+}
+
+export interface ReloadOutcome {
+  readonly closed: number
+  readonly kept: number
+}
+
+export interface Proxy {
+  listen(): Promise<AddressInfo>
+  address(): AddressInfo
+  /** swaps in new rules; open connections the new rules deny are closed */
+  reload(config: Config): ReloadOutcome
+  /** stops accepting, lets open connections finish until the grace period, then closes the rest */
+  shutdown(): Promise<void>
+  readonly open: ReadonlySet<OpenConnection>
+}
+
+/** The addresses a client could use to reach this listener: a destination never allowed. */
+export function selfAddresses(address: { address: string; port: number }): SelfAddress[] {
+  const listen = parseIp(address.address)
+  if (!listen) return []
+  const unspecified = listen.value === 0n
+  const local = unspecified
+    ? Object.values(networkInterfaces())
+        .flat()
+        .map((i) => (i ? parseIp(i.address.split('%')[0] ?? '') : undefined))
+    : []
+  return [listen, ...local].filter((ip): ip is Ip => ip !== undefined).map((ip) => ({ ip, port: address.port }))
+}
+
+function clientErrorReply(error: NodeJS.ErrnoException): ProxyReply {
+  if (error.code === 'HPE_HEADER_OVERFLOW') return reply(431, 'http_request_error', 'request head is larger than the limit')
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return reply(408, 'http_request_error', 'request was not received in time')
+  return reply(400, 'http_request_error', `malformed request (${error.code ?? 'parse error'})`)
+}
+
+export function createProxy(options: ProxyOptions): Proxy {
+  const { log } = options
+  let config = options.config
+  let self: SelfAddress[] = []
+  const makeGate = (c: Config): Gate => ({ policy: c.policy, ctx: { mode: c.mode, self }, lookup: options.lookup ?? createLookup(c.dns) })
+  let gate = makeGate(config)
+  let seq = 0
+  const boot = Date.now().toString(36)
+  const open = new Set<OpenConnection>()
+  const rt: Runtime = { gate: () => gate, limits: () => config.limits, log, open, nextId: () => `${boot}-${(++seq).toString(36)}` }
+  const limits = config.limits
+  const agent = new Agent({ connect: { timeout: limits.connectTimeoutMs }, keepAliveTimeout: 4_000, connections: 256 })
+  const upgradeProxy = createUpgradeProxy(rt, httpProxy)
+
+  const server: Server = createServer({
+    maxHeaderSize: limits.maxHeaderBytes,
+    headersTimeout: limits.headerTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    connectionsCheckingInterval: Math.min(1_000, limits.headerTimeoutMs),
+    insecureHTTPParser: false,
+  })
+  server.maxHeadersCount = 0 // count them ourselves: Node would otherwise drop headers past 2000 silently
+  server.maxConnections = limits.maxConnections
+
+  const guarded = (what: string, fallback: (r: ProxyReply) => void, work: () => Promise<void>): void => {
+    work().catch((error: unknown) => {
+      log.error('internal error', { where: what, error: error instanceof Error ? error.stack : String(error) })
+      fallback(reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
+    })
+  }
+  const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
+    if (req.url?.startsWith('/')) return serveLocal(req, res)
+    guarded('forward', (r) => replyOnResponse(res, r, true), () => forwardRoute(rt, agent, req, res, expectsContinue))
+  }
+  server.on('request', (req, res) => onRequest(req, res, false))
+  server.on('checkContinue', (req, res) => onRequest(req, res, true))
+  server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    guarded('connect', (r) => replyOnSocket(socket, r), () => connectRoute(rt, req, socket, head))
+  })
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    guarded('upgrade', (r) => replyOnSocket(socket, r), () => upgradeRoute(rt, upgradeProxy, req, socket, head))
+  })
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
+    if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+    const r = clientErrorReply(error)
+    log.info('decision', { client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, decision: 'error', reason: r.type, status: r.status, detail: r.details })
+    replyOnSocket(socket, r)
+  })
+
+  function serveLocal(req: IncomingMessage, res: ServerResponse): void {
+    const path = req.url?.split('?')[0]
+    if (path === '/healthz') {
+      res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8' }).end('ok\n')
+      return
+    }
+    replyOnResponse(res, reply(404, 'http_request_error', `${path ?? ''} is not served here; send proxy requests in absolute form (http://host/path) or use CONNECT`), false)
+  }
+
+  return {
+    open,
+    address: () => server.address() as AddressInfo,
+    listen: () =>
+      new Promise((resolve, reject) => {
+        server.once('error', reject)
+        server.listen(config.listen.port, config.listen.host, () => {
+          server.removeListener('error', reject)
+          const address = server.address() as AddressInfo
+          self = selfAddresses(address)
+          gate = makeGate(config)
+          resolve(address)
+        })
+      }),
+    reload(next: Config): ReloadOutcome {
+      config = { ...next, listen: config.listen }
+      gate = makeGate(config)
+      let closed = 0
+      for (const conn of [...open]) {
+        const decision = redecide(gate, conn.target, conn.resolved)
+        if (decision.verdict === 'allow') continue
+        closed++
+        log.info('revoked', { id: conn.id, kind: conn.kind, target: formatTarget(conn.target), reason: decision.reason, detail: decision.detail })
+        conn.close(`rules changed: ${decision.detail}`)
+      }
+      return { closed, kept: open.size - closed }
+    },
+    shutdown: async () => {
+      const closedServer = new Promise<void>((resolve) => server.close(() => resolve()))
+      server.closeIdleConnections()
+      const deadline = setTimeout(() => {
+        for (const conn of open) conn.close('proxy shutting down')
+        server.closeAllConnections()
+      }, config.limits.shutdownGraceMs)
+      await closedServer
+      clearTimeout(deadline)
+      upgradeProxy.close()
+      await agent.close()
+    },
+  }
+}

@@ -1,0 +1,132 @@
+// Strict parsing of where a client wants to go: CONNECT authorities, absolute-form URLs and
+// host names. One grammar for requests and rules, so a check and a dial can never disagree.
+import { domainToASCII, domainToUnicode } from 'node:url'
+import { formatIp, parseIp, type Ip } from './ip.js'
+
+export type Host = { readonly kind: 'name'; readonly name: string } | { readonly kind: 'ip'; readonly ip: Ip }
+
+export interface Target {
+  readonly host: Host
+  readonly port: number
+}
+
+export type Result<T> = { ok: true; value: T } | { ok: false; error: string }
+
+const ok = <T>(value: T): Result<T> => ({ ok: true, value })
+const fail = <T>(error: string): Result<T> => ({ ok: false, error })
+
+const LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/
+// WHATWG and getaddrinfo read a name whose last label is a number as an IPv4 address.
+const NUMERIC_LABEL = /^(?:0x[0-9a-f]*|[0-9]+)$/i
+
+export function hostText(host: Host): string {
+  return host.kind === 'name' ? host.name : formatIp(host.ip)
+}
+
+/** The host as written in an authority or Host header: IPv6 in brackets. */
+export function formatHost(host: Host): string {
+  const text = hostText(host)
+  return text.includes(':') ? `[${text}]` : text
+}
+
+/** `host:port`, with IPv6 in brackets: how targets appear in logs, rules and suggestions. */
+export function formatTarget(target: Target): string {
+  return `${formatHost(target.host)}:${target.port}`
+}
+
+/**
+ * Normalises an ASCII host name: lower case, one trailing dot removed, LDH labels (underscore
+ * allowed). Names that look like numeric IPv4 spellings are refused rather than guessed at.
+ */
+export function normaliseName(text: string): Result<string> {
+  const name = (text.endsWith('.') ? text.slice(0, -1) : text).toLowerCase()
+  if (name === '') return fail('empty host name')
+  if (name.length > 253) return fail('host name longer than 253 characters')
+  const labels = name.split('.')
+  const bad = labels.find((label) => !LABEL.test(label))
+  if (bad !== undefined) {
+    return fail(bad === '' ? `empty label in host name "${text}"` : `invalid host name "${text}": label "${bad}" must be 1-63 letters, digits, "-" or "_", not starting or ending with "-"`)
+  }
+  if (NUMERIC_LABEL.test(labels[labels.length - 1] ?? '')) {
+    return fail(`"${text}" is not a canonical IPv4 address (use four decimal octets without leading zeros)`)
+  }
+  return ok(name)
+}
+
+/**
+ * Like normaliseName, but accepts internationalised names (as written in rules) and converts
+ * them to punycode. Conversion must be lossless: invisible characters that IDNA would silently
+ * drop (soft hyphen, zero-width space) are an error, not a different name.
+ */
+export function normaliseRuleName(text: string): Result<string> {
+  // eslint-disable-next-line no-control-regex
+  if (/^[\x00-\x7f]*$/.test(text)) return normaliseName(text)
+  const ascii = domainToASCII(text)
+  const back = domainToUnicode(ascii)
+  const expected = text.normalize('NFC').toLowerCase().replace(/\.$/, '')
+  if (ascii === '' || back !== expected) return fail(`"${text}" is not a valid internationalised domain name (IDNA would change it)`)
+  return normaliseName(ascii)
+}
+
+/** A host as it appears in an authority: a name, an IPv4 literal, or an IPv6 literal in brackets. */
+export function parseHost(text: string): Result<Host> {
+  if (text.startsWith('[')) {
+    if (!text.endsWith(']')) return fail(`unbalanced bracket in "${text}"`)
+    const inner = text.slice(1, -1)
+    const ip = inner.includes(':') ? parseIp(inner) : undefined
+    if (!ip) return fail(`"${text}" is not an IPv6 literal (zone identifiers are not accepted)`)
+    return ok({ kind: 'ip', ip })
+  }
+  if (text.includes(':')) return fail('an IPv6 address must be written in brackets')
+  const ip = parseIp(text)
+  if (ip) return ok({ kind: 'ip', ip })
+  const name = normaliseName(text)
+  return name.ok ? ok({ kind: 'name', name: name.value }) : name
+}
+
+/** Port in decimal, 1-65535, no sign, no leading zero, no spaces. */
+export function parsePort(text: string): Result<number> {
+  if (!/^[1-9][0-9]{0,4}$/.test(text) || Number(text) > 65535) {
+    return fail(`port "${text}" must be a decimal number from 1 to 65535`)
+  }
+  return ok(Number(text))
+}
+
+/** `host:port` with a required port: the CONNECT request-target and the `check` argument. */
+export function parseAuthority(text: string, defaultPort?: number): Result<Target> {
+  const close = text.lastIndexOf(']')
+  const colon = text.lastIndexOf(':')
+  const hasPort = colon > close
+  if (!hasPort && defaultPort === undefined) return fail(`"${text}" has no port (expected host:port)`)
+  const host = parseHost(hasPort ? text.slice(0, colon) : text)
+  if (!host.ok) return host
+  const port = hasPort ? parsePort(text.slice(colon + 1)) : ok(defaultPort as number)
+  return port.ok ? ok({ host: host.value, port: port.value }) : port
+}
+
+export interface AbsoluteUrl {
+  readonly target: Target
+  /** origin-form path and query to send upstream */
+  readonly path: string
+}
+
+/**
+ * An absolute-form request-target (`http://host[:port]/path?query`). Hand-written rather than
+ * WHATWG URL, which accepts `http:host`, backslashes and userinfo, and rewrites hosts.
+ */
+export function parseAbsoluteUrl(url: string): Result<AbsoluteUrl> {
+  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(url)?.[1]?.toLowerCase()
+  if (scheme === 'https') return fail('https:// URLs are not proxied as plain requests: use CONNECT')
+  if (scheme !== 'http') return fail(scheme ? `unsupported scheme "${scheme}:"` : 'request-target is not an absolute http:// URL')
+  if (url.slice(5, 7) !== '//') return fail('http URL must start with "http://"')
+  const rest = url.slice(7)
+  if (/[\\#\s]/.test(rest)) return fail('URL contains a backslash, fragment or whitespace')
+  const end = rest.search(/[/?]/)
+  const authority = end < 0 ? rest : rest.slice(0, end)
+  if (authority.includes('@')) return fail('URL contains userinfo ("@"): credentials in URLs are not accepted')
+  if (authority.includes('%')) return fail('percent-encoding in the host is not accepted')
+  const target = parseAuthority(authority, 80)
+  if (!target.ok) return target
+  const tail = end < 0 ? '' : rest.slice(end)
+  return ok({ target: target.value, path: tail.startsWith('/') ? tail : `/${tail}` })
+}
