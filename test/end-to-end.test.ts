@@ -1,0 +1,57 @@
+// The issue's "done when", end to end: curl through the proxy over CONNECT and plain HTTP,
+// an allowed local server reached, a denied one refused with Proxy-Status and never dialled,
+// and a name that resolves to a private address refused with no connection made.
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { startDns } from './helpers/dns.js'
+import { NETNS_SKIP, startCanary, startHttpUpstream } from './helpers/net.js'
+import { startProxy } from './helpers/proxy.js'
+
+const run = promisify(execFile)
+
+async function curl(args: string[]): Promise<{ status: number; headers: string; body: string }> {
+  const { stdout } = await run('curl', ['-s', '-i', '--max-time', '10', ...args]).catch((e: { stdout: string }) => ({ stdout: e.stdout }))
+  const blocks = stdout.split('\r\n\r\n')
+  // with --proxytunnel curl prints the CONNECT response first
+  const lastHead = blocks.findLastIndex((b) => b.startsWith('HTTP/'))
+  const head = blocks[lastHead] ?? ''
+  return { status: Number(/^HTTP\/\S+ (\d+)/.exec(head)?.[1] ?? 0), headers: head, body: blocks.slice(lastHead + 1).join('\r\n\r\n') }
+}
+
+t.test('curl reaches an allowed server and is refused a denied one, over CONNECT and plain HTTP', async (t) => {
+  const allowed = await startHttpUpstream()
+  const forbidden = await startCanary('127.0.0.1')
+  const proxy = await startProxy({ allow: [`127.0.0.1:${allowed.port}`] })
+  t.teardown(async () => {
+    await proxy.close()
+    await allowed.close()
+    await forbidden.close()
+  })
+  for (const tunnel of [[], ['--proxytunnel']]) {
+    const ok = await curl(['-x', proxy.url, ...tunnel, `http://127.0.0.1:${allowed.port}/hi`])
+    t.equal(ok.status, 200, `allowed ${tunnel.join('') || 'plain'}`)
+    t.equal(ok.body, 'hello GET /hi')
+    const denied = await curl(['-x', proxy.url, ...tunnel, `http://127.0.0.1:${forbidden.port}/`])
+    t.equal(denied.status, 403, `denied ${tunnel.join('') || 'plain'}`)
+    t.match(denied.headers, /Proxy-Status: proxy-gate; error=destination_ip_prohibited; details="127\.0\.0\.1:\d+, a loopback address/)
+  }
+  t.equal(forbidden.connections(), 0, 'the denied server saw no connection')
+  t.equal(allowed.requests.length, 2)
+})
+
+t.test('a name that resolves to a private address is refused before any connection', { skip: NETNS_SKIP }, async (t) => {
+  const sink = await startCanary('10.0.0.1', 443)
+  const dns = await startDns({ 'internal.example.com': { A: ['10.0.0.1'] } })
+  const proxy = await startProxy({ allow: ['internal.example.com:443'], dns: { servers: [dns.server], timeoutMs: 2000 } })
+  t.teardown(async () => {
+    await proxy.close()
+    await sink.close()
+    await dns.close()
+  })
+  const res = await curl(['-x', proxy.url, '--proxytunnel', 'http://internal.example.com:443/'])
+  t.equal(res.status, 403)
+  t.match(res.headers, /error=destination_ip_prohibited/)
+  t.ok(dns.queries('internal.example.com') > 0, 'the allowed name was resolved')
+  t.equal(sink.connections(), 0, 'nothing reached 10.0.0.1')
+})

@@ -1,0 +1,220 @@
+// Real sockets for tests: recording HTTP/HTTPS/WebSocket upstreams, TCP canaries that count
+// every connection (a forbidden sink must see zero), and a raw client for malformed input.
+import { generateKeyPairSync } from 'node:crypto'
+import { createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import { connect, createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import forge from 'node-forge'
+import { WebSocketServer } from 'ws'
+
+export interface Recorded {
+  readonly method: string
+  readonly url: string
+  readonly headers: IncomingHttpHeaders
+  readonly rawHeaders: readonly string[]
+  readonly body: string
+}
+
+export interface Upstream {
+  readonly host: string
+  readonly port: number
+  readonly requests: Recorded[]
+  /** TCP connections accepted */
+  connections(): number
+  close(): Promise<void>
+}
+
+type Handler = (req: IncomingMessage, res: ServerResponse, body: string) => void
+
+const defaultHandler: Handler = (req, res) => {
+  res.setHeader('Content-Type', 'text/plain')
+  res.end(`hello ${req.method ?? ''} ${req.url ?? ''}`)
+}
+
+function listen(server: Server, host: string, port = 0): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, host, () => resolve((server.address() as AddressInfo).port))
+  })
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve())
+    ;(server as Server & { closeAllConnections?: () => void }).closeAllConnections?.()
+  })
+}
+
+function track(server: Server): { count: () => number; sockets: Set<Socket> } {
+  const sockets = new Set<Socket>()
+  let count = 0
+  server.on('connection', (s: Socket) => {
+    count++
+    sockets.add(s)
+    s.on('close', () => sockets.delete(s))
+  })
+  return { count: () => count, sockets }
+}
+
+function recordingListener(requests: Recorded[], handler: Handler) {
+  return (req: IncomingMessage, res: ServerResponse): void => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString('utf8')
+      requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body })
+      handler(req, res, body)
+    })
+  }
+}
+
+/** A plain HTTP origin that records every request. */
+export async function startHttpUpstream(host = '127.0.0.1', handler: Handler = defaultHandler, port = 0): Promise<Upstream> {
+  const requests: Recorded[] = []
+  const server = createHttpServer(recordingListener(requests, handler))
+  const t = track(server)
+  const bound = await listen(server, host, port)
+  return { host, port: bound, requests, connections: t.count, close: () => closeServer(server) }
+}
+
+export interface TlsMaterial {
+  readonly cert: string
+  readonly key: string
+}
+
+/** A self-signed certificate for the given DNS names and IPs (it is its own CA for tests). */
+export function selfSigned(names: readonly string[], ips: readonly string[] = []): TlsMaterial {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+  const cert = forge.pki.createCertificate()
+  cert.publicKey = forge.pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }).toString())
+  cert.serialNumber = '01' + forge.util.bytesToHex(forge.random.getBytesSync(8))
+  cert.validity.notBefore = new Date(Date.now() - 3_600_000)
+  cert.validity.notAfter = new Date(Date.now() + 86_400_000)
+  const attrs = [{ name: 'commonName', value: names[0] ?? 'localhost' }]
+  cert.setSubject(attrs)
+  cert.setIssuer(attrs)
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: true },
+    { name: 'subjectAltName', altNames: [...names.map((value) => ({ type: 2, value })), ...ips.map((ip) => ({ type: 7, ip }))] },
+  ])
+  cert.sign(forge.pki.privateKeyFromPem(keyPem), forge.md.sha256.create())
+  return { cert: forge.pki.certificateToPem(cert), key: keyPem }
+}
+
+/** An HTTPS origin with a self-signed certificate; `tls.cert` is what a client should trust. */
+export async function startHttpsUpstream(host = '127.0.0.1', names: readonly string[] = ['localhost'], handler: Handler = defaultHandler): Promise<Upstream & { tls: TlsMaterial }> {
+  const tls = selfSigned(names, [host])
+  const requests: Recorded[] = []
+  const server = createHttpsServer({ cert: tls.cert, key: tls.key }, recordingListener(requests, handler))
+  const t = track(server)
+  const port = await listen(server, host)
+  return { host, port, requests, connections: t.count, close: () => closeServer(server), tls }
+}
+
+/** A WebSocket echo origin (the `ws` library), recording the upgrade requests it accepted. */
+export async function startWsUpstream(host = '127.0.0.1'): Promise<Upstream> {
+  const requests: Recorded[] = []
+  const server = createHttpServer((_req, res) => res.writeHead(426).end('upgrade required'))
+  const t = track(server)
+  const wss = new WebSocketServer({ server })
+  wss.on('connection', (ws, req) => {
+    requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body: '' })
+    ws.on('message', (data, isBinary) => ws.send(isBinary ? data : `echo: ${String(data)}`))
+  })
+  const port = await listen(server, host)
+  return {
+    host,
+    port,
+    requests,
+    connections: t.count,
+    close: async () => {
+      for (const c of wss.clients) c.terminate()
+      wss.close()
+      await closeServer(server)
+    },
+  }
+}
+
+export interface Canary {
+  readonly host: string
+  readonly port: number
+  /** connections accepted so far */
+  connections(): number
+  /** bytes received, all connections together */
+  received(): string
+  close(): Promise<void>
+}
+
+/** A TCP listener that only counts: any connection to it from a denied request is a failure. */
+export async function startCanary(host: string, port = 0, onSocket?: (s: Socket) => void): Promise<Canary> {
+  let data = ''
+  const server = createTcpServer((socket) => {
+    socket.on('data', (d) => (data += d.toString('latin1')))
+    socket.on('error', () => socket.destroy())
+    onSocket?.(socket)
+  })
+  const t = track(server)
+  const bound = await listen(server, host, port)
+  return {
+    host,
+    port: bound,
+    connections: t.count,
+    received: () => data,
+    close: async () => {
+      for (const s of t.sockets) s.destroy()
+      await closeServer(server)
+    },
+  }
+}
+
+export interface RawResult {
+  /** everything the proxy sent, latin1 */
+  readonly text: string
+  /** true when the proxy closed the connection (false when `until` matched or the wait ran out) */
+  readonly closed: boolean
+}
+
+export interface RawOptions {
+  readonly host?: string
+  /** stop reading once this holds for the text received so far */
+  readonly until?: (text: string) => boolean
+  /** upper bound on the wait, a safety net only (default 5000 ms) */
+  readonly timeoutMs?: number
+}
+
+/** Sends bytes exactly as given (no client normalisation) and collects the answer. */
+export function rawExchange(port: number, bytes: string | Buffer, options: RawOptions = {}): Promise<RawResult> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: options.host ?? '127.0.0.1', port })
+    let text = ''
+    let done = false
+    const finish = (closed: boolean): void => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      socket.destroy()
+      resolve({ text, closed })
+    }
+    const timer = setTimeout(() => finish(false), options.timeoutMs ?? 5_000)
+    socket.on('data', (d) => {
+      text += d.toString('latin1')
+      if (options.until?.(text)) finish(false)
+    })
+    socket.on('end', () => finish(true))
+    socket.on('close', () => finish(true))
+    socket.on('error', () => finish(true))
+    socket.write(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : bytes)
+  })
+}
+
+/** The status code of the first (or nth) HTTP response in raw text. */
+export function statusOf(text: string, nth = 0): number | undefined {
+  const all = [...text.matchAll(/HTTP\/1\.[01] (\d{3})/g)]
+  const m = all[nth]
+  return m ? Number(m[1]) : undefined
+}
+
+/** True when the netns created by test/run.sh is in place (stand-in addresses exist on lo). */
+export const IN_NETNS = process.env.PROXY_GATE_NETNS === '1'
+export const NETNS_SKIP = IN_NETNS ? false : 'needs the loopback-only network namespace that test/run.sh creates (run "npm test" as root)'
