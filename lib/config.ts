@@ -146,6 +146,9 @@ function parseLimits(errors: Errors, value: unknown): Limits {
   unknownKeys(errors, 'limits', value, keys)
   const limits = { ...DEFAULT_LIMITS }
   for (const key of keys) limits[key] = positiveInt(errors, `limits.${key}`, value[key], DEFAULT_LIMITS[key])
+  if (limits.headerTimeoutMs > limits.requestTimeoutMs) {
+    err(errors, 'limits.headerTimeoutMs', limits.headerTimeoutMs, `must not be longer than limits.requestTimeoutMs (${limits.requestTimeoutMs})`)
+  }
   return limits
 }
 

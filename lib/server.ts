@@ -82,7 +82,14 @@ export function createProxy(options: ProxyOptions): Proxy {
     insecureHTTPParser: false,
   })
   server.maxHeadersCount = 0 // count them ourselves: Node would otherwise drop headers past 2000 silently
-  server.maxConnections = limits.maxConnections
+  // maxHeaderBytes and the upstream connect timeout are fixed at start; these follow reloads.
+  const applyLimits = (l: Config['limits']): void => {
+    server.headersTimeout = l.headerTimeoutMs
+    server.requestTimeout = l.requestTimeoutMs
+    server.keepAliveTimeout = l.keepAliveTimeoutMs
+    server.maxConnections = l.maxConnections
+  }
+  applyLimits(limits)
 
   const guarded = (what: string, fallback: (r: ProxyReply) => void, work: () => Promise<void>): void => {
     work().catch((error: unknown) => {
@@ -135,6 +142,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     reload(next: Config): ReloadOutcome {
       config = { ...next, listen: config.listen }
       gate = makeGate(config)
+      applyLimits(config.limits)
       let closed = 0
       for (const conn of [...open]) {
         const decision = redecide(gate, conn.target, conn.resolved)

@@ -1,0 +1,229 @@
+// The command line as a user runs it: dist/cli.js in its own process, real files, real sockets.
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { connect, type Socket } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import t from 'tap'
+import { startDns } from './helpers/dns.js'
+import { rawExchange, startHttpUpstream, statusOf } from './helpers/net.js'
+
+const CLI = new URL('../dist/cli.js', import.meta.url).pathname
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
+
+interface Ran {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+function run(args: string[]): Promise<Ran> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args])
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+    child.on('close', (code) => resolve({ code, stdout, stderr }))
+  })
+}
+
+function rulesFile(rules: unknown): string {
+  const dir = mkdtempSync(join(tmpdir(), 'proxy-gate-cli-'))
+  const file = join(dir, 'rules.json')
+  writeFileSync(file, JSON.stringify(rules, null, 2))
+  return file
+}
+
+/** Replaces a file the way editors do: write a temp file, rename it over the original. */
+function replaceFile(file: string, rules: unknown): void {
+  writeFileSync(`${file}.tmp`, JSON.stringify(rules))
+  renameSync(`${file}.tmp`, file)
+}
+
+type Line = Record<string, unknown>
+
+interface Running {
+  child: ChildProcessWithoutNullStreams
+  port: number
+  lines: Line[]
+  waitFor(match: (l: Line) => boolean): Promise<Line>
+  exited: Promise<number | null>
+}
+
+async function startCli(args: string[]): Promise<Running> {
+  const child = spawn(process.execPath, [CLI, 'start', '--log-format', 'json', ...args])
+  const lines: Line[] = []
+  const waiters: Array<[(l: Line) => boolean, (l: Line) => void]> = []
+  createInterface({ input: child.stdout }).on('line', (text) => {
+    const line = JSON.parse(text) as Line
+    lines.push(line)
+    for (const w of [...waiters]) if (w[0](line)) waiters.splice(waiters.indexOf(w), 1) && w[1](line)
+  })
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  const waitFor = (match: (l: Line) => boolean): Promise<Line> => {
+    const found = lines.find(match)
+    return found ? Promise.resolve(found) : new Promise((resolve) => waiters.push([match, resolve]))
+  }
+  const listening = await Promise.race([waitFor((l) => l.message === 'listening'), exited.then(() => undefined)])
+  if (!listening) throw new Error('proxy-gate exited before listening')
+  return { child, port: Number(/:(\d+)$/.exec(String(listening.url))?.[1]), lines, waitFor, exited }
+}
+
+function openTunnel(port: number, target: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port })
+    socket.once('data', (d) => (d.toString().startsWith('HTTP/1.1 200') ? resolve(socket) : reject(new Error(d.toString()))))
+    socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`)
+  })
+}
+
+t.test('--version and --help', async (t) => {
+  const version = await run(['--version'])
+  t.equal(version.stdout.trim(), VERSION)
+  t.equal(version.code, 0)
+  for (const command of ['start', 'check', 'validate']) {
+    const help = await run([command, '--help'])
+    t.equal(help.code, 0, `${command} --help exits 0`)
+    t.match(help.stdout, new RegExp(`usage: proxy-gate ${command}`))
+  }
+  const main = await run(['--help'])
+  t.match(main.stdout, /commands:/)
+  const unknown = await run(['frobnicate'])
+  t.equal(unknown.code, 2)
+  t.match(unknown.stderr, /unknown command/)
+  const badFlag = await run(['start', '--nope'])
+  t.equal(badFlag.code, 2)
+})
+
+t.test('validate: the shipped rules.json is valid', async (t) => {
+  const res = await run(['validate', '--rules', new URL('../rules.json', import.meta.url).pathname])
+  t.equal(res.code, 0)
+  t.match(res.stdout, /ok \(\d+ allow, 0 deny, 4 bypass\)/)
+})
+
+t.test('validate: every problem is listed with its place and why, exit 1', async (t) => {
+  const file = rulesFile({ allow: ['good.example.com', '*', 'a*.b:443', 'x.test:70000'], dney: [] })
+  const res = await run(['validate', '--rules', file])
+  t.equal(res.code, 1)
+  t.match(res.stderr, /4 problems/)
+  t.match(res.stderr, /dney .*unknown key "dney"/)
+  t.match(res.stderr, /allow\[1\] "\*"/)
+  t.match(res.stderr, /allow\[2\] "a\*\.b:443": a wildcard is only allowed/)
+  t.match(res.stderr, /allow\[3\] "x\.test:70000": bad port list/)
+  const broken = rulesFile({})
+  writeFileSync(broken, '{ "allow": [ "a.test", ] }')
+  const json = await run(['validate', '--rules', broken])
+  t.equal(json.code, 1)
+  t.match(json.stderr, /not valid JSON/)
+  const missing = await run(['validate', '--rules', '/nonexistent/rules.json'])
+  t.equal(missing.code, 1)
+  t.match(missing.stderr, /cannot read/)
+})
+
+t.test('check: allow, deny with the fix, resolved addresses and the guard, errors', async (t) => {
+  const dns = await startDns({ 'api.allowed.test': { A: ['127.0.0.1'] }, 'inside.allowed.test': { A: ['127.0.0.1'] } })
+  t.teardown(() => dns.close())
+  const file = rulesFile({
+    allow: ['api.allowed.test:8443', '127.0.0.1:8443', 'inside.allowed.test:443'],
+    dns: { servers: [dns.server], timeoutMs: 2000 },
+  })
+  const allowed = await run(['check', 'https://api.allowed.test:8443/x', '--rules', file])
+  t.equal(allowed.code, 0, allowed.stdout)
+  t.match(allowed.stdout, /resolved: 127\.0\.0\.1/)
+  t.match(allowed.stdout, /guard: +every address passed/)
+  t.match(allowed.stdout, /decision: allow/)
+  t.match(allowed.stdout, /rule: +allow\[0\] api\.allowed\.test:8443/)
+
+  const guarded = await run(['check', 'inside.allowed.test:443', '--rules', file])
+  t.equal(guarded.code, 1)
+  t.match(guarded.stdout, /guard: +refused \(inside\.allowed\.test resolves to 127\.0\.0\.1:443, a loopback address/)
+
+  const denied = await run(['check', 'evil.test:443', '--rules', file])
+  t.equal(denied.code, 1)
+  t.match(denied.stdout, /decision: deny/)
+  t.match(denied.stdout, /fix: +add to "allow" in rules\.json: "evil\.test:443"/)
+  t.equal(dns.queries('evil.test'), 0, 'a name no rule allows is never resolved')
+
+  const plain = await run(['check', 'http://evil.test/', '--rules', file])
+  t.match(plain.stdout, /target: +evil\.test:80/)
+
+  const bad = await run(['check', '2130706433:443', '--rules', file])
+  t.equal(bad.code, 2)
+  t.match(bad.stderr, /not a canonical IPv4 address/)
+  const nx = await run(['check', 'nx.allowed.test:443', '--rules', rulesFile({ allow: ['nx.allowed.test:443'], dns: { servers: [dns.server] } })])
+  t.equal(nx.code, 2, 'a DNS failure is an error, not a verdict')
+  t.match(nx.stdout, /error: +DNS: nx\.allowed\.test does not exist \(NXDOMAIN\)/)
+})
+
+t.test('start: refuses bad rules, open listeners without consent, and report mode off loopback', async (t) => {
+  const bad = await run(['start', '--rules', rulesFile({ allow: ['*'] }), '--listen', '127.0.0.1:0'])
+  t.equal(bad.code, 1)
+  t.match(bad.stderr, /allow\[0\] "\*"/)
+  t.match(bad.stderr, /did not start/)
+  const open = await run(['start', '--rules', rulesFile({ allow: [] }), '--listen', '0.0.0.0:0'])
+  t.equal(open.code, 1)
+  t.match(open.stderr, /--insecure-open/)
+  const report = await run(['start', '--rules', rulesFile({ allow: [] }), '--listen', '0.0.0.0:0', '--mode', 'report', '--insecure-open'])
+  t.equal(report.code, 1)
+  t.match(report.stderr, /report mode/)
+})
+
+t.test('start: serves, logs JSON decisions, exits 0 on SIGTERM', async (t) => {
+  const upstream = await startHttpUpstream()
+  t.teardown(() => upstream.close())
+  const cli = await startCli(['--rules', rulesFile({ allow: [`127.0.0.1:${upstream.port}`] }), '--listen', '127.0.0.1:0'])
+  const res = await rawExchange(cli.port, `GET http://127.0.0.1:${upstream.port}/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+  t.equal(statusOf(res.text), 200)
+  const decision = await cli.waitFor((l) => l.message === 'decision')
+  t.match(decision, { decision: 'allow', method: 'GET', target: `127.0.0.1:${upstream.port}`, rule: `allow[0] 127.0.0.1:${upstream.port}`, mode: 'enforce' })
+  cli.child.kill('SIGTERM')
+  t.equal(await cli.exited, 0)
+  t.ok(cli.lines.some((l) => l.message === 'stopped'))
+})
+
+t.test('reload: file change and SIGHUP swap rules, revoke tunnels, and a bad file keeps the old rules', async (t) => {
+  const a = await startHttpUpstream()
+  const b = await startHttpUpstream()
+  const rules = (ports: number[]) => ({ allow: ports.map((p) => `127.0.0.1:${p}`), limits: { shutdownGraceMs: 500 } })
+  const file = rulesFile(rules([a.port, b.port]))
+  const cli = await startCli(['--rules', file, '--listen', '127.0.0.1:0'])
+  t.teardown(async () => {
+    cli.child.kill('SIGKILL')
+    await a.close()
+    await b.close()
+  })
+  const tunnelA = await openTunnel(cli.port, `127.0.0.1:${a.port}`)
+  const tunnelB = await openTunnel(cli.port, `127.0.0.1:${b.port}`)
+  const closedA = new Promise((resolve) => tunnelA.once('close', resolve))
+
+  replaceFile(file, rules([b.port]))
+  const reloaded = await cli.waitFor((l) => l.message === 'reloaded')
+  t.match(reloaded, { trigger: 'file changed', closed: 1, kept: 1 })
+  await closedA
+  const revoked = await cli.waitFor((l) => l.message === 'revoked')
+  t.match(revoked, { target: `127.0.0.1:${a.port}`, reason: 'address-prohibited' })
+  t.notOk(tunnelB.destroyed, 'the tunnel the new rules still allow stays open')
+  tunnelB.write(`GET /still HTTP/1.1\r\nHost: b\r\n\r\n`)
+  const reply = await new Promise<string>((resolve) => tunnelB.once('data', (d) => resolve(d.toString())))
+  t.match(reply, /hello GET \/still/)
+
+  writeFileSync(file, '{ "allow": [ "*" ] }')
+  const failed = await cli.waitFor((l) => l.message === 'reload failed: keeping the previous rules')
+  t.match(JSON.stringify(failed.errors), /allow\[0\]/)
+  const still = await rawExchange(cli.port, `GET http://127.0.0.1:${b.port}/ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+  t.equal(statusOf(still.text), 200, 'old rules still in force after a bad reload')
+  const gone = await rawExchange(cli.port, `GET http://127.0.0.1:${a.port}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+  t.equal(statusOf(gone.text), 403)
+
+  writeFileSync(file, JSON.stringify(rules([a.port, b.port])))
+  cli.child.kill('SIGHUP')
+  await cli.waitFor((l) => l.message === 'reloaded' && l.trigger === 'SIGHUP')
+  const back = await rawExchange(cli.port, `GET http://127.0.0.1:${a.port}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+  t.equal(statusOf(back.text), 200)
+
+  tunnelB.destroy()
+  cli.child.kill('SIGTERM')
+  t.equal(await cli.exited, 0)
+})
