@@ -30,6 +30,11 @@ export function clientAddress(req: IncomingMessage): string {
   return `${remoteAddress ?? '?'}:${remotePort ?? '?'}`
 }
 
+/** A rejected request-target is logged as sent, minus any `user:password@` it carried. */
+export function redactUserinfo(raw: string): string {
+  return raw.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^/?#@]*@/i, '$1[redacted]@')
+}
+
 interface DecisionLog {
   readonly id: string
   readonly req: IncomingMessage
@@ -48,7 +53,7 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     id: entry.id,
     client: clientAddress(entry.req),
     method: entry.method,
-    target: entry.target ? formatTarget(entry.target) : entry.rawTarget.slice(0, 300),
+    target: entry.target ? formatTarget(entry.target) : redactUserinfo(entry.rawTarget.slice(0, 300)),
     resolved: entry.resolved?.map(formatIp),
     chosen: decision && decision.verdict === 'allow' ? decision.dial.map(formatIp)[0] : undefined,
     decision: decision?.verdict ?? 'error',

@@ -5,7 +5,7 @@ import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { startDns } from './helpers/dns.js'
-import { NETNS_SKIP, startCanary, startHttpUpstream } from './helpers/net.js'
+import { NETNS_SKIP, rawExchange, startCanary, startHttpUpstream, statusOf } from './helpers/net.js'
 import { startProxy } from './helpers/proxy.js'
 
 const run = promisify(execFile)
@@ -54,4 +54,17 @@ t.test('a name that resolves to a private address is refused before any connecti
   t.match(res.headers, /error=destination_ip_prohibited/)
   t.ok(dns.queries('internal.example.com') > 0, 'the allowed name was resolved')
   t.equal(sink.connections(), 0, 'nothing reached 10.0.0.1')
+})
+
+t.test('credentials in a rejected URL never reach the log', async (t) => {
+  const proxy = await startProxy({ allow: [] })
+  t.teardown(() => proxy.close())
+  const res = await rawExchange(proxy.port, 'GET http://user:s3cret@127.0.0.1:9/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic c2VjcmV0\r\n\r\n', { until: (text) => text.includes('\r\n\r\n') })
+  t.equal(statusOf(res.text), 400)
+  t.match(res.text, /Proxy-Status: proxy-gate; error=http_request_error; details="bad request-target: URL contains userinfo/)
+  const line = await proxy.waitForLog((l) => l.message === 'decision')
+  t.equal(line.target, 'http://[redacted]@127.0.0.1:9/')
+  const all = JSON.stringify(proxy.logs())
+  t.notMatch(all, /s3cret/)
+  t.notMatch(all, /c2VjcmV0/)
 })
