@@ -1,20 +1,20 @@
 #!/usr/bin/env node
 // Command line: start the proxy, check a target against the rules, validate a rules file.
-import { readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { parseListen, type Config } from './config.js'
 import { admit } from './gate.js'
 import { formatIp, classifyIp, parseIp } from './ip.js'
+import { generatePac } from './pac.js'
 import { createLogger, LOG_LEVELS, type LogLevel } from './log.js'
 import type { Mode, RuleError } from './policy.js'
 import { createLookup } from './resolve.js'
 import { loadRulesFile, watchRulesFile, type Overrides } from './rules-file.js'
 import { createProxy, selfAddresses } from './server.js'
+import { VERSION } from './version.js'
 import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './target.js'
 
 const MIN_NODE = [20, 19, 2]
-const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 const HELP: Record<string, string> = {
   main: `proxy-gate ${VERSION}: an egress allowlist proxy for containers
@@ -25,6 +25,7 @@ commands:
   start      run the proxy with the rules in rules.json
   check      say whether a target is allowed, and why
   validate   check a rules file and list every problem
+  pac        print the PAC file that points clients at proxy-gate
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
@@ -37,12 +38,20 @@ reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
   --mode MODE          enforce (deny what the rules do not allow) or report (allow, log wouldDeny)
   --log-level L        error, warn, info (default), debug or silent
   --log-format F       json (default when stdout is not a terminal) or pretty
-  --insecure-open      allow listening on a non-loopback address (anyone who can reach it can use the proxy)`,
+  --insecure-open      allow listening on a non-loopback address (anyone who can reach it can use the proxy)
+  --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)`,
   check: `usage: proxy-gate check TARGET [--rules FILE]
 
 TARGET is host:port (as in CONNECT) or a URL (http://host/..., https://host/...).
 Prints allow or deny, the rule, and for names the resolved addresses and the address guard's
 verdict. Exit status: 0 allowed, 1 denied, 2 error.`,
+  pac: `usage: proxy-gate pac [--rules FILE] [--advertise HOST:PORT] [--flavor standard|docker]
+
+Prints the PAC file that "proxy-gate start" serves at /proxy.pac: hosts in "bypass" go DIRECT,
+everything else to proxy-gate (never a DIRECT fallback). With --flavor docker, hosts that no allow
+rule can match are refused by Docker Desktop itself (PROXY reject.docker.internal:1).
+
+  --advertise HOST:PORT   the proxy address written into the file (default: "listen" from the rules)`,
   validate: `usage: proxy-gate validate [--rules FILE]
 
 Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.`,
@@ -55,6 +64,8 @@ const OPTIONS = {
   'log-level': { type: 'string', default: 'info' },
   'log-format': { type: 'string' },
   'insecure-open': { type: 'boolean', default: false },
+  advertise: { type: 'string' },
+  flavor: { type: 'string', default: 'standard' },
   help: { type: 'boolean', short: 'h', default: false },
   version: { type: 'boolean', short: 'v', default: false },
 } satisfies ParseArgsConfig['options']
@@ -91,6 +102,12 @@ function overridesFrom(values: Values): Result<Overrides> {
   return { ok: true, value: overrides }
 }
 
+function parseAdvertise(text: string | undefined): Result<string | undefined> {
+  if (text === undefined) return { ok: true, value: undefined }
+  const target = parseAuthority(text)
+  return target.ok ? { ok: true, value: formatTarget(target.value) } : { ok: false, error: `--advertise: ${target.error}` }
+}
+
 /** Exposure rules for the listener: open listeners need consent, report mode stays local. */
 function listenProblem(config: Config, insecureOpen: boolean): string | undefined {
   if (isLoopback(config.listen.host)) return undefined
@@ -110,6 +127,8 @@ async function start(values: Values): Promise<number> {
   if (format !== 'json' && format !== 'pretty') return usageError('--log-format must be json or pretty')
   const overrides = overridesFrom(values)
   if (!overrides.ok) return usageError(overrides.error)
+  const advertise = parseAdvertise(values.advertise)
+  if (!advertise.ok) return usageError(advertise.error)
   const file = resolve(values.rules ?? 'rules.json')
   const loaded = loadRulesFile(file, overrides.value)
   if (!loaded.ok) {
@@ -125,7 +144,7 @@ async function start(values: Values): Promise<number> {
   const log = createLogger({ level, format })
   process.on('uncaughtException', (error) => log.error('uncaught exception', { error: error.stack }))
   process.on('unhandledRejection', (error) => log.error('unhandled rejection', { error: error instanceof Error ? error.stack : String(error) }))
-  const proxy = createProxy({ config: loaded.value, log })
+  const proxy = createProxy({ config: loaded.value, log, ...(advertise.value ? { advertise: advertise.value } : {}) })
   let address
   try {
     address = await proxy.listen()
@@ -135,7 +154,9 @@ async function start(values: Values): Promise<number> {
   }
   const { policy, mode } = loaded.value
   if (!isLoopback(address.address)) log.warn('listening on a non-loopback address: anyone who can reach it can use this proxy', { address: address.address })
-  log.info('listening', { url: `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`, rules: file, allow: policy.allow.length, deny: policy.deny.length, mode })
+  const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
+  if (!advertise.value && parseIp(address.address)?.value === 0n) log.warn('listening on every interface: pass --advertise HOST:PORT so the PAC file names an address clients can reach')
+  log.info('listening', { url, pac: `${advertise.value ? `http://${advertise.value}` : url}/proxy.pac`, rules: file, allow: policy.allow.length, deny: policy.deny.length, mode })
 
   const reload = (why: string): void => {
     const next = loadRulesFile(file, overrides.value)
@@ -211,6 +232,23 @@ async function check(values: Values, positional: string[]): Promise<number> {
   return decision.verdict === 'allow' ? 0 : 1
 }
 
+function pac(values: Values): number {
+  const flavor = values.flavor
+  if (flavor !== 'standard' && flavor !== 'docker') return usageError('--flavor must be standard or docker')
+  const advertise = parseAdvertise(values.advertise)
+  if (!advertise.ok) return usageError(advertise.error)
+  const file = resolve(values.rules ?? 'rules.json')
+  const loaded = loadRulesFile(file)
+  if (!loaded.ok) {
+    printErrors(file, loaded.errors)
+    return 1
+  }
+  const { listen, bypass, policy } = loaded.value
+  const fallback = `${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`
+  process.stdout.write(generatePac({ advertise: advertise.value ?? fallback, bypass, policy, flavor, version: VERSION }))
+  return 0
+}
+
 function validate(values: Values): number {
   const file = resolve(values.rules ?? 'rules.json')
   const loaded = loadRulesFile(file)
@@ -248,6 +286,7 @@ export async function main(argv: string[]): Promise<number> {
   if (command === 'start' && rest.length === 0) return start(values)
   if (command === 'check') return check(values, rest)
   if (command === 'validate' && rest.length === 0) return validate(values)
+  if (command === 'pac' && rest.length === 0) return pac(values)
   return usageError(`unknown command or extra arguments: ${parsed.positionals.join(' ')} (see --help)`)
 }
 

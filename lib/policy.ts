@@ -3,6 +3,7 @@
 // consumes. Pure: no files, no DNS, no sockets.
 import {
   PRIVATE_KINDS,
+  cidrContains,
   classifyIp,
   formatCidr,
   formatIp,
@@ -12,7 +13,7 @@ import {
   type Ip,
   type SpecialRange,
 } from './ip.js'
-import { formatTarget, hostText, normaliseRuleName, parsePort, type Result, type Target } from './target.js'
+import { formatTarget, hostText, normaliseRuleName, parsePort, type Host, type Result, type Target } from './target.js'
 
 export type PortRange = readonly [number, number]
 export type ListName = 'allow' | 'deny'
@@ -338,8 +339,9 @@ function guardAddress(policy: Policy, ctx: DecisionContext, ip: Ip, port: number
   }
   const special = classifyIp(ip)
   if (!special) return undefined
-  const ipRule = matchIp(policy, 'allow', ip, port)
-  if (ipRule && ipRule.pattern.kind === 'cidr' && ipRule.pattern.special) return undefined
+  // any covering rule that names special space vouches, whatever its order among broader rules
+  const vouched = ipMatches(policy.allowIndex, ip, port).some((r) => r.pattern.kind === 'cidr' && r.pattern.special !== undefined)
+  if (vouched) return undefined
   if (nameRule?.private && PRIVATE_KINDS.has(special.kind)) return undefined
   const via = name === undefined ? '' : `${name} resolves to `
   const suggestion =
@@ -403,6 +405,14 @@ export function decideAddresses(policy: Policy, ctx: DecisionContext, target: Ta
   if (pending.waived) return waive(pending.waived, ctx, addresses)
   const rule = pending.rule as Rule
   return decision({ verdict: 'allow', reason: 'allow-rule', rule, dial: addresses, detail: `allowed by ${ruleLabel(rule)}` })
+}
+
+/** Whether a host pattern covers a host, ports aside: the test bypass lists and the PAC make. */
+export function patternMatches(pattern: HostPattern, host: Host): boolean {
+  if (host.kind === 'ip') return pattern.kind === 'cidr' && cidrContains(pattern.cidr, host.ip)
+  if (pattern.kind === 'exact') return pattern.name === host.name
+  if (pattern.kind === 'wildcard') return host.name.endsWith(`.${pattern.suffix}`)
+  return false
 }
 
 export function describePattern(pattern: HostPattern): string {

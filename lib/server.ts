@@ -8,21 +8,26 @@ import { Agent } from 'undici'
 import type { Config } from './config.js'
 import { redecide, type Gate } from './gate.js'
 import { parseIp, type Ip } from './ip.js'
+import { generatePac, pacEtag, type PacFlavor } from './pac.js'
 import type { Logger } from './log.js'
 import type { SelfAddress } from './policy.js'
 import { createLookup, type Lookup } from './resolve.js'
 import { reply, replyOnResponse, replyOnSocket, type ProxyReply } from './respond.js'
 import { connectRoute } from './route-connect.js'
 import { forwardRoute } from './route-forward.js'
+import { localRoute, type PacFile } from './route-local.js'
 import { createUpgradeProxy, upgradeRoute } from './route-upgrade.js'
 import type { OpenConnection, Runtime } from './runtime.js'
 import { formatTarget } from './target.js'
+import { VERSION } from './version.js'
 
 export interface ProxyOptions {
   readonly config: Config
   readonly log: Logger
   /** DNS override for tests and embedding; default: the resolver described by config.dns */
   readonly lookup?: Lookup
+  /** `host:port` written into the PAC file; default: the address the listener is bound to */
+  readonly advertise?: string
 }
 
 export interface ReloadOutcome {
@@ -72,6 +77,17 @@ export function createProxy(options: ProxyOptions): Proxy {
   const limits = config.limits
   const agent = new Agent({ connect: { timeout: limits.connectTimeoutMs }, keepAliveTimeout: 4_000, connections: 256 })
   const upgradeProxy = createUpgradeProxy(rt, httpProxy)
+  const pacCache = new Map<PacFlavor, PacFile>()
+  const pacFile = (flavor: PacFlavor): PacFile => {
+    const cached = pacCache.get(flavor)
+    if (cached) return cached
+    const { address, port } = server.address() as AddressInfo
+    const advertise = options.advertise ?? `${address.includes(':') ? `[${address}]` : address}:${port}`
+    const text = generatePac({ advertise, bypass: config.bypass, policy: config.policy, flavor, version: VERSION })
+    const file = { text, etag: pacEtag(text) }
+    pacCache.set(flavor, file)
+    return file
+  }
 
   const server: Server = createServer({
     maxHeaderSize: limits.maxHeaderBytes,
@@ -98,7 +114,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     })
   }
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
-    if (req.url?.startsWith('/')) return serveLocal(req, res)
+    if (req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile })
     guarded('forward', (r) => replyOnResponse(res, r, true), () => forwardRoute(rt, agent, req, res, expectsContinue))
   }
   server.on('request', (req, res) => onRequest(req, res, false))
@@ -111,19 +127,12 @@ export function createProxy(options: ProxyOptions): Proxy {
   })
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+    // a response already under way (e.g. a request timeout mid-body): a second status line would corrupt it
+    if ((socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent) return void socket.destroy()
     const r = clientErrorReply(error)
     log.info('decision', { client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, decision: 'error', reason: r.type, status: r.status, detail: r.details })
     replyOnSocket(socket, r)
   })
-
-  function serveLocal(req: IncomingMessage, res: ServerResponse): void {
-    const path = req.url?.split('?')[0]
-    if (path === '/healthz') {
-      res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8' }).end('ok\n')
-      return
-    }
-    replyOnResponse(res, reply(404, 'http_request_error', `${path ?? ''} is not served here; send proxy requests in absolute form (http://host/path) or use CONNECT`), false)
-  }
 
   return {
     open,
@@ -143,6 +152,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       config = { ...next, listen: config.listen }
       gate = makeGate(config)
       applyLimits(config.limits)
+      pacCache.clear()
       let closed = 0
       for (const conn of [...open]) {
         const decision = redecide(gate, conn.target, conn.resolved)

@@ -1,0 +1,42 @@
+// Requests addressed to proxy-gate itself (origin-form): the health check and the PAC file.
+//   client --GET /path--> /healthz | /proxy.pac | /wpad.dat | 404
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { PacFlavor } from './pac.js'
+import { reply, replyOnResponse } from './respond.js'
+
+export interface PacFile {
+  readonly text: string
+  readonly etag: string
+}
+
+export interface LocalSources {
+  pac(flavor: PacFlavor): PacFile
+}
+
+const PAC_PATHS = new Set(['/proxy.pac', '/wpad.dat'])
+
+function servePac(req: IncomingMessage, res: ServerResponse, pac: PacFile): void {
+  const headers = { 'Content-Type': 'application/x-ns-proxy-autoconfig', ETag: pac.etag, 'Cache-Control': 'max-age=60' }
+  if (req.headers['if-none-match'] === pac.etag) {
+    res.writeHead(304, headers).end()
+    return
+  }
+  res.writeHead(200, { ...headers, 'Content-Length': Buffer.byteLength(pac.text) })
+  res.end(req.method === 'HEAD' ? undefined : pac.text)
+}
+
+export function localRoute(req: IncomingMessage, res: ServerResponse, sources: LocalSources): void {
+  const [path = '', query = ''] = (req.url ?? '').split('?')
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    return replyOnResponse(res, reply(405, 'http_request_error', `${req.method ?? ''} is not served on ${path}`), false)
+  }
+  if (path === '/healthz') {
+    res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8' }).end('ok\n')
+    return
+  }
+  if (PAC_PATHS.has(path)) {
+    const flavor = new URLSearchParams(query).get('flavor') === 'docker' ? 'docker' : 'standard'
+    return servePac(req, res, sources.pac(flavor))
+  }
+  replyOnResponse(res, reply(404, 'http_request_error', `${path} is not served here; send proxy requests in absolute form (http://host/path) or use CONNECT`), false)
+}
