@@ -5,9 +5,10 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { parseListen, type Config } from './config.js'
 import { admit } from './gate.js'
 import { formatIp, classifyIp, parseIp } from './ip.js'
+import { advertisedAddress, dockerCommand, openBypass, systemProxyCommand, type WiringArgs } from './cli-wiring.js'
 import { generatePac } from './pac.js'
 import { createLogger, LOG_LEVELS, type LogLevel } from './log.js'
-import type { Mode, RuleError } from './policy.js'
+import { describePattern, formatRuleErrors, type Mode, type RuleError } from './policy.js'
 import { createLookup } from './resolve.js'
 import { loadRulesFile, watchRulesFile, type Overrides } from './rules-file.js'
 import { createProxy, selfAddresses } from './server.js'
@@ -26,6 +27,8 @@ commands:
   check      say whether a target is allowed, and why
   validate   check a rules file and list every problem
   pac        print the PAC file that points clients at proxy-gate
+  docker     print or write Docker Desktop / Docker CLI / dockerd proxy settings
+  system-proxy  print (or apply) the commands that set this OS's proxy
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
@@ -52,6 +55,25 @@ everything else to proxy-gate (never a DIRECT fallback). With --flavor docker, h
 rule can match are refused by Docker Desktop itself (PROXY reject.docker.internal:1).
 
   --advertise HOST:PORT   the proxy address written into the file (default: "listen" from the rules)`,
+  docker: `usage: proxy-gate docker --target T [--pac] [--write [--file PATH] [--dry-run] | --revert] [--os macos|windows|linux] [--advertise HOST:PORT] [--rules FILE]
+
+Targets:
+  settings-store  Docker Desktop 4.35+ user settings (host and container proxy keys)
+  settings        Docker Desktop 4.34 and older user settings
+  admin           admin-settings.json: locked proxy and containersProxy (Docker Business)
+  cli             ~/.docker/config.json proxies.default (environment of new containers and builds)
+  daemon          daemon.json proxies (dockerd on Linux; Docker Desktop ignores it)
+
+Without --write it prints the JSON to merge and says where it goes and what to restart.
+--write merges into the file (every other key kept, a backup beside it, atomic, no BOM);
+--dry-run shows the change; --revert puts back the values from the backup. --pac also sets
+the PAC URL (http://ADVERTISE/proxy.pac). The address defaults to "listen" from the rules, and
+to host.docker.internal:PORT for the cli target (127.0.0.1 inside a container is the container).`,
+  'system-proxy': `usage: proxy-gate system-proxy [--os macos|windows|gnome] [--pac | --manual] [--revert] [--apply] [--advertise HOST:PORT] [--rules FILE]
+
+Prints the commands that point this OS's proxy settings at proxy-gate: the PAC URL (--pac, the
+default) or a manual proxy with the bypass list (--manual); --revert turns them off again.
+--apply runs them after printing, and only on the OS they are for.`,
   validate: `usage: proxy-gate validate [--rules FILE]
 
 Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.`,
@@ -66,6 +88,15 @@ const OPTIONS = {
   'insecure-open': { type: 'boolean', default: false },
   advertise: { type: 'string' },
   flavor: { type: 'string', default: 'standard' },
+  target: { type: 'string' },
+  pac: { type: 'boolean', default: false },
+  manual: { type: 'boolean', default: false },
+  write: { type: 'boolean', default: false },
+  file: { type: 'string' },
+  'dry-run': { type: 'boolean', default: false },
+  revert: { type: 'boolean', default: false },
+  apply: { type: 'boolean', default: false },
+  os: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
   version: { type: 'boolean', short: 'v', default: false },
 } satisfies ParseArgsConfig['options']
@@ -74,7 +105,7 @@ type Values = { [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K] extends { type:
 
 function printErrors(file: string, errors: readonly RuleError[]): void {
   console.error(`${file}: ${errors.length} problem${errors.length === 1 ? '' : 's'}`)
-  for (const e of errors) console.error(`  ${e.path} ${e.entry}: ${e.message}`)
+  console.error(formatRuleErrors(errors).replace(/^/gm, '  '))
 }
 
 function nodeTooOld(): boolean {
@@ -102,12 +133,6 @@ function overridesFrom(values: Values): Result<Overrides> {
   return { ok: true, value: overrides }
 }
 
-function parseAdvertise(text: string | undefined): Result<string | undefined> {
-  if (text === undefined) return { ok: true, value: undefined }
-  const target = parseAuthority(text)
-  return target.ok ? { ok: true, value: formatTarget(target.value) } : { ok: false, error: `--advertise: ${target.error}` }
-}
-
 /** Exposure rules for the listener: open listeners need consent, report mode stays local. */
 function listenProblem(config: Config, insecureOpen: boolean): string | undefined {
   if (isLoopback(config.listen.host)) return undefined
@@ -127,8 +152,6 @@ async function start(values: Values): Promise<number> {
   if (format !== 'json' && format !== 'pretty') return usageError('--log-format must be json or pretty')
   const overrides = overridesFrom(values)
   if (!overrides.ok) return usageError(overrides.error)
-  const advertise = parseAdvertise(values.advertise)
-  if (!advertise.ok) return usageError(advertise.error)
   const file = resolve(values.rules ?? 'rules.json')
   const loaded = loadRulesFile(file, overrides.value)
   if (!loaded.ok) {
@@ -136,6 +159,8 @@ async function start(values: Values): Promise<number> {
     console.error('proxy-gate did not start: fix the rules file (see "proxy-gate validate")')
     return 1
   }
+  const advertise = values.advertise === undefined ? { ok: true as const, value: undefined } : advertisedAddress(loaded.value, values.advertise)
+  if (!advertise.ok) return usageError(advertise.error)
   const problem = listenProblem(loaded.value, values['insecure-open'])
   if (problem) {
     console.error(`proxy-gate did not start: ${problem}`)
@@ -156,12 +181,21 @@ async function start(values: Values): Promise<number> {
   if (!isLoopback(address.address)) log.warn('listening on a non-loopback address: anyone who can reach it can use this proxy', { address: address.address })
   const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
   if (!advertise.value && parseIp(address.address)?.value === 0n) log.warn('listening on every interface: pass --advertise HOST:PORT so the PAC file names an address clients can reach')
-  log.info('listening', { url, pac: `${advertise.value ? `http://${advertise.value}` : url}/proxy.pac`, rules: file, allow: policy.allow.length, deny: policy.deny.length, mode })
+  const pacUrl = `${advertise.value ? `http://${advertise.value}` : url}/proxy.pac`
+  log.info('listening', { url, pac: pacUrl, rules: file, allow: policy.allow.length, deny: policy.deny.length, mode })
+  log.info('wire it up', {
+    dockerDesktop: 'npx proxy-gate docker --target settings-store --write   (then restart Docker Desktop)',
+    dockerDesktopAdmin: 'npx proxy-gate docker --target admin --write   (Docker Business, locked for every user)',
+    containerEnv: 'npx proxy-gate docker --target cli --write',
+    systemProxy: `npx proxy-gate system-proxy --pac   (PAC URL ${pacUrl})`,
+  })
+  const open = openBypass(loaded.value.bypass)
+  if (open.length > 0) log.warn('bypass lets clients wired by proxy-gate reach these hosts directly, unchecked by the rules', { bypass: open.map(describePattern) })
 
   const reload = (why: string): void => {
     const next = loadRulesFile(file, overrides.value)
     if (!next.ok) {
-      log.error('reload failed: keeping the previous rules', { rules: file, trigger: why, errors: next.errors.map((e) => `${e.path} ${e.entry}: ${e.message}`) })
+      log.error('reload failed: keeping the previous rules', { rules: file, trigger: why, errors: formatRuleErrors(next.errors).split('\n') })
       return
     }
     const listen = next.value.listen
@@ -235,18 +269,35 @@ async function check(values: Values, positional: string[]): Promise<number> {
 function pac(values: Values): number {
   const flavor = values.flavor
   if (flavor !== 'standard' && flavor !== 'docker') return usageError('--flavor must be standard or docker')
-  const advertise = parseAdvertise(values.advertise)
+  const config = loadOrReport(values)
+  if (!config) return 1
+  const advertise = advertisedAddress(config, values.advertise)
   if (!advertise.ok) return usageError(advertise.error)
+  process.stdout.write(generatePac({ advertise: advertise.value, bypass: config.bypass, policy: config.policy, flavor, version: VERSION }))
+  return 0
+}
+
+function loadOrReport(values: Values): Config | undefined {
   const file = resolve(values.rules ?? 'rules.json')
   const loaded = loadRulesFile(file)
-  if (!loaded.ok) {
-    printErrors(file, loaded.errors)
-    return 1
+  if (loaded.ok) return loaded.value
+  printErrors(file, loaded.errors)
+  return undefined
+}
+
+function wiringArgs(values: Values): WiringArgs {
+  return {
+    target: values.target,
+    pac: values.pac,
+    manual: values.manual,
+    write: values.write,
+    file: values.file,
+    dryRun: values['dry-run'],
+    revert: values.revert,
+    apply: values.apply,
+    os: values.os,
+    advertise: values.advertise,
   }
-  const { listen, bypass, policy } = loaded.value
-  const fallback = `${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`
-  process.stdout.write(generatePac({ advertise: advertise.value ?? fallback, bypass, policy, flavor, version: VERSION }))
-  return 0
 }
 
 function validate(values: Values): number {
@@ -287,6 +338,11 @@ export async function main(argv: string[]): Promise<number> {
   if (command === 'check') return check(values, rest)
   if (command === 'validate' && rest.length === 0) return validate(values)
   if (command === 'pac' && rest.length === 0) return pac(values)
+  if ((command === 'docker' || command === 'system-proxy') && rest.length === 0) {
+    const config = loadOrReport(values)
+    if (!config) return 1
+    return command === 'docker' ? dockerCommand(config, wiringArgs(values)) : systemProxyCommand(config, wiringArgs(values))
+  }
   return usageError(`unknown command or extra arguments: ${parsed.positionals.join(' ')} (see --help)`)
 }
 

@@ -99,7 +99,8 @@ function parseDnsServer(text: unknown): Result<DnsServer> {
   if (typeof text !== 'string') return { ok: false, error: 'a DNS server must be a string "IP" or "IP:PORT"' }
   const ip = parseIp(text)
   if (ip) return { ok: true, value: { ip, port: 53 } }
-  const parsed = parseAuthority(text)
+  // default port 53, so "dns.google" or "127.1" is refused for what it is, not for a missing port
+  const parsed = parseAuthority(text, 53)
   if (!parsed.ok) return parsed
   if (parsed.value.host.kind !== 'ip') return { ok: false, error: 'a DNS server must be an IP address' }
   return { ok: true, value: { ip: parsed.value.host.ip, port: parsed.value.port } }
@@ -180,7 +181,7 @@ export function parseConfig(json: unknown): ConfigResult {
     if (parsed.ok) listen = parsed.value
     else err(errors, 'listen', json.listen, parsed.error)
   }
-  const mode = json.mode ?? 'enforce'
+  const mode = json.mode === undefined ? 'enforce' : json.mode
   if (mode !== 'enforce' && mode !== 'report') err(errors, 'mode', mode, 'must be "enforce" or "report"')
   const policy = compilePolicy({ allow: json.allow, deny: json.deny })
   if (!policy.ok) errors.push(...(policy.errors ?? []))

@@ -209,8 +209,11 @@ export function compilePolicy(input: PolicyInput): Result<Policy> & { errors?: R
   return { ok: true, value: { ...lists, allowIndex: buildIndex(lists.allow), denyIndex: buildIndex(lists.deny) } }
 }
 
+/** One line per problem; control characters and line separators from rules are shown escaped. */
 export function formatRuleErrors(errors: readonly RuleError[]): string {
-  return errors.map((e) => `${e.path} ${e.entry}: ${e.message}`).join('\n')
+  // eslint-disable-next-line no-control-regex
+  const visible = (text: string) => text.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+  return errors.map((e) => visible(`${e.path} ${e.entry}: ${e.message}`)).join('\n')
 }
 
 // ---- matching ------------------------------------------------------------------------------

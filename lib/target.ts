@@ -63,7 +63,8 @@ export function normaliseRuleName(text: string): Result<string> {
   if (/^[\x00-\x7f]*$/.test(text)) return normaliseName(text)
   const ascii = domainToASCII(text)
   const back = domainToUnicode(ascii)
-  const expected = text.normalize('NFC').toLowerCase().replace(/\.$/, '')
+  // domainToUnicode keeps a trailing dot; normaliseName strips one afterwards
+  const expected = text.normalize('NFC').toLowerCase()
   if (ascii === '' || back !== expected) return fail(`"${text}" is not a valid internationalised domain name (IDNA would change it)`)
   return normaliseName(ascii)
 }
@@ -94,6 +95,7 @@ export function parsePort(text: string): Result<number> {
 
 /** `host:port` with a required port: the CONNECT request-target and the `check` argument. */
 export function parseAuthority(text: string, defaultPort?: number): Result<Target> {
+  if (/[/@\\?#]/.test(text)) return fail(`"${text}" is not host:port (no scheme, userinfo, path or query)`)
   const close = text.lastIndexOf(']')
   const colon = text.lastIndexOf(':')
   const hasPort = colon > close
