@@ -6,6 +6,7 @@ import type httpProxy from 'http-proxy'
 import { checkRequestHead } from './checks.js'
 import { upstreamFailure } from './dial.js'
 import { admit } from './gate.js'
+import { clientResponseHeaders } from './headers.js'
 import { formatIp } from './ip.js'
 import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
 import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
@@ -66,6 +67,15 @@ export function createUpgradeProxy(rt: Runtime, proxyFactory: typeof httpProxy):
       upstream.setTimeout(rt.limits().tunnelIdleTimeoutMs, () => upstream.destroy())
       upstream.on('close', () => socket.destroy())
       socket.on('close', () => upstream.destroy())
+    })
+    // 'response' means no 101: the origin refused the upgrade. http-proxy relays this head as
+    // received but pipes the de-chunked body, then only ends the client socket. Make the framing
+    // close-delimited, drop hop-by-hop headers, and free the socket once the response is sent.
+    proxyReq.on('response', (res: IncomingMessage) => {
+      const clean = clientResponseHeaders(res.headers)
+      for (const name of Object.keys(res.headers)) delete res.headers[name]
+      Object.assign(res.headers, clean, { connection: 'close' })
+      socket.once('finish', () => socket.destroy())
     })
   })
   proxy.on('error', (_error, _req, target) => {

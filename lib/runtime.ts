@@ -32,7 +32,8 @@ export function clientAddress(req: IncomingMessage): string {
 
 /** A rejected request-target is logged as sent, minus any `user:password@` it carried. */
 export function redactUserinfo(raw: string): string {
-  return raw.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^/?#@]*@/i, '$1[redacted]@')
+  // up to the last "@" of the authority: a raw "@" inside a password must not leak its tail
+  return raw.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^/?#]*@/i, '$1[redacted]@')
 }
 
 interface DecisionLog {

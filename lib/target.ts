@@ -95,7 +95,8 @@ export function parsePort(text: string): Result<number> {
 
 /** `host:port` with a required port: the CONNECT request-target and the `check` argument. */
 export function parseAuthority(text: string, defaultPort?: number): Result<Target> {
-  if (/[/@\\?#]/.test(text)) return fail(`"${text}" is not host:port (no scheme, userinfo, path or query)`)
+  // the message ends up in logs: never echo what could be credentials (user:password@)
+  if (/[/@\\?#]/.test(text)) return fail(`"${text.replace(/^.*@/, '[redacted]@')}" is not host:port (no scheme, userinfo, path or query)`)
   const close = text.lastIndexOf(']')
   const colon = text.lastIndexOf(':')
   const hasPort = colon > close

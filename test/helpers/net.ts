@@ -218,3 +218,138 @@ export function statusOf(text: string, nth = 0): number | undefined {
 /** True when the netns created by test/run.sh is in place (stand-in addresses exist on lo). */
 export const IN_NETNS = process.env.PROXY_GATE_NETNS === '1'
 export const NETNS_SKIP = IN_NETNS ? false : 'needs the loopback-only network namespace that test/run.sh creates (run "npm test" as root)'
+
+export interface RawResponse {
+  readonly status: number
+  /** the head as sent, status line included, without the blank line */
+  readonly head: string
+  /** header values by lower-case name, in order */
+  readonly headers: Record<string, string[]>
+  readonly body: string
+  /** false when the body is close-delimited or still arriving */
+  readonly complete: boolean
+}
+
+function decodeChunked(text: string): { body: string; used: number } | undefined {
+  let pos = 0
+  let body = ''
+  for (;;) {
+    const eol = text.indexOf('\r\n', pos)
+    if (eol < 0) return undefined
+    const size = parseInt(text.slice(pos, eol).split(';')[0] ?? '', 16)
+    if (Number.isNaN(size)) return undefined
+    pos = eol + 2
+    if (size === 0) {
+      const end = text.indexOf('\r\n\r\n', pos - 2)
+      return end < 0 ? undefined : { body, used: end + 4 }
+    }
+    if (text.length < pos + size + 2) return undefined
+    body += text.slice(pos, pos + size)
+    pos += size + 2
+  }
+}
+
+/** Splits raw proxy output (latin1) into the HTTP/1.x responses it holds, 1xx included. */
+export function parseResponses(text: string): RawResponse[] {
+  const out: RawResponse[] = []
+  let pos = 0
+  while (pos < text.length) {
+    const end = text.indexOf('\r\n\r\n', pos)
+    if (end < 0) break
+    const head = text.slice(pos, end)
+    const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1] ?? NaN)
+    if (Number.isNaN(status)) break
+    const headers: Record<string, string[]> = Object.create(null) as Record<string, string[]>
+    for (const line of head.split('\r\n').slice(1)) {
+      const colon = line.indexOf(':')
+      const name = line.slice(0, colon).trim().toLowerCase()
+      ;(headers[name] ??= []).push(line.slice(colon + 1).trim())
+    }
+    const rest = text.slice(end + 4)
+    const length = headers['content-length']?.[0]
+    if (status < 200 || status === 204 || status === 304) {
+      out.push({ status, head, headers, body: '', complete: true })
+      pos = end + 4
+    } else if (length !== undefined) {
+      const n = Number(length)
+      out.push({ status, head, headers, body: rest.slice(0, n), complete: rest.length >= n })
+      pos = end + 4 + n
+    } else if (headers['transfer-encoding']?.some((v) => /chunked/i.test(v))) {
+      const decoded = decodeChunked(rest)
+      out.push({ status, head, headers, body: decoded?.body ?? '', complete: decoded !== undefined })
+      if (!decoded) break
+      pos = end + 4 + decoded.used
+    } else {
+      out.push({ status, head, headers, body: rest, complete: false })
+      break
+    }
+  }
+  return out
+}
+
+/** How many final (non-1xx) responses in the text are complete. */
+export function completeResponses(text: string): number {
+  return parseResponses(text).filter((r) => r.complete && r.status >= 200).length
+}
+
+export interface RawSession {
+  readonly socket: Socket
+  /** everything received so far, latin1 */
+  text(): string
+  send(bytes: string | Buffer): Promise<void>
+  /** resolves with the text once `until` holds, the peer closes, or the safety timeout passes */
+  waitFor(until: (text: string) => boolean, timeoutMs?: number): Promise<string>
+  isClosed(): boolean
+  /** resolves when the connection is closed */
+  readonly closed: Promise<void>
+  destroy(): void
+}
+
+/** A raw client connection for conversations (send, wait for an answer, send more). */
+export function rawSession(port: number, host = '127.0.0.1'): Promise<RawSession> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host, port })
+    let text = ''
+    let isClosed = false
+    const watchers = new Set<() => void>()
+    const closed = new Promise<void>((done) =>
+      socket.once('close', () => {
+        isClosed = true
+        for (const w of [...watchers]) w()
+        done()
+      }),
+    )
+    socket.on('data', (d: Buffer) => {
+      text += d.toString('latin1')
+      for (const w of [...watchers]) w()
+    })
+    socket.on('error', () => socket.destroy())
+    socket.once('connect', () => {
+      socket.removeListener('error', reject)
+      resolve({
+        socket,
+        text: () => text,
+        send: (bytes) => new Promise((done) => socket.write(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : bytes, () => done())),
+        waitFor: (until, timeoutMs = 5_000) =>
+          new Promise((done) => {
+            const check = (): void => {
+              if (!until(text) && !isClosed) return
+              watchers.delete(check)
+              clearTimeout(timer)
+              done(text)
+            }
+            const timer = setTimeout(() => {
+              watchers.delete(check)
+              done(text)
+            }, timeoutMs)
+            watchers.add(check)
+            check()
+          }),
+        isClosed: () => isClosed,
+        closed,
+        destroy: () => socket.destroy(),
+      })
+    })
+    socket.once('error', reject)
+  })
+}
