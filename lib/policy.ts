@@ -328,7 +328,12 @@ function waive(denied: Decision, ctx: DecisionContext, dial: readonly Ip[]): Dec
 }
 
 function isSelf(ctx: DecisionContext, ip: Ip, port: number): boolean {
-  return ctx.self.some((s) => s.port === port && s.ip.family === ip.family && s.ip.value === ip.value)
+  // aliases of a listener: connect() to 0.0.0.0 or :: lands on the local host, and a listener on
+  // the unspecified address also answers on every loopback address (all of 127/8, ::1)
+  const loopback = classifyIp(ip)?.kind === 'loopback'
+  return ctx.self.some(
+    (s) => s.port === port && ((s.ip.family === ip.family && s.ip.value === ip.value) || ip.value === 0n || (s.ip.value === 0n && loopback)),
+  )
 }
 
 /**

@@ -38,7 +38,11 @@ export function relay(client: Socket, upstream: Socket, options: RelayOptions, d
     done({ bytesFromClient: upstream.bytesWritten, bytesToClient: upstream.bytesRead, durationMs: Date.now() - started, error })
   }
   for (const [socket, other, side] of [[client, upstream, 'client'], [upstream, client, 'upstream']] as const) {
-    socket.on('error', (e: NodeJS.ErrnoException) => close(`${side} ${e.code ?? e.message}`))
+    socket.on('error', (e: NodeJS.ErrnoException) => {
+      // a reset is passed on as a reset: a plain FIN would let the peer take a cut-off stream as complete
+      if (e.code === 'ECONNRESET' && !other.destroyed) other.resetAndDestroy()
+      close(`${side} ${e.code ?? e.message}`)
+    })
     socket.on('close', onClose(other))
   }
   client.setTimeout(options.idleTimeoutMs, () => close('tunnel idle timeout'))
