@@ -5,6 +5,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { parseListen, type Config } from './config.js'
 import { admit } from './gate.js'
 import { formatIp, classifyIp, parseIp } from './ip.js'
+import { caCertToServe, caCommand } from './cli-ca.js'
 import { advertisedAddress, dockerCommand, openBypass, systemProxyCommand, type WiringArgs } from './cli-wiring.js'
 import { generatePac } from './pac.js'
 import { createLogger, LOG_LEVELS, type LogLevel } from './log.js'
@@ -29,6 +30,7 @@ commands:
   pac        print the PAC file that points clients at proxy-gate
   docker     print or write Docker Desktop / Docker CLI / dockerd proxy settings
   system-proxy  print (or apply) the commands that set this OS's proxy
+  ca         create (init) or describe (show) the local certificate authority
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
@@ -42,7 +44,8 @@ reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
   --log-level L        error, warn, info (default), debug or silent
   --log-format F       json (default when stdout is not a terminal) or pretty
   --insecure-open      allow listening on a non-loopback address (anyone who can reach it can use the proxy)
-  --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)`,
+  --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)
+  --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: certs/ in the proxy-gate folder)`,
   check: `usage: proxy-gate check TARGET [--rules FILE]
 
 TARGET is host:port (as in CONNECT) or a URL (http://host/..., https://host/...).
@@ -74,6 +77,17 @@ to host.docker.internal:PORT for the cli target (127.0.0.1 inside a container is
 Prints the commands that point this OS's proxy settings at proxy-gate: the PAC URL (--pac, the
 default) or a manual proxy with the bypass list (--manual); --revert turns them off again.
 --apply runs them after printing, and only on the OS they are for.`,
+  ca: `usage: proxy-gate ca init [--force] [--dir DIR]
+       proxy-gate ca show [--dir DIR]
+
+The local certificate authority, used only for rules that ask for TLS interception.
+"init" creates DIR/ca.crt (the certificate clients trust) and DIR/ca.key (mode 0600, keep it
+private); it refuses to replace an existing CA without --force. "show" prints the subject, the
+SHA-256 fingerprint and the expiry, and exits 1 when there is no usable CA.
+"proxy-gate start" serves ca.crt at http://LISTEN/ca.crt.
+
+  --dir DIR   the CA folder (default: certs/ in the proxy-gate folder)
+  --force     replace an existing CA (clients that trust the old one must trust the new ca.crt)`,
   validate: `usage: proxy-gate validate [--rules FILE]
 
 Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.`,
@@ -97,6 +111,8 @@ const OPTIONS = {
   revert: { type: 'boolean', default: false },
   apply: { type: 'boolean', default: false },
   os: { type: 'string' },
+  dir: { type: 'string' },
+  force: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
   version: { type: 'boolean', short: 'v', default: false },
 } satisfies ParseArgsConfig['options']
@@ -169,7 +185,8 @@ async function start(values: Values): Promise<number> {
   const log = createLogger({ level, format })
   process.on('uncaughtException', (error) => log.error('uncaught exception', { error: error.stack }))
   process.on('unhandledRejection', (error) => log.error('unhandled rejection', { error: error instanceof Error ? error.stack : String(error) }))
-  const proxy = createProxy({ config: loaded.value, log, ...(advertise.value ? { advertise: advertise.value } : {}) })
+  const caCertPem = caCertToServe(values.dir, (message, meta) => log.warn(message, meta))
+  const proxy = createProxy({ config: loaded.value, log, ...(advertise.value ? { advertise: advertise.value } : {}), ...(caCertPem ? { caCertPem } : {}) })
   let address
   try {
     address = await proxy.listen()
@@ -246,7 +263,7 @@ async function check(values: Values, positional: string[]): Promise<number> {
     return 2
   }
   const config = loaded.value
-  const ctx = { mode: config.mode, self: selfAddresses({ address: config.listen.host, port: config.listen.port }) }
+  const ctx = { mode: config.mode, self: selfAddresses({ address: config.listen.host, port: config.listen.port }), tls: config.tls }
   const admission = await admit({ policy: config.policy, ctx, lookup: createLookup(config.dns) }, target.value)
   console.log(`target:   ${formatTarget(target.value)}`)
   if (admission.kind === 'failed') {
@@ -338,6 +355,7 @@ export async function main(argv: string[]): Promise<number> {
   if (command === 'check') return check(values, rest)
   if (command === 'validate' && rest.length === 0) return validate(values)
   if (command === 'pac' && rest.length === 0) return pac(values)
+  if (command === 'ca') return caCommand(rest, { dir: values.dir, force: values.force })
   if ((command === 'docker' || command === 'system-proxy') && rest.length === 0) {
     const config = loadOrReport(values)
     if (!config) return 1

@@ -1,7 +1,7 @@
 // rules.json as a value: validates the whole file (listen, mode, limits, dns, bypass) and hands
 // allow/deny to the policy. Pure: the caller reads the file.
 import { formatIp, parseIp, type Ip } from './ip.js'
-import { compilePolicy, parseBypass, type HostPattern, type Mode, type Policy, type RuleError } from './policy.js'
+import { compilePolicy, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError, type TlsSettings } from './policy.js'
 import { parseAuthority, type Result } from './target.js'
 
 export interface Limits {
@@ -61,10 +61,36 @@ export interface Config {
   readonly bypass: readonly HostPattern[]
   readonly dns: DnsConfig
   readonly limits: Limits
+  readonly tls: TlsSettings
 }
 
 export const DEFAULT_LISTEN: Listen = { host: '127.0.0.1', port: 3128 }
-const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits']
+const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits', 'tls']
+const TLS_KEYS = ['ports', 'requireSni', 'allowNonTls', 'helloTimeoutMs']
+
+export const DEFAULT_TLS: TlsSettings = { ports: [[443, 443]], requireSni: true, allowNonTls: false, helloTimeoutMs: 10_000 }
+
+function parseTls(errors: Errors, value: unknown): TlsSettings {
+  if (value === undefined) return DEFAULT_TLS
+  if (!isObject(value)) {
+    err(errors, 'tls', value, '"tls" must be an object')
+    return DEFAULT_TLS
+  }
+  unknownKeys(errors, 'tls', value, TLS_KEYS)
+  const tls = { ...DEFAULT_TLS }
+  if (value.ports !== undefined) {
+    const ports = typeof value.ports === 'string' ? parsePorts(value.ports) : Array.isArray(value.ports) ? parsePorts(value.ports.join(',')) : undefined
+    if (ports?.ok) tls.ports = ports.value
+    else err(errors, 'tls.ports', value.ports, ports ? ports.error : 'must be a list of ports or a string like "443,8443"')
+  }
+  for (const key of ['requireSni', 'allowNonTls'] as const) {
+    if (value[key] === undefined) continue
+    if (typeof value[key] === 'boolean') tls[key] = value[key]
+    else err(errors, `tls.${key}`, value[key], 'must be true or false')
+  }
+  tls.helloTimeoutMs = positiveInt(errors, 'tls.helloTimeoutMs', value.helloTimeoutMs, DEFAULT_TLS.helloTimeoutMs)
+  return tls
+}
 const DNS_KEYS = ['servers', 'timeoutMs', 'cacheSize']
 
 type Errors = RuleError[]
@@ -188,6 +214,7 @@ export function parseConfig(json: unknown): ConfigResult {
   const bypass = parseBypassList(errors, json.bypass)
   const dns = parseDns(errors, json.dns)
   const limits = parseLimits(errors, json.limits)
+  const tls = parseTls(errors, json.tls)
   if (errors.length > 0 || !policy.ok) return { ok: false, errors }
-  return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits } }
+  return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits, tls } }
 }

@@ -1,7 +1,7 @@
 // The decide stage of every route: rules first (no DNS for names no rule allows), then one
 // resolution and the address guard. Owns the I/O the pure policy must not do.
 import type { Ip } from './ip.js'
-import { decideAddresses, decideTarget, type Decision, type DecisionContext, type Policy } from './policy.js'
+import { checkHello, confirmSniAddress, decideAddresses, decideTarget, type Decision, type DecisionContext, type HelloView, type Policy } from './policy.js'
 import { DnsFailure, type Lookup } from './resolve.js'
 import { reply, type ProxyReply } from './respond.js'
 import { formatTarget, type Target } from './target.js'
@@ -35,4 +35,17 @@ export function redecide(gate: Gate, target: Target, resolved: readonly Ip[] | u
   const first = decideTarget(gate.policy, gate.ctx, target)
   if (first.verdict !== 'resolve') return first
   return decideAddresses(gate.policy, gate.ctx, target, first, resolved ?? [])
+}
+
+/**
+ * The decision after a tunnel's ClientHello. A deferred IP-literal tunnel is admitted under its
+ * server name (rules, DNS and guard as for any name) and only if the IP is one of its addresses.
+ */
+export async function admitHello(gate: Gate, target: Target, admitted: Decision, hello: HelloView): Promise<Admission & { ruleTarget: Target }> {
+  const checked = checkHello(gate.ctx, target, admitted, hello)
+  if (checked.verdict !== 'admit-sni') return { kind: 'decided', decision: checked, resolved: undefined, ruleTarget: target }
+  const byName = await admit(gate, checked.target)
+  if (byName.kind === 'failed') return { ...byName, ruleTarget: checked.target }
+  const decision = confirmSniAddress(gate.ctx, target, byName.decision, checked.sni)
+  return { kind: 'decided', decision, resolved: byName.resolved, ruleTarget: checked.target }
 }

@@ -13,7 +13,7 @@ import {
   type Ip,
   type SpecialRange,
 } from './ip.js'
-import { formatTarget, hostText, normaliseRuleName, parsePort, type Host, type Result, type Target } from './target.js'
+import { formatTarget, hostText, normaliseName, normaliseRuleName, parsePort, type Host, type Result, type Target } from './target.js'
 
 export type PortRange = readonly [number, number]
 export type ListName = 'allow' | 'deny'
@@ -261,6 +261,11 @@ export type Reason =
   | 'no-rule' // no allow rule matched
   | 'address-prohibited' // a resolved or literal address is special-purpose
   | 'self-connection' // the address is the proxy's own listener
+  | 'sni-mismatch' // the TLS server name is not the CONNECT host (domain fronting)
+  | 'sni-missing' // no usable TLS server name where one is required
+  | 'sni-address-mismatch' // an IP-literal CONNECT whose TLS server name does not resolve to that IP
+  | 'not-tls' // plain bytes in a tunnel on a TLS port
+  | 'bad-client-hello' // a malformed, oversized or late ClientHello
 
 export type ErrorType = 'http_request_denied' | 'destination_ip_prohibited'
 
@@ -294,10 +299,19 @@ export interface SelfAddress {
   readonly port: number
 }
 
+export interface TlsSettings {
+  /** CONNECT ports whose tunnels must start with a TLS ClientHello that names the target */
+  readonly ports: readonly PortRange[]
+  readonly requireSni: boolean
+  readonly allowNonTls: boolean
+  readonly helloTimeoutMs: number
+}
+
 export interface DecisionContext {
   readonly mode: Mode
   /** the proxy's own listening addresses: never a destination */
   readonly self: readonly SelfAddress[]
+  readonly tls: TlsSettings
 }
 
 export function denyErrorType(reason: Reason): ErrorType {
@@ -427,4 +441,81 @@ export function describePattern(pattern: HostPattern): string {
   if (pattern.kind === 'exact') return pattern.name
   if (pattern.kind === 'wildcard') return `*.${pattern.suffix}`
   return formatCidr(pattern.cidr)
+}
+
+// ---- TLS ClientHello checks (CONNECT on TLS ports) ----------------------------------------
+
+/** What the proxy saw at the start of a tunnel on a TLS port. */
+export type HelloView =
+  | { readonly kind: 'hello'; readonly sni: string | undefined }
+  | { readonly kind: 'not-tls' }
+  | { readonly kind: 'malformed'; readonly reason: string }
+  | { readonly kind: 'timeout' }
+
+/** The SNI says which name to admit an IP-literal tunnel under. */
+export interface SniAdmission {
+  readonly verdict: 'admit-sni'
+  readonly target: Target
+  readonly sni: string
+}
+
+export function isTlsPort(ctx: DecisionContext, port: number): boolean {
+  return ctx.tls.ports.some(([lo, hi]) => port >= lo && port <= hi)
+}
+
+/**
+ * An IP-literal CONNECT that no rule allows, on a TLS port, is not refused yet: Docker Desktop
+ * sends transparently captured HTTPS this way, and the ClientHello's server name can decide it.
+ */
+export function defersToSni(ctx: DecisionContext, target: Target, decision: Decision): boolean {
+  return decision.verdict === 'deny' && decision.reason === 'no-rule' && target.host.kind === 'ip' && isTlsPort(ctx, target.port)
+}
+
+function helloDenial(ctx: DecisionContext, admitted: Decision, reason: Reason, detail: string): Decision {
+  return waive(decision({ verdict: 'deny', reason, rule: admitted.rule, address: admitted.address, detail }), ctx, admitted.dial)
+}
+
+/** A usable server name: a valid host name (an IP address is not a valid SNI). */
+function sniName(sni: string | undefined): string | undefined {
+  if (sni === undefined) return undefined
+  const name = normaliseName(sni)
+  return name.ok ? name.value : undefined
+}
+
+/**
+ * The second look at a tunnel on a TLS port, after the 200: the ClientHello must name the host
+ * that was allowed. Deferred IP-literal tunnels come back as SniAdmission, to be admitted under
+ * the server name and confirmed with confirmSniAddress.
+ */
+export function checkHello(ctx: DecisionContext, target: Target, admitted: Decision, hello: HelloView): Decision | SniAdmission {
+  const deferred = admitted.verdict === 'deny'
+  const where = formatTarget(target)
+  if (hello.kind === 'not-tls') {
+    if (ctx.tls.allowNonTls && !deferred) return admitted
+    return helloDenial(ctx, admitted, 'not-tls', `the client sent non-TLS bytes into a tunnel to ${where}, a TLS port`)
+  }
+  if (hello.kind === 'timeout') return helloDenial(ctx, admitted, 'bad-client-hello', `no TLS ClientHello within ${ctx.tls.helloTimeoutMs} ms in the tunnel to ${where}`)
+  if (hello.kind === 'malformed') return helloDenial(ctx, admitted, 'bad-client-hello', `malformed TLS ClientHello in the tunnel to ${where}: ${hello.reason}`)
+  const name = sniName(hello.sni)
+  if (target.host.kind === 'ip') {
+    if (!deferred) return admitted
+    if (name === undefined) return helloDenial(ctx, admitted, 'sni-missing', `no allow rule matches ${where} and the ClientHello names no host to decide by`)
+    return { verdict: 'admit-sni', target: { host: { kind: 'name', name }, port: target.port }, sni: name }
+  }
+  if (name === undefined) {
+    if (!ctx.tls.requireSni) return admitted
+    return helloDenial(ctx, admitted, 'sni-missing', `the ClientHello for ${where} names no server (tls.requireSni)`)
+  }
+  if (name === target.host.name) return admitted
+  return helloDenial(ctx, admitted, 'sni-mismatch', `the TLS server name ${name} is not the CONNECT host ${target.host.name} (domain fronting)`)
+}
+
+/** An IP-literal tunnel admitted by its server name: the IP must be one the name resolved to. */
+export function confirmSniAddress(ctx: DecisionContext, target: Target, byName: Decision, sni: string): Decision {
+  if (byName.verdict === 'deny' || target.host.kind !== 'ip') return byName
+  const ip = target.host.ip
+  if (byName.dial.some((a) => a.family === ip.family && a.value === ip.value)) {
+    return { ...byName, address: ip, dial: [ip], detail: `${byName.detail} (TLS server name ${sni} for ${formatTarget(target)})` }
+  }
+  return helloDenial(ctx, byName, 'sni-address-mismatch', `${formatTarget(target)} is not an address of ${sni}, the TLS server name`)
 }

@@ -1,53 +1,122 @@
 // CONNECT tunnels.
-//   client --CONNECT host:port--> check head -> parse authority -> admit -> dial checked IP -> 200 -> relay
+//   other ports: client --CONNECT host:port--> check head -> parse -> admit -> dial checked IP -> 200 -> relay
+//   TLS ports:   client --CONNECT host:port--> check head -> parse -> admit -> 200 -> ClientHello (SNI) -> admit again -> dial -> relay
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
 import { dial, DialFailure } from './dial.js'
-import { admit } from './gate.js'
+import { admit, admitHello, type Admission } from './gate.js'
+import type { Ip } from './ip.js'
+import { defersToSni, isTlsPort, type Decision, type HelloView } from './policy.js'
 import { relay } from './relay.js'
 import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
 import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
-import { parseAuthority } from './target.js'
+import { parseAuthority, type Target } from './target.js'
+import { parseClientHello } from './tls-hello.js'
+
+const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
+/** far above any real ClientHello (post-quantum key shares included) */
+const MAX_HELLO_BYTES = 32 * 1024
 
 export async function connectRoute(rt: Runtime, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const id = rt.nextId()
   const rawTarget = req.url ?? ''
   socket.on('error', () => socket.destroy())
   const parsed = parseAuthority(rawTarget)
+  const log = (fields: { decision?: Decision; resolved?: readonly Ip[] | undefined; reply?: ProxyReply; sni?: string }, target = parsed.ok ? parsed.value : undefined) =>
+    logDecision(rt, { id, req, method: 'CONNECT', target, rawTarget, ...fields })
   const refuse = (r: ProxyReply): void => {
-    logDecision(rt, { id, req, method: 'CONNECT', target: parsed.ok ? parsed.value : undefined, rawTarget, reply: r })
+    log({ reply: r })
     replyOnSocket(socket, r)
   }
   const problem = checkRequestHead(req, rt.limits())
   if (problem) return refuse(problem)
   if (!parsed.ok) return refuse(reply(400, 'http_request_error', `bad CONNECT target: ${parsed.error}`))
   const target = parsed.value
-  const admission = await admit(rt.gate(), target)
+  const gate = rt.gate()
+  const admission = await admit(gate, target)
   if (admission.kind === 'failed') return refuse(admission.reply)
   const { decision, resolved } = admission
-  logDecision(rt, { id, req, method: 'CONNECT', target, rawTarget, decision, resolved })
-  if (decision.verdict === 'deny') return replyOnSocket(socket, denial('CONNECT', rawTarget, decision))
+  const deferred = defersToSni(gate.ctx, target, decision)
+  if (decision.verdict === 'deny' && !deferred) {
+    log({ decision, resolved })
+    return replyOnSocket(socket, denial('CONNECT', rawTarget, decision))
+  }
+  if (!isTlsPort(gate.ctx, target.port)) {
+    log({ decision, resolved })
+    return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true)
+  }
+
+  // TLS port: answer first, then decide on the ClientHello the client sends next
+  socket.write(ESTABLISHED)
+  const hello = await readHello(socket, head, gate.ctx.tls.helloTimeoutMs)
+  if (hello === undefined) return log({ decision, resolved, reply: reply(400, 'http_request_error', 'client closed the tunnel before a ClientHello') })
+  const sni = hello.view.kind === 'hello' ? hello.view.sni : undefined
+  const second: Admission & { ruleTarget: Target } = await admitHello(gate, target, decision, hello.view)
+  if (second.kind === 'failed') {
+    log({ reply: second.reply, ...(sni ? { sni } : {}) })
+    return void socket.destroy()
+  }
+  log({ decision: second.decision, resolved: second.resolved ?? resolved, ...(sni ? { sni } : {}) })
+  if (second.decision.verdict === 'deny') return void socket.destroy()
+  return openTunnel(rt, id, socket, second.ruleTarget, second.decision.dial, second.resolved ?? resolved ?? second.decision.dial, hello.bytes, false)
+}
+
+interface Hello {
+  readonly bytes: Buffer
+  readonly view: HelloView
+}
+
+/** Buffers what the client sends until a whole ClientHello (or proof there is none) is in. */
+function readHello(socket: Socket, head: Buffer, timeoutMs: number): Promise<Hello | undefined> {
+  return new Promise((resolve) => {
+    let bytes = head
+    let settled = false
+    const finish = (view: HelloView | undefined): void => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      socket.off('data', onData)
+      socket.off('close', onClose)
+      socket.pause()
+      resolve(view ? { bytes, view } : undefined)
+    }
+    const inspect = (): void => {
+      const result = parseClientHello(bytes, MAX_HELLO_BYTES)
+      if (result.kind === 'hello') finish({ kind: 'hello', sni: result.sni })
+      else if (result.kind !== 'need-more') finish(result)
+    }
+    const onData = (chunk: Buffer): void => {
+      bytes = Buffer.concat([bytes, chunk])
+      inspect()
+    }
+    const onClose = (): void => finish(undefined)
+    const timer = setTimeout(() => finish({ kind: 'timeout' }), timeoutMs)
+    socket.on('data', onData)
+    socket.once('close', onClose)
+    if (bytes.length > 0) inspect()
+  })
+}
+
+/**
+ * Dials the checked addresses, sends what the client already sent, and relays. `answer` says
+ * whether the 200 is still to be written (or, on failure, an error status can still be sent).
+ */
+async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Target, addresses: readonly Ip[], resolved: readonly Ip[], first: Buffer, answer: boolean): Promise<void> {
+  const limits = rt.limits()
   let upstream: Socket
   try {
-    upstream = (await dial(decision.dial, target.port, rt.limits().connectTimeoutMs)).socket
+    upstream = (await dial(addresses, target.port, limits.connectTimeoutMs)).socket
   } catch (error) {
     if (!(error instanceof DialFailure)) throw error
     rt.log.info('upstream failed', { id, status: error.reply.status, error: error.reply.type, detail: error.reply.details })
-    return replyOnSocket(socket, error.reply)
+    return answer ? replyOnSocket(socket, error.reply) : void socket.destroy()
   }
   if (socket.destroyed) return void upstream.destroy()
-  socket.write('HTTP/1.1 200 Connection established\r\n\r\n')
-  if (head.length > 0) upstream.write(head)
-  const limits = rt.limits()
-  const open: OpenConnection = {
-    id,
-    kind: 'tunnel',
-    target,
-    resolved: resolved ?? decision.dial,
-    close: (reason) => tunnel.close(reason),
-  }
+  if (answer) socket.write(ESTABLISHED)
+  if (first.length > 0) upstream.write(first)
   const chosen = upstream.remoteAddress
+  const open: OpenConnection = { id, kind: 'tunnel', target, resolved, close: (reason) => tunnel.close(reason) }
   const tunnel = relay(socket, upstream, { idleTimeoutMs: limits.tunnelIdleTimeoutMs, maxLifetimeMs: limits.tunnelMaxLifetimeMs }, (stats) => {
     rt.open.delete(open)
     rt.log.info('closed', { id, kind: 'tunnel', chosen, ...stats })

@@ -1,5 +1,6 @@
-// Requests addressed to proxy-gate itself (origin-form): the health check and the PAC file.
-//   client --GET /path--> /healthz | /proxy.pac | /wpad.dat | 404
+// Requests addressed to proxy-gate itself (origin-form): the health check, the PAC file and the
+// local CA's certificate.
+//   client --GET /path--> /healthz | /proxy.pac | /wpad.dat | /ca.crt | 404
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { PacFlavor } from './pac.js'
 import { reply, replyOnResponse } from './respond.js'
@@ -11,6 +12,8 @@ export interface PacFile {
 
 export interface LocalSources {
   pac(flavor: PacFlavor): PacFile
+  /** the local CA certificate (PEM), undefined when there is none */
+  caCert(): string | undefined
 }
 
 const PAC_PATHS = new Set(['/proxy.pac', '/wpad.dat'])
@@ -23,6 +26,15 @@ function servePac(req: IncomingMessage, res: ServerResponse, pac: PacFile): void
   }
   res.writeHead(200, { ...headers, 'Content-Length': Buffer.byteLength(pac.text) })
   res.end(req.method === 'HEAD' ? undefined : pac.text)
+}
+
+function serveCaCert(req: IncomingMessage, res: ServerResponse, pem: string | undefined): void {
+  if (pem === undefined) {
+    return replyOnResponse(res, reply(404, 'http_request_error', 'proxy-gate has no local CA: run "proxy-gate ca init", then restart it'), false)
+  }
+  const headers = { 'Content-Type': 'application/x-x509-ca-cert', 'Content-Disposition': 'attachment; filename="proxy-gate-ca.crt"', 'Cache-Control': 'no-cache' }
+  res.writeHead(200, { ...headers, 'Content-Length': Buffer.byteLength(pem) })
+  res.end(req.method === 'HEAD' ? undefined : pem)
 }
 
 export function localRoute(req: IncomingMessage, res: ServerResponse, sources: LocalSources): void {
@@ -38,5 +50,6 @@ export function localRoute(req: IncomingMessage, res: ServerResponse, sources: L
     const flavor = new URLSearchParams(query).get('flavor') === 'docker' ? 'docker' : 'standard'
     return servePac(req, res, sources.pac(flavor))
   }
+  if (path === '/ca.crt') return serveCaCert(req, res, sources.caCert())
   replyOnResponse(res, reply(404, 'http_request_error', `${path} is not served here; send proxy requests in absolute form (http://host/path) or use CONNECT`), false)
 }

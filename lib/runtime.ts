@@ -45,6 +45,8 @@ interface DecisionLog {
   readonly decision?: Decision
   readonly resolved?: readonly Ip[] | undefined
   readonly reply?: ProxyReply
+  /** the TLS server name, for tunnels on TLS ports */
+  readonly sni?: string | undefined
 }
 
 /** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
@@ -57,6 +59,7 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     target: entry.target ? formatTarget(entry.target) : redactUserinfo(entry.rawTarget.slice(0, 300)),
     resolved: entry.resolved?.map(formatIp),
     chosen: decision && decision.verdict === 'allow' ? decision.dial.map(formatIp)[0] : undefined,
+    sni: entry.sni,
     decision: decision?.verdict ?? 'error',
     rule: decision?.rule ? `${decision.rule.list}[${decision.rule.index}] ${decision.rule.text}` : undefined,
     reason: decision?.reason ?? reply?.type,

@@ -28,6 +28,8 @@ export interface ProxyOptions {
   readonly lookup?: Lookup
   /** `host:port` written into the PAC file; default: the address the listener is bound to */
   readonly advertise?: string
+  /** the local CA certificate (PEM) served at /ca.crt; absent: /ca.crt answers 404 */
+  readonly caCertPem?: string
 }
 
 export interface ReloadOutcome {
@@ -68,7 +70,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   const { log } = options
   let config = options.config
   let self: SelfAddress[] = []
-  const makeGate = (c: Config): Gate => ({ policy: c.policy, ctx: { mode: c.mode, self }, lookup: options.lookup ?? createLookup(c.dns) })
+  const makeGate = (c: Config): Gate => ({ policy: c.policy, ctx: { mode: c.mode, self, tls: c.tls }, lookup: options.lookup ?? createLookup(c.dns) })
   let gate = makeGate(config)
   let seq = 0
   const boot = Date.now().toString(36)
@@ -114,7 +116,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     })
   }
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
-    if (req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile })
+    if (req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem })
     guarded('forward', (r) => replyOnResponse(res, r, true), () => forwardRoute(rt, agent, req, res, expectsContinue))
   }
   server.on('request', (req, res) => onRequest(req, res, false))

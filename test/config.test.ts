@@ -3,13 +3,13 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { DEFAULT_LIMITS, parseConfig, type Config } from '../lib/config.js'
+import { DEFAULT_LIMITS, DEFAULT_TLS, parseConfig, type Config } from '../lib/config.js'
 import { formatIp, parseIp, type Ip } from '../lib/ip.js'
 import { decideTarget, describePattern, type DecisionContext, type Policy } from '../lib/policy.js'
 import { loadRulesFile } from '../lib/rules-file.js'
 import { parseAuthority } from '../lib/target.js'
 
-const ENFORCE: DecisionContext = { mode: 'enforce', self: [] }
+const ENFORCE: DecisionContext = { mode: 'enforce', self: [], tls: DEFAULT_TLS }
 
 function ip(text: string): Ip {
   const parsed = parseIp(text)
@@ -122,7 +122,7 @@ t.test('the shipped rules.json validates and allows what a docker pull needs', a
 })
 
 t.test('an unknown key anywhere is an error that names its path (a typo like "dney")', async (t) => {
-  t.same(errorsOf({ allow: ['a.test'], dney: ['b.test'] }), [['dney', 'unknown key "dney" (allowed: $schema, listen, mode, allow, deny, bypass, dns, limits)']])
+  t.same(errorsOf({ allow: ['a.test'], dney: ['b.test'] }), [['dney', 'unknown key "dney" (allowed: $schema, listen, mode, allow, deny, bypass, dns, limits, tls)']])
   t.same(errorsOf({ dns: { retries: 3 } }), [['dns.retries', 'unknown key "retries" (allowed: servers, timeoutMs, cacheSize)']])
   const limits = errorsOf({ limits: { headerTimeout: 5 } })
   t.equal(limits[0]?.[0], 'limits.headerTimeout')

@@ -2,6 +2,7 @@
 // decision (names on rules alone, then every resolved address through deny rules and the
 // address guard). Rules R1-R4 and the DNS fixtures are the corpus's (section 0); the resolved
 // addresses are given directly, since the policy is pure.
+import { DEFAULT_TLS } from '../lib/config.js'
 import t from 'tap'
 import { parseIp, type Ip } from '../lib/ip.js'
 import {
@@ -24,8 +25,8 @@ import {
 } from '../lib/policy.js'
 import { parseAuthority, type Target } from '../lib/target.js'
 
-const ENFORCE: DecisionContext = { mode: 'enforce', self: [] }
-const REPORT: DecisionContext = { mode: 'report', self: [] }
+const ENFORCE: DecisionContext = { mode: 'enforce', self: [], tls: DEFAULT_TLS }
+const REPORT: DecisionContext = { mode: 'report', self: [], tls: DEFAULT_TLS }
 
 function ip(text: string): Ip {
   const parsed = parseIp(text)
@@ -411,12 +412,12 @@ t.test('"private": true unlocks RFC 1918, ULA and CGNAT, never loopback, link-lo
   ]
   for (const a of refused) t.equal(outcome(decide(p, 'git.corp.example:443', [a])), 'deny/address-prohibited', `${a} stays refused`)
   t.equal(outcome(decide(p, 'git.corp.example:443', ['10.1.2.3', '127.0.0.1'])), 'deny/address-prohibited', 'mixed answers still deny')
-  const self: DecisionContext = { mode: 'enforce', self: [{ ip: ip('10.1.2.3'), port: 443 }] }
+  const self: DecisionContext = { mode: 'enforce', self: [{ ip: ip('10.1.2.3'), port: 443 }], tls: DEFAULT_TLS }
   t.equal(outcome(decide(p, 'git.corp.example:443', ['10.1.2.3'], self)), 'deny/self-connection', "private never unlocks the proxy's own address")
 })
 
 t.test("the proxy's own address is refused even when an IP rule covers it (case 49)", async (t) => {
-  const ctx: DecisionContext = { mode: 'enforce', self: [{ ip: ip('127.0.0.1'), port: 3128 }, { ip: ip('11.22.33.44'), port: 3128 }] }
+  const ctx: DecisionContext = { mode: 'enforce', self: [{ ip: ip('127.0.0.1'), port: 3128 }, { ip: ip('11.22.33.44'), port: 3128 }], tls: DEFAULT_TLS }
   const p = policy(['127.0.0.1:3128', '127.0.0.0/8:*', '11.22.33.44:*', 'self.example.com:3128', '0.0.0.0/0:*'])
   const rows: Array<[string, string[], string]> = [
     ['127.0.0.1:3128', [], 'deny/self-connection'],
@@ -435,7 +436,7 @@ t.test("the proxy's own address is refused even when an IP rule covers it (case 
   const d = decide(p, '127.0.0.1:3128', [], ctx)
   t.match(d.detail, /127\.0\.0\.1:3128 is proxy-gate's own listener/)
   t.equal(denyErrorType(d.reason), 'destination_ip_prohibited')
-  t.equal(outcome(decide(p, '127.0.0.1:3128', [], { mode: 'report', self: ctx.self })), 'deny/self-connection', 'report mode keeps it')
+  t.equal(outcome(decide(p, '127.0.0.1:3128', [], { mode: 'report', self: ctx.self, tls: DEFAULT_TLS })), 'deny/self-connection', 'report mode keeps it')
 })
 
 t.test('0.0.0.0/0 and ::/0 do not unlock special addresses; only a rule inside special space does', async (t) => {

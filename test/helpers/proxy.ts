@@ -25,7 +25,7 @@ export function configFrom(rules: Record<string, unknown>): Config {
   return parsed.value
 }
 
-export async function startProxy(rules: Record<string, unknown>, options: { lookup?: Lookup } = {}): Promise<TestProxy> {
+export async function startProxy(rules: Record<string, unknown>, options: { lookup?: Lookup; caCertPem?: string } = {}): Promise<TestProxy> {
   const stream = new PassThrough()
   const lines: LogLine[] = []
   const waiters: Array<{ match: (l: LogLine) => boolean; resolve: (l: LogLine) => void }> = []
@@ -47,7 +47,7 @@ export async function startProxy(rules: Record<string, unknown>, options: { look
     }
   })
   const log = createLogger({ level: 'debug', format: 'json', stream })
-  const proxy = createProxy({ config: configFrom(rules), log, ...(options.lookup ? { lookup: options.lookup } : {}) })
+  const proxy = createProxy({ config: configFrom(rules), log, ...(options.lookup ? { lookup: options.lookup } : {}), ...(options.caCertPem ? { caCertPem: options.caCertPem } : {}) })
   const address = await proxy.listen()
   return {
     port: address.port,
