@@ -1,15 +1,17 @@
 #!/usr/bin/env node
 // Command line: start the proxy, check a target against the rules, validate a rules file.
-import { resolve } from 'node:path'
+import { readFileSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { parseListen, type Config } from './config.js'
 import { admit } from './gate.js'
 import { formatIp, classifyIp, parseIp } from './ip.js'
+import { defaultCaDir, loadCa, type LoadedCa } from './ca.js'
 import { caCertToServe, caCommand } from './cli-ca.js'
 import { advertisedAddress, dockerCommand, openBypass, systemProxyCommand, type WiringArgs } from './cli-wiring.js'
 import { generatePac } from './pac.js'
 import { createLogger, LOG_LEVELS, type LogLevel } from './log.js'
-import { describePattern, formatRuleErrors, type Mode, type RuleError } from './policy.js'
+import { describePattern, formatRuleErrors, rulesWithRequestLimits, type Mode, type RuleError } from './policy.js'
 import { createLookup } from './resolve.js'
 import { loadRulesFile, watchRulesFile, type Overrides } from './rules-file.js'
 import { createProxy, selfAddresses } from './server.js'
@@ -149,6 +151,28 @@ function overridesFrom(values: Values): Result<Overrides> {
   return { ok: true, value: overrides }
 }
 
+/** Rules that limit methods or paths open TLS tunnels, which takes the local CA. */
+function needsCa(config: Config, ca: LoadedCa): string | undefined {
+  const rules = rulesWithRequestLimits(config.policy)
+  if (rules.length === 0 || ca.ok) return undefined
+  const which = rules.map((r) => `allow[${r.index}]`).join(', ')
+  return `${which} limit${rules.length === 1 ? 's' : ''} methods or paths, which needs the local CA to open TLS tunnels: ${ca.error}${ca.missing ? '' : ' (see "proxy-gate ca show")'}`
+}
+
+/** tls.upstreamCaFiles, read relative to the rules file. */
+function readUpstreamCa(rulesFile: string, config: Config): Result<string[]> {
+  const pems: string[] = []
+  for (const name of config.tls.upstreamCaFiles) {
+    const path = resolve(dirname(rulesFile), name)
+    try {
+      pems.push(readFileSync(path, 'utf8'))
+    } catch (error) {
+      return { ok: false, error: `tls.upstreamCaFiles: cannot read ${path}: ${(error as Error).message}` }
+    }
+  }
+  return { ok: true, value: pems }
+}
+
 /** Exposure rules for the listener: open listeners need consent, report mode stays local. */
 function listenProblem(config: Config, insecureOpen: boolean): string | undefined {
   if (isLoopback(config.listen.host)) return undefined
@@ -186,7 +210,25 @@ async function start(values: Values): Promise<number> {
   process.on('uncaughtException', (error) => log.error('uncaught exception', { error: error.stack }))
   process.on('unhandledRejection', (error) => log.error('unhandled rejection', { error: error instanceof Error ? error.stack : String(error) }))
   const caCertPem = caCertToServe(values.dir, (message, meta) => log.warn(message, meta))
-  const proxy = createProxy({ config: loaded.value, log, ...(advertise.value ? { advertise: advertise.value } : {}), ...(caCertPem ? { caCertPem } : {}) })
+  const ca = loadCa(resolve(values.dir ?? defaultCaDir()))
+  const caMissing = needsCa(loaded.value, ca)
+  if (caMissing) {
+    console.error(`proxy-gate did not start: ${caMissing}`)
+    return 1
+  }
+  const upstreamCa = readUpstreamCa(file, loaded.value)
+  if (!upstreamCa.ok) {
+    console.error(`proxy-gate did not start: ${upstreamCa.error}`)
+    return 1
+  }
+  const proxy = createProxy({
+    config: loaded.value,
+    log,
+    upstreamCa: upstreamCa.value,
+    ...(advertise.value ? { advertise: advertise.value } : {}),
+    ...(caCertPem ? { caCertPem } : {}),
+    ...(ca.ok ? { ca: ca.value } : {}),
+  })
   let address
   try {
     address = await proxy.listen()
@@ -213,6 +255,11 @@ async function start(values: Values): Promise<number> {
     const next = loadRulesFile(file, overrides.value)
     if (!next.ok) {
       log.error('reload failed: keeping the previous rules', { rules: file, trigger: why, errors: formatRuleErrors(next.errors).split('\n') })
+      return
+    }
+    const caNeeded = needsCa(next.value, ca)
+    if (caNeeded) {
+      log.error('reload failed: keeping the previous rules', { rules: file, trigger: why, errors: [caNeeded] })
       return
     }
     const listen = next.value.listen

@@ -66,9 +66,9 @@ export interface Config {
 
 export const DEFAULT_LISTEN: Listen = { host: '127.0.0.1', port: 3128 }
 const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits', 'tls']
-const TLS_KEYS = ['ports', 'requireSni', 'allowNonTls', 'helloTimeoutMs']
+const TLS_KEYS = ['ports', 'requireSni', 'allowNonTls', 'helloTimeoutMs', 'upstreamCaFiles']
 
-export const DEFAULT_TLS: TlsSettings = { ports: [[443, 443]], requireSni: true, allowNonTls: false, helloTimeoutMs: 10_000 }
+export const DEFAULT_TLS: TlsSettings = { ports: [[443, 443]], requireSni: true, allowNonTls: false, helloTimeoutMs: 10_000, upstreamCaFiles: [] }
 
 function parseTls(errors: Errors, value: unknown): TlsSettings {
   if (value === undefined) return DEFAULT_TLS
@@ -89,6 +89,11 @@ function parseTls(errors: Errors, value: unknown): TlsSettings {
     else err(errors, `tls.${key}`, value[key], 'must be true or false')
   }
   tls.helloTimeoutMs = positiveInt(errors, 'tls.helloTimeoutMs', value.helloTimeoutMs, DEFAULT_TLS.helloTimeoutMs)
+  if (value.upstreamCaFiles !== undefined) {
+    const files = value.upstreamCaFiles
+    if (Array.isArray(files) && files.every((f) => typeof f === 'string' && f !== '')) tls.upstreamCaFiles = files as string[]
+    else err(errors, 'tls.upstreamCaFiles', files, 'must be a list of PEM file paths')
+  }
   return tls
 }
 const DNS_KEYS = ['servers', 'timeoutMs', 'cacheSize']

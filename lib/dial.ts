@@ -29,10 +29,21 @@ function dialOne(ip: Ip, port: number, timeoutMs: number): Promise<Socket> {
   })
 }
 
+const TLS_CERT_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+])
+
 export function upstreamFailure(code: string, where: string): ProxyReply {
   if (code === 'ETIMEDOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return reply(504, 'connection_timeout', `connecting to ${where} timed out`)
   if (code === 'ECONNREFUSED') return reply(502, 'connection_refused', `${where} refused the connection`)
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return reply(504, 'connection_read_timeout', `${where} did not answer in time`)
+  if (TLS_CERT_CODES.has(code)) return reply(502, 'tls_certificate_error', `${where} presented a certificate that does not verify (${code})`)
   if (code === 'ECONNRESET' || code === 'EPIPE' || code === 'UND_ERR_SOCKET') return reply(502, 'connection_terminated', `${where} closed the connection`)
   return reply(502, 'destination_unavailable', `${where} is unreachable (${code})`)
 }

@@ -13,7 +13,7 @@ import {
   type Ip,
   type SpecialRange,
 } from './ip.js'
-import { formatTarget, hostText, normaliseName, normaliseRuleName, parsePort, type Host, type Result, type Target } from './target.js'
+import { formatTarget, hostText, normaliseName, normalisePath, normaliseRuleName, parsePort, type Host, type Result, type Target } from './target.js'
 
 export type PortRange = readonly [number, number]
 export type ListName = 'allow' | 'deny'
@@ -33,6 +33,15 @@ export interface Rule {
   readonly ports: readonly PortRange[]
   readonly private: boolean
   readonly note: string | undefined
+  /** HTTP methods this rule allows; undefined: any (no inspection needed) */
+  readonly methods: readonly string[] | undefined
+  /** path globs this rule allows; undefined: any */
+  readonly paths: readonly PathGlob[] | undefined
+}
+
+export interface PathGlob {
+  readonly text: string
+  readonly regex: RegExp
 }
 
 export interface RuleError {
@@ -43,7 +52,7 @@ export interface RuleError {
 
 const ALL_PORTS: readonly PortRange[] = [[1, 65535]]
 const WEB_PORTS: readonly PortRange[] = [[80, 80], [443, 443]]
-const ENTRY_KEYS = new Set(['host', 'ports', 'private', 'note'])
+const ENTRY_KEYS = new Set(['host', 'ports', 'private', 'note', 'methods', 'paths'])
 
 // ---- grammar -------------------------------------------------------------------------------
 
@@ -102,12 +111,14 @@ interface EntryFields {
   ports: string | unknown
   private: boolean
   note: string | undefined
+  methods: unknown
+  paths: unknown
 }
 
 function entryFields(entry: unknown): Result<EntryFields> {
   if (typeof entry === 'string') {
     const { host, ports } = splitHostPorts(entry)
-    return { ok: true, value: { host, ports, private: false, note: undefined } }
+    return { ok: true, value: { host, ports, private: false, note: undefined, methods: undefined, paths: undefined } }
   }
   if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) {
     return { ok: false, error: 'an entry must be a string "HOST[:PORTS]" or an object with "host"' }
@@ -118,7 +129,7 @@ function entryFields(entry: unknown): Result<EntryFields> {
   if (typeof obj.host !== 'string') return { ok: false, error: '"host" must be a string' }
   if (obj.private !== undefined && typeof obj.private !== 'boolean') return { ok: false, error: '"private" must be true or false' }
   if (obj.note !== undefined && typeof obj.note !== 'string') return { ok: false, error: '"note" must be a string' }
-  return { ok: true, value: { host: obj.host, ports: obj.ports, private: obj.private === true, note: obj.note as string | undefined } }
+  return { ok: true, value: { host: obj.host, ports: obj.ports, private: obj.private === true, note: obj.note as string | undefined, methods: obj.methods, paths: obj.paths } }
 }
 
 /** Parses one allow/deny entry. Without ports, allow means 80,443 and deny means every port. */
@@ -134,8 +145,51 @@ export function parseRule(entry: unknown, list: ListName, index: number): Result
   if (fields.value.private && (list === 'deny' || pattern.value.kind === 'cidr')) {
     return { ok: false, error: '"private" applies only to allow rules for host names (an IP rule already names its addresses)' }
   }
+  const l7 = parseRequestLimits(fields.value.methods, fields.value.paths)
+  if (!l7.ok) return l7
+  if ((l7.value.methods || l7.value.paths) && (list === 'deny' || pattern.value.kind === 'cidr')) {
+    return { ok: false, error: '"methods" and "paths" apply only to allow rules for host names' }
+  }
   const text = typeof entry === 'string' ? entry : JSON.stringify(entry)
-  return { ok: true, value: { list, index, text, pattern: pattern.value, ports: portRanges.value, private: fields.value.private, note: fields.value.note } }
+  const { private: priv, note } = fields.value
+  return { ok: true, value: { list, index, text, pattern: pattern.value, ports: portRanges.value, private: priv, note, ...l7.value } }
+}
+
+const METHOD = /^[A-Z][A-Z0-9-]{0,31}$/
+
+/** A path glob: `*` matches within one segment, `**` across segments; matched on decoded paths. */
+export function parsePathGlob(text: string): Result<PathGlob> {
+  if (!text.startsWith('/') || /[\s?#]/.test(text)) return { ok: false, error: `path "${text}" must start with "/" and hold no spaces, "?" or "#"` }
+  const decoded = normalisePath(text.replace(/\*/g, '%2A'))
+  if (!decoded.ok) return { ok: false, error: `path "${text}": ${decoded.error}` }
+  const source = decoded.value
+    .split(/(\*\*|\*)/)
+    .map((part) => (part === '**' ? '.*' : part === '*' ? '[^/]*' : part.replace(/[.+^${}()|[\]\\]/g, '\\$&')))
+    .join('')
+  return { ok: true, value: { text, regex: new RegExp(`^${source}$`) } }
+}
+
+function parseRequestLimits(methods: unknown, paths: unknown): Result<Pick<Rule, 'methods' | 'paths'>> {
+  let methodList: string[] | undefined
+  if (methods !== undefined) {
+    if (!Array.isArray(methods) || methods.length === 0 || !methods.every((m) => typeof m === 'string' && METHOD.test(m.toUpperCase()))) {
+      return { ok: false, error: '"methods" must be a non-empty list of HTTP methods like ["GET", "HEAD"]' }
+    }
+    methodList = methods.map((m: string) => m.toUpperCase())
+  }
+  let globs: PathGlob[] | undefined
+  if (paths !== undefined) {
+    if (!Array.isArray(paths) || paths.length === 0 || !paths.every((p) => typeof p === 'string')) {
+      return { ok: false, error: '"paths" must be a non-empty list of path globs like ["/repos/our-org/**"]' }
+    }
+    globs = []
+    for (const p of paths as string[]) {
+      const glob = parsePathGlob(p)
+      if (!glob.ok) return glob
+      globs.push(glob.value)
+    }
+  }
+  return { ok: true, value: { methods: methodList, paths: globs } }
 }
 
 /** A `bypass` entry: a host pattern without ports (so IPv6 needs no brackets). */
@@ -266,6 +320,9 @@ export type Reason =
   | 'sni-address-mismatch' // an IP-literal CONNECT whose TLS server name does not resolve to that IP
   | 'not-tls' // plain bytes in a tunnel on a TLS port
   | 'bad-client-hello' // a malformed, oversized or late ClientHello
+  | 'request-not-allowed' // the host is allowed, but not this method or path
+  | 'bad-path' // a path that could mean different things to different servers
+  | 'host-mismatch' // inside an opened tunnel, a Host header that is not the tunnel's server name
 
 export type ErrorType = 'http_request_denied' | 'destination_ip_prohibited'
 
@@ -305,6 +362,8 @@ export interface TlsSettings {
   readonly requireSni: boolean
   readonly allowNonTls: boolean
   readonly helloTimeoutMs: number
+  /** PEM files (relative to the rules file) trusted for origins reached through opened tunnels */
+  readonly upstreamCaFiles: readonly string[]
 }
 
 export interface DecisionContext {
@@ -518,4 +577,70 @@ export function confirmSniAddress(ctx: DecisionContext, target: Target, byName: 
     return { ...byName, address: ip, dial: [ip], detail: `${byName.detail} (TLS server name ${sni} for ${formatTarget(target)})` }
   }
   return helloDenial(ctx, byName, 'sni-address-mismatch', `${formatTarget(target)} is not an address of ${sni}, the TLS server name`)
+}
+
+// ---- requests the proxy can see (plain HTTP, intercepted tunnels) -----------------------
+
+function hasRequestLimits(rule: Rule): boolean {
+  return rule.methods !== undefined || rule.paths !== undefined
+}
+
+function allowCandidates(policy: Policy, target: Target): Rule[] {
+  if (target.host.kind === 'ip') return ipMatches(policy.allowIndex, target.host.ip, target.port)
+  return nameCandidates(policy.allowIndex, target.host.name).filter((r) => portMatches(r, target.port))
+}
+
+/** Allow rules that limit methods or paths: they need the local CA to open TLS tunnels. */
+export function rulesWithRequestLimits(policy: Policy): Rule[] {
+  return policy.allow.filter(hasRequestLimits)
+}
+
+/** True when every allow rule for this host:port limits methods or paths: its tunnels must be opened. */
+export function needsInterception(policy: Policy, target: Target): boolean {
+  const rules = allowCandidates(policy, target)
+  return rules.length > 0 && rules.every(hasRequestLimits)
+}
+
+function requestAllowed(rule: Rule, method: string, path: string): boolean {
+  return (rule.methods === undefined || rule.methods.includes(method)) && (rule.paths === undefined || rule.paths.some((g) => g.regex.test(path)))
+}
+
+/**
+ * Decides one request on a host the rules allow: a rule without methods/paths admits anything;
+ * otherwise some rule must admit this method and (normalised) path.
+ */
+export function decideRequest(policy: Policy, ctx: DecisionContext, target: Target, method: string, path: Result<string>): Decision {
+  const rules = allowCandidates(policy, target).sort((a, b) => a.index - b.index)
+  const open = rules.find((r) => !hasRequestLimits(r))
+  const where = formatTarget(target)
+  if (open || rules.length === 0) return decision({ verdict: 'allow', reason: 'allow-rule', rule: open, detail: open ? `allowed by ${ruleLabel(open)}` : `no request limits for ${where}` })
+  if (!path.ok) return waive(decision({ verdict: 'deny', reason: 'bad-path', detail: `${method} on ${where}: ${path.error}` }), ctx, [])
+  const rule = rules.find((r) => requestAllowed(r, method, path.value))
+  if (rule) return decision({ verdict: 'allow', reason: 'allow-rule', rule, detail: `${method} ${path.value} allowed by ${ruleLabel(rule)}` })
+  const host = hostText(target.host)
+  const suggestion = JSON.stringify({ host, ports: [target.port], methods: [method], paths: [path.value] })
+  const limits = rules.map((r) => `${ruleLabel(r)}`).join('; ')
+  return waive(decision({ verdict: 'deny', reason: 'request-not-allowed', rule: rules[0], suggestion, detail: `${method} ${path.value} is not allowed on ${where} (the rules for it: ${limits})` }), ctx, [])
+}
+
+/** The host-level decision narrowed by the request-level one (addresses come from the host's). */
+export function withRequest(host: Decision, request: Decision): Decision {
+  if (host.verdict === 'deny') return host
+  if (request.verdict === 'deny') return request
+  return request.wouldDeny || hasRequestLimitsOf(request.rule) ? { ...request, dial: host.dial, address: host.address, wouldDeny: request.wouldDeny || host.wouldDeny } : host
+}
+
+function hasRequestLimitsOf(rule: Rule | undefined): boolean {
+  return rule !== undefined && hasRequestLimits(rule)
+}
+
+/** Inside an opened tunnel the Host header must name the tunnel's host (and port, if given). */
+export function checkInnerHost(ctx: DecisionContext, target: Target, header: string | undefined): Decision | undefined {
+  const colon = header?.lastIndexOf(':') ?? -1
+  const hasPort = header !== undefined && colon > header.lastIndexOf(']')
+  const name = header === undefined ? undefined : normaliseName(hasPort ? header.slice(0, colon) : header)
+  const portOk = !hasPort || header?.slice(colon + 1) === String(target.port)
+  if (name?.ok && portOk && name.value === hostText(target.host)) return undefined
+  const shown = header === undefined ? 'no Host header' : `Host ${JSON.stringify(header.slice(0, 100))}`
+  return waive(decision({ verdict: 'deny', reason: 'host-mismatch', detail: `${shown} in a tunnel to ${formatTarget(target)}: requests must name the tunnel's host` }), ctx, [])
 }

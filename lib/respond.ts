@@ -17,6 +17,7 @@ export type ProxyErrorType =
   | 'connection_read_timeout'
   | 'connection_limit_reached'
   | 'destination_unavailable'
+  | 'tls_certificate_error'
   | 'proxy_internal_error'
 
 /** What the proxy answers instead of forwarding. */

@@ -1,13 +1,15 @@
 // CONNECT tunnels.
 //   other ports: client --CONNECT host:port--> check head -> parse -> admit -> dial checked IP -> 200 -> relay
 //   TLS ports:   client --CONNECT host:port--> check head -> parse -> admit -> 200 -> ClientHello (SNI) -> admit again -> dial -> relay
+//   rules with methods/paths: ... -> 200 [-> ClientHello] -> interceptor (intercept.ts)
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
 import { dial, DialFailure } from './dial.js'
 import { admit, admitHello, type Admission } from './gate.js'
 import type { Ip } from './ip.js'
-import { defersToSni, isTlsPort, type Decision, type HelloView } from './policy.js'
+import type { Interceptor } from './intercept.js'
+import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from './policy.js'
 import { relay } from './relay.js'
 import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
 import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
@@ -18,7 +20,7 @@ const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
 /** far above any real ClientHello (post-quantum key shares included) */
 const MAX_HELLO_BYTES = 32 * 1024
 
-export async function connectRoute(rt: Runtime, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+export async function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const id = rt.nextId()
   const rawTarget = req.url ?? ''
   socket.on('error', () => socket.destroy())
@@ -42,9 +44,12 @@ export async function connectRoute(rt: Runtime, req: IncomingMessage, socket: So
     log({ decision, resolved })
     return replyOnSocket(socket, denial('CONNECT', rawTarget, decision))
   }
+  const opened = interceptor && needsInterception(gate.policy, target) ? interceptor : undefined
   if (!isTlsPort(gate.ctx, target.port)) {
     log({ decision, resolved })
-    return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true)
+    if (!opened) return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true)
+    socket.write(ESTABLISHED)
+    return openTunnelFor(opened, id, socket, head, target, decision, resolved, false)
   }
 
   // TLS port: answer first, then decide on the ClientHello the client sends next
@@ -59,6 +64,9 @@ export async function connectRoute(rt: Runtime, req: IncomingMessage, socket: So
   }
   log({ decision: second.decision, resolved: second.resolved ?? resolved, ...(sni ? { sni } : {}) })
   if (second.decision.verdict === 'deny') return void socket.destroy()
+  if (interceptor && needsInterception(gate.policy, second.ruleTarget)) {
+    return openTunnelFor(interceptor, id, socket, hello.bytes, second.ruleTarget, second.decision, second.resolved ?? resolved, true)
+  }
   return openTunnel(rt, id, socket, second.ruleTarget, second.decision.dial, second.resolved ?? resolved ?? second.decision.dial, hello.bytes, false)
 }
 
@@ -122,4 +130,11 @@ async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Targe
     rt.log.info('closed', { id, kind: 'tunnel', chosen, ...stats })
   })
   rt.open.add(open)
+}
+
+/** Hands a tunnel whose rules limit methods or paths to the interceptor, pinned to the checked IP. */
+function openTunnelFor(interceptor: Interceptor, id: string, socket: Socket, first: Buffer, target: Target, decision: Decision, resolved: readonly Ip[] | undefined, tls: boolean): Promise<void> {
+  const ip = decision.dial[0]
+  if (ip === undefined) throw new Error('allowed decision without an address')
+  return interceptor.open(id, socket, first, target, ip, resolved ?? decision.dial, tls)
 }

@@ -47,6 +47,10 @@ interface DecisionLog {
   readonly reply?: ProxyReply
   /** the TLS server name, for tunnels on TLS ports */
   readonly sni?: string | undefined
+  /** the request path (no query), where rules limit paths */
+  readonly path?: string
+  /** true for requests read inside an opened (intercepted) tunnel */
+  readonly intercepted?: boolean
 }
 
 /** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
@@ -60,6 +64,8 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     resolved: entry.resolved?.map(formatIp),
     chosen: decision && decision.verdict === 'allow' ? decision.dial.map(formatIp)[0] : undefined,
     sni: entry.sni,
+    path: entry.path,
+    intercepted: entry.intercepted,
     decision: decision?.verdict ?? 'error',
     rule: decision?.rule ? `${decision.rule.list}[${decision.rule.index}] ${decision.rule.text}` : undefined,
     reason: decision?.reason ?? reply?.type,

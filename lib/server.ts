@@ -7,7 +7,10 @@ import httpProxy from 'http-proxy'
 import { Agent } from 'undici'
 import type { Config } from './config.js'
 import { redecide, type Gate } from './gate.js'
+import type { Ca } from './ca.js'
+import { createInterceptor, upstreamTrust } from './intercept.js'
 import { parseIp, type Ip } from './ip.js'
+import { createLeafMinter } from './leaf-certs.js'
 import { generatePac, pacEtag, type PacFlavor } from './pac.js'
 import type { Logger } from './log.js'
 import type { SelfAddress } from './policy.js'
@@ -30,6 +33,10 @@ export interface ProxyOptions {
   readonly advertise?: string
   /** the local CA certificate (PEM) served at /ca.crt; absent: /ca.crt answers 404 */
   readonly caCertPem?: string
+  /** the local CA with its key: needed to open tunnels for rules that limit methods or paths */
+  readonly ca?: Ca
+  /** extra CA certificates (PEM) trusted for origins reached through opened tunnels */
+  readonly upstreamCa?: readonly string[]
 }
 
 export interface ReloadOutcome {
@@ -79,6 +86,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   const limits = config.limits
   const agent = new Agent({ connect: { timeout: limits.connectTimeoutMs }, keepAliveTimeout: 4_000, connections: 256 })
   const upgradeProxy = createUpgradeProxy(rt, httpProxy)
+  const interceptor = options.ca ? createInterceptor(rt, createLeafMinter(options.ca), upstreamTrust(options.upstreamCa ?? []), upgradeProxy) : undefined
   const pacCache = new Map<PacFlavor, PacFile>()
   const pacFile = (flavor: PacFlavor): PacFile => {
     const cached = pacCache.get(flavor)
@@ -116,13 +124,13 @@ export function createProxy(options: ProxyOptions): Proxy {
     })
   }
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
-    if (req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem })
+    if (req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem })
     guarded('forward', (r) => replyOnResponse(res, r, true), () => forwardRoute(rt, agent, req, res, expectsContinue))
   }
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    guarded('connect', (r) => replyOnSocket(socket, r), () => connectRoute(rt, req, socket, head))
+    guarded('connect', (r) => replyOnSocket(socket, r), () => connectRoute(rt, interceptor, req, socket, head))
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     guarded('upgrade', (r) => replyOnSocket(socket, r), () => upgradeRoute(rt, upgradeProxy, req, socket, head))
@@ -175,6 +183,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       await closedServer
       clearTimeout(deadline)
       upgradeProxy.close()
+      await interceptor?.close()
       await agent.close()
     },
   }

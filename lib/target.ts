@@ -133,3 +133,28 @@ export function parseAbsoluteUrl(url: string): Result<AbsoluteUrl> {
   const tail = end < 0 ? '' : rest.slice(end)
   return ok({ target: target.value, path: tail.startsWith('/') ? tail : `/${tail}` })
 }
+
+/**
+ * The path of an origin-form request-target, decoded for matching: no query, percent-escapes
+ * of ordinary characters decoded, and anything that could mean different paths to different
+ * servers refused (dot segments, encoded slashes or backslashes, backslashes, bad escapes).
+ */
+export function normalisePath(target: string): Result<string> {
+  const path = target.split('?')[0] ?? ''
+  if (!path.startsWith('/')) return fail(`request path "${path.slice(0, 100)}" does not start with "/"`)
+  if (/\\|%2f|%5c/i.test(path)) return fail('encoded slashes and backslashes are not accepted in paths')
+  const segments: string[] = []
+  for (const raw of path.slice(1).split('/')) {
+    let segment: string
+    try {
+      segment = decodeURIComponent(raw)
+    } catch {
+      return fail(`bad percent-encoding in path segment "${raw.slice(0, 100)}"`)
+    }
+    if (segment === '..' || segment === '.') return fail('dot segments ("." and "..") are not accepted in paths')
+    // eslint-disable-next-line no-control-regex
+    if (/[\x00-\x1f\x7f]/.test(segment)) return fail('control characters are not accepted in paths')
+    segments.push(segment)
+  }
+  return ok(`/${segments.join('/')}`)
+}

@@ -227,3 +227,11 @@ t.test('reload: file change and SIGHUP swap rules, revoke tunnels, and a bad fil
   cli.child.kill('SIGTERM')
   t.equal(await cli.exited, 0)
 })
+
+t.test('start: rules that limit methods or paths need the local CA', async (t) => {
+  const emptyDir = mkdtempSync(join(tmpdir(), 'proxy-gate-noca-'))
+  const rules = rulesFile({ allow: [{ host: 'api.github.com', ports: [443], methods: ['GET'], paths: ['/repos/our-org/**'] }] })
+  const res = await run(['start', '--rules', rules, '--listen', '127.0.0.1:0', '--dir', emptyDir])
+  t.equal(res.code, 1)
+  t.match(res.stderr, /allow\[0\] limits methods or paths, which needs the local CA.*proxy-gate ca init/)
+})

@@ -6,8 +6,15 @@ import { DEFAULT_TLS } from '../lib/config.js'
 import t from 'tap'
 import { parseIp, type Ip } from '../lib/ip.js'
 import {
+  checkHello,
+  checkInnerHost,
   compilePolicy,
+  confirmSniAddress,
   decideAddresses,
+  decideRequest,
+  needsInterception,
+  parsePathGlob,
+  withRequest,
   decideTarget,
   denyErrorType,
   describePattern,
@@ -23,7 +30,7 @@ import {
   type PortRange,
   type Reason,
 } from '../lib/policy.js'
-import { parseAuthority, type Target } from '../lib/target.js'
+import { normalisePath, parseAuthority, type Target } from '../lib/target.js'
 
 const ENFORCE: DecisionContext = { mode: 'enforce', self: [], tls: DEFAULT_TLS }
 const REPORT: DecisionContext = { mode: 'report', self: [], tls: DEFAULT_TLS }
@@ -157,7 +164,7 @@ t.test('every bad entry is an error naming its list, index, entry and why', asyn
     ['::1', /must be written in brackets/],
     ['2001:db8::/32', /must be written in brackets/],
     ['[fe80::1%eth0]:80', /invalid host name/],
-    [{ host: 'a.com', bad: 1 }, /unknown key "bad" \(allowed: host, ports, private, note\)/],
+    [{ host: 'a.com', bad: 1 }, /unknown key "bad" \(allowed: host, ports, private, note, methods, paths\)/],
     [{ host: 'a.com', port: 443 }, /unknown key "port"/],
     [{ ports: [443] }, /"host" must be a string/],
     [{ host: 'a.com', private: 'yes' }, /"private" must be true or false/],
@@ -557,4 +564,89 @@ t.test('denyErrorType maps reasons to RFC 9209 error types', async (t) => {
     ['self-connection', 'destination_ip_prohibited'],
   ]
   for (const [reason, type] of rows) t.equal(denyErrorType(reason), type, reason)
+})
+
+t.test('methods and paths: grammar, path normalisation, and the request decision', async (t) => {
+  t.match(parseRule({ host: 'x.test', methods: [] }, 'allow', 0), { ok: false, error: /"methods" must be a non-empty list/ })
+  t.match(parseRule({ host: 'x.test', methods: ['GET OR'] }, 'allow', 0), { ok: false })
+  t.match(parseRule({ host: 'x.test', paths: ['no-slash'] }, 'allow', 0), { ok: false, error: /must start with "\/"/ })
+  t.match(parseRule({ host: 'x.test', paths: ['/a/../b'] }, 'allow', 0), { ok: false, error: /dot segments/ })
+  t.match(parseRule({ host: 'x.test', methods: ['GET'] }, 'deny', 0), { ok: false, error: /only to allow rules for host names/ })
+  t.match(parseRule({ host: '10.0.0.0/8', paths: ['/x'] }, 'allow', 0), { ok: false, error: /only to allow rules for host names/ })
+  t.match(parseRule({ host: 'x.test', methods: ['get'] }, 'allow', 0), { ok: true, value: { methods: ['GET'] } }, 'methods are upper-cased')
+
+  const glob = (text: string) => {
+    const g = parsePathGlob(text)
+    if (!g.ok) throw new Error(g.error)
+    return g.value.regex
+  }
+  t.ok(glob('/repos/*/issues').test('/repos/a/issues'))
+  t.notOk(glob('/repos/*/issues').test('/repos/a/b/issues'), '* stays within a segment')
+  t.ok(glob('/repos/our-org/**').test('/repos/our-org/a/b/c'), '** crosses segments')
+  t.notOk(glob('/repos/our-org/**').test('/repos/our-orgX/a'))
+  t.ok(glob('/a.b').test('/a.b'))
+  t.notOk(glob('/a.b').test('/aXb'), 'regex characters in globs are literal')
+  t.ok(glob('/caf%C3%A9').test('/café'), 'globs are compared decoded')
+
+  t.same(normalisePath('/a/%62/c?x=../..'), { ok: true, value: '/a/b/c' }, 'query ignored, ordinary escapes decoded')
+  for (const bad of ['/a/../b', '/a/./b', '/a/%2e%2e/b', '/a%2fb', '/a%5Cb', '/a\\b', '/a/%zz', 'relative', '/a/%00']) {
+    t.notOk(normalisePath(bad).ok, `${bad} refused`)
+  }
+
+  const rules = policy([
+    { host: 'api.github.com', ports: [443], methods: ['GET'], paths: ['/repos/our-org/**'] },
+    { host: 'api.github.com', ports: [443], methods: ['POST'], paths: ['/graphql'] },
+    'uploads.github.com:443',
+  ])
+  const gh = target('api.github.com:443')
+  t.ok(needsInterception(rules, gh), 'every rule for the host limits requests')
+  t.notOk(needsInterception(rules, target('uploads.github.com:443')), 'an open rule needs no interception')
+  t.notOk(needsInterception(rules, target('other.test:443')))
+  const req = (method: string, path: string, ctx = ENFORCE) => decideRequest(rules, ctx, gh, method, normalisePath(path))
+  t.match(req('GET', '/repos/our-org/x/pulls'), { verdict: 'allow', rule: { index: 0 } })
+  t.match(req('POST', '/graphql'), { verdict: 'allow', rule: { index: 1 } })
+  t.match(req('POST', '/repos/our-org/x'), { verdict: 'deny', reason: 'request-not-allowed', suggestion: '{"host":"api.github.com","ports":[443],"methods":["POST"],"paths":["/repos/our-org/x"]}' })
+  t.match(req('GET', '/repos/our-org/../../admin'), { verdict: 'deny', reason: 'bad-path' })
+  t.match(req('GET', '/admin', REPORT), { verdict: 'allow', wouldDeny: true, reason: 'request-not-allowed' }, 'report mode waives request limits')
+  t.match(decideRequest(rules, ENFORCE, target('uploads.github.com:443'), 'DELETE', normalisePath('/x')), { verdict: 'allow' }, 'no limits, anything goes')
+
+  const host = decide(rules, 'api.github.com:443', ['8.8.8.8'])
+  t.equal(host.verdict, 'allow')
+  t.same(withRequest(host, req('GET', '/repos/our-org/a')).dial, host.dial, 'the request decision keeps the checked addresses')
+  t.match(withRequest(host, req('GET', '/nope')), { verdict: 'deny' })
+
+  t.equal(checkInnerHost(ENFORCE, gh, 'api.github.com'), undefined)
+  t.equal(checkInnerHost(ENFORCE, gh, 'API.GitHub.com.:443'), undefined)
+  t.match(checkInnerHost(ENFORCE, gh, 'api.github.com:8443'), { reason: 'host-mismatch' })
+  t.match(checkInnerHost(ENFORCE, gh, 'evil.test'), { reason: 'host-mismatch', detail: /Host "evil\.test"/ })
+  t.match(checkInnerHost(ENFORCE, gh, undefined), { reason: 'host-mismatch', detail: /no Host header/ })
+})
+
+t.test('ClientHello checks: SNI against the CONNECT host, and IP-literal tunnels by server name', async (t) => {
+  const rules = policy(['api.allowed.test:443', '203.0.113.0/24:443'])
+  const ctx = ENFORCE
+  const named = decide(rules, 'api.allowed.test:443', ['8.8.8.8'])
+  const name = target('api.allowed.test:443')
+  t.equal(checkHello(ctx, name, named, { kind: 'hello', sni: 'API.allowed.test.' }), named)
+  t.match(checkHello(ctx, name, named, { kind: 'hello', sni: 'evil.test' }), { verdict: 'deny', reason: 'sni-mismatch' })
+  t.match(checkHello(REPORT, name, named, { kind: 'hello', sni: 'evil.test' }), { verdict: 'allow', wouldDeny: true, reason: 'sni-mismatch' })
+  t.match(checkHello(ctx, name, named, { kind: 'hello', sni: undefined }), { reason: 'sni-missing' })
+  t.match(checkHello(ctx, name, named, { kind: 'hello', sni: '8.8.8.8' }), { reason: 'sni-missing' }, 'an IP address is not a server name')
+  t.equal(checkHello({ ...ctx, tls: { ...ctx.tls, requireSni: false } }, name, named, { kind: 'hello', sni: undefined }), named)
+  t.match(checkHello(ctx, name, named, { kind: 'not-tls' }), { reason: 'not-tls' })
+  t.equal(checkHello({ ...ctx, tls: { ...ctx.tls, allowNonTls: true } }, name, named, { kind: 'not-tls' }), named)
+  t.match(checkHello(ctx, name, named, { kind: 'timeout' }), { reason: 'bad-client-hello' })
+  t.match(checkHello(ctx, name, named, { kind: 'malformed', reason: 'x' }), { reason: 'bad-client-hello', detail: /: x$/ })
+
+  const byIpRule = decide(rules, '203.0.113.9:443')
+  t.equal(checkHello(ctx, target('203.0.113.9:443'), byIpRule, { kind: 'hello', sni: 'whatever.test' }), byIpRule, 'an IP rule decides IP targets')
+  const ipTarget = target('8.8.4.4:443')
+  const deferred = decide(rules, '8.8.4.4:443')
+  t.equal(deferred.reason, 'no-rule')
+  t.match(checkHello(ctx, ipTarget, deferred, { kind: 'hello', sni: 'api.allowed.test' }), { verdict: 'admit-sni', sni: 'api.allowed.test', target: { host: { kind: 'name', name: 'api.allowed.test' }, port: 443 } })
+  t.match(checkHello(ctx, ipTarget, deferred, { kind: 'hello', sni: undefined }), { reason: 'sni-missing' })
+  t.match(checkHello({ ...ctx, tls: { ...ctx.tls, allowNonTls: true } }, ipTarget, deferred, { kind: 'not-tls' }), { reason: 'not-tls' }, 'a deferred tunnel needs TLS')
+  const viaName = decide(rules, 'api.allowed.test:443', ['8.8.4.4', '8.8.8.8'])
+  t.match(confirmSniAddress(ctx, ipTarget, viaName, 'api.allowed.test'), { verdict: 'allow', dial: [ip('8.8.4.4')] }, 'dials the CONNECT IP, one of the checked addresses')
+  t.match(confirmSniAddress(ctx, target('8.8.1.1:443'), viaName, 'api.allowed.test'), { verdict: 'deny', reason: 'sni-address-mismatch' })
 })

@@ -2,8 +2,7 @@
 import { PassThrough } from 'node:stream'
 import { parseConfig, type Config } from '../../lib/config.js'
 import { createLogger } from '../../lib/log.js'
-import type { Lookup } from '../../lib/resolve.js'
-import { createProxy, type Proxy, type ReloadOutcome } from '../../lib/server.js'
+import { createProxy, type Proxy, type ProxyOptions, type ReloadOutcome } from '../../lib/server.js'
 
 export type LogLine = Record<string, unknown> & { message: string }
 
@@ -25,7 +24,9 @@ export function configFrom(rules: Record<string, unknown>): Config {
   return parsed.value
 }
 
-export async function startProxy(rules: Record<string, unknown>, options: { lookup?: Lookup; caCertPem?: string } = {}): Promise<TestProxy> {
+export type StartOptions = Omit<ProxyOptions, 'config' | 'log'>
+
+export async function startProxy(rules: Record<string, unknown>, options: StartOptions = {}): Promise<TestProxy> {
   const stream = new PassThrough()
   const lines: LogLine[] = []
   const waiters: Array<{ match: (l: LogLine) => boolean; resolve: (l: LogLine) => void }> = []
@@ -47,7 +48,7 @@ export async function startProxy(rules: Record<string, unknown>, options: { look
     }
   })
   const log = createLogger({ level: 'debug', format: 'json', stream })
-  const proxy = createProxy({ config: configFrom(rules), log, ...(options.lookup ? { lookup: options.lookup } : {}), ...(options.caCertPem ? { caCertPem: options.caCertPem } : {}) })
+  const proxy = createProxy({ ...options, config: configFrom(rules), log })
   const address = await proxy.listen()
   return {
     port: address.port,

@@ -1,0 +1,131 @@
+// Opened tunnels, for rules that limit methods and paths: proxy-gate terminates the client's TLS
+// with a leaf for the server name, reads each request, and sends the allowed ones on over a new,
+// verified TLS connection to the address it checked.
+//   tunnel --TLS (leaf for the SNI)--> inner HTTP -> Host == SNI -> decideRequest -> undici (verified, pinned IP) -> client
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { Agent as HttpsAgent } from 'node:https'
+import type { LookupFunction, Socket } from 'node:net'
+import { readFileSync } from 'node:fs'
+import { rootCertificates, TLSSocket } from 'node:tls'
+import type httpProxy from 'http-proxy'
+import { Client } from 'undici'
+import { hasBody } from './checks.js'
+import { formatIp, type Ip } from './ip.js'
+import type { LeafMinter } from './leaf-certs.js'
+import { checkInnerHost, decideRequest, type Decision } from './policy.js'
+import { denial, reply, replyOnResponse, replyOnSocket } from './respond.js'
+import { relayRequest } from './route-forward.js'
+import { upstreamFailure } from './dial.js'
+import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { formatHost, formatTarget, hostText, normalisePath, type Target } from './target.js'
+
+interface OpenedTunnel {
+  readonly id: string
+  /** the name the rules matched (the CONNECT host, or the SNI for an IP-literal CONNECT) */
+  readonly target: Target
+  readonly ip: Ip
+  readonly resolved: readonly Ip[]
+  readonly client: Client
+  readonly tls: boolean
+}
+
+export interface Interceptor {
+  /** takes over a tunnel whose first bytes (`first`) were already read from `socket` */
+  open(id: string, socket: Socket, first: Buffer, target: Target, ip: Ip, resolved: readonly Ip[], tls: boolean): Promise<void>
+  close(): Promise<void>
+}
+
+/** Trust for origins: Node's bundled roots, NODE_EXTRA_CA_CERTS, and any configured extra CAs. */
+export function upstreamTrust(extra: readonly string[]): string[] {
+  const file = process.env.NODE_EXTRA_CA_CERTS
+  const fromEnv = file ? [readFileSync(file, 'utf8')] : []
+  return [...rootCertificates, ...fromEnv, ...extra]
+}
+
+/** A lookup that can only ever answer the checked address: the name is for SNI and verification. */
+function pinnedLookup(ip: Ip): LookupFunction {
+  const address = formatIp(ip)
+  const family = ip.family
+  return (_hostname, options, callback) => {
+    if ((options as { all?: boolean }).all) (callback as unknown as (e: null, a: Array<{ address: string; family: number }>) => void)(null, [{ address, family }])
+    else callback(null, address, family)
+  }
+}
+
+export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readonly string[], wsProxy: httpProxy): Interceptor {
+  const tunnels = new WeakMap<Socket, OpenedTunnel>()
+  const server: Server = createServer({ maxHeaderSize: rt.limits().maxHeaderBytes, insecureHTTPParser: false })
+  server.maxHeadersCount = 0
+
+  const decide = (tunnel: OpenedTunnel, req: IncomingMessage): Decision => {
+    const { policy, ctx } = rt.gate()
+    const method = req.method ?? 'GET'
+    return checkInnerHost(ctx, tunnel.target, req.headers.host) ?? decideRequest(policy, ctx, tunnel.target, method, normalisePath(req.url ?? ''))
+  }
+
+  const log = (tunnel: OpenedTunnel, req: IncomingMessage, decision: Decision): void => {
+    const shown = decision.verdict === 'allow' ? { ...decision, dial: [tunnel.ip] } : decision
+    logDecision(rt, { id: tunnel.id, req, method: req.method ?? 'GET', target: tunnel.target, rawTarget: '', decision: shown, resolved: tunnel.resolved, path: (req.url ?? '').split('?')[0], intercepted: true })
+  }
+
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const tunnel = tunnels.get(req.socket as Socket)
+    if (!tunnel) return replyOnResponse(res, reply(500, 'proxy_internal_error', 'request outside an opened tunnel'), true)
+    const decision = decide(tunnel, req)
+    log(tunnel, req, decision)
+    const method = req.method ?? 'GET'
+    if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, `${formatTarget(tunnel.target)}${(req.url ?? '').split('?')[0]}`, decision), hasBody(req))
+    const origin = `${tunnel.tls ? 'https' : 'http'}://${formatHost(tunnel.target.host)}:${tunnel.target.port}`
+    const authority = req.headers.host ?? formatTarget(tunnel.target)
+    const up = { id: tunnel.id, kind: 'forward' as const, target: tunnel.target, resolved: tunnel.resolved, origin, authority, chosen: formatIp(tunnel.ip), path: req.url ?? '/' }
+    relayRequest(rt, tunnel.client, up, req, res).catch(() => res.destroy())
+  })
+
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const tunnel = tunnels.get(req.socket as Socket)
+    socket.on('error', () => socket.destroy())
+    if (!tunnel) return socket.destroy()
+    const decision = decide(tunnel, req)
+    log(tunnel, req, decision)
+    if (decision.verdict === 'deny') return replyOnSocket(socket, denial(req.method ?? 'GET', formatTarget(tunnel.target), decision))
+    const host = hostText(tunnel.target.host)
+    const agent = tunnel.tls ? new HttpsAgent({ ca: [...trust], lookup: pinnedLookup(tunnel.ip), servername: host } as ConstructorParameters<typeof HttpsAgent>[0]) : undefined
+    const target = { protocol: tunnel.tls ? 'https:' : 'http:', host, hostname: host, port: String(tunnel.target.port) }
+    wsProxy.ws(req, socket, head, { target, ...(agent ? { agent, secure: true } : {}), changeOrigin: false }, (error: NodeJS.ErrnoException) => {
+      replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', `${formatIp(tunnel.ip)}:${tunnel.target.port}`))
+    })
+  })
+
+  server.on('clientError', (_error, socket: Socket) => socket.destroy())
+
+  return {
+    async open(id, socket, first, target, ip, resolved, tls) {
+      const lookup = pinnedLookup(ip)
+      const client = new Client(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
+        connect: { lookup, timeout: rt.limits().connectTimeoutMs, ...(tls ? { ca: [...trust], servername: hostText(target.host) } : {}) },
+      })
+      socket.unshift(first)
+      let inner: Socket = socket
+      if (tls) {
+        const secureContext = await minter.contextFor(hostText(target.host))
+        inner = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] })
+        inner.on('error', () => inner.destroy())
+      }
+      const tunnel: OpenedTunnel = { id, target, ip, resolved, client, tls }
+      tunnels.set(inner, tunnel)
+      const open: OpenConnection = { id, kind: 'tunnel', target, resolved, close: () => socket.destroy() }
+      rt.open.add(open)
+      const started = Date.now()
+      inner.setTimeout(rt.limits().tunnelIdleTimeoutMs, () => inner.destroy())
+      socket.once('close', () => {
+        rt.open.delete(open)
+        void client.close().catch(() => undefined)
+        rt.log.info('closed', { id, kind: 'tunnel', intercepted: true, chosen: formatIp(ip), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
+      })
+      server.emit('connection', inner)
+    },
+    async close() {
+      server.close()
+    },
+  }
+}
