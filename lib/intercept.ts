@@ -16,7 +16,7 @@ import { checkInnerHost, decideRequest, type Decision } from './policy.js'
 import { denial, reply, replyOnResponse, replyOnSocket } from './respond.js'
 import { relayRequest } from './route-forward.js'
 import { upstreamFailure } from './dial.js'
-import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { formatHost, formatTarget, hostText, normalisePath, type Target } from './target.js'
 
 interface OpenedTunnel {
@@ -120,7 +120,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
       socket.once('close', () => {
         rt.open.delete(open)
         void client.close().catch(() => undefined)
-        rt.log.info('closed', { id, kind: 'tunnel', intercepted: true, chosen: formatIp(ip), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
+        logClosed(rt, { id, kind: 'tunnel', intercepted: true, chosen: formatIp(ip), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
       })
       server.emit('connection', inner)
     },

@@ -12,7 +12,7 @@ import type { Interceptor } from './intercept.js'
 import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from './policy.js'
 import { relay } from './relay.js'
 import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
-import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from './target.js'
 import { parseClientHello } from './tls-hello.js'
 
@@ -127,7 +127,7 @@ async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Targe
   const open: OpenConnection = { id, kind: 'tunnel', target, resolved, close: (reason) => tunnel.close(reason) }
   const tunnel = relay(socket, upstream, { idleTimeoutMs: limits.tunnelIdleTimeoutMs, maxLifetimeMs: limits.tunnelMaxLifetimeMs }, (stats) => {
     rt.open.delete(open)
-    rt.log.info('closed', { id, kind: 'tunnel', chosen, ...stats })
+    logClosed(rt, { id, kind: 'tunnel', chosen, ...stats })
   })
   rt.open.add(open)
 }

@@ -9,7 +9,7 @@ import { admit } from './gate.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { formatIp, type Ip } from './ip.js'
 import { denial, reply, replyOnResponse, type ProxyReply } from './respond.js'
-import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { decideRequest, withRequest } from './policy.js'
 import { formatHost, formatTarget, normalisePath, parseAbsoluteUrl, type Target } from './target.js'
 
@@ -80,11 +80,11 @@ export async function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: Upst
     })
     res.writeHead(upstream.statusCode, clientResponseHeaders(upstream.headers))
     await pipeline(upstream.body, res)
-    rt.log.info('closed', { id: up.id, kind: up.kind, chosen: up.chosen, status: upstream.statusCode, durationMs: Date.now() - started })
+    logClosed(rt, { id: up.id, kind: up.kind, chosen: up.chosen, status: upstream.statusCode, durationMs: Date.now() - started })
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? (error as Error).name
     const failure = upstreamFailure(code, `${up.chosen}:${up.target.port}`)
-    rt.log.info('closed', { id: up.id, kind: up.kind, chosen: up.chosen, error: code, durationMs: Date.now() - started })
+    logClosed(rt, { id: up.id, kind: up.kind, chosen: up.chosen, error: code, durationMs: Date.now() - started })
     if (!res.headersSent && !res.destroyed) replyOnResponse(res, failure, true)
     else res.destroy()
   }

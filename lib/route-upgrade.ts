@@ -9,7 +9,7 @@ import { admit } from './gate.js'
 import { clientResponseHeaders } from './headers.js'
 import { formatIp } from './ip.js'
 import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
-import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { formatHost, formatTarget, parseAbsoluteUrl } from './target.js'
 
 // Headers that must not reach the upstream; Connection/Upgrade stay, the handshake needs them.
@@ -50,7 +50,7 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, req: IncomingM
   socket.once('close', () => {
     clearTimeout(lifetime)
     rt.open.delete(open)
-    rt.log.info('closed', { id, kind: 'upgrade', chosen: ipText, bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
+    logClosed(rt, { id, kind: 'upgrade', chosen: ipText, bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
   })
   proxy.ws(req, socket, head, { target: { protocol: 'http:', host: ipText, hostname: ipText, port: String(target.port) } }, (error: NodeJS.ErrnoException) => {
     replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', `${ipText}:${target.port}`))

@@ -17,12 +17,50 @@ export interface OpenConnection {
   close(reason: string): void
 }
 
+/** One decision, as logged and as observers (metrics, learning) see it. */
+export interface DecisionRecord {
+  readonly id: string
+  readonly client: string
+  readonly method: string
+  /** `host:port`, or the rejected request-target with any userinfo redacted */
+  readonly target: string
+  readonly resolved?: readonly string[] | undefined
+  readonly chosen?: string | undefined
+  readonly sni?: string | undefined
+  readonly path?: string | undefined
+  readonly intercepted?: boolean | undefined
+  readonly decision: 'allow' | 'deny' | 'error'
+  readonly rule?: string | undefined
+  readonly reason?: string | undefined
+  readonly detail?: string | undefined
+  readonly status?: number | undefined
+  readonly mode: string
+  readonly wouldDeny: boolean
+}
+
+/** A finished tunnel, forwarded request or upgraded connection. */
+export interface ClosedRecord {
+  readonly id: string
+  readonly kind: OpenConnection['kind']
+  readonly intercepted?: boolean
+  readonly chosen?: string | undefined
+  readonly status?: number
+  readonly bytesFromClient?: number
+  readonly bytesToClient?: number
+  readonly durationMs: number
+  readonly error?: string | undefined
+}
+
+export type ProxyEvent = ({ readonly type: 'decision' } & DecisionRecord) | ({ readonly type: 'closed' } & ClosedRecord)
+
 export interface Runtime {
   gate(): Gate
   limits(): Limits
   readonly log: Logger
   readonly open: Set<OpenConnection>
   nextId(): string
+  /** logs an event and hands it to observers */
+  record(event: ProxyEvent): void
 }
 
 export function clientAddress(req: IncomingMessage): string {
@@ -56,7 +94,8 @@ interface DecisionLog {
 /** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
 export function logDecision(rt: Runtime, entry: DecisionLog): void {
   const { decision, reply } = entry
-  rt.log.info('decision', {
+  rt.record({
+    type: 'decision',
     id: entry.id,
     client: clientAddress(entry.req),
     method: entry.method,
@@ -74,4 +113,8 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     mode: rt.gate().ctx.mode,
     wouldDeny: decision?.wouldDeny ?? false,
   })
+}
+
+export function logClosed(rt: Runtime, record: ClosedRecord): void {
+  rt.record({ type: 'closed', ...record })
 }

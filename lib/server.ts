@@ -20,7 +20,7 @@ import { connectRoute } from './route-connect.js'
 import { forwardRoute } from './route-forward.js'
 import { localRoute, type PacFile } from './route-local.js'
 import { createUpgradeProxy, upgradeRoute } from './route-upgrade.js'
-import type { OpenConnection, Runtime } from './runtime.js'
+import type { OpenConnection, ProxyEvent, Runtime } from './runtime.js'
 import { formatTarget } from './target.js'
 import { VERSION } from './version.js'
 
@@ -37,6 +37,8 @@ export interface ProxyOptions {
   readonly ca?: Ca
   /** extra CA certificates (PEM) trusted for origins reached through opened tunnels */
   readonly upstreamCa?: readonly string[]
+  /** sees every decision and finished connection, as logged */
+  readonly observe?: (event: ProxyEvent) => void
 }
 
 export interface ReloadOutcome {
@@ -82,7 +84,13 @@ export function createProxy(options: ProxyOptions): Proxy {
   let seq = 0
   const boot = Date.now().toString(36)
   const open = new Set<OpenConnection>()
-  const rt: Runtime = { gate: () => gate, limits: () => config.limits, log, open, nextId: () => `${boot}-${(++seq).toString(36)}` }
+  const observers = options.observe ? [options.observe] : []
+  const record = (event: ProxyEvent): void => {
+    const { type, ...fields } = event
+    log.info(type, fields)
+    for (const observe of observers) observe(event)
+  }
+  const rt: Runtime = { gate: () => gate, limits: () => config.limits, log, open, record, nextId: () => `${boot}-${(++seq).toString(36)}` }
   const limits = config.limits
   const agent = new Agent({ connect: { timeout: limits.connectTimeoutMs }, keepAliveTimeout: 4_000, connections: 256 })
   const upgradeProxy = createUpgradeProxy(rt, httpProxy)
@@ -140,7 +148,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     // a response already under way (e.g. a request timeout mid-body): a second status line would corrupt it
     if ((socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent) return void socket.destroy()
     const r = clientErrorReply(error)
-    log.info('decision', { client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, decision: 'error', reason: r.type, status: r.status, detail: r.details })
+    record({ type: 'decision', id: rt.nextId(), client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, method: '', target: '', decision: 'error', reason: r.type, status: r.status, detail: r.details, mode: gate.ctx.mode, wouldDeny: false })
     replyOnSocket(socket, r)
   })
 
