@@ -1,6 +1,6 @@
 // Requests addressed to proxy-gate itself (origin-form): the health check, the PAC file and the
 // local CA's certificate.
-//   client --GET /path--> /healthz | /proxy.pac | /wpad.dat | /ca.crt | 404
+//   client --GET /path--> /healthz | /readyz | /proxy.pac | /wpad.dat | /ca.crt | 404
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { PacFlavor } from './pac.js'
 import { reply, replyOnResponse } from './respond.js'
@@ -14,6 +14,8 @@ export interface LocalSources {
   pac(flavor: PacFlavor): PacFile
   /** the local CA certificate (PEM), undefined when there is none */
   caCert(): string | undefined
+  /** listening with rules loaded and not shutting down */
+  ready(): boolean
 }
 
 const PAC_PATHS = new Set(['/proxy.pac', '/wpad.dat'])
@@ -41,6 +43,11 @@ export function localRoute(req: IncomingMessage, res: ServerResponse, sources: L
   const [path = '', query = ''] = (req.url ?? '').split('?')
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     return replyOnResponse(res, reply(405, 'http_request_error', `${req.method ?? ''} is not served on ${path}`), false)
+  }
+  if (path === '/readyz') {
+    const ready = sources.ready()
+    res.writeHead(ready ? 200 : 503, { 'Content-Type': 'text/plain; charset=utf-8' }).end(ready ? 'ready\n' : 'not ready\n')
+    return
   }
   if (path === '/healthz') {
     res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8' }).end('ok\n')

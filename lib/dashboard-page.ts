@@ -1,0 +1,173 @@
+// The dashboard's static files: one page, one stylesheet, one script, no external assets. The
+// script builds every cell with textContent, so hostnames and paths (attacker-controlled) are
+// shown as text, never parsed as HTML.
+
+export const DASHBOARD_HTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>proxy-gate</title>
+<link rel="stylesheet" href="/dashboard.css">
+<script src="/dashboard.js" defer></script>
+</head>
+<body>
+<header>
+  <h1>proxy-gate</h1>
+  <span id="status" class="pill">connecting</span>
+  <span id="mode" class="pill"></span>
+</header>
+<section class="counters">
+  <div><b id="count-allow">0</b><span>allowed</span></div>
+  <div><b id="count-deny">0</b><span>denied</span></div>
+  <div><b id="count-error">0</b><span>errors</span></div>
+  <div><b id="count-open">0</b><span>open connections</span></div>
+</section>
+<section>
+  <h2>Most denied</h2>
+  <p class="hint">Add the rule to <code>allow</code> in <span id="rules-file"></span> to let it through.</p>
+  <table id="denied"><thead><tr><th>destination</th><th>times</th><th>why</th><th>rule to add</th><th></th></tr></thead><tbody></tbody></table>
+</section>
+<section>
+  <h2>Live decisions</h2>
+  <table id="decisions"><thead><tr><th>time</th><th>client</th><th>method</th><th>destination</th><th>decision</th><th>reason</th><th>detail</th></tr></thead><tbody></tbody></table>
+</section>
+<section>
+  <h2>Open connections</h2>
+  <table id="open"><thead><tr><th>id</th><th>kind</th><th>destination</th></tr></thead><tbody></tbody></table>
+</section>
+<section>
+  <h2>Rules</h2>
+  <p>File: <code id="rules-path"></code> &middot; last reload: <span id="reload"></span></p>
+</section>
+</body>
+</html>
+`
+
+export const DASHBOARD_CSS = `
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 16px 32px; color: #1d232b; background: #f6f7f9; }
+header { display: flex; align-items: center; gap: 12px; }
+h1 { font-size: 22px; margin: 16px 0; }
+h2 { font-size: 16px; margin: 24px 0 8px; }
+.pill { padding: 2px 8px; border-radius: 10px; background: #dde3ea; font-size: 12px; }
+.pill.live { background: #cdebd4; }
+.counters { display: flex; gap: 12px; }
+.counters div { background: #fff; border: 1px solid #dde3ea; border-radius: 6px; padding: 8px 14px; min-width: 110px; }
+.counters b { display: block; font-size: 22px; }
+table { width: 100%; border-collapse: collapse; background: #fff; border: 1px solid #dde3ea; table-layout: fixed; }
+th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eef1f4; overflow-wrap: anywhere; vertical-align: top; }
+th { background: #eef1f4; font-weight: 600; }
+tr.deny td.decision { color: #b3261e; font-weight: 600; }
+tr.allow td.decision { color: #1e7b34; }
+tr.error td.decision { color: #8a5a00; }
+code, td.rule { font-family: ui-monospace, monospace; font-size: 12px; }
+button { font-size: 12px; }
+.hint { color: #5b6672; margin: 0 0 8px; }
+`
+
+export const DASHBOARD_JS = `'use strict'
+const $ = (id) => document.getElementById(id)
+const MAX_ROWS = 100
+
+function cell(row, text, cls) {
+  const td = document.createElement('td')
+  td.textContent = text == null ? '' : String(text)
+  if (cls) td.className = cls
+  row.appendChild(td)
+  return td
+}
+
+function addDecision(d) {
+  const row = document.createElement('tr')
+  row.className = d.decision
+  cell(row, new Date().toLocaleTimeString())
+  cell(row, d.client)
+  cell(row, d.method)
+  cell(row, d.target + (d.path ? d.path : ''), 'target')
+  cell(row, d.decision + (d.wouldDeny ? ' (would deny)' : ''), 'decision')
+  cell(row, d.reason, 'reason')
+  cell(row, d.detail, 'detail')
+  const body = $('decisions').tBodies[0]
+  body.insertBefore(row, body.firstChild)
+  while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1)
+}
+
+async function copy(text, button) {
+  try {
+    await navigator.clipboard.writeText(text)
+    button.textContent = 'copied'
+  } catch {
+    button.textContent = 'select and copy'
+  }
+}
+
+function render(state) {
+  for (const k of ['allow', 'deny', 'error']) $('count-' + k).textContent = String(state.counters[k])
+  $('count-open').textContent = String(state.open.length)
+  $('mode').textContent = state.mode
+  $('rules-file').textContent = state.rulesFile
+  $('rules-path').textContent = state.rulesFile
+  $('reload').textContent = state.lastReload ? (state.lastReload.ok ? 'ok' : 'failed: ' + (state.lastReload.errors || []).join('; ')) + ' at ' + state.lastReload.at : 'none since start'
+  const denied = $('denied').tBodies[0]
+  denied.replaceChildren()
+  for (const d of state.denied) {
+    const row = document.createElement('tr')
+    cell(row, d.target, 'target')
+    cell(row, d.count)
+    cell(row, d.detail, 'detail')
+    cell(row, d.suggestion || '', 'rule')
+    const td = cell(row, '')
+    if (d.suggestion) {
+      const button = document.createElement('button')
+      button.textContent = 'copy'
+      button.addEventListener('click', () => copy(d.suggestion, button))
+      td.appendChild(button)
+    }
+    denied.appendChild(row)
+  }
+  const open = $('open').tBodies[0]
+  open.replaceChildren()
+  for (const c of state.open) {
+    const row = document.createElement('tr')
+    cell(row, c.id)
+    cell(row, c.kind)
+    cell(row, c.target, 'target')
+    open.appendChild(row)
+  }
+}
+
+async function refresh() {
+  const res = await fetch('/api/state', { cache: 'no-store' })
+  if (res.ok) render(await res.json())
+}
+
+let refreshing = false
+function refreshSoon() {
+  if (refreshing) return
+  refreshing = true
+  setTimeout(() => {
+    refreshing = false
+    refresh()
+  }, 250)
+}
+
+function connect() {
+  const events = new EventSource('/events')
+  events.addEventListener('open', () => {
+    $('status').textContent = 'live'
+    $('status').className = 'pill live'
+  })
+  events.addEventListener('decision', (e) => {
+    addDecision(JSON.parse(e.data))
+    refreshSoon()
+  })
+  events.addEventListener('error', () => {
+    $('status').textContent = 'reconnecting'
+    $('status').className = 'pill'
+  })
+}
+
+refresh()
+connect()
+setInterval(refresh, 5000)
+`
