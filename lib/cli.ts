@@ -4,10 +4,14 @@ import { readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { parseListen, type Config } from './config.js'
-import { admit } from './gate.js'
+import { DEFAULT_POLICY } from './clients.js'
+import { admit, gateFor } from './gate.js'
 import { formatIp, classifyIp, parseIp } from './ip.js'
 import { defaultCaDir, loadCa, type LoadedCa } from './ca.js'
+import { startAdmin, createWatchers } from './cli-admin.js'
 import { caCertToServe, caCommand } from './cli-ca.js'
+import { passwdCommand } from './cli-passwd.js'
+import { learnCommand, suggestCommand, type StartHooks } from './cli-learn.js'
 import { advertisedAddress, dockerCommand, openBypass, systemProxyCommand, type WiringArgs } from './cli-wiring.js'
 import { generatePac } from './pac.js'
 import { createLogger, LOG_LEVELS, type LogLevel } from './log.js'
@@ -30,9 +34,12 @@ commands:
   check      say whether a target is allowed, and why
   validate   check a rules file and list every problem
   pac        print the PAC file that points clients at proxy-gate
+  passwd     set a proxy user's password (stored as a salted hash in rules.json)
   docker     print or write Docker Desktop / Docker CLI / dockerd proxy settings
   system-proxy  print (or apply) the commands that set this OS's proxy
   ca         create (init) or describe (show) the local certificate authority
+  learn      run in report mode (or read logs) and write a suggested rules file
+  suggest    print the entries that would allow what a log shows denied
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
@@ -48,9 +55,10 @@ reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
   --insecure-open      allow listening on a non-loopback address (anyone who can reach it can use the proxy)
   --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)
   --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: certs/ in the proxy-gate folder)`,
-  check: `usage: proxy-gate check TARGET [--rules FILE]
+  check: `usage: proxy-gate check TARGET [--rules FILE] [--source IP] [--user NAME]
 
-TARGET is host:port (as in CONNECT) or a URL (http://host/..., https://host/...).
+TARGET is host:port (as in CONNECT) or a URL (http://host/..., https://host/...). --source and
+--user decide it as for that client (the policy chosen by "clients" in the rules).
 Prints allow or deny, the rule, and for names the resolved addresses and the address guard's
 verdict. Exit status: 0 allowed, 1 denied, 2 error.`,
   pac: `usage: proxy-gate pac [--rules FILE] [--advertise HOST:PORT] [--flavor standard|docker]
@@ -90,6 +98,32 @@ SHA-256 fingerprint and the expiry, and exits 1 when there is no usable CA.
 
   --dir DIR   the CA folder (default: certs/ in the proxy-gate folder)
   --force     replace an existing CA (clients that trust the old one must trust the new ca.crt)`,
+  learn: `usage: proxy-gate learn [--rules FILE] [--out FILE] [--collapse] [--from LOG] [--listen HOST:PORT] [--duration SECONDS] [--force]
+
+Runs the proxy in report mode (as "start --mode report": what the rules would deny passes and is
+logged, the address guard still holds) until SIGINT/SIGTERM or --duration, then writes a suggested
+rules file: the rules file with one "allow" entry per host:port its rules did not allow, each with a
+note saying how often and when it was seen. Private and special-purpose destinations are left out
+and listed with a warning; targets refused by a deny rule stay denied. Review the file, then run
+"proxy-gate start --rules learned-rules.json".
+
+  --out FILE          where to write (default: ./learned-rules.json); never the rules file without --force
+  --collapse          write *.example.com instead of two or more names seen under example.com
+  --from LOG          learn from JSON decision logs ("start --log-format json"; "-" for stdin) instead of running
+  --duration SECONDS  stop after this long
+  --listen, --log-level, --log-format, --dir as for "start"`,
+  suggest: `usage: proxy-gate suggest --from LOG [--json]
+
+Reads JSON decision logs ("-" for stdin; other lines are ignored) and prints, for what was denied (or
+in report mode would have been), the entries to add to "allow", with how many requests needed each.
+Private and special-purpose destinations come with a warning; a deny rule's refusals are listed as such.
+
+  --json   one JSON object per line instead of the list`,
+  passwd: `usage: proxy-gate passwd USER [--rules FILE]
+
+Reads a password (not echoed on a terminal; one line from stdin otherwise) and writes its salted
+scrypt hash to "auth.users" in the rules file, keeping every other key and a backup beside it.
+With "auth" in the rules, clients must send proxy credentials (curl --proxy-user USER:PASSWORD).`,
   validate: `usage: proxy-gate validate [--rules FILE]
 
 Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.`,
@@ -102,6 +136,8 @@ const OPTIONS = {
   'log-level': { type: 'string', default: 'info' },
   'log-format': { type: 'string' },
   'insecure-open': { type: 'boolean', default: false },
+  'admin-listen': { type: 'string' },
+  'admin-token-file': { type: 'string' },
   advertise: { type: 'string' },
   flavor: { type: 'string', default: 'standard' },
   target: { type: 'string' },
@@ -113,8 +149,15 @@ const OPTIONS = {
   revert: { type: 'boolean', default: false },
   apply: { type: 'boolean', default: false },
   os: { type: 'string' },
+  source: { type: 'string' },
+  user: { type: 'string' },
   dir: { type: 'string' },
   force: { type: 'boolean', default: false },
+  out: { type: 'string' },
+  from: { type: 'string' },
+  collapse: { type: 'boolean', default: false },
+  duration: { type: 'string' },
+  json: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
   version: { type: 'boolean', short: 'v', default: false },
 } satisfies ParseArgsConfig['options']
@@ -177,11 +220,11 @@ function readUpstreamCa(rulesFile: string, config: Config): Result<string[]> {
 function listenProblem(config: Config, insecureOpen: boolean): string | undefined {
   if (isLoopback(config.listen.host)) return undefined
   if (config.mode === 'report') return `report mode lets everything through, so it only runs on a loopback listener (not ${config.listen.host})`
-  if (!insecureOpen) return `listening on ${config.listen.host} lets anyone who can reach it use the proxy; pass --insecure-open to do it anyway`
+  if (!insecureOpen && !config.auth) return `listening on ${config.listen.host} lets anyone who can reach it use the proxy; add "auth" (proxy-gate passwd USER) or pass --insecure-open`
   return undefined
 }
 
-async function start(values: Values): Promise<number> {
+async function start(values: Values, hooks: StartHooks = {}): Promise<number> {
   if (nodeTooOld()) {
     console.error(`proxy-gate needs Node.js ${MIN_NODE.join('.')} or newer (this is ${process.versions.node}): older 20.x releases have a request-smuggling flaw`)
     return 2
@@ -221,9 +264,14 @@ async function start(values: Values): Promise<number> {
     console.error(`proxy-gate did not start: ${upstreamCa.error}`)
     return 1
   }
+  const watchers = createWatchers()
   const proxy = createProxy({
     config: loaded.value,
     log,
+    observe: (event) => {
+      watchers.observe(event)
+      hooks.observe?.(event)
+    },
     upstreamCa: upstreamCa.value,
     ...(advertise.value ? { advertise: advertise.value } : {}),
     ...(caCertPem ? { caCertPem } : {}),
@@ -236,7 +284,8 @@ async function start(values: Values): Promise<number> {
     console.error(`proxy-gate did not start: cannot listen on ${loaded.value.listen.host}:${loaded.value.listen.port}: ${(error as Error).message}`)
     return 1
   }
-  const { policy, mode } = loaded.value
+  const { policy } = loaded.value
+  let mode = loaded.value.mode
   if (!isLoopback(address.address)) log.warn('listening on a non-loopback address: anyone who can reach it can use this proxy', { address: address.address })
   const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
   if (!advertise.value && parseIp(address.address)?.value === 0n) log.warn('listening on every interface: pass --advertise HOST:PORT so the PAC file names an address clients can reach')
@@ -251,32 +300,52 @@ async function start(values: Values): Promise<number> {
   const open = openBypass(loaded.value.bypass)
   if (open.length > 0) log.warn('bypass lets clients wired by proxy-gate reach these hosts directly, unchecked by the rules', { bypass: open.map(describePattern) })
 
-  const reload = (why: string): void => {
+  const reload = (trigger: string): { ok: boolean; errors?: string[] } => {
     const next = loadRulesFile(file, overrides.value)
-    if (!next.ok) {
-      log.error('reload failed: keeping the previous rules', { rules: file, trigger: why, errors: formatRuleErrors(next.errors).split('\n') })
-      return
-    }
-    const caNeeded = needsCa(next.value, ca)
-    if (caNeeded) {
-      log.error('reload failed: keeping the previous rules', { rules: file, trigger: why, errors: [caNeeded] })
-      return
+    const caNeeded = next.ok ? needsCa(next.value, ca) : undefined
+    if (!next.ok || caNeeded) {
+      const errors = next.ok ? [caNeeded ?? ''] : formatRuleErrors(next.errors).split('\n')
+      log.error('reload failed: keeping the previous rules', { rules: file, trigger, errors })
+      proxy.noteReload({ ok: false, trigger, errors })
+      return { ok: false, errors }
     }
     const listen = next.value.listen
     if (listen.host !== loaded.value.listen.host || listen.port !== loaded.value.listen.port) log.warn('"listen" changed: restart proxy-gate to apply it')
     const outcome = proxy.reload(next.value)
-    log.info('reloaded', { rules: file, trigger: why, allow: next.value.policy.allow.length, deny: next.value.policy.deny.length, ...outcome })
+    mode = next.value.mode
+    log.info('reloaded', { rules: file, trigger, allow: next.value.policy.allow.length, deny: next.value.policy.deny.length, ...outcome })
+    proxy.noteReload({ ok: true, trigger })
+    return { ok: true }
+  }
+  watchers.watch(proxy)
+  const admin = await startAdmin({
+    listen: values['admin-listen'] ?? '127.0.0.1:3129',
+    insecureOpen: values['insecure-open'],
+    tokenFile: resolve(values['admin-token-file'] ?? resolve(values.dir ?? defaultCaDir(), 'admin-token')),
+    rulesFile: file,
+    proxy,
+    watchers,
+    mode: () => mode,
+    reload: () => reload('admin'),
+    log,
+  })
+  if (!admin.ok) {
+    console.error(`proxy-gate did not start: ${admin.error}`)
+    await proxy.shutdown()
+    return 1
   }
   const watcher = watchRulesFile(file, () => reload('file changed'))
   process.on('SIGHUP', () => reload('SIGHUP'))
   await new Promise<void>((done) => {
     const stop = (signal: string): void => {
+      clearTimeout(timer)
       log.info('shutting down', { signal, open: proxy.open.size })
       watcher.close()
-      void proxy.shutdown().then(done)
+      void Promise.all([proxy.shutdown(), admin.value?.close()]).then(() => done())
     }
     process.once('SIGINT', () => stop('SIGINT'))
     process.once('SIGTERM', () => stop('SIGTERM'))
+    const timer = hooks.durationMs === undefined ? undefined : setTimeout(() => stop('duration elapsed'), hooks.durationMs)
   })
   log.info('stopped')
   return 0
@@ -310,9 +379,14 @@ async function check(values: Values, positional: string[]): Promise<number> {
     return 2
   }
   const config = loaded.value
+  const source = values.source === undefined ? undefined : parseIp(values.source)
+  if (values.source !== undefined && !source) return usageError('--source must be an IP address')
   const ctx = { mode: config.mode, self: selfAddresses({ address: config.listen.host, port: config.listen.port }), tls: config.tls }
-  const admission = await admit({ policy: config.policy, ctx, lookup: createLookup(config.dns) }, target.value)
+  const base = { policy: config.policy, policyName: DEFAULT_POLICY, policies: config.policies, ctx, lookup: createLookup(config.dns) }
+  const gate = gateFor(base, { source, user: values.user })
+  const admission = await admit(gate, target.value)
   console.log(`target:   ${formatTarget(target.value)}`)
+  console.log(`policy:   ${gate.policyName}`)
   if (admission.kind === 'failed') {
     console.log(`error:    ${admission.reply.details}`)
     return 2
@@ -402,6 +476,12 @@ export async function main(argv: string[]): Promise<number> {
   if (command === 'check') return check(values, rest)
   if (command === 'validate' && rest.length === 0) return validate(values)
   if (command === 'pac' && rest.length === 0) return pac(values)
+  if (command === 'passwd' && rest.length <= 1) return passwdCommand(resolve(values.rules ?? 'rules.json'), rest[0])
+  if (command === 'learn' && rest.length === 0) {
+    const { rules = 'rules.json', out, from, collapse, force, duration, mode, listen } = values
+    return learnCommand({ rules, out, from, collapse, force, duration, mode, listen }, (hooks) => start({ ...values, mode: 'report' }, hooks))
+  }
+  if (command === 'suggest' && rest.length === 0) return suggestCommand({ from: values.from, json: values.json })
   if (command === 'ca') return caCommand(rest, { dir: values.dir, force: values.force })
   if ((command === 'docker' || command === 'system-proxy') && rest.length === 0) {
     const config = loadOrReport(values)

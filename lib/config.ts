@@ -1,8 +1,10 @@
 // rules.json as a value: validates the whole file (listen, mode, limits, dns, bypass) and hands
 // allow/deny to the policy. Pure: the caller reads the file.
+import { parseAuth, type AuthSettings } from './auth.js'
+import { parseClients, parsePolicies, type PolicySet } from './clients.js'
 import { formatIp, parseIp, type Ip } from './ip.js'
 import { compilePolicy, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError, type TlsSettings } from './policy.js'
-import { parseAuthority, type Result } from './target.js'
+import { formatTarget, hostText, parseAuthority, type Result, type Target } from './target.js'
 
 export interface Limits {
   /** time for a client to send a complete request head */
@@ -62,10 +64,17 @@ export interface Config {
   readonly dns: DnsConfig
   readonly limits: Limits
   readonly tls: TlsSettings
+  /** the top-level policy (also in `policy`), the named ones, and which clients use which */
+  readonly policies: PolicySet
+  readonly auth: AuthSettings | undefined
+  /** the parent proxy allowed traffic leaves through; undefined: straight to the destination */
+  readonly upstream: UpstreamProxy | undefined
+  /** destinations that skip the parent proxy (NO_PROXY-style host patterns) */
+  readonly upstreamBypass: readonly HostPattern[]
 }
 
 export const DEFAULT_LISTEN: Listen = { host: '127.0.0.1', port: 3128 }
-const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits', 'tls']
+const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits', 'tls', 'policies', 'clients', 'auth', 'upstream', 'upstreamBypass']
 const TLS_KEYS = ['ports', 'requireSni', 'allowNonTls', 'helloTimeoutMs', 'upstreamCaFiles']
 
 export const DEFAULT_TLS: TlsSettings = { ports: [[443, 443]], requireSni: true, allowNonTls: false, helloTimeoutMs: 10_000, upstreamCaFiles: [] }
@@ -101,7 +110,109 @@ const DNS_KEYS = ['servers', 'timeoutMs', 'cacheSize']
 type Errors = RuleError[]
 
 function err(errors: Errors, path: string, value: unknown, message: string): void {
-  errors.push({ path, entry: JSON.stringify(value) ?? String(value), message })
+  errors.push({ path, entry: redactCredentials(JSON.stringify(value) ?? String(value)), message })
+}
+
+/**
+ * Hides credentials wherever they could show (config errors, validate output, logs): in a value
+ * or a JSON-quoted string, `[scheme://]user:password@` becomes `[scheme://][redacted]@`, up to
+ * the last "@" before the closing quote (a raw "@" in a password must not leak its tail).
+ */
+export function redactCredentials(text: string): string {
+  return text.replace(/(^|")([a-z][a-z0-9+.-]*:\/\/)?(?:[^"\\]|\\.)*@/gi, '$1$2[redacted]@')
+}
+
+/** The parent proxy from "upstream". Its credentials live only here, out of JSON and inspect output. */
+export class UpstreamProxy {
+  readonly #authorization: string | undefined
+  constructor(
+    /** where the parent listens (a name or an IP) */
+    readonly target: Target,
+    authorization: string | undefined,
+  ) {
+    this.#authorization = authorization
+  }
+  /** `host:port` (IPv6 in brackets): the next hop as logs and Proxy-Status name it */
+  get hop(): string {
+    return formatTarget(this.target)
+  }
+  /** the host to connect to: a name or an IP literal without brackets */
+  get host(): string {
+    return hostText(this.target.host)
+  }
+  /** the URL as it may be shown: credentials replaced by `[redacted]` */
+  get display(): string {
+    return `http://${this.#authorization === undefined ? '' : '[redacted]@'}${this.hop}`
+  }
+  /** the Proxy-Authorization value to send to the parent, if the URL has credentials */
+  authorization(): string | undefined {
+    return this.#authorization
+  }
+  /** the same parent with the same credentials */
+  sameAs(other: UpstreamProxy | undefined): boolean {
+    return other !== undefined && other.hop === this.hop && other.authorization() === this.#authorization
+  }
+  toJSON(): string {
+    return this.display
+  }
+}
+
+function decodeUserinfo(text: string): string | undefined {
+  try {
+    const decoded = decodeURIComponent(text)
+    // eslint-disable-next-line no-control-regex
+    return /[\x00-\x1f\x7f]/.test(decoded) ? undefined : decoded
+  } catch {
+    return undefined
+  }
+}
+
+/** `http://[user[:password]@]host:port[/]`: an HTTP parent proxy, nothing else (no path, query or other scheme). */
+export function parseUpstream(value: unknown): Result<UpstreamProxy> {
+  const fail = (error: string): Result<UpstreamProxy> => ({ ok: false, error })
+  if (typeof value !== 'string') return fail('must be a string "http://[user:password@]host:port"')
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(value)
+  if (!scheme) return fail('must be a URL "http://[user:password@]host:port"')
+  if (scheme[1]?.toLowerCase() !== 'http') return fail(`scheme "${scheme[1] ?? ''}" is not supported: the parent proxy must be an http:// URL`)
+  const rest = value.slice(scheme[0].length)
+  const end = rest.search(/[/?#]/)
+  const authority = end < 0 ? rest : rest.slice(0, end)
+  if (end >= 0 && rest.slice(end) !== '/') return fail('must not have a path, query or fragment (only "http://host:port")')
+  const at = authority.lastIndexOf('@')
+  const hostPort = authority.slice(at + 1)
+  let authorization: string | undefined
+  if (at >= 0) {
+    const userinfo = authority.slice(0, at)
+    if (userinfo.includes('@')) return fail('"@" in the user name or password must be written as %40')
+    const colon = userinfo.indexOf(':')
+    const user = decodeUserinfo(colon < 0 ? userinfo : userinfo.slice(0, colon))
+    const password = decodeUserinfo(colon < 0 ? '' : userinfo.slice(colon + 1))
+    if (user === undefined || password === undefined) return fail('the user name or password has a bad %-escape or a control character')
+    if (user === '') return fail('credentials need a user name ("http://user:password@host:port")')
+    if (user.includes(':')) return fail('the user name must not contain ":" (Basic authentication cannot carry it)')
+    authorization = `Basic ${Buffer.from(`${user}:${password}`, 'utf8').toString('base64')}`
+  }
+  if (!/:[0-9]+$/.test(hostPort)) return fail('needs an explicit port ("http://host:port", e.g. http://corp-proxy:8080)')
+  const target = parseAuthority(hostPort)
+  if (!target.ok) return fail(target.error)
+  return { ok: true, value: new UpstreamProxy(target.value, authorization) }
+}
+
+function parseUpstreamBypass(errors: Errors, value: unknown, upstream: unknown): HostPattern[] {
+  if (value === undefined) return []
+  if (upstream === undefined) err(errors, 'upstreamBypass', value, '"upstreamBypass" only means something with "upstream"')
+  if (!Array.isArray(value)) {
+    err(errors, 'upstreamBypass', value, '"upstreamBypass" must be an array of hosts')
+    return []
+  }
+  const patterns: HostPattern[] = []
+  value.forEach((entry: unknown, i: number) => {
+    const pattern = parseBypass(entry)
+    if (pattern.ok) patterns.push(pattern.value)
+    else if (typeof entry === 'string' && entry.startsWith('.')) err(errors, `upstreamBypass[${i}]`, entry, `write "*${entry}" for its subdomains (and "${entry.slice(1)}" for the name itself)`)
+    else err(errors, `upstreamBypass[${i}]`, entry, pattern.error)
+  })
+  return patterns
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {
@@ -220,6 +331,14 @@ export function parseConfig(json: unknown): ConfigResult {
   const dns = parseDns(errors, json.dns)
   const limits = parseLimits(errors, json.limits)
   const tls = parseTls(errors, json.tls)
+  const named = parsePolicies(errors, json.policies)
+  const clients = parseClients(errors, json.clients, named)
+  const auth = parseAuth(errors, json.auth)
+  const upstream = json.upstream === undefined ? undefined : parseUpstream(json.upstream)
+  if (upstream && !upstream.ok) err(errors, 'upstream', json.upstream, upstream.error)
+  const upstreamBypass = parseUpstreamBypass(errors, json.upstreamBypass, json.upstream)
+  if (clients.some((c) => c.kind === 'user') && !auth) err(errors, 'clients', json.clients, '"user" clients need proxy authentication: add "auth"')
   if (errors.length > 0 || !policy.ok) return { ok: false, errors }
-  return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits, tls } }
+  const policies = { fallback: policy.value, named, clients }
+  return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits, tls, policies, auth, upstream: upstream?.ok ? upstream.value : undefined, upstreamBypass } }
 }

@@ -1,5 +1,6 @@
 // The decide stage of every route: rules first (no DNS for names no rule allows), then one
 // resolution and the address guard. Owns the I/O the pure policy must not do.
+import { choosePolicy, type ClientIdentity, type PolicySet } from './clients.js'
 import type { Ip } from './ip.js'
 import { checkHello, confirmSniAddress, decideAddresses, decideTarget, type Decision, type DecisionContext, type HelloView, type Policy } from './policy.js'
 import { DnsFailure, type Lookup } from './resolve.js'
@@ -7,9 +8,18 @@ import { reply, type ProxyReply } from './respond.js'
 import { formatTarget, type Target } from './target.js'
 
 export interface Gate {
+  /** the policy this client's requests are decided by */
   readonly policy: Policy
+  readonly policyName: string
+  readonly policies: PolicySet
   readonly ctx: DecisionContext
   readonly lookup: Lookup
+}
+
+/** The gate for one client: the same context and DNS, with the policy chosen for who it is. */
+export function gateFor(gate: Gate, who: ClientIdentity): Gate {
+  const chosen = choosePolicy(gate.policies, who)
+  return chosen.policy === gate.policy ? gate : { ...gate, policy: chosen.policy, policyName: chosen.name }
 }
 
 export type Admission =

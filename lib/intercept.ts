@@ -10,6 +10,7 @@ import { rootCertificates, TLSSocket } from 'node:tls'
 import type httpProxy from 'http-proxy'
 import { Client } from 'undici'
 import { hasBody } from './checks.js'
+import type { ClientIdentity } from './clients.js'
 import { formatIp, type Ip } from './ip.js'
 import type { LeafMinter } from './leaf-certs.js'
 import { checkInnerHost, decideRequest, type Decision } from './policy.js'
@@ -19,8 +20,24 @@ import { upstreamFailure } from './dial.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { formatHost, formatTarget, hostText, normalisePath, type Target } from './target.js'
 
+/** A tunnel handed over for opening: what was already read, where it goes, and whose it is. */
+export interface TunnelToOpen {
+  readonly id: string
+  readonly socket: Socket
+  /** bytes already read from the socket (the ClientHello, or what followed the CONNECT) */
+  readonly first: Buffer
+  /** the name the rules matched (the CONNECT host, or the SNI for an IP-literal CONNECT) */
+  readonly target: Target
+  /** the checked address to dial */
+  readonly ip: Ip
+  readonly resolved: readonly Ip[]
+  readonly tls: boolean
+  readonly who: ClientIdentity
+}
+
 interface OpenedTunnel {
   readonly id: string
+  readonly who: ClientIdentity
   /** the name the rules matched (the CONNECT host, or the SNI for an IP-literal CONNECT) */
   readonly target: Target
   readonly ip: Ip
@@ -30,8 +47,8 @@ interface OpenedTunnel {
 }
 
 export interface Interceptor {
-  /** takes over a tunnel whose first bytes (`first`) were already read from `socket` */
-  open(id: string, socket: Socket, first: Buffer, target: Target, ip: Ip, resolved: readonly Ip[], tls: boolean): Promise<void>
+  /** takes over a tunnel whose first bytes were already read from its socket */
+  open(tunnel: TunnelToOpen): Promise<void>
   close(): Promise<void>
 }
 
@@ -58,14 +75,15 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
   server.maxHeadersCount = 0
 
   const decide = (tunnel: OpenedTunnel, req: IncomingMessage): Decision => {
-    const { policy, ctx } = rt.gate()
+    const { policy, ctx } = rt.gate(tunnel.who)
     const method = req.method ?? 'GET'
     return checkInnerHost(ctx, tunnel.target, req.headers.host) ?? decideRequest(policy, ctx, tunnel.target, method, normalisePath(req.url ?? ''))
   }
 
   const log = (tunnel: OpenedTunnel, req: IncomingMessage, decision: Decision): void => {
     const shown = decision.verdict === 'allow' ? { ...decision, dial: [tunnel.ip] } : decision
-    logDecision(rt, { id: tunnel.id, req, method: req.method ?? 'GET', target: tunnel.target, rawTarget: '', decision: shown, resolved: tunnel.resolved, path: (req.url ?? '').split('?')[0], intercepted: true })
+    const policy = rt.gate(tunnel.who).policyName
+    logDecision(rt, { id: tunnel.id, req, method: req.method ?? 'GET', target: tunnel.target, rawTarget: '', decision: shown, resolved: tunnel.resolved, path: (req.url ?? '').split('?')[0], intercepted: true, policy })
   }
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
@@ -77,7 +95,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
     if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, `${formatTarget(tunnel.target)}${(req.url ?? '').split('?')[0]}`, decision), hasBody(req))
     const origin = `${tunnel.tls ? 'https' : 'http'}://${formatHost(tunnel.target.host)}:${tunnel.target.port}`
     const authority = req.headers.host ?? formatTarget(tunnel.target)
-    const up = { id: tunnel.id, kind: 'forward' as const, target: tunnel.target, resolved: tunnel.resolved, origin, authority, chosen: formatIp(tunnel.ip), path: req.url ?? '/' }
+    const up = { id: tunnel.id, kind: 'forward' as const, who: tunnel.who, target: tunnel.target, resolved: tunnel.resolved, origin, authority, chosen: formatIp(tunnel.ip), path: req.url ?? '/' }
     relayRequest(rt, tunnel.client, up, req, res).catch(() => res.destroy())
   })
 
@@ -99,7 +117,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
   server.on('clientError', (_error, socket: Socket) => socket.destroy())
 
   return {
-    async open(id, socket, first, target, ip, resolved, tls) {
+    async open({ id, socket, first, target, ip, resolved, tls, who }) {
       const lookup = pinnedLookup(ip)
       const client = new Client(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
         connect: { lookup, timeout: rt.limits().connectTimeoutMs, ...(tls ? { ca: [...trust], servername: hostText(target.host) } : {}) },
@@ -111,9 +129,9 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
         inner = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] })
         inner.on('error', () => inner.destroy())
       }
-      const tunnel: OpenedTunnel = { id, target, ip, resolved, client, tls }
+      const tunnel: OpenedTunnel = { id, who, target, ip, resolved, client, tls }
       tunnels.set(inner, tunnel)
-      const open: OpenConnection = { id, kind: 'tunnel', target, resolved, close: () => socket.destroy() }
+      const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: () => socket.destroy() }
       rt.open.add(open)
       const started = Date.now()
       inner.setTimeout(rt.limits().tunnelIdleTimeoutMs, () => inner.destroy())

@@ -19,6 +19,9 @@ export type ProxyErrorType =
   | 'destination_unavailable'
   | 'tls_certificate_error'
   | 'proxy_internal_error'
+  | 'proxy_configuration_error'
+  | 'proxy_loop_detected'
+  | 'http_protocol_error'
 
 /** What the proxy answers instead of forwarding. */
 export interface ProxyReply {
@@ -28,6 +31,12 @@ export interface ProxyReply {
   readonly details: string
   /** text body for people */
   readonly body: string
+  /** extra response headers (e.g. Proxy-Authenticate on a 407) */
+  readonly headers?: Readonly<Record<string, string>>
+  /** RFC 9209 next-hop: the parent proxy (`host:port`, never its credentials) when one was used */
+  readonly nextHop?: string
+  /** RFC 9209 received-status: the status the next hop answered with */
+  readonly receivedStatus?: number
 }
 
 /** An RFC 8941 sf-string: printable ASCII only, with `\` and `"` escaped. */
@@ -37,8 +46,10 @@ export function sfString(text: string): string {
   return `"${printable.replace(/[\\"]/g, (c) => `\\${c}`)}"`
 }
 
-export function proxyStatus(type: ProxyErrorType, details: string): string {
-  return `proxy-gate; error=${type}; details=${sfString(details)}`
+export function proxyStatus(type: ProxyErrorType, details: string, hop: { readonly nextHop?: string; readonly receivedStatus?: number } = {}): string {
+  const nextHop = hop.nextHop === undefined ? '' : `; next-hop=${sfString(hop.nextHop)}`
+  const received = hop.receivedStatus === undefined ? '' : `; received-status=${hop.receivedStatus}`
+  return `proxy-gate; error=${type}${nextHop}${received}; details=${sfString(details)}`
 }
 
 export function reply(status: number, type: ProxyErrorType, details: string, body = details): ProxyReply {
@@ -61,9 +72,10 @@ export function denial(method: string, target: string, decision: Decision): Prox
 
 function replyHeaders(r: ProxyReply, close: boolean): Record<string, string> {
   return {
-    'Proxy-Status': proxyStatus(r.type, r.details),
+    'Proxy-Status': proxyStatus(r.type, r.details, r),
     'Content-Type': 'text/plain; charset=utf-8',
     'Content-Length': String(Buffer.byteLength(r.body)),
+    ...r.headers,
     ...(close ? { Connection: 'close' } : {}),
   }
 }

@@ -8,12 +8,14 @@ import { checkRequestHead } from './checks.js'
 import { dial, DialFailure } from './dial.js'
 import { admit, admitHello, type Admission } from './gate.js'
 import type { Ip } from './ip.js'
+import type { ClientIdentity } from './clients.js'
 import type { Interceptor } from './intercept.js'
 import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from './policy.js'
 import { relay } from './relay.js'
 import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from './target.js'
+import { parentFor } from './upstream.js'
 import { parseClientHello } from './tls-hello.js'
 
 const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
@@ -25,8 +27,10 @@ export async function connectRoute(rt: Runtime, interceptor: Interceptor | undef
   const rawTarget = req.url ?? ''
   socket.on('error', () => socket.destroy())
   const parsed = parseAuthority(rawTarget)
+  const who = rt.who(req)
+  const gate = rt.gate(who)
   const log = (fields: { decision?: Decision; resolved?: readonly Ip[] | undefined; reply?: ProxyReply; sni?: string }, target = parsed.ok ? parsed.value : undefined) =>
-    logDecision(rt, { id, req, method: 'CONNECT', target, rawTarget, ...fields })
+    logDecision(rt, { id, req, method: 'CONNECT', target, rawTarget, policy: gate.policyName, ...fields })
   const refuse = (r: ProxyReply): void => {
     log({ reply: r })
     replyOnSocket(socket, r)
@@ -35,7 +39,6 @@ export async function connectRoute(rt: Runtime, interceptor: Interceptor | undef
   if (problem) return refuse(problem)
   if (!parsed.ok) return refuse(reply(400, 'http_request_error', `bad CONNECT target: ${parsed.error}`))
   const target = parsed.value
-  const gate = rt.gate()
   const admission = await admit(gate, target)
   if (admission.kind === 'failed') return refuse(admission.reply)
   const { decision, resolved } = admission
@@ -47,9 +50,9 @@ export async function connectRoute(rt: Runtime, interceptor: Interceptor | undef
   const opened = interceptor && needsInterception(gate.policy, target) ? interceptor : undefined
   if (!isTlsPort(gate.ctx, target.port)) {
     log({ decision, resolved })
-    if (!opened) return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true)
+    if (!opened) return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true, who)
     socket.write(ESTABLISHED)
-    return openTunnelFor(opened, id, socket, head, target, decision, resolved, false)
+    return openTunnelFor(opened, id, socket, head, target, decision, resolved, false, who)
   }
 
   // TLS port: answer first, then decide on the ClientHello the client sends next
@@ -65,9 +68,9 @@ export async function connectRoute(rt: Runtime, interceptor: Interceptor | undef
   log({ decision: second.decision, resolved: second.resolved ?? resolved, ...(sni ? { sni } : {}) })
   if (second.decision.verdict === 'deny') return void socket.destroy()
   if (interceptor && needsInterception(gate.policy, second.ruleTarget)) {
-    return openTunnelFor(interceptor, id, socket, hello.bytes, second.ruleTarget, second.decision, second.resolved ?? resolved, true)
+    return openTunnelFor(interceptor, id, socket, hello.bytes, second.ruleTarget, second.decision, second.resolved ?? resolved, true, who)
   }
-  return openTunnel(rt, id, socket, second.ruleTarget, second.decision.dial, second.resolved ?? resolved ?? second.decision.dial, hello.bytes, false)
+  return openTunnel(rt, id, socket, second.ruleTarget, second.decision.dial, second.resolved ?? resolved ?? second.decision.dial, hello.bytes, false, who)
 }
 
 interface Hello {
@@ -107,34 +110,42 @@ function readHello(socket: Socket, head: Buffer, timeoutMs: number): Promise<Hel
 }
 
 /**
- * Dials the checked addresses, sends what the client already sent, and relays. `answer` says
+ * Dials the checked addresses (or the parent proxy, for the name), sends what the client already sent, and relays. `answer` says
  * whether the 200 is still to be written (or, on failure, an error status can still be sent).
  */
-async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Target, addresses: readonly Ip[], resolved: readonly Ip[], first: Buffer, answer: boolean): Promise<void> {
+async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Target, addresses: readonly Ip[], resolved: readonly Ip[], first: Buffer, answer: boolean, who: ClientIdentity): Promise<void> {
   const limits = rt.limits()
   let upstream: Socket
+  // with "upstream": through the parent (CONNECT, its 2xx before any tunnel byte), unless upstreamBypass
+  const parent = parentFor(rt.upstream?.(), target)
+  let handshake = { sent: 0, received: 0 }
+  const dialStarted = performance.now()
   try {
-    upstream = (await dial(addresses, target.port, limits.connectTimeoutMs)).socket
+    if (parent) ({ socket: upstream, ...handshake } = await parent.tunnel(target, limits))
+    else upstream = (await dial(addresses, target.port, limits.connectTimeoutMs)).socket
+    rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: true })
   } catch (error) {
+    rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: false })
     if (!(error instanceof DialFailure)) throw error
-    rt.log.info('upstream failed', { id, status: error.reply.status, error: error.reply.type, detail: error.reply.details })
+    rt.log.info('upstream failed', { id, status: error.reply.status, error: error.reply.type, detail: error.reply.details, nextHop: error.reply.nextHop })
     return answer ? replyOnSocket(socket, error.reply) : void socket.destroy()
   }
   if (socket.destroyed) return void upstream.destroy()
   if (answer) socket.write(ESTABLISHED)
   if (first.length > 0) upstream.write(first)
-  const chosen = upstream.remoteAddress
-  const open: OpenConnection = { id, kind: 'tunnel', target, resolved, close: (reason) => tunnel.close(reason) }
+  const chosen = parent ? undefined : upstream.remoteAddress
+  const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: (reason) => tunnel.close(reason) }
   const tunnel = relay(socket, upstream, { idleTimeoutMs: limits.tunnelIdleTimeoutMs, maxLifetimeMs: limits.tunnelMaxLifetimeMs }, (stats) => {
     rt.open.delete(open)
-    logClosed(rt, { id, kind: 'tunnel', chosen, ...stats })
+    const viaParent = parent ? { via: parent.hop, bytesFromClient: stats.bytesFromClient - handshake.sent, bytesToClient: stats.bytesToClient - handshake.received } : {}
+    logClosed(rt, { id, kind: 'tunnel', chosen, ...stats, ...viaParent })
   })
   rt.open.add(open)
 }
 
 /** Hands a tunnel whose rules limit methods or paths to the interceptor, pinned to the checked IP. */
-function openTunnelFor(interceptor: Interceptor, id: string, socket: Socket, first: Buffer, target: Target, decision: Decision, resolved: readonly Ip[] | undefined, tls: boolean): Promise<void> {
+function openTunnelFor(interceptor: Interceptor, id: string, socket: Socket, first: Buffer, target: Target, decision: Decision, resolved: readonly Ip[] | undefined, tls: boolean, who: ClientIdentity): Promise<void> {
   const ip = decision.dial[0]
   if (ip === undefined) throw new Error('allowed decision without an address')
-  return interceptor.open(id, socket, first, target, ip, resolved ?? decision.dial, tls)
+  return interceptor.open({ id, socket, first, target, ip, resolved: resolved ?? decision.dial, tls, who })
 }

@@ -1,10 +1,12 @@
 // Plain HTTP forwarding.
 //   client --GET http://host/path--> check head -> parse URL -> admit -> undici to checked IP (Host = URL authority) -> client
+//   with "upstream": ... -> admit -> absolute-form request to the parent proxy (upstream.ts) -> client
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { pipeline } from 'node:stream/promises'
 import type { Agent, Dispatcher } from 'undici'
 import { checkRequestHead, hasBody } from './checks.js'
-import { upstreamFailure } from './dial.js'
+import type { ClientIdentity } from './clients.js'
+import { DialFailure, upstreamFailure } from './dial.js'
 import { admit } from './gate.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { formatIp, type Ip } from './ip.js'
@@ -12,26 +14,28 @@ import { denial, reply, replyOnResponse, type ProxyReply } from './respond.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { decideRequest, withRequest } from './policy.js'
 import { formatHost, formatTarget, normalisePath, parseAbsoluteUrl, type Target } from './target.js'
+import { parentFailure, parentFor, parentRefused, throughParent } from './upstream.js'
 
 export async function forwardRoute(rt: Runtime, agent: Agent, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
   const id = rt.nextId()
   const method = req.method ?? 'GET'
   const rawTarget = req.url ?? ''
   const parsed = parseAbsoluteUrl(rawTarget)
+  const who = rt.who(req)
+  const gate = rt.gate(who)
   const refuse = (r: ProxyReply, close: boolean): void => {
-    logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r })
+    logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r, policy: gate.policyName })
     replyOnResponse(res, r, close)
   }
   const problem = checkRequestHead(req, rt.limits())
   if (problem) return refuse(problem, true)
   if (!parsed.ok) return refuse(reply(400, 'http_request_error', `bad request-target: ${parsed.error}`), true)
   const { target, path } = parsed.value
-  const admission = await admit(rt.gate(), target)
+  const admission = await admit(gate, target)
   if (admission.kind === 'failed') return refuse(admission.reply, hasBody(req))
   const { resolved } = admission
-  const gate = rt.gate()
   const decision = admission.decision.verdict === 'allow' ? withRequest(admission.decision, decideRequest(gate.policy, gate.ctx, target, method, normalisePath(path))) : admission.decision
-  logDecision(rt, { id, req, method, target, rawTarget, decision, resolved, ...(decision.rule?.paths || decision.reason === 'request-not-allowed' || decision.reason === 'bad-path' ? { path: path.split('?')[0] } : {}) })
+  logDecision(rt, { id, req, method, target, rawTarget, decision, resolved, policy: gate.policyName, ...(decision.rule?.paths || decision.reason === 'request-not-allowed' || decision.reason === 'bad-path' ? { path: path.split('?')[0] } : {}) })
   if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, formatTarget(target), decision), hasBody(req))
   if (expectsContinue) res.writeContinue()
 
@@ -39,12 +43,16 @@ export async function forwardRoute(rt: Runtime, agent: Agent, req: IncomingMessa
   if (ip === undefined) throw new Error('allowed decision without an address')
   const origin = `http://${formatHost({ kind: 'ip', ip })}:${target.port}`
   const authority = target.port === 80 ? formatHost(target.host) : formatTarget(target)
-  await relayRequest(rt, agent, { id, kind: 'forward', target, resolved, origin, authority, chosen: formatIp(ip), path }, req, res)
+  const up = { id, kind: 'forward' as const, who, target, resolved, origin, authority, chosen: formatIp(ip), path }
+  // with "upstream": absolute-form to the parent proxy, unless upstreamBypass sends it direct
+  const parent = parentFor(rt.upstream?.(), target)
+  await relayRequest(rt, parent ? parent.dispatcher : agent, parent ? throughParent(up, parent) : up, req, res)
 }
 
 export interface UpstreamRequest {
   readonly id: string
   readonly kind: OpenConnection['kind']
+  readonly who: ClientIdentity
   readonly target: Target
   readonly resolved: readonly Ip[] | undefined
   /** where the dispatcher connects: the checked IP, or a client pinned to it */
@@ -54,12 +62,14 @@ export interface UpstreamRequest {
   /** the checked address, for logs */
   readonly chosen: string
   readonly path: string
+  /** the parent proxy (`host:port`) the dispatcher sends it to, when "upstream" is set */
+  readonly via?: string
 }
 
 /** Sends one allowed request upstream with undici and streams the answer back to the client. */
 export async function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRequest, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const abort = new AbortController()
-  const open: OpenConnection = { id: up.id, kind: up.kind, target: up.target, resolved: up.resolved, close: (reason) => abort.abort(new Error(reason)) }
+  const open: OpenConnection = { id: up.id, kind: up.kind, target: up.target, resolved: up.resolved, who: up.who, close: (reason) => abort.abort(new Error(reason)) }
   rt.open.add(open)
   res.on('close', () => {
     rt.open.delete(open)
@@ -78,14 +88,19 @@ export async function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: Upst
       headersTimeout: limits.upstreamHeadersTimeoutMs,
       bodyTimeout: limits.tunnelIdleTimeoutMs,
     })
+    if (up.via !== undefined && upstream.statusCode === 407) {
+      upstream.body.destroy()
+      throw new DialFailure(parentRefused(407, up.via, `${req.method ?? 'GET'} ${formatTarget(up.target)}`))
+    }
     res.writeHead(upstream.statusCode, clientResponseHeaders(upstream.headers))
     await pipeline(upstream.body, res)
-    logClosed(rt, { id: up.id, kind: up.kind, chosen: up.chosen, status: upstream.statusCode, durationMs: Date.now() - started })
+    logClosed(rt, { id: up.id, kind: up.kind, method: req.method ?? 'GET', chosen: up.chosen, via: up.via, status: upstream.statusCode, durationMs: Date.now() - started })
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).name
-    const failure = upstreamFailure(code, `${up.chosen}:${up.target.port}`)
-    logClosed(rt, { id: up.id, kind: up.kind, chosen: up.chosen, error: code, durationMs: Date.now() - started })
-    if (!res.headersSent && !res.destroyed) replyOnResponse(res, failure, true)
+    const code = error instanceof DialFailure ? error.reply.type : ((error as NodeJS.ErrnoException).code ?? (error as Error).name)
+    const failure = error instanceof DialFailure ? error.reply : up.via !== undefined ? parentFailure(code, up.via) : upstreamFailure(code, `${up.chosen}:${up.target.port}`)
+    const answered = !res.headersSent && !res.destroyed
+    logClosed(rt, { id: up.id, kind: up.kind, method: req.method ?? 'GET', chosen: up.chosen, via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - started })
+    if (answered) replyOnResponse(res, failure, true)
     else res.destroy()
   }
 }

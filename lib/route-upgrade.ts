@@ -10,7 +10,8 @@ import { clientResponseHeaders } from './headers.js'
 import { formatIp } from './ip.js'
 import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
-import { formatHost, formatTarget, parseAbsoluteUrl } from './target.js'
+import { decideRequest, withRequest } from './policy.js'
+import { formatHost, formatTarget, normalisePath, parseAbsoluteUrl } from './target.js'
 
 // Headers that must not reach the upstream; Connection/Upgrade stay, the handshake needs them.
 const STRIP = ['proxy-authorization', 'proxy-connection', 'keep-alive', 'trailer', 'te', 'forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-real-ip']
@@ -21,18 +22,21 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, req: IncomingM
   const rawTarget = req.url ?? ''
   socket.on('error', () => socket.destroy())
   const parsed = parseAbsoluteUrl(rawTarget)
+  const who = rt.who(req)
+  const gate = rt.gate(who)
   const refuse = (r: ProxyReply): void => {
-    logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r })
+    logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r, policy: gate.policyName })
     replyOnSocket(socket, r)
   }
   const problem = checkRequestHead(req, rt.limits())
   if (problem) return refuse(problem)
   if (!parsed.ok) return refuse(reply(400, 'http_request_error', `bad request-target: ${parsed.error}`))
   const { target, path } = parsed.value
-  const admission = await admit(rt.gate(), target)
+  const admission = await admit(gate, target)
   if (admission.kind === 'failed') return refuse(admission.reply)
-  const { decision, resolved } = admission
-  logDecision(rt, { id, req, method, target, rawTarget, decision, resolved })
+  const { resolved } = admission
+  const decision = admission.decision.verdict === 'allow' ? withRequest(admission.decision, decideRequest(gate.policy, gate.ctx, target, method, normalisePath(path))) : admission.decision
+  logDecision(rt, { id, req, method, target, rawTarget, decision, resolved, policy: gate.policyName })
   if (decision.verdict === 'deny') return replyOnSocket(socket, denial(method, formatTarget(target), decision))
   if (socket.destroyed) return
 
@@ -44,7 +48,7 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, req: IncomingM
   req.url = path
   const limits = rt.limits()
   const started = Date.now()
-  const open: OpenConnection = { id, kind: 'upgrade', target, resolved, close: () => socket.destroy() }
+  const open: OpenConnection = { id, kind: 'upgrade', target, resolved, who, close: () => socket.destroy() }
   rt.open.add(open)
   const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
   socket.once('close', () => {

@@ -2,11 +2,14 @@
 // reload), the logger, request ids, and the registry of open connections that reload re-decides.
 import type { IncomingMessage } from 'node:http'
 import type { Limits } from './config.js'
+import type { ClientIdentity } from './clients.js'
 import type { Gate } from './gate.js'
 import { formatIp, type Ip } from './ip.js'
 import type { Logger } from './log.js'
+import type { Lookup } from './resolve.js'
 import type { Decision } from './policy.js'
 import type { ProxyReply } from './respond.js'
+import type { Upstream } from './upstream.js'
 import { formatTarget, type Target } from './target.js'
 
 export interface OpenConnection {
@@ -14,6 +17,8 @@ export interface OpenConnection {
   readonly kind: 'tunnel' | 'forward' | 'upgrade'
   readonly target: Target
   readonly resolved: readonly Ip[] | undefined
+  /** whose connection it is: a reload re-decides it under that client's policy */
+  readonly who: ClientIdentity
   close(reason: string): void
 }
 
@@ -33,8 +38,11 @@ export interface DecisionRecord {
   readonly rule?: string | undefined
   readonly reason?: string | undefined
   readonly detail?: string | undefined
+  /** the rules.json entry that would allow it, for denials that have one */
+  readonly suggestion?: string | undefined
   readonly status?: number | undefined
   readonly mode: string
+  readonly policy?: string | undefined
   readonly wouldDeny: boolean
 }
 
@@ -42,8 +50,11 @@ export interface DecisionRecord {
 export interface ClosedRecord {
   readonly id: string
   readonly kind: OpenConnection['kind']
+  readonly method?: string
   readonly intercepted?: boolean
   readonly chosen?: string | undefined
+  /** the parent proxy (`host:port`) it went through, when "upstream" is set */
+  readonly via?: string | undefined
   readonly status?: number
   readonly bytesFromClient?: number
   readonly bytesToClient?: number
@@ -51,16 +62,39 @@ export interface ClosedRecord {
   readonly error?: string | undefined
 }
 
-export type ProxyEvent = ({ readonly type: 'decision' } & DecisionRecord) | ({ readonly type: 'closed' } & ClosedRecord)
+/** How long a DNS lookup or an upstream connect took (for metrics; not logged). */
+export interface TimingRecord {
+  readonly what: 'dns' | 'connect'
+  readonly ms: number
+  readonly ok: boolean
+}
+
+/** The outcome of a rules reload, good or bad (the CLI logs it; observers count it). */
+export interface ReloadRecord {
+  readonly ok: boolean
+  readonly trigger: string
+  readonly errors?: readonly string[]
+}
+
+export type ProxyEvent =
+  | ({ readonly type: 'decision' } & DecisionRecord)
+  | ({ readonly type: 'closed' } & ClosedRecord)
+  | ({ readonly type: 'timing' } & TimingRecord)
+  | ({ readonly type: 'reload' } & ReloadRecord)
 
 export interface Runtime {
-  gate(): Gate
+  /** the current gate; for a client, with the policy chosen for it */
+  gate(who?: ClientIdentity): Gate
+  /** who sent this request: its source address and, with proxy authentication, its user */
+  who(req: IncomingMessage): ClientIdentity
   limits(): Limits
   readonly log: Logger
   readonly open: Set<OpenConnection>
   nextId(): string
   /** logs an event and hands it to observers */
   record(event: ProxyEvent): void
+  /** the parent proxy allowed traffic leaves through (swapped on reload); undefined: direct */
+  upstream?(): Upstream | undefined
 }
 
 export function clientAddress(req: IncomingMessage): string {
@@ -89,6 +123,8 @@ interface DecisionLog {
   readonly path?: string
   /** true for requests read inside an opened (intercepted) tunnel */
   readonly intercepted?: boolean
+  /** the name of the policy that decided it */
+  readonly policy?: string
 }
 
 /** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
@@ -109,12 +145,40 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     rule: decision?.rule ? `${decision.rule.list}[${decision.rule.index}] ${decision.rule.text}` : undefined,
     reason: decision?.reason ?? reply?.type,
     detail: reply?.details ?? decision?.detail,
+    suggestion: decision?.verdict === 'deny' ? decision.suggestion : undefined,
     status: reply?.status,
     mode: rt.gate().ctx.mode,
+    policy: entry.policy,
     wouldDeny: decision?.wouldDeny ?? false,
   })
 }
 
 export function logClosed(rt: Runtime, record: ClosedRecord): void {
   rt.record({ type: 'closed', ...record })
+}
+
+/** Logs decisions and closes, and hands every event to the observer (timings and reloads only go there). */
+export function createRecorder(log: Logger, observe: ((event: ProxyEvent) => void) | undefined): (event: ProxyEvent) => void {
+  return (event) => {
+    if (event.type === 'decision' || event.type === 'closed') {
+      const { type, ...fields } = event
+      log.info(type, fields)
+    }
+    observe?.(event)
+  }
+}
+
+/** A lookup that reports how long each resolution took. */
+export function timedLookup(lookup: Lookup, record: (event: ProxyEvent) => void): Lookup {
+  return async (name) => {
+    const started = performance.now()
+    let ok = false
+    try {
+      const addresses = await lookup(name)
+      ok = true
+      return addresses
+    } finally {
+      record({ type: 'timing', what: 'dns', ms: performance.now() - started, ok })
+    }
+  }
 }

@@ -6,8 +6,11 @@ import { networkInterfaces } from 'node:os'
 import httpProxy from 'http-proxy'
 import { Agent } from 'undici'
 import type { Config } from './config.js'
-import { redecide, type Gate } from './gate.js'
+import { gateFor, redecide, type Gate } from './gate.js'
+import { createAuthenticator } from './auth.js'
 import type { Ca } from './ca.js'
+import { hasBody } from './checks.js'
+import { DEFAULT_POLICY, type ClientIdentity } from './clients.js'
 import { createInterceptor, upstreamTrust } from './intercept.js'
 import { parseIp, type Ip } from './ip.js'
 import { createLeafMinter } from './leaf-certs.js'
@@ -20,7 +23,7 @@ import { connectRoute } from './route-connect.js'
 import { forwardRoute } from './route-forward.js'
 import { localRoute, type PacFile } from './route-local.js'
 import { createUpgradeProxy, upgradeRoute } from './route-upgrade.js'
-import type { OpenConnection, ProxyEvent, Runtime } from './runtime.js'
+import { createRecorder, logDecision, timedLookup, type OpenConnection, type ProxyEvent, type ReloadRecord, type Runtime } from './runtime.js'
 import { formatTarget } from './target.js'
 import { VERSION } from './version.js'
 
@@ -53,6 +56,10 @@ export interface Proxy {
   reload(config: Config): ReloadOutcome
   /** stops accepting, lets open connections finish until the grace period, then closes the rest */
   shutdown(): Promise<void>
+  /** listening with rules loaded, and not shutting down */
+  ready(): boolean
+  /** tells observers (metrics, dashboard) how a reload went */
+  noteReload(record: ReloadRecord): void
   readonly open: ReadonlySet<OpenConnection>
 }
 
@@ -79,18 +86,31 @@ export function createProxy(options: ProxyOptions): Proxy {
   const { log } = options
   let config = options.config
   let self: SelfAddress[] = []
-  const makeGate = (c: Config): Gate => ({ policy: c.policy, ctx: { mode: c.mode, self, tls: c.tls }, lookup: options.lookup ?? createLookup(c.dns) })
+  const record = createRecorder(log, options.observe)
+  const makeGate = (c: Config): Gate => ({
+    policy: c.policy,
+    policyName: DEFAULT_POLICY,
+    policies: c.policies,
+    ctx: { mode: c.mode, self, tls: c.tls },
+    lookup: timedLookup(options.lookup ?? createLookup(c.dns), record),
+  })
   let gate = makeGate(config)
   let seq = 0
   const boot = Date.now().toString(36)
   const open = new Set<OpenConnection>()
-  const observers = options.observe ? [options.observe] : []
-  const record = (event: ProxyEvent): void => {
-    const { type, ...fields } = event
-    log.info(type, fields)
-    for (const observe of observers) observe(event)
+  let ready = false
+  let stopping: Promise<void> | undefined
+  const identities = new WeakMap<IncomingMessage, ClientIdentity>()
+  const authenticator = createAuthenticator(() => config.auth)
+  const rt: Runtime = {
+    gate: (who) => (who ? gateFor(gate, who) : gate),
+    who: (req) => identities.get(req) ?? { source: parseIp(req.socket.remoteAddress ?? ''), user: undefined },
+    limits: () => config.limits,
+    log,
+    open,
+    record,
+    nextId: () => `${boot}-${(++seq).toString(36)}`,
   }
-  const rt: Runtime = { gate: () => gate, limits: () => config.limits, log, open, record, nextId: () => `${boot}-${(++seq).toString(36)}` }
   const limits = config.limits
   const agent = new Agent({ connect: { timeout: limits.connectTimeoutMs }, keepAliveTimeout: 4_000, connections: 256 })
   const upgradeProxy = createUpgradeProxy(rt, httpProxy)
@@ -131,17 +151,29 @@ export function createProxy(options: ProxyOptions): Proxy {
       fallback(reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
     })
   }
+  /** Proxy authentication comes first: a client it refuses never reaches a route. */
+  const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: () => Promise<void>): void =>
+    guarded(what, refuse, async () => {
+      const source = req.socket.remoteAddress ?? ''
+      const result = await authenticator.check(req.headers['proxy-authorization'], source)
+      if (!result.ok) {
+        logDecision(rt, { id: rt.nextId(), req, method: req.method ?? '', target: undefined, rawTarget: req.url ?? '', reply: result.reply })
+        return refuse(result.reply)
+      }
+      identities.set(req, { source: parseIp(source), user: result.user })
+      await route()
+    })
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
-    if (req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem })
-    guarded('forward', (r) => replyOnResponse(res, r, true), () => forwardRoute(rt, agent, req, res, expectsContinue))
+    if (req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
+    authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), () => forwardRoute(rt, agent, req, res, expectsContinue))
   }
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    guarded('connect', (r) => replyOnSocket(socket, r), () => connectRoute(rt, interceptor, req, socket, head))
+    authenticated('connect', req, (r) => replyOnSocket(socket, r), () => connectRoute(rt, interceptor, req, socket, head))
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    guarded('upgrade', (r) => replyOnSocket(socket, r), () => upgradeRoute(rt, upgradeProxy, req, socket, head))
+    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), () => upgradeRoute(rt, upgradeProxy, req, socket, head))
   })
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
@@ -163,6 +195,7 @@ export function createProxy(options: ProxyOptions): Proxy {
           const address = server.address() as AddressInfo
           self = selfAddresses(address)
           gate = makeGate(config)
+          ready = true
           resolve(address)
         })
       }),
@@ -173,7 +206,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       pacCache.clear()
       let closed = 0
       for (const conn of [...open]) {
-        const decision = redecide(gate, conn.target, conn.resolved)
+        const decision = redecide(gateFor(gate, conn.who), conn.target, conn.resolved)
         if (decision.verdict === 'allow') continue
         closed++
         log.info('revoked', { id: conn.id, kind: conn.kind, target: formatTarget(conn.target), reason: decision.reason, detail: decision.detail })
@@ -181,18 +214,23 @@ export function createProxy(options: ProxyOptions): Proxy {
       }
       return { closed, kept: open.size - closed }
     },
-    shutdown: async () => {
-      const closedServer = new Promise<void>((resolve) => server.close(() => resolve()))
-      server.closeIdleConnections()
-      const deadline = setTimeout(() => {
-        for (const conn of open) conn.close('proxy shutting down')
-        server.closeAllConnections()
-      }, config.limits.shutdownGraceMs)
-      await closedServer
-      clearTimeout(deadline)
-      upgradeProxy.close()
-      await interceptor?.close()
-      await agent.close()
-    },
+    ready: () => ready,
+    noteReload: (r) => record({ type: 'reload', ...r }),
+    shutdown: () => (stopping ??= stop()),
+  }
+
+  async function stop(): Promise<void> {
+    ready = false
+    const closedServer = new Promise<void>((resolve) => server.close(() => resolve()))
+    server.closeIdleConnections()
+    const deadline = setTimeout(() => {
+      for (const conn of open) conn.close('proxy shutting down')
+      server.closeAllConnections()
+    }, config.limits.shutdownGraceMs)
+    await closedServer
+    clearTimeout(deadline)
+    upgradeProxy.close()
+    await interceptor?.close()
+    await agent.close()
   }
 }

@@ -53,7 +53,8 @@ interface Running {
 }
 
 async function startCli(args: string[]): Promise<Running> {
-  const child = spawn(process.execPath, [CLI, 'start', '--log-format', 'json', ...args])
+  const tokenFile = join(mkdtempSync(join(tmpdir(), 'proxy-gate-token-')), 'admin-token')
+  const child = spawn(process.execPath, [CLI, 'start', '--log-format', 'json', '--admin-listen', '127.0.0.1:0', '--admin-token-file', tokenFile, ...args])
   const lines: Line[] = []
   const waiters: Array<[(l: Line) => boolean, (l: Line) => void]> = []
   createInterface({ input: child.stdout }).on('line', (text) => {

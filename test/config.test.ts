@@ -122,7 +122,10 @@ t.test('the shipped rules.json validates and allows what a docker pull needs', a
 })
 
 t.test('an unknown key anywhere is an error that names its path (a typo like "dney")', async (t) => {
-  t.same(errorsOf({ allow: ['a.test'], dney: ['b.test'] }), [['dney', 'unknown key "dney" (allowed: $schema, listen, mode, allow, deny, bypass, dns, limits, tls)']])
+  const [typo, ...others] = errorsOf({ allow: ['a.test'], dney: ['b.test'] })
+  t.same(others, [], 'one error')
+  t.equal(typo?.[0], 'dney')
+  t.match(typo?.[1], /^unknown key "dney" \(allowed: \$schema, listen, mode, allow, deny, bypass, dns, limits, tls, /)
   t.same(errorsOf({ dns: { retries: 3 } }), [['dns.retries', 'unknown key "retries" (allowed: servers, timeoutMs, cacheSize)']])
   const limits = errorsOf({ limits: { headerTimeout: 5 } })
   t.equal(limits[0]?.[0], 'limits.headerTimeout')
