@@ -1,28 +1,24 @@
 #!/usr/bin/env node
 // Command line: start the proxy, check a target against the rules, validate a rules file.
-import { readFileSync } from 'node:fs'
-import { dirname, resolve } from 'node:path'
+import { resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { parseListen, type Config } from './config.js'
-import { DEFAULT_POLICY } from './clients.js'
-import { admit, gateFor } from './gate.js'
-import { formatIp, classifyIp, parseIp } from './ip.js'
-import { defaultCaDir, loadCa, type LoadedCa } from './ca.js'
-import { startAdmin, createWatchers } from './cli-admin.js'
-import { caCertToServe, caCommand } from './cli-ca.js'
+import { caCommand } from './cli-ca.js'
+import { printErrors, usageError } from './cli-common.js'
+import { learnCommand, suggestCommand } from './cli-learn.js'
 import { passwdCommand } from './cli-passwd.js'
-import { learnCommand, suggestCommand, type StartHooks } from './cli-learn.js'
-import { advertisedAddress, dockerCommand, openBypass, systemProxyCommand, type WiringArgs } from './cli-wiring.js'
+import { startCommand } from './cli-start.js'
+import { advertisedAddress, dockerCommand, systemProxyCommand, type WiringArgs } from './cli-wiring.js'
+import { DEFAULT_POLICY } from './clients.js'
+import type { Config } from './config.js'
+import { admit, gateFor } from './gate.js'
+import { formatIp, parseIp } from './ip.js'
 import { generatePac } from './pac.js'
-import { createLogger, LOG_LEVELS, type LogLevel } from './log.js'
-import { describePattern, formatRuleErrors, rulesWithRequestLimits, type Mode, type RuleError } from './policy.js'
 import { createLookup } from './resolve.js'
-import { loadRulesFile, watchRulesFile, type Overrides } from './rules-file.js'
-import { createProxy, selfAddresses } from './server.js'
-import { VERSION } from './version.js'
+import { loadRulesFile } from './rules-file.js'
+import { selfAddresses } from './server.js'
 import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './target.js'
+import { VERSION } from './version.js'
 
-const MIN_NODE = [20, 19, 2]
 
 const HELP: Record<string, string> = {
   main: `proxy-gate ${VERSION}: an egress allowlist proxy for containers
@@ -164,192 +160,6 @@ const OPTIONS = {
 
 type Values = { [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K] extends { type: 'boolean' } ? boolean : string | undefined }
 
-function printErrors(file: string, errors: readonly RuleError[]): void {
-  console.error(`${file}: ${errors.length} problem${errors.length === 1 ? '' : 's'}`)
-  console.error(formatRuleErrors(errors).replace(/^/gm, '  '))
-}
-
-function nodeTooOld(): boolean {
-  const have = process.versions.node.split('.').map(Number)
-  for (let i = 0; i < 3; i++) if ((have[i] ?? 0) !== MIN_NODE[i]) return (have[i] ?? 0) < (MIN_NODE[i] ?? 0)
-  return false
-}
-
-function isLoopback(host: string): boolean {
-  const ip = parseIp(host)
-  return ip !== undefined && classifyIp(ip)?.kind === 'loopback'
-}
-
-function overridesFrom(values: Values): Result<Overrides> {
-  const overrides: { listen?: Config['listen']; mode?: Mode } = {}
-  if (values.listen !== undefined) {
-    const listen = parseListen(values.listen)
-    if (!listen.ok) return { ok: false, error: `--listen: ${listen.error}` }
-    overrides.listen = listen.value
-  }
-  if (values.mode !== undefined) {
-    if (values.mode !== 'enforce' && values.mode !== 'report') return { ok: false, error: '--mode must be enforce or report' }
-    overrides.mode = values.mode
-  }
-  return { ok: true, value: overrides }
-}
-
-/** Rules that limit methods or paths open TLS tunnels, which takes the local CA. */
-function needsCa(config: Config, ca: LoadedCa): string | undefined {
-  const rules = rulesWithRequestLimits(config.policy)
-  if (rules.length === 0 || ca.ok) return undefined
-  const which = rules.map((r) => `allow[${r.index}]`).join(', ')
-  return `${which} limit${rules.length === 1 ? 's' : ''} methods or paths, which needs the local CA to open TLS tunnels: ${ca.error}${ca.missing ? '' : ' (see "proxy-gate ca show")'}`
-}
-
-/** tls.upstreamCaFiles, read relative to the rules file. */
-function readUpstreamCa(rulesFile: string, config: Config): Result<string[]> {
-  const pems: string[] = []
-  for (const name of config.tls.upstreamCaFiles) {
-    const path = resolve(dirname(rulesFile), name)
-    try {
-      pems.push(readFileSync(path, 'utf8'))
-    } catch (error) {
-      return { ok: false, error: `tls.upstreamCaFiles: cannot read ${path}: ${(error as Error).message}` }
-    }
-  }
-  return { ok: true, value: pems }
-}
-
-/** Exposure rules for the listener: open listeners need consent, report mode stays local. */
-function listenProblem(config: Config, insecureOpen: boolean): string | undefined {
-  if (isLoopback(config.listen.host)) return undefined
-  if (config.mode === 'report') return `report mode lets everything through, so it only runs on a loopback listener (not ${config.listen.host})`
-  if (!insecureOpen && !config.auth) return `listening on ${config.listen.host} lets anyone who can reach it use the proxy; add "auth" (proxy-gate passwd USER) or pass --insecure-open`
-  return undefined
-}
-
-async function start(values: Values, hooks: StartHooks = {}): Promise<number> {
-  if (nodeTooOld()) {
-    console.error(`proxy-gate needs Node.js ${MIN_NODE.join('.')} or newer (this is ${process.versions.node}): older 20.x releases have a request-smuggling flaw`)
-    return 2
-  }
-  const level = values['log-level'] as LogLevel
-  if (!LOG_LEVELS.includes(level)) return usageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}`)
-  const format = values['log-format'] ?? (process.stdout.isTTY ? 'pretty' : 'json')
-  if (format !== 'json' && format !== 'pretty') return usageError('--log-format must be json or pretty')
-  const overrides = overridesFrom(values)
-  if (!overrides.ok) return usageError(overrides.error)
-  const file = resolve(values.rules ?? 'rules.json')
-  const loaded = loadRulesFile(file, overrides.value)
-  if (!loaded.ok) {
-    printErrors(file, loaded.errors)
-    console.error('proxy-gate did not start: fix the rules file (see "proxy-gate validate")')
-    return 1
-  }
-  const advertise = values.advertise === undefined ? { ok: true as const, value: undefined } : advertisedAddress(loaded.value, values.advertise)
-  if (!advertise.ok) return usageError(advertise.error)
-  const problem = listenProblem(loaded.value, values['insecure-open'])
-  if (problem) {
-    console.error(`proxy-gate did not start: ${problem}`)
-    return 1
-  }
-  const log = createLogger({ level, format })
-  process.on('uncaughtException', (error) => log.error('uncaught exception', { error: error.stack }))
-  process.on('unhandledRejection', (error) => log.error('unhandled rejection', { error: error instanceof Error ? error.stack : String(error) }))
-  const caCertPem = caCertToServe(values.dir, (message, meta) => log.warn(message, meta))
-  const ca = loadCa(resolve(values.dir ?? defaultCaDir()))
-  const caMissing = needsCa(loaded.value, ca)
-  if (caMissing) {
-    console.error(`proxy-gate did not start: ${caMissing}`)
-    return 1
-  }
-  const upstreamCa = readUpstreamCa(file, loaded.value)
-  if (!upstreamCa.ok) {
-    console.error(`proxy-gate did not start: ${upstreamCa.error}`)
-    return 1
-  }
-  const watchers = createWatchers()
-  const proxy = createProxy({
-    config: loaded.value,
-    log,
-    observe: (event) => {
-      watchers.observe(event)
-      hooks.observe?.(event)
-    },
-    upstreamCa: upstreamCa.value,
-    ...(advertise.value ? { advertise: advertise.value } : {}),
-    ...(caCertPem ? { caCertPem } : {}),
-    ...(ca.ok ? { ca: ca.value } : {}),
-  })
-  let address
-  try {
-    address = await proxy.listen()
-  } catch (error) {
-    console.error(`proxy-gate did not start: cannot listen on ${loaded.value.listen.host}:${loaded.value.listen.port}: ${(error as Error).message}`)
-    return 1
-  }
-  const { policy } = loaded.value
-  let mode = loaded.value.mode
-  if (!isLoopback(address.address)) log.warn('listening on a non-loopback address: anyone who can reach it can use this proxy', { address: address.address })
-  const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
-  if (!advertise.value && parseIp(address.address)?.value === 0n) log.warn('listening on every interface: pass --advertise HOST:PORT so the PAC file names an address clients can reach')
-  const pacUrl = `${advertise.value ? `http://${advertise.value}` : url}/proxy.pac`
-  log.info('listening', { url, pac: pacUrl, rules: file, allow: policy.allow.length, deny: policy.deny.length, mode })
-  log.info('wire it up', {
-    dockerDesktop: 'npx proxy-gate docker --target settings-store --write   (then restart Docker Desktop)',
-    dockerDesktopAdmin: 'npx proxy-gate docker --target admin --write   (Docker Business, locked for every user)',
-    containerEnv: 'npx proxy-gate docker --target cli --write',
-    systemProxy: `npx proxy-gate system-proxy --pac   (PAC URL ${pacUrl})`,
-  })
-  const open = openBypass(loaded.value.bypass)
-  if (open.length > 0) log.warn('bypass lets clients wired by proxy-gate reach these hosts directly, unchecked by the rules', { bypass: open.map(describePattern) })
-
-  const reload = (trigger: string): { ok: boolean; errors?: string[] } => {
-    const next = loadRulesFile(file, overrides.value)
-    const caNeeded = next.ok ? needsCa(next.value, ca) : undefined
-    if (!next.ok || caNeeded) {
-      const errors = next.ok ? [caNeeded ?? ''] : formatRuleErrors(next.errors).split('\n')
-      log.error('reload failed: keeping the previous rules', { rules: file, trigger, errors })
-      proxy.noteReload({ ok: false, trigger, errors })
-      return { ok: false, errors }
-    }
-    const listen = next.value.listen
-    if (listen.host !== loaded.value.listen.host || listen.port !== loaded.value.listen.port) log.warn('"listen" changed: restart proxy-gate to apply it')
-    const outcome = proxy.reload(next.value)
-    mode = next.value.mode
-    log.info('reloaded', { rules: file, trigger, allow: next.value.policy.allow.length, deny: next.value.policy.deny.length, ...outcome })
-    proxy.noteReload({ ok: true, trigger })
-    return { ok: true }
-  }
-  watchers.watch(proxy)
-  const admin = await startAdmin({
-    listen: values['admin-listen'] ?? '127.0.0.1:3129',
-    insecureOpen: values['insecure-open'],
-    tokenFile: resolve(values['admin-token-file'] ?? resolve(values.dir ?? defaultCaDir(), 'admin-token')),
-    rulesFile: file,
-    proxy,
-    watchers,
-    mode: () => mode,
-    reload: () => reload('admin'),
-    log,
-  })
-  if (!admin.ok) {
-    console.error(`proxy-gate did not start: ${admin.error}`)
-    await proxy.shutdown()
-    return 1
-  }
-  const watcher = watchRulesFile(file, () => reload('file changed'))
-  process.on('SIGHUP', () => reload('SIGHUP'))
-  await new Promise<void>((done) => {
-    const stop = (signal: string): void => {
-      clearTimeout(timer)
-      log.info('shutting down', { signal, open: proxy.open.size })
-      watcher.close()
-      void Promise.all([proxy.shutdown(), admin.value?.close()]).then(() => done())
-    }
-    process.once('SIGINT', () => stop('SIGINT'))
-    process.once('SIGTERM', () => stop('SIGTERM'))
-    const timer = hooks.durationMs === undefined ? undefined : setTimeout(() => stop('duration elapsed'), hooks.durationMs)
-  })
-  log.info('stopped')
-  return 0
-}
 
 function parseCheckTarget(text: string): Result<Target> {
   const https = /^https:\/\/([^/?#]*)/i.exec(text)
@@ -450,10 +260,6 @@ function validate(values: Values): number {
   return 0
 }
 
-function usageError(message: string): number {
-  console.error(`proxy-gate: ${message}`)
-  return 2
-}
 
 export async function main(argv: string[]): Promise<number> {
   let parsed
@@ -472,14 +278,14 @@ export async function main(argv: string[]): Promise<number> {
     console.log(HELP[command === undefined || command === 'help' ? 'main' : command] ?? HELP.main)
     return command === undefined && !values.help ? 2 : 0
   }
-  if (command === 'start' && rest.length === 0) return start(values)
+  if (command === 'start' && rest.length === 0) return startCommand(values)
   if (command === 'check') return check(values, rest)
   if (command === 'validate' && rest.length === 0) return validate(values)
   if (command === 'pac' && rest.length === 0) return pac(values)
   if (command === 'passwd' && rest.length <= 1) return passwdCommand(resolve(values.rules ?? 'rules.json'), rest[0])
   if (command === 'learn' && rest.length === 0) {
     const { rules = 'rules.json', out, from, collapse, force, duration, mode, listen } = values
-    return learnCommand({ rules, out, from, collapse, force, duration, mode, listen }, (hooks) => start({ ...values, mode: 'report' }, hooks))
+    return learnCommand({ rules, out, from, collapse, force, duration, mode, listen }, (hooks) => startCommand({ ...values, mode: 'report' }, hooks))
   }
   if (command === 'suggest' && rest.length === 0) return suggestCommand({ from: values.from, json: values.json })
   if (command === 'ca') return caCommand(rest, { dir: values.dir, force: values.force })

@@ -1,0 +1,19 @@
+// Small pieces every command shares: how problems are printed and what counts as loopback.
+import { classifyIp, parseIp } from './ip.js'
+import { formatRuleErrors, type RuleError } from './policy.js'
+
+export function printErrors(file: string, errors: readonly RuleError[]): void {
+  console.error(`${file}: ${errors.length} problem${errors.length === 1 ? '' : 's'}`)
+  console.error(formatRuleErrors(errors).replace(/^/gm, '  '))
+}
+
+/** Prints a usage problem; exit status 2. */
+export function usageError(message: string): number {
+  console.error(`proxy-gate: ${message}`)
+  return 2
+}
+
+export function isLoopback(host: string): boolean {
+  const ip = parseIp(host)
+  return ip !== undefined && classifyIp(ip)?.kind === 'loopback'
+}
