@@ -138,7 +138,7 @@ function announce(log: Logger, setup: Setup, address: AddressInfo): void {
   const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
   if (!advertise && parseIp(address.address)?.value === 0n) log.warn('listening on every interface: pass --advertise HOST:PORT so the PAC file names an address clients can reach')
   const pacUrl = `${advertise ? `http://${advertise}` : url}/proxy.pac`
-  log.info('listening', { url, pac: pacUrl, rules: file, allow: config.policy.allow.length, deny: config.policy.deny.length, mode: config.mode })
+  log.info('listening', { url, pac: pacUrl, rules: file, allow: config.policy.allow.length, deny: config.policy.deny.length, mode: config.mode, upstream: config.upstream?.display })
   log.info('wire it up', {
     dockerDesktop: 'npx proxy-gate docker --target settings-store --write   (then restart Docker Desktop)',
     dockerDesktopAdmin: 'npx proxy-gate docker --target admin --write   (Docker Business, locked for every user)',

@@ -17,6 +17,7 @@ import { createLookup } from './resolve.js'
 import { loadRulesFile } from './rules-file.js'
 import { selfAddresses } from './server.js'
 import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './target.js'
+import { describeRoute } from './upstream.js'
 import { VERSION } from './version.js'
 
 
@@ -211,6 +212,7 @@ async function check(values: Values, positional: string[]): Promise<number> {
   console.log(`rule:     ${decision.rule ? `${decision.rule.list}[${decision.rule.index}] ${decision.rule.text}` : '(none)'}`)
   console.log(`why:      ${decision.detail}`)
   if (decision.verdict === 'deny' && decision.suggestion) console.log(`fix:      add to "allow" in rules.json: ${decision.suggestion}`)
+  if (decision.verdict === 'allow' && config.upstream) console.log(`route:    ${describeRoute(config, target.value)}`)
   return decision.verdict === 'allow' ? 0 : 1
 }
 
@@ -257,6 +259,8 @@ function validate(values: Values): number {
   }
   const { policy, bypass } = loaded.value
   console.log(`${file}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
+  const { upstream, upstreamBypass } = loaded.value
+  if (upstream) console.log(`upstream: ${upstream.display} (${upstreamBypass.length} upstreamBypass)`)
   return 0
 }
 

@@ -2,7 +2,7 @@
 //   client --GET http://host/path--> check head -> parse URL -> admit -> undici to checked IP (Host = URL authority) -> client
 //   with "upstream": ... -> admit -> absolute-form request to the parent proxy (upstream.ts) -> client
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { pipeline } from 'node:stream/promises'
+import { finished, type Readable } from 'node:stream'
 import type { Agent, Dispatcher } from 'undici'
 import { checkRequestHead, hasBody } from './checks.js'
 import type { ClientIdentity } from './clients.js'
@@ -89,11 +89,11 @@ export async function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: Upst
       bodyTimeout: limits.tunnelIdleTimeoutMs,
     })
     if (up.via !== undefined && upstream.statusCode === 407) {
-      upstream.body.destroy()
+      upstream.body.on('error', () => undefined).destroy()
       throw new DialFailure(parentRefused(407, up.via, `${req.method ?? 'GET'} ${formatTarget(up.target)}`))
     }
     res.writeHead(upstream.statusCode, clientResponseHeaders(upstream.headers))
-    await pipeline(upstream.body, res)
+    await relayBody(upstream.body, res)
     logClosed(rt, { id: up.id, kind: up.kind, method: req.method ?? 'GET', chosen: up.chosen, via: up.via, status: upstream.statusCode, durationMs: Date.now() - started })
   } catch (error) {
     const code = error instanceof DialFailure ? error.reply.type : ((error as NodeJS.ErrnoException).code ?? (error as Error).name)
@@ -103,4 +103,26 @@ export async function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: Upst
     if (answered) replyOnResponse(res, failure, true)
     else res.destroy()
   }
+}
+
+/**
+ * pipeline(body, res) without its per-call AbortController: stream.pipeline makes one and aborts
+ * it when done, which builds an AbortError with a stack trace for every response (8% of the
+ * proxy's CPU on small responses). Same outcome: resolves when the response is finished; on an
+ * error or an early close of either side, both are destroyed and the first error is reported.
+ */
+function relayBody(body: Readable, res: ServerResponse): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let failed = false
+    const fail = (error: Error): void => {
+      if (failed) return
+      failed = true
+      body.destroy()
+      res.destroy()
+      reject(error)
+    }
+    finished(body, (error) => error && fail(error))
+    finished(res, (error) => (error ? fail(error) : resolve()))
+    body.pipe(res)
+  })
 }

@@ -25,6 +25,7 @@ import { localRoute, type PacFile } from './route-local.js'
 import { createUpgradeProxy, upgradeRoute } from './route-upgrade.js'
 import { createRecorder, logDecision, timedLookup, type OpenConnection, type ProxyEvent, type ReloadRecord, type Runtime } from './runtime.js'
 import { formatTarget } from './target.js'
+import { nextUpstream, type UpstreamOptions } from './upstream.js'
 import { VERSION } from './version.js'
 
 export interface ProxyOptions {
@@ -102,7 +103,11 @@ export function createProxy(options: ProxyOptions): Proxy {
   let stopping: Promise<void> | undefined
   const identities = new WeakMap<IncomingMessage, ClientIdentity>()
   const authenticator = createAuthenticator(() => config.auth)
+  // the parent proxy ("upstream"): a new one on reload when its URL or credentials change
+  const upstreamOptions = (): UpstreamOptions => ({ connectTimeoutMs: config.limits.connectTimeoutMs, self: () => self })
+  let upstream = nextUpstream(undefined, config, upstreamOptions())
   const rt: Runtime = {
+    upstream: () => upstream,
     gate: (who) => (who ? gateFor(gate, who) : gate),
     who: (req) => identities.get(req) ?? { source: parseIp(req.socket.remoteAddress ?? ''), user: undefined },
     limits: () => config.limits,
@@ -177,11 +182,14 @@ export function createProxy(options: ProxyOptions): Proxy {
   })
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+    const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
     // a response already under way (e.g. a request timeout mid-body): a second status line would corrupt it
-    if ((socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent) return void socket.destroy()
+    if (pending?.headersSent) return void socket.destroy()
     const r = clientErrorReply(error)
     record({ type: 'decision', id: rt.nextId(), client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, method: '', target: '', decision: 'error', reason: r.type, status: r.status, detail: r.details, mode: gate.ctx.mode, wouldDeny: false })
-    replyOnSocket(socket, r)
+    // an earlier pipelined request still being decided answers first: responses keep their order
+    if (pending && !pending.writableFinished) pending.once('finish', () => replyOnSocket(socket, r))
+    else replyOnSocket(socket, r)
   })
 
   return {
@@ -203,6 +211,9 @@ export function createProxy(options: ProxyOptions): Proxy {
       config = { ...next, listen: config.listen }
       gate = makeGate(config)
       applyLimits(config.limits)
+      const parentBefore = upstream?.proxy
+      upstream = nextUpstream(upstream, config, upstreamOptions())
+      if (upstream?.proxy !== parentBefore) log.info('upstream changed', { upstream: upstream?.proxy.display ?? 'none: direct' })
       pacCache.clear()
       let closed = 0
       for (const conn of [...open]) {
@@ -232,5 +243,6 @@ export function createProxy(options: ProxyOptions): Proxy {
     upgradeProxy.close()
     await interceptor?.close()
     await agent.close()
+    await upstream?.close()
   }
 }

@@ -124,8 +124,10 @@ function openParentTunnel(proxy: UpstreamProxy, target: Target, limits: TunnelLi
       if (end < 0 ? head.length > limits.maxHeaderBytes : end + 4 > limits.maxHeaderBytes) {
         return fail({ ...reply(502, 'http_protocol_error', `upstream proxy ${hop} sent a response head larger than ${limits.maxHeaderBytes} bytes to ${what}`), nextHop: hop })
       }
-      if (end < 0) return
-      const status = parseParentHead(head.subarray(0, end + 4).toString('latin1'))
+      // a bare LF would never end the head: refuse it now rather than at the timeout
+      const malformed = head.subarray(0, end < 0 ? head.length : end + 4).some((byte, i) => byte === 0x0a && head[i - 1] !== 0x0d)
+      if (end < 0 && !malformed) return
+      const status = malformed ? undefined : parseParentHead(head.subarray(0, end + 4).toString('latin1'))
       if (status === undefined) return fail({ ...reply(502, 'http_protocol_error', `upstream proxy ${hop} sent a malformed response to ${what}`), nextHop: hop })
       if (status < 200 || status > 299) return fail(parentRefused(status, hop, what))
       settled = true
@@ -205,6 +207,12 @@ export function nextUpstream(current: Upstream | undefined, config: { readonly u
   if (proxy && proxy.sameAs(current?.proxy) && current) return { ...current, routes: routesFor(config.upstreamBypass) }
   if (current) void current.close().catch(() => undefined)
   return proxy ? createUpstream(proxy, config.upstreamBypass, options) : undefined
+}
+
+/** How traffic to an allowed destination leaves, in words (for `proxy-gate check`). */
+export function describeRoute(config: { readonly upstream: UpstreamProxy | undefined; readonly upstreamBypass: readonly HostPattern[] }, target: Target): string {
+  if (!config.upstream) return 'direct'
+  return routesFor(config.upstreamBypass)(target) ? `through upstream proxy ${config.upstream.hop}` : 'direct (upstreamBypass)'
 }
 
 /** The parent this destination goes through, or undefined when it goes direct. */

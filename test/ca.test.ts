@@ -1,19 +1,18 @@
 // The local CA and leaf minting: files on disk, certificates checked by Node and OpenSSL, real TLS
 // handshakes against the minted leaves, the leaf cache, the `ca` commands and /ca.crt.
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { generateKeyPairSync, X509Certificate } from 'node:crypto'
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createServer as createNetServer, type AddressInfo, type Server } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { connect as tlsConnect, createServer as createTlsServer, TLSSocket, type SecureContext } from 'node:tls'
 import t from 'tap'
 import { caInfo, caPaths, createCa, defaultCaDir, loadCa, readCaCertificate, writeCa, type Ca } from '../lib/ca.js'
 import { createLeafMinter, leafKey, mintLeaf, parseLeafHost, type LeafHost } from '../lib/leaf-certs.js'
+import { runCli, startCli, type RunningCli } from './helpers/cli.js'
+import { tempDir } from './helpers/files.js'
 import { startProxy } from './helpers/proxy.js'
 
-const CLI = new URL('../dist/cli.js', import.meta.url).pathname
 const SERVER_AUTH = '1.3.6.1.5.5.7.3.1'
 const DAY = 86_400_000
 
@@ -27,31 +26,10 @@ function hasOpenssl(): boolean {
 }
 const OPENSSL_SKIP = hasOpenssl() ? false : 'needs the openssl command'
 
-function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), 'proxy-gate-ca-'))
-}
-
 function host(text: string): LeafHost {
   const parsed = parseLeafHost(text)
   if (!parsed.ok) throw new Error(parsed.error)
   return parsed.value
-}
-
-interface Ran {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-
-function run(args: string[]): Promise<Ran> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args])
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    child.on('close', (code) => resolve({ code, stdout, stderr }))
-  })
 }
 
 interface Handshake {
@@ -99,7 +77,7 @@ t.test('createCa: a self-signed RSA CA with the right constraints and validity',
 
 t.test('CA files: written with the key never readable by others, reloaded, never overwritten by accident', async (t) => {
   const ca = await sharedCa()
-  const dir = join(tempDir(), 'nested', 'certs')
+  const dir = join(tempDir('ca'), 'nested', 'certs')
   const written = writeCa(dir, ca)
   t.ok(written.ok)
   const paths = caPaths(dir)
@@ -118,7 +96,7 @@ t.test('CA files: written with the key never readable by others, reloaded, never
   t.equal(caInfo(readFileSync(paths.cert, 'utf8')).fingerprint256, caInfo(ca.certPem).fingerprint256, 'untouched')
   const other = await createCa()
   t.ok(writeCa(dir, other, { force: true }).ok)
-  const blocked = join(tempDir(), 'file')
+  const blocked = join(tempDir('ca'), 'file')
   writeFileSync(blocked, '')
   t.match(writeCa(join(blocked, 'certs'), other), { ok: false, error: /cannot write the CA in .*file\/certs: / }, 'fs errors are reported, not thrown')
   t.equal(caInfo(readFileSync(paths.cert, 'utf8')).fingerprint256, caInfo(other.certPem).fingerprint256, 'replaced with --force')
@@ -128,7 +106,7 @@ t.test('CA files: written with the key never readable by others, reloaded, never
 t.test('loadCa says clearly what is wrong', async (t) => {
   const ca = await sharedCa()
   const other = await createCa()
-  const empty = tempDir()
+  const empty = tempDir('ca')
   const none = loadCa(empty)
   t.same(none.ok ? undefined : [none.missing, /proxy-gate ca init/.test(none.error)], [true, true], 'no CA: missing, says to run ca init')
   t.same(readCaCertificate(empty), { ok: true, value: undefined })
@@ -145,7 +123,7 @@ t.test('loadCa says clearly what is wrong', async (t) => {
     ['a leaf, not a CA', (d) => writeFileSync(join(d, 'ca.crt'), leafPem), /not a CA certificate/],
   ]
   for (const [name, spoil, expected] of cases) {
-    const dir = tempDir()
+    const dir = tempDir('ca')
     writeCa(dir, ca)
     spoil(dir)
     const loaded = loadCa(dir)
@@ -153,11 +131,11 @@ t.test('loadCa says clearly what is wrong', async (t) => {
     t.match(loaded.ok ? '' : loaded.error, expected, name)
     t.equal(loaded.ok ? undefined : loaded.missing, false, `${name}: not reported as missing`)
   }
-  const leafOnly = tempDir()
+  const leafOnly = tempDir('ca')
   writeFileSync(join(leafOnly, 'ca.crt'), leafPem)
   t.match(readCaCertificate(leafOnly), { ok: false, error: /not a CA certificate/ })
 
-  const dir = tempDir()
+  const dir = tempDir('ca')
   writeCa(dir, ca)
   const expired = loadCa(dir, Date.now() + 3651 * DAY)
   t.match(expired.ok ? '' : expired.error, /expired on .*ca init --force/)
@@ -165,7 +143,7 @@ t.test('loadCa says clearly what is wrong', async (t) => {
 
 t.test('the fingerprint matches openssl x509 -fingerprint -sha256, and openssl accepts a leaf', { skip: OPENSSL_SKIP }, async (t) => {
   const ca = await sharedCa()
-  const dir = tempDir()
+  const dir = tempDir('ca')
   writeCa(dir, ca)
   const out = execFileSync('openssl', ['x509', '-noout', '-fingerprint', '-sha256', '-in', caPaths(dir).cert], { encoding: 'utf8' })
   t.equal(out.trim().split('=')[1], caInfo(ca.certPem).fingerprint256)
@@ -287,8 +265,8 @@ t.test('minting cost (measured; the issue targets <= 2 ms uncached)', async (t) 
 })
 
 t.test('proxy-gate ca init / show', async (t) => {
-  const dir = tempDir()
-  const init = await run(['ca', 'init', '--dir', dir])
+  const dir = tempDir('ca')
+  const init = await runCli(['ca', 'init', '--dir', dir])
   t.equal(init.code, 0, init.stderr)
   const paths = caPaths(dir)
   t.equal(statSync(paths.key).mode & 0o777, 0o600)
@@ -296,35 +274,35 @@ t.test('proxy-gate ca init / show', async (t) => {
   t.match(init.stdout, `sha256:      ${info.fingerprint256}`)
   t.match(init.stdout, /keep it private/)
 
-  const show = await run(['ca', 'show', '--dir', dir])
+  const show = await runCli(['ca', 'show', '--dir', dir])
   t.equal(show.code, 0, show.stderr)
   t.match(show.stdout, `subject:     ${info.subject}`)
   t.match(show.stdout, `sha256:      ${info.fingerprint256}`)
   t.match(show.stdout, `expires:     ${info.notAfter.toISOString()}`)
   t.equal(show.stderr, '')
 
-  const refused = await run(['ca', 'init', '--dir', dir])
+  const refused = await runCli(['ca', 'init', '--dir', dir])
   t.equal(refused.code, 1)
   t.match(refused.stderr, /already exist.*--force/)
   t.equal(caInfo(readFileSync(paths.cert, 'utf8')).fingerprint256, info.fingerprint256, 'untouched')
-  const forced = await run(['ca', 'init', '--force', '--dir', dir])
+  const forced = await runCli(['ca', 'init', '--force', '--dir', dir])
   t.equal(forced.code, 0, forced.stderr)
   t.not(caInfo(readFileSync(paths.cert, 'utf8')).fingerprint256, info.fingerprint256, 'a new CA')
 
   execFileSync('chmod', ['644', paths.key])
-  const loose = await run(['ca', 'show', '--dir', dir])
+  const loose = await runCli(['ca', 'show', '--dir', dir])
   t.equal(loose.code, 0)
   t.match(loose.stderr, /mode 644: others can read the CA key/)
 
-  const none = await run(['ca', 'show', '--dir', tempDir()])
+  const none = await runCli(['ca', 'show', '--dir', tempDir('ca')])
   t.equal(none.code, 1)
   t.match(none.stderr, /no CA in .*run "proxy-gate ca init"/)
-  t.equal((await run(['ca'])).code, 2)
-  t.equal((await run(['ca', 'rotate'])).code, 2)
-  t.equal((await run(['ca', 'show', '--force'])).code, 2)
-  const help = await run(['ca', '--help'])
+  t.equal((await runCli(['ca'])).code, 2)
+  t.equal((await runCli(['ca', 'rotate'])).code, 2)
+  t.equal((await runCli(['ca', 'show', '--force'])).code, 2)
+  const help = await runCli(['ca', '--help'])
   t.match(help.stdout, /usage: proxy-gate ca init/)
-  t.match((await run(['--help'])).stdout, /\n {2}ca {9}/)
+  t.match((await runCli(['--help'])).stdout, /\n {2}ca {9}/)
 })
 
 async function get(url: string, method = 'GET'): Promise<{ status: number; type: string | null; body: string }> {
@@ -347,25 +325,19 @@ t.test('/ca.crt is served by the proxy, 404 without a CA', async (t) => {
 })
 
 t.test('proxy-gate start serves the ca.crt of --dir, and warns about a broken one', async (t) => {
-  const rules = join(tempDir(), 'rules.json')
+  const rules = join(tempDir('ca'), 'rules.json')
   writeFileSync(rules, JSON.stringify({ allow: [] }))
-  const startWith = async (dir: string): Promise<{ url: string; lines: Array<Record<string, unknown>> }> => {
-    const child = spawn(process.execPath, [CLI, 'start', '--rules', rules, '--listen', '127.0.0.1:0', '--log-format', 'json', '--dir', dir])
-    t.teardown(() => void child.kill('SIGTERM'))
-    const lines: Array<Record<string, unknown>> = []
-    for await (const text of createInterface({ input: child.stdout })) {
-      const line = JSON.parse(text) as Record<string, unknown>
-      lines.push(line)
-      if (line.message === 'listening') return { url: String(line.url), lines }
-    }
-    throw new Error('proxy-gate exited before listening')
+  const startWith = async (dir: string): Promise<RunningCli> => {
+    const running = await startCli(['start', '--rules', rules, '--listen', '127.0.0.1:0', '--log-format', 'json', '--dir', dir])
+    t.teardown(() => void running.child.kill('SIGTERM'))
+    return running
   }
-  const dir = tempDir()
-  t.equal((await run(['ca', 'init', '--dir', dir])).code, 0)
+  const dir = tempDir('ca')
+  t.equal((await runCli(['ca', 'init', '--dir', dir])).code, 0)
   const good = await startWith(dir)
   t.same(await get(`${good.url}/ca.crt`), { status: 200, type: 'application/x-x509-ca-cert', body: readFileSync(caPaths(dir).cert, 'utf8') })
 
-  const broken = tempDir()
+  const broken = tempDir('ca')
   writeFileSync(join(broken, 'ca.crt'), 'not a certificate\n')
   const bad = await startWith(broken)
   t.equal((await get(`${bad.url}/ca.crt`)).status, 404)

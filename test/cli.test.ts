@@ -1,39 +1,18 @@
 // The command line as a user runs it: dist/cli.js in its own process, real files, real sockets.
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { connect, type Socket } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import t from 'tap'
+import { runCli, startCli, type RunningCli } from './helpers/cli.js'
 import { startDns } from './helpers/dns.js'
+import { tempDir, writeJson } from './helpers/files.js'
+import { connectHead } from './helpers/http.js'
 import { rawExchange, startHttpUpstream, statusOf } from './helpers/net.js'
 
-const CLI = new URL('../dist/cli.js', import.meta.url).pathname
 const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
-interface Ran {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-
-function run(args: string[]): Promise<Ran> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args])
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    child.on('close', (code) => resolve({ code, stdout, stderr }))
-  })
-}
-
 function rulesFile(rules: unknown): string {
-  const dir = mkdtempSync(join(tmpdir(), 'proxy-gate-cli-'))
-  const file = join(dir, 'rules.json')
-  writeFileSync(file, JSON.stringify(rules, null, 2))
-  return file
+  return writeJson(tempDir('cli'), 'rules.json', rules)
 }
 
 /** Replaces a file the way editors do: write a temp file, rename it over the original. */
@@ -42,71 +21,47 @@ function replaceFile(file: string, rules: unknown): void {
   renameSync(`${file}.tmp`, file)
 }
 
-type Line = Record<string, unknown>
-
-interface Running {
-  child: ChildProcessWithoutNullStreams
-  port: number
-  lines: Line[]
-  waitFor(match: (l: Line) => boolean): Promise<Line>
-  exited: Promise<number | null>
-}
-
-async function startCli(args: string[]): Promise<Running> {
-  const tokenFile = join(mkdtempSync(join(tmpdir(), 'proxy-gate-token-')), 'admin-token')
-  const child = spawn(process.execPath, [CLI, 'start', '--log-format', 'json', '--admin-listen', '127.0.0.1:0', '--admin-token-file', tokenFile, ...args])
-  const lines: Line[] = []
-  const waiters: Array<[(l: Line) => boolean, (l: Line) => void]> = []
-  createInterface({ input: child.stdout }).on('line', (text) => {
-    const line = JSON.parse(text) as Line
-    lines.push(line)
-    for (const w of [...waiters]) if (w[0](line)) waiters.splice(waiters.indexOf(w), 1) && w[1](line)
-  })
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  const waitFor = (match: (l: Line) => boolean): Promise<Line> => {
-    const found = lines.find(match)
-    return found ? Promise.resolve(found) : new Promise((resolve) => waiters.push([match, resolve]))
-  }
-  const listening = await Promise.race([waitFor((l) => l.message === 'listening'), exited.then(() => undefined)])
-  if (!listening) throw new Error('proxy-gate exited before listening')
-  return { child, port: Number(/:(\d+)$/.exec(String(listening.url))?.[1]), lines, waitFor, exited }
+/** `proxy-gate start ARGS` with JSON logs and an admin listener on a free port. */
+function startWithAdmin(args: string[]): Promise<RunningCli> {
+  const tokenFile = join(tempDir('token'), 'admin-token')
+  return startCli(['start', '--log-format', 'json', '--admin-listen', '127.0.0.1:0', '--admin-token-file', tokenFile, ...args])
 }
 
 function openTunnel(port: number, target: string): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host: '127.0.0.1', port })
     socket.once('data', (d) => (d.toString().startsWith('HTTP/1.1 200') ? resolve(socket) : reject(new Error(d.toString()))))
-    socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`)
+    socket.write(connectHead(target))
   })
 }
 
 t.test('--version and --help', async (t) => {
-  const version = await run(['--version'])
+  const version = await runCli(['--version'])
   t.equal(version.stdout.trim(), VERSION)
   t.equal(version.code, 0)
   for (const command of ['start', 'check', 'validate']) {
-    const help = await run([command, '--help'])
+    const help = await runCli([command, '--help'])
     t.equal(help.code, 0, `${command} --help exits 0`)
     t.match(help.stdout, new RegExp(`usage: proxy-gate ${command}`))
   }
-  const main = await run(['--help'])
+  const main = await runCli(['--help'])
   t.match(main.stdout, /commands:/)
-  const unknown = await run(['frobnicate'])
+  const unknown = await runCli(['frobnicate'])
   t.equal(unknown.code, 2)
   t.match(unknown.stderr, /unknown command/)
-  const badFlag = await run(['start', '--nope'])
+  const badFlag = await runCli(['start', '--nope'])
   t.equal(badFlag.code, 2)
 })
 
 t.test('validate: the shipped rules.json is valid', async (t) => {
-  const res = await run(['validate', '--rules', new URL('../rules.json', import.meta.url).pathname])
+  const res = await runCli(['validate', '--rules', new URL('../rules.json', import.meta.url).pathname])
   t.equal(res.code, 0)
   t.match(res.stdout, /ok \(\d+ allow, 0 deny, 4 bypass\)/)
 })
 
 t.test('validate: every problem is listed with its place and why, exit 1', async (t) => {
   const file = rulesFile({ allow: ['good.example.com', '*', 'a*.b:443', 'x.test:70000'], dney: [] })
-  const res = await run(['validate', '--rules', file])
+  const res = await runCli(['validate', '--rules', file])
   t.equal(res.code, 1)
   t.match(res.stderr, /4 problems/)
   t.match(res.stderr, /dney .*unknown key "dney"/)
@@ -115,10 +70,10 @@ t.test('validate: every problem is listed with its place and why, exit 1', async
   t.match(res.stderr, /allow\[3\] "x\.test:70000": bad port list/)
   const broken = rulesFile({})
   writeFileSync(broken, '{ "allow": [ "a.test", ] }')
-  const json = await run(['validate', '--rules', broken])
+  const json = await runCli(['validate', '--rules', broken])
   t.equal(json.code, 1)
   t.match(json.stderr, /not valid JSON/)
-  const missing = await run(['validate', '--rules', '/nonexistent/rules.json'])
+  const missing = await runCli(['validate', '--rules', '/nonexistent/rules.json'])
   t.equal(missing.code, 1)
   t.match(missing.stderr, /cannot read/)
 })
@@ -130,43 +85,43 @@ t.test('check: allow, deny with the fix, resolved addresses and the guard, error
     allow: ['api.allowed.test:8443', '127.0.0.1:8443', 'inside.allowed.test:443'],
     dns: { servers: [dns.server], timeoutMs: 2000 },
   })
-  const allowed = await run(['check', 'https://api.allowed.test:8443/x', '--rules', file])
+  const allowed = await runCli(['check', 'https://api.allowed.test:8443/x', '--rules', file])
   t.equal(allowed.code, 0, allowed.stdout)
   t.match(allowed.stdout, /resolved: 127\.0\.0\.1/)
   t.match(allowed.stdout, /guard: +every address passed/)
   t.match(allowed.stdout, /decision: allow/)
   t.match(allowed.stdout, /rule: +allow\[0\] api\.allowed\.test:8443/)
 
-  const guarded = await run(['check', 'inside.allowed.test:443', '--rules', file])
+  const guarded = await runCli(['check', 'inside.allowed.test:443', '--rules', file])
   t.equal(guarded.code, 1)
   t.match(guarded.stdout, /guard: +refused \(inside\.allowed\.test resolves to 127\.0\.0\.1:443, a loopback address/)
 
-  const denied = await run(['check', 'evil.test:443', '--rules', file])
+  const denied = await runCli(['check', 'evil.test:443', '--rules', file])
   t.equal(denied.code, 1)
   t.match(denied.stdout, /decision: deny/)
   t.match(denied.stdout, /fix: +add to "allow" in rules\.json: "evil\.test:443"/)
   t.equal(dns.queries('evil.test'), 0, 'a name no rule allows is never resolved')
 
-  const plain = await run(['check', 'http://evil.test/', '--rules', file])
+  const plain = await runCli(['check', 'http://evil.test/', '--rules', file])
   t.match(plain.stdout, /target: +evil\.test:80/)
 
-  const bad = await run(['check', '2130706433:443', '--rules', file])
+  const bad = await runCli(['check', '2130706433:443', '--rules', file])
   t.equal(bad.code, 2)
   t.match(bad.stderr, /not a canonical IPv4 address/)
-  const nx = await run(['check', 'nx.allowed.test:443', '--rules', rulesFile({ allow: ['nx.allowed.test:443'], dns: { servers: [dns.server] } })])
+  const nx = await runCli(['check', 'nx.allowed.test:443', '--rules', rulesFile({ allow: ['nx.allowed.test:443'], dns: { servers: [dns.server] } })])
   t.equal(nx.code, 2, 'a DNS failure is an error, not a verdict')
   t.match(nx.stdout, /error: +DNS: nx\.allowed\.test does not exist \(NXDOMAIN\)/)
 })
 
 t.test('start: refuses bad rules, open listeners without consent, and report mode off loopback', async (t) => {
-  const bad = await run(['start', '--rules', rulesFile({ allow: ['*'] }), '--listen', '127.0.0.1:0'])
+  const bad = await runCli(['start', '--rules', rulesFile({ allow: ['*'] }), '--listen', '127.0.0.1:0'])
   t.equal(bad.code, 1)
   t.match(bad.stderr, /allow\[0\] "\*"/)
   t.match(bad.stderr, /did not start/)
-  const open = await run(['start', '--rules', rulesFile({ allow: [] }), '--listen', '0.0.0.0:0'])
+  const open = await runCli(['start', '--rules', rulesFile({ allow: [] }), '--listen', '0.0.0.0:0'])
   t.equal(open.code, 1)
   t.match(open.stderr, /--insecure-open/)
-  const report = await run(['start', '--rules', rulesFile({ allow: [] }), '--listen', '0.0.0.0:0', '--mode', 'report', '--insecure-open'])
+  const report = await runCli(['start', '--rules', rulesFile({ allow: [] }), '--listen', '0.0.0.0:0', '--mode', 'report', '--insecure-open'])
   t.equal(report.code, 1)
   t.match(report.stderr, /report mode/)
 })
@@ -174,7 +129,7 @@ t.test('start: refuses bad rules, open listeners without consent, and report mod
 t.test('start: serves, logs JSON decisions, exits 0 on SIGTERM', async (t) => {
   const upstream = await startHttpUpstream()
   t.teardown(() => upstream.close())
-  const cli = await startCli(['--rules', rulesFile({ allow: [`127.0.0.1:${upstream.port}`] }), '--listen', '127.0.0.1:0'])
+  const cli = await startWithAdmin(['--rules', rulesFile({ allow: [`127.0.0.1:${upstream.port}`] }), '--listen', '127.0.0.1:0'])
   const res = await rawExchange(cli.port, `GET http://127.0.0.1:${upstream.port}/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
   t.equal(statusOf(res.text), 200)
   const decision = await cli.waitFor((l) => l.message === 'decision')
@@ -189,7 +144,7 @@ t.test('reload: file change and SIGHUP swap rules, revoke tunnels, and a bad fil
   const b = await startHttpUpstream()
   const rules = (ports: number[]) => ({ allow: ports.map((p) => `127.0.0.1:${p}`), limits: { shutdownGraceMs: 500 } })
   const file = rulesFile(rules([a.port, b.port]))
-  const cli = await startCli(['--rules', file, '--listen', '127.0.0.1:0'])
+  const cli = await startWithAdmin(['--rules', file, '--listen', '127.0.0.1:0'])
   t.teardown(async () => {
     cli.child.kill('SIGKILL')
     await a.close()
@@ -230,9 +185,9 @@ t.test('reload: file change and SIGHUP swap rules, revoke tunnels, and a bad fil
 })
 
 t.test('start: rules that limit methods or paths need the local CA', async (t) => {
-  const emptyDir = mkdtempSync(join(tmpdir(), 'proxy-gate-noca-'))
+  const emptyDir = tempDir('noca')
   const rules = rulesFile({ allow: [{ host: 'api.github.com', ports: [443], methods: ['GET'], paths: ['/repos/our-org/**'] }] })
-  const res = await run(['start', '--rules', rules, '--listen', '127.0.0.1:0', '--dir', emptyDir])
+  const res = await runCli(['start', '--rules', rules, '--listen', '127.0.0.1:0', '--dir', emptyDir])
   t.equal(res.code, 1)
   t.match(res.stderr, /allow\[0\] limits methods or paths, which needs the local CA.*proxy-gate ca init/)
 })

@@ -1,22 +1,19 @@
 // Per-client policies and proxy authentication, with real clients from different loopback source
 // addresses and curl --proxy-user: which policy decides (user over source over default), 407 and
 // its challenge, rate limiting, credentials never logged or forwarded, and `proxy-gate passwd`.
-import { execFile, spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import t from 'tap'
 import { hashPassword, verifyPassword } from '../lib/auth.js'
 import { choosePolicy } from '../lib/clients.js'
 import { parseConfig } from '../lib/config.js'
 import { parseIp } from '../lib/ip.js'
+import { runCli, startCli } from './helpers/cli.js'
+import { curlOutput } from './helpers/curl.js'
+import { tempDir } from './helpers/files.js'
 import { startHttpUpstream, statusOf } from './helpers/net.js'
 import { configFrom, startProxy } from './helpers/proxy.js'
-
-const run = promisify(execFile)
-const CLI = new URL('../dist/cli.js', import.meta.url).pathname
 
 /** A raw exchange from a chosen loopback source address. */
 function from(source: string, port: number, bytes: string): Promise<string> {
@@ -107,10 +104,10 @@ t.test('proxy authentication: 407 with a challenge, user policies, rate limit, n
   t.equal(statusOf(await from('127.0.0.3', proxy.port, request(a.port, basic('bob', 'another password')))), 200, 'bob uses the default policy')
   t.equal(b.requests[0]?.headers['proxy-authorization'], undefined, 'credentials are not forwarded')
 
-  const curl = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', proxy.url, '--proxy-user', `alice:${password}`, '-p', `http://127.0.0.1:${b.port}/`])
-  t.equal(curl.stdout, '200', 'curl --proxy-user over CONNECT')
-  const curlNoAuth = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', proxy.url, `http://127.0.0.1:${a.port}/`]).catch((e: { stdout: string }) => e)
-  t.equal(curlNoAuth.stdout, '407')
+  const curl = await curlOutput(['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', proxy.url, '--proxy-user', `alice:${password}`, '-p', `http://127.0.0.1:${b.port}/`])
+  t.equal(curl, '200', 'curl --proxy-user over CONNECT')
+  const curlNoAuth = await curlOutput(['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', proxy.url, `http://127.0.0.1:${a.port}/`])
+  t.equal(curlNoAuth, '407')
 
   for (let i = 0; i < 10; i++) await from('127.0.0.4', proxy.port, request(a.port, basic('alice', `guess ${i}`)))
   t.equal(statusOf(await from('127.0.0.4', proxy.port, request(b.port, basic('alice', password)))), 429, 'a source that keeps failing is held off')
@@ -122,12 +119,10 @@ t.test('proxy authentication: 407 with a challenge, user policies, rate limit, n
 })
 
 t.test('passwd writes a salted hash into rules.json, and auth lets a non-loopback listener start', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'proxy-gate-passwd-'))
+  const dir = tempDir('passwd')
   const rules = join(dir, 'rules.json')
   writeFileSync(rules, JSON.stringify({ allow: ['example.com:443'], listen: '0.0.0.0:0' }))
-  const child = spawn(process.execPath, [CLI, 'passwd', 'alice', '--rules', rules])
-  child.stdin.end('s3cret-pass-word\n')
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
+  const { code } = await runCli(['passwd', 'alice', '--rules', rules], { input: 's3cret-pass-word\n' })
   t.equal(code, 0)
   const written = JSON.parse(readFileSync(rules, 'utf8')) as { allow: string[]; auth: { users: { alice: string } } }
   t.same(written.allow, ['example.com:443'], 'other keys kept')
@@ -135,16 +130,12 @@ t.test('passwd writes a salted hash into rules.json, and auth lets a non-loopbac
   t.notMatch(readFileSync(rules, 'utf8'), /s3cret/)
   t.ok(await verifyPassword(written.auth.users.alice, 's3cret-pass-word'))
   t.notOk(await verifyPassword(written.auth.users.alice, 's3cret-pass-wore'))
-  const valid = await run(process.execPath, [CLI, 'validate', '--rules', rules])
+  const valid = await runCli(['validate', '--rules', rules])
   t.match(valid.stdout, /ok/)
 
-  const short = spawn(process.execPath, [CLI, 'passwd', 'bob', '--rules', rules])
-  short.stdin.end('short\n')
-  t.equal(await new Promise<number | null>((resolve) => short.on('close', resolve)), 1, 'short passwords refused')
+  t.equal((await runCli(['passwd', 'bob', '--rules', rules], { input: 'short\n' })).code, 1, 'short passwords refused')
 
-  const started = spawn(process.execPath, [CLI, 'start', '--rules', rules, '--log-format', 'json', '--admin-listen', 'off'])
-  const listening = await new Promise<string>((resolve) => started.stdout.on('data', (d: Buffer) => d.toString().includes('"listening"') && resolve(d.toString())))
-  t.match(listening, /"url":"http:\/\/0\.0\.0\.0:\d+"/, 'with auth, 0.0.0.0 needs no --insecure-open')
-  started.kill('SIGTERM')
-  t.equal(await new Promise<number | null>((resolve) => started.on('exit', resolve)), 0)
+  const started = await startCli(['start', '--rules', rules, '--log-format', 'json', '--admin-listen', 'off'])
+  t.match(started.url, /^http:\/\/0\.0\.0\.0:\d+$/, 'with auth, 0.0.0.0 needs no --insecure-open')
+  t.equal(await started.stop(), 0)
 })

@@ -4,18 +4,12 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { DEFAULT_LIMITS, DEFAULT_TLS, parseConfig, type Config } from '../lib/config.js'
-import { formatIp, parseIp, type Ip } from '../lib/ip.js'
+import { formatIp } from '../lib/ip.js'
 import { decideTarget, describePattern, type DecisionContext, type Policy } from '../lib/policy.js'
 import { loadRulesFile } from '../lib/rules-file.js'
-import { parseAuthority } from '../lib/target.js'
+import { ip, target } from './helpers/fixtures.js'
 
 const ENFORCE: DecisionContext = { mode: 'enforce', self: [], tls: DEFAULT_TLS }
-
-function ip(text: string): Ip {
-  const parsed = parseIp(text)
-  if (!parsed) throw new Error(`fixture ${text} is not an IP`)
-  return parsed
-}
 
 function config(json: unknown): Config {
   const parsed = parseConfig(json)
@@ -31,9 +25,7 @@ function errorsOf(json: unknown): Array<[string, string]> {
 
 /** The rules-only verdict: 'resolve' means an allow rule matched and DNS comes next. */
 function verdict(policy: Policy, authority: string): string {
-  const target = parseAuthority(authority)
-  if (!target.ok) throw new Error(`fixture ${authority}: ${target.error}`)
-  const d = decideTarget(policy, ENFORCE, target.value)
+  const d = decideTarget(policy, ENFORCE, target(authority))
   return d.verdict === 'resolve' ? 'resolve' : `${d.verdict}/${d.reason}`
 }
 

@@ -2,46 +2,21 @@
 // tunnel, the CONNECT corpus (section E) as raw bytes, every kind of denial with its Proxy-Status,
 // body and suggested rules.json line, half-close, reset, idle and lifetime limits, upstream
 // failures, and the decision/closed log lines.
-import { execFile, spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { rmSync, writeFileSync } from 'node:fs'
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { promisify } from 'node:util'
 import t, { type Test } from 'tap'
 import { ProxyAgent, request } from 'undici'
+import { curl } from './helpers/curl.js'
 import { startDns } from './helpers/dns.js'
-import { NETNS_SKIP, rawExchange, startCanary, startHttpsUpstream, startHttpUpstream, statusOf, type RawResult } from './helpers/net.js'
-import { startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
-
-const run = promisify(execFile)
+import { tempDir } from './helpers/files.js'
+import { connectHead, parseResponse, proxyStatus } from './helpers/http.js'
+import { closedPort, NETNS_SKIP, rawExchange, startCanary, startHttpsUpstream, startHttpUpstream, statusOf, type RawResult } from './helpers/net.js'
+import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
 
 // ---- helpers -------------------------------------------------------------------------------
-
-interface Parsed {
-  readonly status: number | undefined
-  readonly headers: ReadonlyMap<string, string>
-  readonly body: string
-}
-
-/** Splits one raw HTTP/1.1 response into status, lower-cased headers and body. */
-function parseResponse(text: string): Parsed {
-  const end = text.indexOf('\r\n\r\n')
-  const head = end < 0 ? text : text.slice(0, end)
-  const headers = new Map<string, string>()
-  for (const line of head.split('\r\n').slice(1)) {
-    const colon = line.indexOf(':')
-    if (colon > 0) headers.set(line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim())
-  }
-  return { status: statusOf(text), headers, body: end < 0 ? '' : text.slice(end + 4) }
-}
-
-/** The Proxy-Status header split into its error type and unescaped details. */
-function proxyStatus(parsed: Parsed): { error: string | undefined; details: string | undefined } {
-  const m = /^proxy-gate; error=([a-z_]+); details="((?:[^"\\]|\\.)*)"$/.exec(parsed.headers.get('proxy-status') ?? '')
-  return { error: m?.[1], details: m?.[2]?.replace(/\\(.)/g, '$1') }
-}
 
 interface Refusal {
   readonly status: number | readonly number[]
@@ -64,21 +39,6 @@ function assertRefused(t: Test, res: RawResult, want: Refusal, what: string): vo
   t.equal(Buffer.byteLength(parsed.body, 'latin1'), Number(parsed.headers.get('content-length')), `${what}: body is all there`)
   t.equal(parsed.headers.get('connection'), 'close', `${what}: Connection: close`)
   t.ok(res.closed, `${what}: connection closed after the response`)
-}
-
-function connectHead(target: string, extra = ''): string {
-  return `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n${extra}\r\n`
-}
-
-/** Waits for a log line, failing (instead of hanging the file) if it never comes. */
-function logLine(proxy: TestProxy, match: (l: LogLine) => boolean, what: string, ms = 5_000): Promise<LogLine> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no log line: ${what}`)), ms)
-    void proxy.waitForLog(match).then((line) => {
-      clearTimeout(timer)
-      resolve(line)
-    })
-  })
 }
 
 const decisionFor = (target: string) => (l: LogLine) => l.message === 'decision' && l.target === target
@@ -195,34 +155,10 @@ async function startTcpUpstream(onSocket: (s: Socket) => void, host = '127.0.0.1
   }
 }
 
-/** A port nothing listens on: bound once, then released. */
-async function closedPort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
-}
-
 /** A follow-up CONNECT on a new connection is still served: the proxy stayed up. */
 async function assertServed(t: Test, proxy: TestProxy, target: string, what: string): Promise<void> {
   const res = await rawExchange(proxy.port, connectHead(target), { until: (s) => s.includes('\r\n\r\n') })
   t.equal(statusOf(res.text), 200, `${what}: a follow-up CONNECT on a new connection is served`)
-}
-
-function curlHead(stdout: string): { connect: number; status: number; body: string } {
-  const blocks = stdout.split('\r\n\r\n')
-  const last = blocks.findLastIndex((b) => b.startsWith('HTTP/'))
-  return {
-    connect: Number(/^HTTP\/\S+ (\d+)/.exec(blocks[0] ?? '')?.[1] ?? 0),
-    status: Number(/^HTTP\/\S+ (\d+)/.exec(blocks[last] ?? '')?.[1] ?? 0),
-    body: blocks.slice(last + 1).join('\r\n\r\n'),
-  }
-}
-
-async function curl(args: string[]): Promise<{ connect: number; status: number; body: string }> {
-  const { stdout } = await run('curl', ['-s', '-i', '--max-time', '10', ...args]).catch((e: { stdout: string }) => ({ stdout: e.stdout }))
-  return curlHead(stdout)
 }
 
 // ---- allowed tunnels with real clients -----------------------------------------------------
@@ -230,7 +166,7 @@ async function curl(args: string[]): Promise<{ connect: number; status: number; 
 t.test('undici ProxyAgent and curl tunnel to a real HTTPS upstream; decision and closed lines are logged', async (t) => {
   const upstream = await startHttpsUpstream('127.0.0.1', ['localhost'])
   const proxy = await startProxy({ allow: [`127.0.0.1:${upstream.port}`] })
-  const dir = mkdtempSync(join(tmpdir(), 'proxy-gate-connect-'))
+  const dir = tempDir('connect')
   const caFile = join(dir, 'ca.pem')
   writeFileSync(caFile, upstream.tls.cert)
   const agent = new ProxyAgent({ uri: proxy.url, requestTls: { ca: upstream.tls.cert } })
@@ -287,7 +223,7 @@ t.test('an allowed name is resolved through dns.servers and dialled at the check
   const upstream = await startHttpsUpstream('11.22.33.44', ['secure.example.com'])
   const dns = await startDns({ 'secure.example.com': { A: ['11.22.33.44'] } })
   const proxy = await startProxy({ allow: [`secure.example.com:${upstream.port}`], dns: { servers: [dns.server], timeoutMs: 2000 } })
-  const dir = mkdtempSync(join(tmpdir(), 'proxy-gate-connect-'))
+  const dir = tempDir('connect')
   const caFile = join(dir, 'ca.pem')
   writeFileSync(caFile, upstream.tls.cert)
   const agent = new ProxyAgent({ uri: proxy.url, requestTls: { ca: upstream.tls.cert } })

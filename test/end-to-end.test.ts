@@ -1,23 +1,11 @@
 // The "done when", end to end: curl through the proxy over CONNECT and plain HTTP,
 // an allowed local server reached, a denied one refused with Proxy-Status and never dialled,
 // and a name that resolves to a private address refused with no connection made.
-import { execFile } from 'node:child_process'
-import { promisify } from 'node:util'
 import t from 'tap'
+import { curl } from './helpers/curl.js'
 import { startDns } from './helpers/dns.js'
 import { NETNS_SKIP, rawExchange, startCanary, startHttpUpstream, statusOf } from './helpers/net.js'
 import { startProxy } from './helpers/proxy.js'
-
-const run = promisify(execFile)
-
-async function curl(args: string[]): Promise<{ status: number; headers: string; body: string }> {
-  const { stdout } = await run('curl', ['-s', '-i', '--max-time', '10', ...args]).catch((e: { stdout: string }) => ({ stdout: e.stdout }))
-  const blocks = stdout.split('\r\n\r\n')
-  // with --proxytunnel curl prints the CONNECT response first
-  const lastHead = blocks.findLastIndex((b) => b.startsWith('HTTP/'))
-  const head = blocks[lastHead] ?? ''
-  return { status: Number(/^HTTP\/\S+ (\d+)/.exec(head)?.[1] ?? 0), headers: head, body: blocks.slice(lastHead + 1).join('\r\n\r\n') }
-}
 
 t.test('curl reaches an allowed server and is refused a denied one, over CONNECT and plain HTTP', async (t) => {
   const allowed = await startHttpUpstream()
@@ -67,4 +55,12 @@ t.test('credentials in a rejected URL never reach the log', async (t) => {
   const all = JSON.stringify(proxy.logs())
   t.notMatch(all, /s3cret/)
   t.notMatch(all, /c2VjcmV0/)
+})
+
+t.test('a malformed request pipelined behind one still being decided is answered after it', async (t) => {
+  const proxy = await startProxy({ allow: [] })
+  t.teardown(() => proxy.close())
+  const res = await rawExchange(proxy.port, 'GET http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\n\r\nPAYLOAD\r\n\r\n')
+  t.same(res.text.match(/HTTP\/1\.1 \d{3}/g), ['HTTP/1.1 403', 'HTTP/1.1 400'], 'responses keep the order of the requests')
+  t.ok(res.closed)
 })

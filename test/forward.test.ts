@@ -3,18 +3,18 @@
 // a loopback DNS server for names and canaries that must never see a connection.
 // Corpus cases covered here: D 41, 43, 44, 46, 47, 49; F 64, 65, 67 (plain-HTTP side); I 82, 83,
 // 85, 86, 88, 89, 91; J 94, 95, 98; K 99/100 (slow heads and bodies), 104, 106. Not here: I 92
-// (proxy-gate never talks to a parent proxy, so there is no optimistic payload to hold back),
+// (the parent proxy holding back optimistic tunnel payload: test/upstream.test.ts),
 // J 97 (test/upgrade.test.ts), K 101 and 103 (CONNECT tunnel idle/half-close and connect timeouts:
 // CONNECT tests; a connect timeout needs a black-holed address, which loopback cannot provide).
-import { execFile } from 'node:child_process'
 import { createServer, type AddressInfo } from 'node:net'
 import { Readable } from 'node:stream'
 import { connect as tlsConnect } from 'node:tls'
-import { promisify } from 'node:util'
 import t from 'tap'
 import { ProxyAgent, request } from 'undici'
+import { curl } from './helpers/curl.js'
 import { startDns, type TestDns } from './helpers/dns.js'
 import {
+  closedPort,
   completeResponses,
   NETNS_SKIP,
   parseResponses,
@@ -27,8 +27,6 @@ import {
   type Upstream,
 } from './helpers/net.js'
 import { startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
-
-const run = promisify(execFile)
 
 process.on('unhandledRejection', (error) => t.fail(`unhandled rejection: ${String(error)}`))
 process.on('uncaughtException', (error) => t.fail(`uncaught exception: ${String(error)}`))
@@ -91,27 +89,10 @@ function decisionFor(proxy: TestProxy, method: string, target: string): Promise<
   return proxy.waitForLog((l) => l.message === 'decision' && l.method === method && l.target === target)
 }
 
-async function curl(args: string[]): Promise<{ status: number; headers: string; body: string }> {
-  const { stdout } = await run('curl', ['-s', '-i', '--max-time', '10', ...args]).catch((e: { stdout: string }) => ({ stdout: e.stdout }))
-  const blocks = stdout.split('\r\n\r\n')
-  const last = blocks.findLastIndex((b) => b.startsWith('HTTP/'))
-  const headBlock = blocks[last] ?? ''
-  return { status: Number(/^HTTP\/\S+ (\d+)/.exec(headBlock)?.[1] ?? 0), headers: headBlock, body: blocks.slice(last + 1).join('\r\n\r\n') }
-}
-
 function plainAgent(t: Teardown, proxy: TestProxy, token?: string): ProxyAgent {
   const agent = new ProxyAgent({ uri: proxy.url, proxyTunnel: false, ...(token ? { token } : {}) })
   t.teardown(() => agent.close())
   return agent
-}
-
-/** A port nothing listens on (bound, then released). */
-async function closedPort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
 }
 
 /** The bytes of a real TLS ClientHello, captured from node:tls on a loopback listener. */

@@ -5,35 +5,14 @@
 import { randomBytes } from 'node:crypto'
 import t, { type Test } from 'tap'
 import { startDns, type Zone } from './helpers/dns.js'
+import { connectHead, parseResponse, proxyStatus } from './helpers/http.js'
 import { NETNS_SKIP, rawExchange, startCanary, startHttpUpstream, statusOf, type Canary, type RawResult } from './helpers/net.js'
-import { startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
+import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
 
 // Everything here binds or could dial the namespace's stand-in addresses.
 const NETNS = { skip: NETNS_SKIP }
 
 // ---- helpers -------------------------------------------------------------------------------
-
-interface Parsed {
-  readonly status: number | undefined
-  readonly headers: ReadonlyMap<string, string>
-  readonly body: string
-}
-
-function parseResponse(text: string): Parsed {
-  const end = text.indexOf('\r\n\r\n')
-  const head = end < 0 ? text : text.slice(0, end)
-  const headers = new Map<string, string>()
-  for (const line of head.split('\r\n').slice(1)) {
-    const colon = line.indexOf(':')
-    if (colon > 0) headers.set(line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim())
-  }
-  return { status: statusOf(text), headers, body: end < 0 ? '' : text.slice(end + 4) }
-}
-
-function proxyStatus(parsed: Parsed): { error: string | undefined; details: string | undefined } {
-  const m = /^proxy-gate; error=([a-z_]+); details="((?:[^"\\]|\\.)*)"$/.exec(parsed.headers.get('proxy-status') ?? '')
-  return { error: m?.[1], details: m?.[2]?.replace(/\\(.)/g, '$1') }
-}
 
 interface Refusal {
   readonly status: number
@@ -59,10 +38,6 @@ function assertRefused(t: Test, res: RawResult, want: Refusal, what: string): vo
   }
 }
 
-function connectHead(target: string, extra = ''): string {
-  return `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n${extra}\r\n`
-}
-
 /**
  * CONNECT: an allowed tunnel is dropped as soon as its 200 head is in; any other answer is read
  * until the proxy closes the connection (which every CONNECT refusal must do).
@@ -79,16 +54,6 @@ function tryGet(proxy: TestProxy, url: string): Promise<RawResult> {
       const length = Number(/\r\ncontent-length: (\d+)/i.exec(s)?.[1] ?? NaN)
       return end >= 0 && s.length >= end + 4 + length
     },
-  })
-}
-
-function logLine(proxy: TestProxy, match: (l: LogLine) => boolean, what: string, ms = 5_000): Promise<LogLine> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no log line: ${what}`)), ms)
-    void proxy.waitForLog(match).then((line) => {
-      clearTimeout(timer)
-      resolve(line)
-    })
   })
 }
 

@@ -12,6 +12,7 @@ import { ProxyAgent, request } from 'undici'
 import { WebSocket, WebSocketServer } from 'ws'
 import { createCa, type Ca } from '../lib/ca.js'
 import { startDns, type TestDns } from './helpers/dns.js'
+import { connectHead } from './helpers/http.js'
 import { completeResponses, NETNS_SKIP, selfSigned, startHttpUpstream, startHttpsUpstream, type Upstream } from './helpers/net.js'
 import { startProxy, type TestProxy } from './helpers/proxy.js'
 
@@ -66,7 +67,7 @@ function openTls(proxy: TestProxy, target: string, servername: string, ca: strin
       tls.once('secureConnect', () => resolve(tls))
       tls.once('error', reject)
     })
-    raw.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`)
+    raw.write(connectHead(target))
   })
 }
 

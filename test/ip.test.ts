@@ -11,15 +11,9 @@ import {
   parseIp,
   specialRangeHolding,
   type Cidr,
-  type Ip,
   type SpecialKind,
 } from '../lib/ip.js'
-
-function ip(text: string): Ip {
-  const parsed = parseIp(text)
-  if (!parsed) throw new Error(`test fixture ${text} does not parse`)
-  return parsed
-}
+import { ip } from './helpers/fixtures.js'
 
 function cidr(text: string): Cidr {
   const parsed = parseCidr(text)

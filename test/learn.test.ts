@@ -3,21 +3,19 @@
 // parser, `suggest` and `learn --from` on a log file, and the round trip the issue asks for:
 // traffic recorded by `proxy-gate learn` in report mode, the learned file enforced, the same
 // traffic passing and a new host denied.
-import { execFile, spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
-import { promisify } from 'node:util'
 import t from 'tap'
 import { parseConfig } from '../lib/config.js'
 import { createLearner, decisionFromLogLine, learnedRulesFile, type LearnedEntry } from '../lib/learn.js'
 import { matchName, parseRule } from '../lib/policy.js'
 import type { DecisionRecord } from '../lib/runtime.js'
+import { runCli, startCli, type RunningCli } from './helpers/cli.js'
+import { curlOutput } from './helpers/curl.js'
 import { startDns } from './helpers/dns.js'
+import { tempDir, writeJson } from './helpers/files.js'
 import { NETNS_SKIP, startHttpsUpstream, startHttpUpstream } from './helpers/net.js'
 
-const CLI = new URL('../dist/cli.js', import.meta.url).pathname
 const T0 = Date.parse('2025-01-02T03:04:05Z')
 /** a running proxy here needs no dashboard (and so no admin token file) */
 const NO_ADMIN = ['--admin-listen', 'off']
@@ -175,28 +173,6 @@ t.test('log lines: decisions are read with their time; other messages and non-JS
 
 // ---- the command line -----------------------------------------------------------------------
 
-const run = promisify(execFile)
-
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [CLI, ...args])
-    return { code: 0, stdout, stderr }
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string }
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr }
-  }
-}
-
-function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), 'proxy-gate-learn-'))
-}
-
-function writeJson(dir: string, name: string, value: unknown): string {
-  const file = join(dir, name)
-  writeFileSync(file, JSON.stringify(value, null, 2))
-  return file
-}
-
 function logLine(target: string, reason: string, extra: Record<string, unknown> = {}): string {
   return JSON.stringify({ message: 'decision', id: 'a', client: '127.0.0.1:1', method: 'CONNECT', target, decision: 'deny', reason, mode: 'enforce', wouldDeny: false, level: 'info', timestamp: '2025-01-02T03:04:05.000Z', ...extra })
 }
@@ -214,10 +190,10 @@ const LOG = [
 ].join('\n')
 
 t.test('suggest --from LOG: the entries to add, with counts, as a list or JSON lines', async (t) => {
-  const dir = tempDir()
+  const dir = tempDir('learn')
   const log = join(dir, 'proxy.log')
   writeFileSync(log, LOG)
-  const list = await cli(['suggest', '--from', log])
+  const list = await runCli(['suggest', '--from', log])
   t.equal(list.code, 0, 'exits 0')
   t.strictSame(list.stdout.split('\n'), [
     '      2  "api.test:443"',
@@ -225,23 +201,23 @@ t.test('suggest --from LOG: the entries to add, with counts, as a list or JSON l
     '      1  {"host":"db.corp.test","ports":[5432],"private":true}  # warning: db.corp.test resolves to 10.1.2.3, a private network (RFC 1918) address',
     '',
   ])
-  const json = await cli(['suggest', '--from', log, '--json'])
+  const json = await runCli(['suggest', '--from', log, '--json'])
   const lines = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
   t.strictSame(lines.map((l) => [l.target, l.count, l.need]), [['api.test:443', 2, 'allow'], ['gist.github.com:443', 1, 'deny-rule'], ['db.corp.test:5432', 1, 'special']])
-  t.match(await cli(['suggest']), { code: 2, stderr: /needs --from LOG/ })
-  t.match(await cli(['suggest', '--from', join(dir, 'missing.log')]), { code: 1, stderr: /cannot read/ })
-  const help = await cli(['suggest', '--help'])
+  t.match(await runCli(['suggest']), { code: 2, stderr: /needs --from LOG/ })
+  t.match(await runCli(['suggest', '--from', join(dir, 'missing.log')]), { code: 1, stderr: /cannot read/ })
+  const help = await runCli(['suggest', '--help'])
   t.match(help.stdout, /usage: proxy-gate suggest --from LOG/)
 })
 
 t.test('learn --from LOG: the rules file plus the learned entries; the rules file is never replaced unasked', async (t) => {
-  const dir = tempDir()
+  const dir = tempDir('learn')
   const log = join(dir, 'proxy.log')
   writeFileSync(log, LOG)
   const base = { allow: ['kept.test:443'], deny: ['gist.github.com'], dns: { servers: ['127.0.0.1:53'] } }
   const rules = writeJson(dir, 'rules.json', base)
   const out = join(dir, 'learned.json')
-  const res = await cli(['learn', '--rules', rules, '--from', log, '--out', out])
+  const res = await runCli(['learn', '--rules', rules, '--from', log, '--out', out])
   t.equal(res.code, 0, 'exits 0')
   const learned = JSON.parse(readFileSync(out, 'utf8')) as { allow: unknown[]; mode: string; deny: unknown; dns: unknown }
   t.strictSame(learned.allow, ['kept.test:443', { host: 'api.test', ports: [443], note: 'seen 2 times, first 2025-01-02T03:04:05Z, last 2025-01-02T03:04:05Z' }])
@@ -251,78 +227,41 @@ t.test('learn --from LOG: the rules file plus the learned entries; the rules fil
   t.match(res.stderr, /warning: 1 private or special-purpose destination/)
   t.match(res.stderr, /db\.corp\.test:5432: db\.corp\.test resolves to 10\.1\.2\.3/)
   t.match(res.stderr, /gist\.github\.com:443 matched deny rule deny\[0\] gist\.github\.com:\* \(seen 1 time\); it stays denied/)
-  t.equal((await cli(['validate', '--rules', out])).code, 0, 'the written file validates')
+  t.equal((await runCli(['validate', '--rules', out])).code, 0, 'the written file validates')
 
-  const refused = await cli(['learn', '--rules', rules, '--from', log, '--out', rules])
+  const refused = await runCli(['learn', '--rules', rules, '--from', log, '--out', rules])
   t.equal(refused.code, 2)
   t.match(refused.stderr, /--out is the rules file/)
   t.strictSame(JSON.parse(readFileSync(rules, 'utf8')), base, 'the rules file is untouched')
-  const forced = await cli(['learn', '--rules', rules, '--from', log, '--out', rules, '--force', '--collapse'])
+  const forced = await runCli(['learn', '--rules', rules, '--from', log, '--out', rules, '--force', '--collapse'])
   t.equal(forced.code, 0, 'exits 0')
   t.equal((JSON.parse(readFileSync(rules, 'utf8')) as { allow: unknown[] }).allow.length, 2)
 
-  t.match(await cli(['learn', '--rules', rules, '--from', dir]), { code: 1, stderr: /cannot read/ })
-  t.match(await cli(['learn', '--rules', writeJson(dir, 'bad.json', { allow: ['*'] }), '--from', log]), { code: 1, stderr: /bad\.json has problems/ })
-  t.match(await cli(['learn', '--rules', rules, '--from', log, '--duration', '5']), { code: 2, stderr: /not for --from/ })
-  t.match(await cli(['learn', '--rules', rules, '--mode', 'enforce']), { code: 2, stderr: /report mode/ })
-  t.match(await cli(['learn', '--rules', rules, '--duration', '0']), { code: 2, stderr: /--duration/ })
-  t.match((await cli(['learn', '--help'])).stdout, /usage: proxy-gate learn/)
+  t.match(await runCli(['learn', '--rules', rules, '--from', dir]), { code: 1, stderr: /cannot read/ })
+  t.match(await runCli(['learn', '--rules', writeJson(dir, 'bad.json', { allow: ['*'] }), '--from', log]), { code: 1, stderr: /bad\.json has problems/ })
+  t.match(await runCli(['learn', '--rules', rules, '--from', log, '--duration', '5']), { code: 2, stderr: /not for --from/ })
+  t.match(await runCli(['learn', '--rules', rules, '--mode', 'enforce']), { code: 2, stderr: /report mode/ })
+  t.match(await runCli(['learn', '--rules', rules, '--duration', '0']), { code: 2, stderr: /--duration/ })
+  t.match((await runCli(['learn', '--help'])).stdout, /usage: proxy-gate learn/)
 })
 
-type Line = Record<string, unknown>
-
-interface Running {
-  readonly url: string
-  readonly lines: Line[]
-  stderr(): string
-  waitFor(match: (l: Line) => boolean): Promise<Line>
-  stop(): Promise<number | null>
-}
-
 /** Runs a long-lived command (learn, start) with JSON logs, until it says it is listening. */
-async function spawnCli(args: string[]): Promise<Running> {
-  const child = spawn(process.execPath, [CLI, ...args, '--listen', '127.0.0.1:0', '--log-format', 'json', ...NO_ADMIN])
-  let stderr = ''
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-  const lines: Line[] = []
-  const waiters: Array<[(l: Line) => boolean, (l: Line) => void]> = []
-  createInterface({ input: child.stdout }).on('line', (text) => {
-    const line = JSON.parse(text) as Line
-    lines.push(line)
-    for (const w of [...waiters]) if (w[0](line)) waiters.splice(waiters.indexOf(w), 1) && w[1](line)
-  })
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  const waitFor = (match: (l: Line) => boolean): Promise<Line> => {
-    const found = lines.find(match)
-    return found ? Promise.resolve(found) : new Promise((resolve) => waiters.push([match, resolve]))
-  }
-  const listening = await Promise.race([waitFor((l) => l.message === 'listening'), exited.then(() => undefined)])
-  if (!listening) throw new Error(`proxy-gate exited before listening: ${stderr}`)
-  return {
-    url: String(listening.url),
-    lines,
-    stderr: () => stderr,
-    waitFor,
-    stop: () => {
-      child.kill('SIGTERM')
-      return exited
-    },
-  }
+function spawnCli(args: string[]): Promise<RunningCli> {
+  return startCli([...args, '--listen', '127.0.0.1:0', '--log-format', 'json', ...NO_ADMIN])
 }
 
 /** The CONNECT status (https) or response status (http) curl saw through the proxy. */
 async function curl(proxy: string, url: string, ca?: string): Promise<number> {
-  const args = ['-s', '-o', '/dev/null', '--max-time', '10', '-w', '%{http_connect} %{http_code}', '-x', proxy, ...(ca ? ['--cacert', ca] : []), url]
-  const { stdout } = await run('curl', args).catch((e: { stdout: string }) => ({ stdout: e.stdout }))
+  const stdout = await curlOutput(['-s', '-o', '/dev/null', '--max-time', '10', '-w', '%{http_connect} %{http_code}', '-x', proxy, ...(ca ? ['--cacert', ca] : []), url])
   const [connect, status] = stdout.split(' ').map(Number)
   return url.startsWith('https:') && connect !== 200 ? (connect ?? 0) : (status ?? 0)
 }
 
 t.test('learn: --duration stops it by itself; with no traffic nothing is added', async (t) => {
-  const dir = tempDir()
+  const dir = tempDir('learn')
   const rules = writeJson(dir, 'rules.json', { allow: [] })
   const out = join(dir, 'learned.json')
-  const res = await cli(['learn', '--rules', rules, '--out', out, '--listen', '127.0.0.1:0', '--log-format', 'json', '--duration', '0.2', ...NO_ADMIN])
+  const res = await runCli(['learn', '--rules', rules, '--out', out, '--listen', '127.0.0.1:0', '--log-format', 'json', '--duration', '0.2', ...NO_ADMIN])
   t.equal(res.code, 0, 'exits 0')
   t.match(res.stdout, /"signal":"duration elapsed"/)
   t.strictSame(JSON.parse(readFileSync(out, 'utf8')), { allow: [], mode: 'enforce' })
@@ -336,7 +275,7 @@ t.test('learn on loopback: a name that resolves to 127.0.0.1 is listed apart, an
     await upstream.close()
     await dns.close()
   })
-  const dir = tempDir()
+  const dir = tempDir('learn')
   const rules = writeJson(dir, 'rules.json', { allow: [], dns: { servers: [dns.server] } })
   const out = join(dir, 'learned-rules.json')
   const target = `http://local.learn.test:${upstream.port}/`
@@ -374,7 +313,7 @@ t.test('round trip: traffic learned in report mode, the learned file enforced: t
     await Promise.all([api.close(), secure.close(), fresh.close()])
     await dns.close()
   })
-  const dir = tempDir()
+  const dir = tempDir('learn')
   const ca = join(dir, 'secure.crt')
   writeFileSync(ca, secure.tls.cert)
   const rules = writeJson(dir, 'rules.json', { allow: [], dns: { servers: [dns.server] } })

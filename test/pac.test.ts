@@ -1,8 +1,6 @@
 // The PAC file evaluated by a real PAC engine (pac-resolver on QuickJS): what it answers, that
 // it agrees with the proxy's own matcher, and that rule text can never become code.
-import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { promisify } from 'node:util'
 import { createPacResolver } from 'pac-resolver'
 import { QuickJS } from 'quickjs-wasi'
 import t from 'tap'
@@ -10,11 +8,11 @@ import { parseConfig } from '../lib/config.js'
 import { generatePac, type PacFlavor } from '../lib/pac.js'
 import { compilePolicy, matchIp, matchName, patternMatches, type HostPattern, type Policy } from '../lib/policy.js'
 import { parseHost } from '../lib/target.js'
+import { runCli } from './helpers/cli.js'
 import { rawExchange, statusOf } from './helpers/net.js'
 import { configFrom, startProxy } from './helpers/proxy.js'
 
 const qjs = await QuickJS.create({ wasm: readFileSync(new URL('../node_modules/quickjs-wasi/quickjs.wasm', import.meta.url)) })
-const run = promisify(execFile)
 
 const RULES = {
   allow: ['registry-1.docker.io:443', '*.docker.io:443', 'github.com:80,443', 'api.example.com:8000-8100', '203.0.113.0/24:443', '[2001:db8::/32]:443'],
@@ -177,13 +175,12 @@ t.test('served at /proxy.pac and /wpad.dat with its type and an ETag, regenerate
 })
 
 t.test('proxy-gate pac prints the same script, with --advertise and --flavor', async (t) => {
-  const cli = new URL('../dist/cli.js', import.meta.url).pathname
   const rules = new URL('../rules.json', import.meta.url).pathname
-  const { stdout } = await run(process.execPath, [cli, 'pac', '--rules', rules, '--advertise', 'host.docker.internal:3128', '--flavor', 'docker'])
+  const { stdout } = await runCli(['pac', '--rules', rules, '--advertise', 'host.docker.internal:3128', '--flavor', 'docker'])
   t.match(stdout, /var PG_PROXY = "PROXY host\.docker\.internal:3128";/)
   const find = createPacResolver(qjs, stdout)
   t.equal(await find('https://registry-1.docker.io:443'), 'PROXY host.docker.internal:3128')
   t.equal(await find('https://example.com:443'), 'PROXY reject.docker.internal:1')
-  const bad = await run(process.execPath, [cli, 'pac', '--rules', rules, '--advertise', 'nope']).catch((e: { code: number; stderr: string }) => e)
-  t.equal((bad as { code: number }).code, 2)
+  const bad = await runCli(['pac', '--rules', rules, '--advertise', 'nope'])
+  t.equal(bad.code, 2)
 })

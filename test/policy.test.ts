@@ -4,7 +4,6 @@
 // addresses are given directly, since the policy is pure.
 import { DEFAULT_TLS } from '../lib/config.js'
 import t from 'tap'
-import { parseIp, type Ip } from '../lib/ip.js'
 import {
   checkHello,
   checkInnerHost,
@@ -30,28 +29,11 @@ import {
   type PortRange,
   type Reason,
 } from '../lib/policy.js'
-import { normalisePath, parseAuthority, type Target } from '../lib/target.js'
+import { normalisePath } from '../lib/target.js'
+import { ip, policy, target } from './helpers/fixtures.js'
 
 const ENFORCE: DecisionContext = { mode: 'enforce', self: [], tls: DEFAULT_TLS }
 const REPORT: DecisionContext = { mode: 'report', self: [], tls: DEFAULT_TLS }
-
-function ip(text: string): Ip {
-  const parsed = parseIp(text)
-  if (!parsed) throw new Error(`fixture ${text} is not an IP`)
-  return parsed
-}
-
-function target(text: string): Target {
-  const parsed = parseAuthority(text)
-  if (!parsed.ok) throw new Error(`fixture ${text}: ${parsed.error}`)
-  return parsed.value
-}
-
-function policy(allow: unknown[], deny: unknown[] = []): Policy {
-  const compiled = compilePolicy({ allow, deny })
-  if (!compiled.ok) throw new Error(compiled.error)
-  return compiled.value
-}
 
 /** Both steps, as a route runs them: decideTarget, then (for allowed names) decideAddresses. */
 function decide(p: Policy, authority: string, addresses: string[] = [], ctx: DecisionContext = ENFORCE): Decision {

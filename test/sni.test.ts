@@ -11,6 +11,7 @@ import t from 'tap'
 import { ProxyAgent, request } from 'undici'
 import { parseClientHello } from '../lib/tls-hello.js'
 import { startDns } from './helpers/dns.js'
+import { connectHead } from './helpers/http.js'
 import { NETNS_SKIP, startCanary, startHttpsUpstream } from './helpers/net.js'
 import { startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
 
@@ -78,7 +79,7 @@ function connectTunnel(proxy: TestProxy, target: string): Promise<Tunnel> {
     const socket = netConnect({ host: '127.0.0.1', port: proxy.port })
     socket.once('error', reject)
     socket.once('data', (d) => resolve({ status: d.toString('latin1').split('\r\n')[0] ?? '', socket }))
-    socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`)
+    socket.write(connectHead(target))
   })
 }
 

@@ -2,7 +2,6 @@
 // (corpus sections A-E). A lenient parse here is a check/dial mismatch later, so refusals are
 // asserted as firmly as acceptances.
 import t from 'tap'
-import { parseIp } from '../lib/ip.js'
 import {
   formatHost,
   formatTarget,
@@ -16,15 +15,14 @@ import {
   type Result,
   type Target,
 } from '../lib/target.js'
+import { ip } from './helpers/fixtures.js'
 
 function nameHost(name: string): Host {
   return { kind: 'name', name }
 }
 
 function ipHost(text: string): Host {
-  const ip = parseIp(text)
-  if (!ip) throw new Error(`fixture ${text} is not an IP`)
-  return { kind: 'ip', ip }
+  return { kind: 'ip', ip: ip(text) }
 }
 
 function errorOf<T>(result: Result<T>): string {

@@ -1,17 +1,13 @@
 // Docker and system-proxy wiring: the generated keys against the documented formats, and the
 // merge into realistic existing files (other keys kept, backup, atomic, no BOM, revert).
-import { execFile } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import t from 'tap'
 import { bypassEntries, defaultPath, dockerFragment, type DockerTarget } from '../lib/docker-settings.js'
 import { parseBypass, type HostPattern } from '../lib/policy.js'
 import { systemProxyCommands } from '../lib/system-proxy.js'
-
-const run = promisify(execFile)
-const CLI = new URL('../dist/cli.js', import.meta.url).pathname
+import { runCli } from './helpers/cli.js'
+import { tempDir } from './helpers/files.js'
 
 function patterns(list: string[]): HostPattern[] {
   return list.map((entry) => {
@@ -23,20 +19,6 @@ function patterns(list: string[]): HostPattern[] {
 
 const BYPASS = patterns(['localhost', '127.0.0.1', '::1', '*.local', '10.0.0.0/8', 'fd00::/8', 'intranet.corp'])
 const WIRING = { proxyUrl: 'http://127.0.0.1:3128', pacUrl: 'http://127.0.0.1:3128/proxy.pac', usePac: false, bypass: BYPASS }
-
-async function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { env: { ...process.env, ...env } })
-    return { code: 0, stdout, stderr }
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string }
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr }
-  }
-}
-
-function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), 'proxy-gate-wiring-'))
-}
 
 function rules(dir: string, extra: Record<string, unknown> = {}): string {
   const file = join(dir, 'rules.json')
@@ -101,16 +83,16 @@ const EXISTING: Record<DockerTarget, Record<string, unknown>> = {
 
 t.test('--write merges into a realistic file, keeps every other key, backs it up, and --revert undoes it', async (t) => {
   for (const target of Object.keys(EXISTING) as DockerTarget[]) {
-    const dir = tempDir()
+    const dir = tempDir('wiring')
     const file = join(dir, `${target}.json`)
     const original = `\uFEFF${JSON.stringify(EXISTING[target], null, 4)}\n`
     writeFileSync(file, original)
-    const dry = await cli(['docker', '--target', target, '--write', '--dry-run', '--file', file, '--rules', rules(dir)])
+    const dry = await runCli(['docker', '--target', target, '--write', '--dry-run', '--file', file, '--rules', rules(dir)])
     t.equal(dry.code, 0, `${target} dry run`)
     t.match(dry.stdout, /dry run: would change/)
     t.equal(readFileSync(file, 'utf8'), original, `${target}: --dry-run writes nothing`)
 
-    const wrote = await cli(['docker', '--target', target, '--write', '--file', file, '--rules', rules(dir)])
+    const wrote = await runCli(['docker', '--target', target, '--write', '--file', file, '--rules', rules(dir)])
     t.equal(wrote.code, 0, `${target} write: ${wrote.stderr}`)
     const text = readFileSync(file, 'utf8')
     t.not(text.charCodeAt(0), 0xfeff, `${target}: no BOM written`)
@@ -121,11 +103,11 @@ t.test('--write merges into a realistic file, keeps every other key, backs it up
     t.ok(existsSync(`${file}.proxy-gate-backup`), `${target}: backup beside the file`)
     t.same(JSON.parse(readFileSync(`${file}.proxy-gate-backup`, 'utf8')), EXISTING[target], `${target}: backup holds the original values`)
 
-    const again = await cli(['docker', '--target', target, '--write', '--file', file, '--rules', rules(dir)])
+    const again = await runCli(['docker', '--target', target, '--write', '--file', file, '--rules', rules(dir)])
     t.match(again.stdout, /no change/, `${target}: a re-run changes nothing`)
     t.same(JSON.parse(readFileSync(`${file}.proxy-gate-backup`, 'utf8')), EXISTING[target], `${target}: a re-run keeps the first backup`)
 
-    const reverted = await cli(['docker', '--target', target, '--revert', '--file', file, '--rules', rules(dir)])
+    const reverted = await runCli(['docker', '--target', target, '--revert', '--file', file, '--rules', rules(dir)])
     t.equal(reverted.code, 0, `${target} revert: ${reverted.stderr}`)
     t.same(JSON.parse(readFileSync(file, 'utf8')), EXISTING[target], `${target}: revert restores the original values`)
     t.notOk(existsSync(`${file}.proxy-gate-backup`), `${target}: backup removed after revert`)
@@ -133,10 +115,10 @@ t.test('--write merges into a realistic file, keeps every other key, backs it up
 })
 
 t.test('specific merges: admin keeps its other proxy fields; cli keeps other daemon entries', async (t) => {
-  const dir = tempDir()
+  const dir = tempDir('wiring')
   const admin = join(dir, 'admin-settings.json')
   writeFileSync(admin, JSON.stringify(EXISTING.admin))
-  await cli(['docker', '--target', 'admin', '--write', '--file', admin, '--rules', rules(dir)])
+  await runCli(['docker', '--target', 'admin', '--write', '--file', admin, '--rules', rules(dir)])
   const a = JSON.parse(readFileSync(admin, 'utf8')) as { proxy: Record<string, unknown>; containersProxy: Record<string, unknown>; enhancedContainerIsolation: unknown }
   t.equal(a.proxy.windowsDockerdPort, 65000)
   t.equal(a.proxy.mode, 'manual')
@@ -147,7 +129,7 @@ t.test('specific merges: admin keeps its other proxy fields; cli keeps other dae
 
   const config = join(dir, 'config.json')
   writeFileSync(config, JSON.stringify(EXISTING.cli))
-  await cli(['docker', '--target', 'cli', '--write', '--file', config, '--rules', rules(dir, { listen: '127.0.0.1:3130' })])
+  await runCli(['docker', '--target', 'cli', '--write', '--file', config, '--rules', rules(dir, { listen: '127.0.0.1:3130' })])
   const c = JSON.parse(readFileSync(config, 'utf8')) as { proxies: Record<string, Record<string, string>>; credsStore: string }
   t.same(c.proxies['tcp://build-box:2376'], { noProxy: '*.internal' })
   t.same(c.proxies.default, { httpProxy: 'http://host.docker.internal:3130', httpsProxy: 'http://host.docker.internal:3130', noProxy: 'localhost,.local,10.0.0.0/8' })
@@ -155,35 +137,35 @@ t.test('specific merges: admin keeps its other proxy fields; cli keeps other dae
 })
 
 t.test('a file that is not valid JSON is left untouched and the error says so', async (t) => {
-  const dir = tempDir()
+  const dir = tempDir('wiring')
   const file = join(dir, 'settings-store.json')
   const broken = '{ "SettingsVersion": 42, }'
   writeFileSync(file, broken)
-  const res = await cli(['docker', '--target', 'settings-store', '--write', '--file', file, '--rules', rules(dir)])
+  const res = await runCli(['docker', '--target', 'settings-store', '--write', '--file', file, '--rules', rules(dir)])
   t.equal(res.code, 1)
   t.match(res.stderr, /is not valid JSON .*left untouched/)
   t.equal(readFileSync(file, 'utf8'), broken)
   t.notOk(existsSync(`${file}.proxy-gate-backup`))
-  const revert = await cli(['docker', '--target', 'settings-store', '--revert', '--file', join(dir, 'other.json'), '--rules', rules(dir)])
+  const revert = await runCli(['docker', '--target', 'settings-store', '--revert', '--file', join(dir, 'other.json'), '--rules', rules(dir)])
   t.equal(revert.code, 1)
   t.match(revert.stderr, /no backup/)
 })
 
 t.test('without --write it prints the fragment and where it goes; default paths follow HOME', async (t) => {
-  const home = tempDir()
-  const printed = await cli(['docker', '--target', 'settings-store', '--pac', '--os', 'linux', '--rules', rules(home)], { HOME: home })
+  const home = tempDir('wiring')
+  const printed = await runCli(['docker', '--target', 'settings-store', '--pac', '--os', 'linux', '--rules', rules(home)], { env: { HOME: home } })
   t.equal(printed.code, 0)
   t.match(JSON.parse(printed.stdout), { OverrideProxyPAC: 'http://127.0.0.1:3128/proxy.pac', ContainersOverrideProxyPAC: 'http://127.0.0.1:3128/proxy.pac' })
   t.match(printed.stderr, new RegExp(`merge these keys into ${home}/\\.docker/desktop/settings-store\\.json`))
   t.match(printed.stderr, /Quit Docker Desktop/)
-  const missing = await cli(['docker', '--target', 'settings-store', '--write', '--os', 'linux', '--rules', rules(home)], { HOME: home })
+  const missing = await runCli(['docker', '--target', 'settings-store', '--write', '--os', 'linux', '--rules', rules(home)], { env: { HOME: home } })
   t.equal(missing.code, 1)
   t.match(missing.stderr, /does not exist: is Docker Desktop installed/)
   mkdirSync(join(home, '.docker', 'desktop'), { recursive: true })
-  const written = await cli(['docker', '--target', 'settings-store', '--write', '--os', 'linux', '--rules', rules(home)], { HOME: home })
+  const written = await runCli(['docker', '--target', 'settings-store', '--write', '--os', 'linux', '--rules', rules(home)], { env: { HOME: home } })
   t.equal(written.code, 0)
   t.match(JSON.parse(readFileSync(join(home, '.docker', 'desktop', 'settings-store.json'), 'utf8')), { ProxyHTTPMode: 'manual' })
-  const bad = await cli(['docker', '--target', 'nope', '--rules', rules(home)])
+  const bad = await runCli(['docker', '--target', 'nope', '--rules', rules(home)])
   t.equal(bad.code, 2)
 })
 
@@ -212,13 +194,13 @@ t.test('system-proxy prints each OS its commands, and --apply only runs on that 
   t.match(systemProxyCommands('gnome', { ...wiring, mode: 'manual' }, false).join('\n'), /ignore-hosts "\['localhost', '127\.0\.0\.1', '::1', '\*\.local', '10\.0\.0\.0\/8', 'fd00::\/8', 'intranet\.corp'\]"/)
   t.same(systemProxyCommands('gnome', wiring, true), ["gsettings set org.gnome.system.proxy mode 'none'"])
 
-  const dir = tempDir()
-  const printed = await cli(['system-proxy', '--os', 'windows', '--rules', rules(dir)])
+  const dir = tempDir('wiring')
+  const printed = await runCli(['system-proxy', '--os', 'windows', '--rules', rules(dir)])
   t.equal(printed.code, 0)
   t.match(printed.stdout, /AutoConfigURL/)
-  const refused = await cli(['system-proxy', '--os', 'windows', '--apply', '--rules', rules(dir)])
+  const refused = await runCli(['system-proxy', '--os', 'windows', '--apply', '--rules', rules(dir)])
   t.equal(refused.code, 2)
   t.match(refused.stderr, /--apply runs the commands only on windows itself/)
-  const both = await cli(['system-proxy', '--pac', '--manual', '--rules', rules(dir)])
+  const both = await runCli(['system-proxy', '--pac', '--manual', '--rules', rules(dir)])
   t.equal(both.code, 2)
 })

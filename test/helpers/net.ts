@@ -136,6 +136,14 @@ export async function startWsUpstream(host = '127.0.0.1'): Promise<Upstream> {
   }
 }
 
+/** A loopback port nothing listens on: bound once, then released. */
+export async function closedPort(): Promise<number> {
+  const server = createTcpServer()
+  const port = await listen(server, '127.0.0.1')
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
+}
+
 export interface Canary {
   readonly host: string
   readonly port: number

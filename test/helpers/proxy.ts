@@ -18,6 +18,17 @@ export interface TestProxy {
   close(): Promise<void>
 }
 
+/** Waits for a log line, failing (instead of hanging the file) if it never comes within `ms`. */
+export function logLine(proxy: TestProxy, match: (l: LogLine) => boolean, what: string, ms = 5_000): Promise<LogLine> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no log line: ${what}`)), ms)
+    void proxy.waitForLog(match).then((line) => {
+      clearTimeout(timer)
+      resolve(line)
+    })
+  })
+}
+
 export function configFrom(rules: Record<string, unknown>): Config {
   const parsed = parseConfig({ listen: '127.0.0.1:0', ...rules })
   if (!parsed.ok) throw new Error(`test rules invalid: ${JSON.stringify(parsed.errors)}`)

@@ -1,0 +1,92 @@
+// The command line as a user runs it: dist/cli.js in its own process, once (exit code and
+// output) or long-running (`start`, `learn`) with its JSON log lines read as they come.
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { createInterface } from 'node:readline'
+
+/** The built command line, dist/cli.js. */
+export const CLI = new URL('../../dist/cli.js', import.meta.url).pathname
+
+/** What a one-shot run of the command line left behind. */
+export interface CliResult {
+  readonly code: number | null
+  readonly stdout: string
+  readonly stderr: string
+}
+
+/** Options for runCli. */
+export interface RunOptions {
+  /** variables added to the inherited environment */
+  readonly env?: Readonly<Record<string, string>>
+  /** written to stdin, which is then closed */
+  readonly input?: string
+}
+
+/** Runs `node dist/cli.js ARGS` to its end and collects its exit code, stdout and stderr. */
+export function runCli(args: readonly string[], options: RunOptions = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], options.env ? { env: { ...process.env, ...options.env } } : {})
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+    child.on('close', (code) => resolve({ code, stdout, stderr }))
+    if (options.input !== undefined) child.stdin.end(options.input)
+  })
+}
+
+/** One JSON log line of a running proxy-gate. */
+export type CliLine = Record<string, unknown>
+
+/** A long-running proxy-gate process that has logged `listening`. */
+export interface RunningCli {
+  readonly child: ChildProcessWithoutNullStreams
+  /** the `url` of its `listening` line */
+  readonly url: string
+  /** the port of that url */
+  readonly port: number
+  /** every JSON line on stdout so far, in order */
+  readonly lines: CliLine[]
+  /** everything on stderr so far */
+  stderr(): string
+  /** resolves with the first line (already logged or future) that matches */
+  waitFor(match: (l: CliLine) => boolean): Promise<CliLine>
+  /** resolves with the exit code */
+  readonly exited: Promise<number | null>
+  /** SIGTERM, then the exit code */
+  stop(): Promise<number | null>
+}
+
+/** Spawns `node dist/cli.js ARGS` (which must log JSON) and resolves once it logs `listening`. */
+export async function startCli(args: readonly string[]): Promise<RunningCli> {
+  const child = spawn(process.execPath, [CLI, ...args])
+  let stderr = ''
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+  const lines: CliLine[] = []
+  const waiters: Array<[(l: CliLine) => boolean, (l: CliLine) => void]> = []
+  createInterface({ input: child.stdout }).on('line', (text) => {
+    const line = JSON.parse(text) as CliLine
+    lines.push(line)
+    for (const w of [...waiters]) if (w[0](line)) waiters.splice(waiters.indexOf(w), 1) && w[1](line)
+  })
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  const waitFor = (match: (l: CliLine) => boolean): Promise<CliLine> => {
+    const found = lines.find(match)
+    return found ? Promise.resolve(found) : new Promise((resolve) => waiters.push([match, resolve]))
+  }
+  const listening = await Promise.race([waitFor((l) => l.message === 'listening'), exited.then(() => undefined)])
+  if (!listening) throw new Error(`proxy-gate exited before listening: ${stderr}`)
+  const url = String(listening.url)
+  return {
+    child,
+    url,
+    port: Number(/:(\d+)$/.exec(url)?.[1]),
+    lines,
+    stderr: () => stderr,
+    waitFor,
+    exited,
+    stop: () => {
+      child.kill('SIGTERM')
+      return exited
+    },
+  }
+}
