@@ -188,7 +188,8 @@ export function createProxy(options: ProxyOptions): Proxy {
     const r = clientErrorReply(error)
     record({ type: 'decision', id: rt.nextId(), client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, method: '', target: '', decision: 'error', reason: r.type, status: r.status, detail: r.details, mode: gate.ctx.mode, wouldDeny: false })
     // an earlier pipelined request still being decided answers first: responses keep their order
-    if (pending && !pending.writableFinished) pending.once('finish', () => replyOnSocket(socket, r))
+    // (a timeout is about that request itself, so it is answered at once)
+    if (pending && !pending.writableFinished && error.code !== 'ERR_HTTP_REQUEST_TIMEOUT') pending.once('finish', () => replyOnSocket(socket, r))
     else replyOnSocket(socket, r)
   })
 
