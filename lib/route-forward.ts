@@ -109,20 +109,22 @@ export async function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: Upst
  * pipeline(body, res) without its per-call AbortController: stream.pipeline makes one and aborts
  * it when done, which builds an AbortError with a stack trace for every response (8% of the
  * proxy's CPU on small responses). Same outcome: resolves when the response is finished; on an
- * error or an early close of either side, both are destroyed and the first error is reported.
+ * error or an early close of either side, both are destroyed, and once the response has closed
+ * the first error is reported.
  */
 function relayBody(body: Readable, res: ServerResponse): Promise<void> {
   return new Promise((resolve, reject) => {
-    let failed = false
-    const fail = (error: Error): void => {
-      if (failed) return
-      failed = true
+    let failure: Error | undefined
+    finished(body, (error) => {
+      if (!error) return
+      failure ??= error
+      if (!res.writableFinished) res.destroy()
+    })
+    finished(res, (error) => {
+      if (!failure && !error) return resolve()
       body.destroy()
-      res.destroy()
-      reject(error)
-    }
-    finished(body, (error) => error && fail(error))
-    finished(res, (error) => (error ? fail(error) : resolve()))
+      reject(failure ?? error)
+    })
     body.pipe(res)
   })
 }
