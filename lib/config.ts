@@ -199,20 +199,8 @@ export function parseUpstream(value: unknown): Result<UpstreamProxy> {
 }
 
 function parseUpstreamBypass(errors: Errors, value: unknown, upstream: unknown): HostPattern[] {
-  if (value === undefined) return []
-  if (upstream === undefined) err(errors, 'upstreamBypass', value, '"upstreamBypass" only means something with "upstream"')
-  if (!Array.isArray(value)) {
-    err(errors, 'upstreamBypass', value, '"upstreamBypass" must be an array of hosts')
-    return []
-  }
-  const patterns: HostPattern[] = []
-  value.forEach((entry: unknown, i: number) => {
-    const pattern = parseBypass(entry)
-    if (pattern.ok) patterns.push(pattern.value)
-    else if (typeof entry === 'string' && entry.startsWith('.')) err(errors, `upstreamBypass[${i}]`, entry, `write "*${entry}" for its subdomains (and "${entry.slice(1)}" for the name itself)`)
-    else err(errors, `upstreamBypass[${i}]`, entry, pattern.error)
-  })
-  return patterns
+  if (value !== undefined && upstream === undefined) err(errors, 'upstreamBypass', value, '"upstreamBypass" only means something with "upstream"')
+  return parseHostList(errors, 'upstreamBypass', value, '"upstreamBypass" must be an array of hosts')
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {
@@ -295,17 +283,19 @@ function parseLimits(errors: Errors, value: unknown): Limits {
   return limits
 }
 
-function parseBypassList(errors: Errors, value: unknown): HostPattern[] {
+/** A list of host patterns without ports (bypass, upstreamBypass). */
+function parseHostList(errors: Errors, key: string, value: unknown, notArray: string): HostPattern[] {
   if (value === undefined) return []
   if (!Array.isArray(value)) {
-    err(errors, 'bypass', value, '"bypass" must be an array')
+    err(errors, key, value, notArray)
     return []
   }
   const patterns: HostPattern[] = []
   value.forEach((entry: unknown, i: number) => {
     const pattern = parseBypass(entry)
     if (pattern.ok) patterns.push(pattern.value)
-    else err(errors, `bypass[${i}]`, entry, pattern.error)
+    else if (typeof entry === 'string' && entry.startsWith('.')) err(errors, `${key}[${i}]`, entry, `write "*${entry}" for its subdomains (and "${entry.slice(1)}" for the name itself)`)
+    else err(errors, `${key}[${i}]`, entry, pattern.error)
   })
   return patterns
 }
@@ -327,7 +317,7 @@ export function parseConfig(json: unknown): ConfigResult {
   if (mode !== 'enforce' && mode !== 'report') err(errors, 'mode', mode, 'must be "enforce" or "report"')
   const policy = compilePolicy({ allow: json.allow, deny: json.deny })
   if (!policy.ok) errors.push(...(policy.errors ?? []))
-  const bypass = parseBypassList(errors, json.bypass)
+  const bypass = parseHostList(errors, 'bypass', json.bypass, '"bypass" must be an array')
   const dns = parseDns(errors, json.dns)
   const limits = parseLimits(errors, json.limits)
   const tls = parseTls(errors, json.tls)
