@@ -76,9 +76,14 @@ export function isMappedValue(value: bigint): boolean {
   return value >> 32n === MAPPED_PREFIX >> 32n
 }
 
+// Every network mask, computed once: cidrContains runs for each special range on every address.
+const MASKS: Record<Family, readonly bigint[]> = {
+  4: Array.from({ length: 33 }, (_, p) => ((1n << 32n) - 1n) ^ ((1n << BigInt(32 - p)) - 1n)),
+  6: Array.from({ length: 129 }, (_, p) => ((1n << 128n) - 1n) ^ ((1n << BigInt(128 - p)) - 1n)),
+}
+
 function mask(family: Family, prefix: number): bigint {
-  const bits = BITS[family]
-  return ((1n << BigInt(bits)) - 1n) ^ ((1n << BigInt(bits - prefix)) - 1n)
+  return MASKS[family][prefix] as bigint
 }
 
 /** Parses `a.b.c.d/n`, `x::y/n` or a single address (a /32 or /128). Returns an error text on failure. */

@@ -214,6 +214,8 @@ export interface Policy {
   readonly deny: readonly Rule[]
   readonly allowIndex: RuleIndex
   readonly denyIndex: RuleIndex
+  /** some allow rule limits methods or paths: only then do requests need a second look */
+  readonly limitsRequests: boolean
 }
 
 function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
@@ -260,7 +262,8 @@ export function compilePolicy(input: PolicyInput): Result<Policy> & { errors?: R
     })
   }
   if (errors.length > 0) return { ok: false, error: formatRuleErrors(errors), errors }
-  return { ok: true, value: { ...lists, allowIndex: buildIndex(lists.allow), denyIndex: buildIndex(lists.deny) } }
+  const limitsRequests = lists.allow.some(hasRequestLimits)
+  return { ok: true, value: { ...lists, allowIndex: buildIndex(lists.allow), denyIndex: buildIndex(lists.deny), limitsRequests } }
 }
 
 /** One line per problem; control characters and line separators from rules are shown escaped. */
@@ -597,6 +600,7 @@ export function rulesWithRequestLimits(policy: Policy): Rule[] {
 
 /** True when every allow rule for this host:port limits methods or paths: its tunnels must be opened. */
 export function needsInterception(policy: Policy, target: Target): boolean {
+  if (!policy.limitsRequests) return false
   const rules = allowCandidates(policy, target)
   return rules.length > 0 && rules.every(hasRequestLimits)
 }
@@ -610,6 +614,7 @@ function requestAllowed(rule: Rule, method: string, path: string): boolean {
  * otherwise some rule must admit this method and (normalised) path.
  */
 export function decideRequest(policy: Policy, ctx: DecisionContext, target: Target, method: string, path: Result<string>): Decision {
+  if (!policy.limitsRequests) return decision({ verdict: 'allow', reason: 'allow-rule', detail: `no request limits for ${formatTarget(target)}` })
   const rules = allowCandidates(policy, target).sort((a, b) => a.index - b.index)
   const open = rules.find((r) => !hasRequestLimits(r))
   const where = formatTarget(target)
