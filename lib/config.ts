@@ -4,7 +4,9 @@ import { parseAuth, type AuthSettings } from './auth.js'
 import { parseClients, parsePolicies, type PolicySet } from './clients.js'
 import { formatIp, parseIp, type Ip } from './ip.js'
 import { compilePolicy, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError, type TlsSettings } from './policy.js'
-import { formatTarget, hostText, parseAuthority, type Result, type Target } from './target.js'
+import { formatTarget, hostText, parseAuthority, redactCredentials, type Result, type Target } from './target.js'
+
+export { redactCredentials }
 
 export interface Limits {
   /** time for a client to send a complete request head */
@@ -111,15 +113,6 @@ type Errors = RuleError[]
 
 function err(errors: Errors, path: string, value: unknown, message: string): void {
   errors.push({ path, entry: redactCredentials(JSON.stringify(value) ?? String(value)), message })
-}
-
-/**
- * Hides credentials wherever they could show (config errors, validate output, logs): in a value
- * or a JSON-quoted string, `[scheme://]user:password@` becomes `[scheme://][redacted]@`, up to
- * the last "@" before the closing quote (a raw "@" in a password must not leak its tail).
- */
-export function redactCredentials(text: string): string {
-  return text.replace(/(^|")([a-z][a-z0-9+.-]*:\/\/)?(?:[^"\\]|\\.)*@/gi, '$1$2[redacted]@')
 }
 
 /** The parent proxy from "upstream". Its credentials live only here, out of JSON and inspect output. */

@@ -10,7 +10,7 @@ import type { Lookup } from './resolve.js'
 import type { Decision } from './policy.js'
 import type { ProxyReply } from './respond.js'
 import type { Upstream } from './upstream.js'
-import { formatTarget, type Target } from './target.js'
+import { formatTarget, redactCredentials, type Target } from './target.js'
 
 export interface OpenConnection {
   readonly id: string
@@ -102,12 +102,6 @@ export function clientAddress(req: IncomingMessage): string {
   return `${remoteAddress ?? '?'}:${remotePort ?? '?'}`
 }
 
-/** A rejected request-target is logged as sent, minus any `user:password@` it carried. */
-export function redactUserinfo(raw: string): string {
-  // up to the last "@" of the authority: a raw "@" inside a password must not leak its tail
-  return raw.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^/?#]*@/i, '$1[redacted]@')
-}
-
 interface DecisionLog {
   readonly id: string
   readonly req: IncomingMessage
@@ -135,7 +129,7 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     id: entry.id,
     client: clientAddress(entry.req),
     method: entry.method,
-    target: entry.target ? formatTarget(entry.target) : redactUserinfo(entry.rawTarget.slice(0, 300)),
+    target: entry.target ? formatTarget(entry.target) : redactCredentials(entry.rawTarget.slice(0, 300)),
     resolved: entry.resolved?.map(formatIp),
     chosen: decision && decision.verdict === 'allow' ? decision.dial.map(formatIp)[0] : undefined,
     sni: entry.sni,

@@ -96,7 +96,7 @@ export function parsePort(text: string): Result<number> {
 /** `host:port` with a required port: the CONNECT request-target and the `check` argument. */
 export function parseAuthority(text: string, defaultPort?: number): Result<Target> {
   // the message ends up in logs: never echo what could be credentials (user:password@)
-  if (/[/@\\?#]/.test(text)) return fail(`"${text.replace(/^.*@/, '[redacted]@')}" is not host:port (no scheme, userinfo, path or query)`)
+  if (/[/@\\?#]/.test(text)) return fail(`"${redactCredentials(text)}" is not host:port (no scheme, userinfo, path or query)`)
   const close = text.lastIndexOf(']')
   const colon = text.lastIndexOf(':')
   const hasPort = colon > close
@@ -157,4 +157,13 @@ export function normalisePath(target: string): Result<string> {
     segments.push(segment)
   }
   return ok(`/${segments.join('/')}`)
+}
+
+/**
+ * Hides credentials wherever they could show (config errors, validate output, logs): in a value
+ * or a JSON-quoted string, `[scheme://]user:password@` becomes `[scheme://][redacted]@`, up to
+ * the last "@" before the closing quote (a raw "@" in a password must not leak its tail).
+ */
+export function redactCredentials(text: string): string {
+  return text.replace(/(^|")([a-z][a-z0-9+.-]*:\/\/)?(?:[^"\\]|\\.)*@/gi, '$1$2[redacted]@')
 }
