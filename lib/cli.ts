@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Command line: start the proxy, check a target against the rules, validate a rules file.
+// Command line: parses flags, prints help, and hands each command to its module (check, validate, pac here).
 import { resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { caCommand } from './cli-ca.js'
