@@ -49,12 +49,16 @@ class LineBatch extends TransportStream {
   }
 
   override log(info: { [MESSAGE]?: unknown }, next: () => void): void {
-    this.lines.push(`${String(info[MESSAGE])}${EOL}`)
+    this.add(String(info[MESSAGE]))
+    next()
+  }
+
+  add(line: string): void {
+    this.lines.push(`${line}${EOL}`)
     if (!this.scheduled) {
       this.scheduled = true
       setImmediate(this.flushSoon)
     }
-    next()
   }
 
   flush(): void {
@@ -66,6 +70,9 @@ class LineBatch extends TransportStream {
   }
 }
 
+/** JSON loggers made by createLogger, and where their lines go: events are written there directly. */
+const jsonLines = new WeakMap<Logger, LineBatch>()
+
 export function createLogger(options: LogOptions): Logger {
   const { combine, timestamp, json, colorize } = winston.format
   const format = options.format === 'json' ? combine(timestamp(), json()) : combine(timestamp(), colorize(), pretty)
@@ -75,10 +82,39 @@ export function createLogger(options: LogOptions): Logger {
     if (!exitHook) process.once('exit', () => atExit.forEach((t) => t.flush())) // stdout writes are synchronous for files and pipes
     exitHook = true
   }
-  return winston.createLogger({
+  const logger = winston.createLogger({
     level: options.level === 'silent' ? 'error' : options.level,
     silent: options.level === 'silent',
     format,
     transports: [transport],
   })
+  if (options.format === 'json' && options.level !== 'silent') jsonLines.set(logger, transport)
+  return logger
+}
+
+let stampedAt = 0
+let stamp = ''
+/** The ISO timestamp winston's format would add, made once per millisecond. */
+function timestampNow(): string {
+  const now = Date.now()
+  if (now !== stampedAt) {
+    stampedAt = now
+    stamp = new Date(now).toISOString()
+  }
+  return stamp
+}
+
+/**
+ * Logs one info event (two per request). A JSON logger gets the same line winston would write,
+ * built here with one JSON.stringify: winston's per-record object stream, format chain and
+ * stable stringify cost a fifth of the proxy's CPU on small requests. Other loggers go
+ * through winston. Fields that are undefined are left out, as winston does.
+ */
+export function logEvent(log: Logger, message: string, fields: object): void {
+  const out = jsonLines.get(log)
+  if (out === undefined) return void log.info(message, fields)
+  if (!log.isInfoEnabled()) return
+  const rest = JSON.stringify(fields)
+  const head = `{"level":"info","message":${JSON.stringify(message)},"timestamp":"${timestampNow()}"`
+  out.add(rest === '{}' ? `${head}}` : `${head},${rest.slice(1)}`)
 }

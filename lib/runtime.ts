@@ -5,7 +5,7 @@ import type { Limits } from './config.js'
 import type { ClientIdentity } from './clients.js'
 import type { Gate } from './gate.js'
 import { formatIp, type Ip } from './ip.js'
-import type { Logger } from './log.js'
+import { logEvent, type Logger } from './log.js'
 import type { Lookup } from './resolve.js'
 import type { Decision } from './policy.js'
 import type { ProxyReply } from './respond.js'
@@ -156,7 +156,7 @@ export function createRecorder(log: Logger, observe: ((event: ProxyEvent) => voi
   return (event) => {
     if (event.type === 'decision' || event.type === 'closed') {
       const { type, ...fields } = event
-      log.info(type, fields)
+      logEvent(log, type, fields)
     }
     observe?.(event)
   }
