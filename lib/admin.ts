@@ -9,13 +9,13 @@ import type { Activity } from './activity.js'
 import type { Listen } from './config.js'
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from './dashboard-page.js'
 import type { Metrics } from './metrics.js'
-import type { OpenConnection } from './runtime.js'
+import type { OpenView } from './runtime.js'
 import { formatTarget } from './target.js'
 
 export interface AdminSources {
   readonly activity: Activity
   readonly metrics: Metrics
-  readonly open: () => ReadonlySet<OpenConnection>
+  readonly open: () => OpenView
   readonly ready: () => boolean
   readonly mode: () => string
   readonly rulesFile: string

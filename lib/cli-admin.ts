@@ -9,7 +9,7 @@ import { parseListen } from './config.js'
 import { classifyIp, parseIp } from './ip.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
-import type { OpenConnection, ProxyEvent } from './runtime.js'
+import type { OpenView, ProxyEvent } from './runtime.js'
 import type { Proxy } from './server.js'
 import type { Result } from './target.js'
 
@@ -23,7 +23,7 @@ export interface Watchers {
 }
 
 export function createWatchers(): Watchers {
-  let open: () => ReadonlySet<OpenConnection> = () => new Set()
+  let open: () => OpenView = () => new Set()
   const activity = createActivity()
   const metrics = createMetrics(() => open())
   return {

@@ -20,7 +20,9 @@ const BITS: Record<Family, number> = { 4: 32, 6: 128 }
 const MAPPED_PREFIX = 0xffffn << 32n
 
 function parseV4(text: string): bigint {
-  return text.split('.').reduce((acc, part) => (acc << 8n) | BigInt(Number(part)), 0n)
+  let value = 0
+  for (const part of text.split('.')) value = value * 256 + Number(part)
+  return BigInt(value)
 }
 
 function parseV6(text: string): bigint {
@@ -55,7 +57,8 @@ export function parseIp(text: string): Ip | undefined {
 
 export function formatIp(ip: Ip): string {
   if (ip.family === 4) {
-    return [24n, 16n, 8n, 0n].map((s) => String((ip.value >> s) & 0xffn)).join('.')
+    const v = Number(ip.value) // every request logs its address: plain numbers, not BigInt shifts
+    return `${v >>> 24}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`
   }
   const groups = Array.from({ length: 8 }, (_, i) => Number((ip.value >> BigInt(112 - 16 * i)) & 0xffffn))
   let bestStart = -1

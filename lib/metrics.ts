@@ -1,7 +1,7 @@
 // Prometheus metrics (prom-client) built from the same events the log shows. Every label has a
 // small, fixed set of values: no per-host labels, so cardinality stays bounded.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { OpenConnection, ProxyEvent } from './runtime.js'
+import type { OpenView, ProxyEvent } from './runtime.js'
 
 export interface Metrics {
   observe(event: ProxyEvent): void
@@ -35,7 +35,7 @@ const reason = (r: string | undefined): string => (r !== undefined && REASONS.ha
 const ending = (text: string): string => ENDINGS.find(([pattern]) => pattern.test(text))?.[1] ?? 'other'
 const status = (s: number | undefined): string => (s !== undefined && s >= 100 && s <= 599 ? String(s) : 'none')
 
-export function createMetrics(open: () => ReadonlySet<OpenConnection>): Metrics {
+export function createMetrics(open: () => OpenView): Metrics {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'proxygate_' })
   const registers = [registry]

@@ -23,7 +23,7 @@ import { connectRoute } from './route-connect.js'
 import { forwardRoute } from './route-forward.js'
 import { localRoute, type PacFile } from './route-local.js'
 import { createUpgradeProxy, upgradeRoute } from './route-upgrade.js'
-import { createRecorder, logDecision, timedLookup, type OpenConnection, type ProxyEvent, type ReloadRecord, type Runtime } from './runtime.js'
+import { createRecorder, logDecision, OpenConnections, timedLookup, type OpenView, type ProxyEvent, type ReloadRecord, type Runtime } from './runtime.js'
 import { formatTarget } from './target.js'
 import { nextUpstream, type UpstreamOptions } from './upstream.js'
 import { VERSION } from './version.js'
@@ -61,7 +61,7 @@ export interface Proxy {
   ready(): boolean
   /** tells observers (metrics, dashboard) how a reload went */
   noteReload(record: ReloadRecord): void
-  readonly open: ReadonlySet<OpenConnection>
+  readonly open: OpenView
 }
 
 /** The addresses a client could use to reach this listener: a destination never allowed. */
@@ -98,7 +98,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   let gate = makeGate(config)
   let seq = 0
   const boot = Date.now().toString(36)
-  const open = new Set<OpenConnection>()
+  const open = new OpenConnections()
   let ready = false
   let stopping: Promise<void> | undefined
   const identities = new WeakMap<IncomingMessage, ClientIdentity>()

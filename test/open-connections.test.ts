@@ -1,0 +1,54 @@
+// lib/runtime.ts OpenConnections: the registry reload and shutdown walk. Entries join and leave
+// in any order, each once, and a walk may close (and so remove) connections as it goes.
+import t from 'tap'
+import { OpenConnections, type OpenConnection } from '../lib/runtime.js'
+
+function connections(n: number, registry: OpenConnections): OpenConnection[] {
+  return Array.from({ length: n }, (_, i) => {
+    const conn: OpenConnection = {
+      id: `c${i}`,
+      kind: 'forward',
+      target: { host: { kind: 'name', name: `h${i}.example` }, port: 80 },
+      resolved: undefined,
+      who: { source: undefined, user: undefined },
+      close: () => registry.delete(conn),
+    }
+    return conn
+  })
+}
+const ids = (registry: OpenConnections): string[] => [...registry].map((c) => c.id).sort()
+
+t.test('adds and removes in any order; adding or removing twice changes nothing', async (t) => {
+  const registry = new OpenConnections()
+  const [a, b, c, d] = connections(4, registry) as [OpenConnection, OpenConnection, OpenConnection, OpenConnection]
+  for (const conn of [a, b, c, d, b]) registry.add(conn)
+  t.equal(registry.size, 4)
+  t.same(ids(registry), ['c0', 'c1', 'c2', 'c3'])
+  registry.delete(c) // middle
+  registry.delete(d) // head (the newest)
+  registry.delete(d)
+  t.equal(registry.size, 2)
+  t.same(ids(registry), ['c0', 'c1'])
+  registry.delete(a) // tail (the oldest)
+  t.same(ids(registry), ['c1'])
+  registry.add(a)
+  t.same(ids(registry), ['c0', 'c1'], 'a removed entry can join again')
+  registry.delete(a)
+  registry.delete(b)
+  t.equal(registry.size, 0)
+  t.same([...registry], [])
+})
+
+t.test('a walk that closes every connection visits each once and leaves none', async (t) => {
+  const registry = new OpenConnections()
+  const all = connections(100, registry)
+  for (const conn of all) registry.add(conn)
+  const seen: string[] = []
+  for (const conn of registry) {
+    seen.push(conn.id)
+    conn.close('shutting down')
+  }
+  t.equal(seen.length, 100)
+  t.equal(new Set(seen).size, 100)
+  t.equal(registry.size, 0)
+})
