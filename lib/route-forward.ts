@@ -33,7 +33,7 @@ export async function forwardRoute(rt: Runtime, agent: Agent, req: IncomingMessa
   const admission = await admit(gate, target)
   if (admission.kind === 'failed') return refuse(admission.reply, hasBody(req))
   const { resolved } = admission
-  const decision = admission.decision.verdict === 'allow' ? withRequest(admission.decision, decideRequest(gate.policy, gate.ctx, target, method, normalisePath(path))) : admission.decision
+  const decision = admission.decision.verdict === 'allow' && gate.policy.limitsRequests ? withRequest(admission.decision, decideRequest(gate.policy, gate.ctx, target, method, normalisePath(path))) : admission.decision
   logDecision(rt, { id, req, method, target, rawTarget, decision, resolved, policy: gate.policyName, ...(decision.rule?.paths || decision.reason === 'request-not-allowed' || decision.reason === 'bad-path' ? { path: path.split('?')[0] } : {}) })
   if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, formatTarget(target), decision), hasBody(req))
   if (expectsContinue) res.writeContinue()
