@@ -22,10 +22,15 @@ const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
 /** far above any real ClientHello (post-quantum key shares included) */
 const MAX_HELLO_BYTES = 32 * 1024
 
+/** Until the relay takes over (a shared function: a closure here would keep the request alive as long as the socket). */
+function destroySocket(this: Socket): void {
+  this.destroy()
+}
+
 export async function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const id = rt.nextId()
   const rawTarget = req.url ?? ''
-  socket.on('error', () => socket.destroy())
+  socket.on('error', destroySocket)
   const parsed = parseAuthority(rawTarget)
   const who = rt.who(req)
   const gate = rt.gate(who)
@@ -133,6 +138,7 @@ async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Targe
   if (socket.destroyed) return void upstream.destroy()
   if (answer) socket.write(ESTABLISHED)
   if (first.length > 0) upstream.write(first)
+  socket.off('error', destroySocket)
   const chosen = parent ? undefined : upstream.remoteAddress
   const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: (reason) => tunnel.close(reason) }
   const tunnel = relay(socket, upstream, { idleTimeoutMs: limits.tunnelIdleTimeoutMs, maxLifetimeMs: limits.tunnelMaxLifetimeMs }, (stats) => {
