@@ -7,7 +7,7 @@ import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
 import { dial, DialFailure } from './dial.js'
 import { admit, admitHello, type Admission } from './gate.js'
-import type { Ip } from './ip.js'
+import { formatIp, type Ip } from './ip.js'
 import type { ClientIdentity } from './clients.js'
 import type { Interceptor } from './intercept.js'
 import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from './policy.js'
@@ -124,10 +124,11 @@ async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Targe
   // with "upstream": through the parent (CONNECT, its 2xx before any tunnel byte), unless upstreamBypass
   const parent = parentFor(rt.upstream?.(), target)
   let handshake = { sent: 0, received: 0 }
+  let dialed: Ip | undefined
   const dialStarted = performance.now()
   try {
     if (parent) ({ socket: upstream, ...handshake } = await parent.tunnel(target, limits))
-    else upstream = (await dial(addresses, target.port, limits.connectTimeoutMs)).socket
+    else ({ socket: upstream, ip: dialed } = await dial(addresses, target.port, limits.connectTimeoutMs))
     rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: true })
   } catch (error) {
     rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: false })
@@ -139,12 +140,12 @@ async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Targe
   if (answer) socket.write(ESTABLISHED)
   if (first.length > 0) upstream.write(first)
   socket.off('error', destroySocket)
-  const chosen = parent ? undefined : upstream.remoteAddress
   const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: (reason) => tunnel.close(reason) }
   const tunnel = relay(socket, upstream, { idleTimeoutMs: limits.tunnelIdleTimeoutMs, maxLifetimeMs: limits.tunnelMaxLifetimeMs }, (stats) => {
     rt.open.delete(open)
     const viaParent = parent ? { via: parent.hop, bytesFromClient: stats.bytesFromClient - handshake.sent, bytesToClient: stats.bytesToClient - handshake.received } : {}
-    logClosed(rt, { id, kind: 'tunnel', chosen, ...stats, ...viaParent })
+    // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life
+    logClosed(rt, { id, kind: 'tunnel', chosen: dialed && formatIp(dialed), ...stats, ...viaParent })
   })
   rt.open.add(open)
 }
