@@ -2,6 +2,7 @@
 //   'data' -> other.write (source paused until the other's 'drain') | 'end' -> other.end() | reset -> reset | error -> both destroyed
 // Idle and over-age tunnels are closed by one shared sweep timer rather than timers of their own.
 import type { Socket } from 'node:net'
+import type { Limits } from './config.js'
 
 export interface RelayStats {
   readonly bytesFromClient: number
@@ -10,10 +11,8 @@ export interface RelayStats {
   readonly error: string | undefined
 }
 
-export interface RelayOptions {
-  readonly idleTimeoutMs: number
-  readonly maxLifetimeMs: number
-}
+/** the proxy's limits object is passed as is: one object per tunnel less */
+export type RelayLimits = Pick<Limits, 'tunnelIdleTimeoutMs' | 'tunnelMaxLifetimeMs'>
 
 export interface Relay {
   /** tears the tunnel down; `reason` is reported as its error */
@@ -36,7 +35,7 @@ class Tunnel implements Relay {
   constructor(
     readonly client: Socket,
     readonly upstream: Socket,
-    readonly options: RelayOptions,
+    readonly limits: RelayLimits,
     readonly done: (stats: RelayStats) => void,
   ) {}
 
@@ -69,8 +68,8 @@ class Tunnel implements Relay {
   }
 }
 
-export function relay(client: Socket, upstream: Socket, options: RelayOptions, done: (stats: RelayStats) => void): Relay {
-  const tunnel = new Tunnel(client, upstream, options, done)
+export function relay(client: Socket, upstream: Socket, limits: RelayLimits, done: (stats: RelayStats) => void): Relay {
+  const tunnel = new Tunnel(client, upstream, limits, done)
   wire(Object.assign(client, { [TUNNEL]: tunnel }))
   wire(Object.assign(upstream, { [TUNNEL]: tunnel }))
   watch(tunnel)
@@ -125,7 +124,7 @@ let sweepEveryMs = Infinity
  */
 function watch(tunnel: Tunnel): void {
   watched.add(tunnel)
-  const wanted = Math.min(1_000, Math.max(1, Math.min(tunnel.options.idleTimeoutMs, tunnel.options.maxLifetimeMs) / 4))
+  const wanted = Math.min(1_000, Math.max(1, Math.min(tunnel.limits.tunnelIdleTimeoutMs, tunnel.limits.tunnelMaxLifetimeMs) / 4))
   if (wanted >= sweepEveryMs) return
   clearInterval(sweeper)
   sweepEveryMs = wanted
@@ -143,7 +142,7 @@ function unwatch(tunnel: Tunnel): void {
 function sweep(): void {
   const now = Date.now()
   for (const tunnel of watched) {
-    if (now - tunnel.started >= tunnel.options.maxLifetimeMs) tunnel.close('tunnel reached its maximum lifetime')
-    else if (now - tunnel.lastActive >= tunnel.options.idleTimeoutMs) tunnel.close('tunnel idle timeout')
+    if (now - tunnel.started >= tunnel.limits.tunnelMaxLifetimeMs) tunnel.close('tunnel reached its maximum lifetime')
+    else if (now - tunnel.lastActive >= tunnel.limits.tunnelIdleTimeoutMs) tunnel.close('tunnel idle timeout')
   }
 }

@@ -141,7 +141,7 @@ async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Targe
   if (first.length > 0) upstream.write(first)
   socket.off('error', destroySocket)
   const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: (reason) => tunnel.close(reason) }
-  const tunnel = relay(socket, upstream, { idleTimeoutMs: limits.tunnelIdleTimeoutMs, maxLifetimeMs: limits.tunnelMaxLifetimeMs }, (stats) => {
+  const tunnel = relay(socket, upstream, limits, (stats) => {
     rt.open.delete(open)
     const viaParent = parent ? { via: parent.hop, bytesFromClient: stats.bytesFromClient - handshake.sent, bytesToClient: stats.bytesToClient - handshake.received } : {}
     // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life
