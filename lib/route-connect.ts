@@ -103,7 +103,7 @@ function readHello(socket: Socket, head: Buffer, timeoutMs: number): Promise<Hel
       else if (result.kind !== 'need-more') finish(result)
     }
     const onData = (chunk: Buffer): void => {
-      bytes = Buffer.concat([bytes, chunk])
+      bytes = bytes.length === 0 ? chunk : Buffer.concat([bytes, chunk]) // a ClientHello mostly comes in one piece
       inspect()
     }
     const onClose = (): void => finish(undefined)
