@@ -17,15 +17,17 @@ function dialOne(ip: Ip, port: number, timeoutMs: number): Promise<Socket> {
       socket.destroy()
       reject(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }))
     }, timeoutMs)
-    socket.once('connect', () => {
-      clearTimeout(timer)
-      socket.removeListener('error', reject)
-      resolve(socket)
-    })
-    socket.once('error', (error) => {
+    const onError = (error: Error): void => {
       clearTimeout(timer)
       reject(error)
+    }
+    // no listener is left behind: it would keep this closure (and its timer) for the tunnel's life
+    socket.once('connect', () => {
+      clearTimeout(timer)
+      socket.off('error', onError)
+      resolve(socket)
     })
+    socket.once('error', onError)
   })
 }
 

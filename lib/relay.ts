@@ -1,6 +1,8 @@
-// Moves bytes both ways between two sockets until both directions end: half-close is passed on,
-// a reset or error tears down both, and idle or over-age tunnels are closed.
+// Moves bytes both ways between two sockets until both directions end.
+//   'data' -> other.write (source paused until the other's 'drain') | 'end' -> other.end() | reset -> reset | error -> both destroyed
+// Idle and over-age tunnels are closed by one shared sweep timer rather than timers of their own.
 import type { Socket } from 'node:net'
+import type { Limits } from './config.js'
 
 export interface RelayStats {
   readonly bytesFromClient: number
@@ -9,44 +11,138 @@ export interface RelayStats {
   readonly error: string | undefined
 }
 
-export interface RelayOptions {
-  readonly idleTimeoutMs: number
-  readonly maxLifetimeMs: number
-}
+/** the proxy's limits object is passed as is: one object per tunnel less */
+export type RelayLimits = Pick<Limits, 'tunnelIdleTimeoutMs' | 'tunnelMaxLifetimeMs'>
 
 export interface Relay {
   /** tears the tunnel down; `reason` is reported as its error */
   close(reason: string): void
 }
 
-export function relay(client: Socket, upstream: Socket, options: RelayOptions, done: (stats: RelayStats) => void): Relay {
-  const started = Date.now()
-  let error: string | undefined
-  let closed = 0
-  const close = (reason: string): void => {
-    error ??= reason
-    client.destroy()
-    upstream.destroy()
+/** Set on both sockets: the listeners below are shared by all tunnels and find theirs through it. */
+const TUNNEL = Symbol('tunnel')
+
+interface Wired extends Socket {
+  readonly [TUNNEL]: Tunnel
+}
+
+class Tunnel implements Relay {
+  readonly started = Date.now()
+  lastActive = this.started
+  error: string | undefined
+  closed = 0
+
+  constructor(
+    readonly client: Socket,
+    readonly upstream: Socket,
+    readonly limits: RelayLimits,
+    readonly done: (stats: RelayStats) => void,
+  ) {}
+
+  peer(socket: Socket): Socket {
+    return socket === this.client ? this.upstream : this.client
   }
-  const lifetime = setTimeout(() => close('tunnel reached its maximum lifetime'), options.maxLifetimeMs)
-  lifetime.unref()
-  const onClose = (other: Socket) => (hadError: boolean) => {
+
+  close(reason: string): void {
+    this.error ??= reason
+    this.client.destroy()
+    this.upstream.destroy()
+  }
+
+  failed(socket: Socket, e: NodeJS.ErrnoException): void {
+    const other = this.peer(socket)
+    // a reset is passed on as a reset: a plain FIN would let the peer take a cut-off stream as complete
+    if (e.code === 'ECONNRESET' && !other.destroyed) other.resetAndDestroy()
+    this.close(`${socket === this.client ? 'client' : 'upstream'} ${e.code ?? e.message}`)
+  }
+
+  /** one socket has closed; the tunnel is over when both have */
+  sideClosed(socket: Socket, hadError: boolean): void {
+    const other = this.peer(socket)
     if (hadError) other.destroy()
     else other.destroySoon()
-    if (++closed < 2) return
-    clearTimeout(lifetime)
-    done({ bytesFromClient: upstream.bytesWritten, bytesToClient: upstream.bytesRead, durationMs: Date.now() - started, error })
+    if (++this.closed < 2) return
+    unwatch(this)
+    const { upstream } = this
+    this.done({ bytesFromClient: upstream.bytesWritten, bytesToClient: upstream.bytesRead, durationMs: Date.now() - this.started, error: this.error })
   }
-  for (const [socket, other, side] of [[client, upstream, 'client'], [upstream, client, 'upstream']] as const) {
-    socket.on('error', (e: NodeJS.ErrnoException) => {
-      // a reset is passed on as a reset: a plain FIN would let the peer take a cut-off stream as complete
-      if (e.code === 'ECONNRESET' && !other.destroyed) other.resetAndDestroy()
-      close(`${side} ${e.code ?? e.message}`)
-    })
-    socket.on('close', onClose(other))
+}
+
+export function relay(client: Socket, upstream: Socket, limits: RelayLimits, done: (stats: RelayStats) => void): Relay {
+  const tunnel = new Tunnel(client, upstream, limits, done)
+  wire(Object.assign(client, { [TUNNEL]: tunnel }))
+  wire(Object.assign(upstream, { [TUNNEL]: tunnel }))
+  watch(tunnel)
+  return tunnel
+}
+
+// Module-level listeners (`this` is the socket that emitted): per-tunnel closures would cost
+// ~600 bytes per idle tunnel.
+function wire(from: Wired): void {
+  from.on('data', onData)
+  from.on('drain', onDrain)
+  from.on('end', onEnd)
+  from.on('error', onError)
+  from.on('close', onClose)
+  if (from.readableEnded) onEnd.call(from) // e.g. a FIN right behind the CONNECT head
+  // the route may have paused it while deciding; a 'data' listener alone does not resume a paused stream
+  from.resume()
+}
+
+function onData(this: Wired, chunk: Buffer): void {
+  const tunnel = this[TUNNEL]
+  tunnel.lastActive = Date.now()
+  if (!tunnel.peer(this).write(chunk)) this.pause()
+}
+
+/** the other side may send again once this one has written out what it had */
+function onDrain(this: Wired): void {
+  this[TUNNEL].peer(this).resume()
+}
+
+function onEnd(this: Wired): void {
+  this[TUNNEL].peer(this).end()
+}
+
+function onError(this: Wired, e: NodeJS.ErrnoException): void {
+  this[TUNNEL].failed(this, e)
+}
+
+function onClose(this: Wired, hadError: boolean): void {
+  this[TUNNEL].sideClosed(this, hadError)
+}
+
+// ---- the sweep: idle and lifetime limits for all open tunnels ----------------------------
+
+const watched = new Set<Tunnel>()
+let sweeper: NodeJS.Timeout | undefined
+let sweepEveryMs = Infinity
+
+/**
+ * A tunnel is closed between its limit and one sweep period later, so the period follows the
+ * smallest limit seen (a quarter of it, at most a second) until no tunnel is left.
+ */
+function watch(tunnel: Tunnel): void {
+  watched.add(tunnel)
+  const wanted = Math.min(1_000, Math.max(1, Math.min(tunnel.limits.tunnelIdleTimeoutMs, tunnel.limits.tunnelMaxLifetimeMs) / 4))
+  if (wanted >= sweepEveryMs) return
+  clearInterval(sweeper)
+  sweepEveryMs = wanted
+  sweeper = setInterval(sweep, wanted).unref()
+}
+
+function unwatch(tunnel: Tunnel): void {
+  watched.delete(tunnel)
+  if (watched.size > 0) return
+  clearInterval(sweeper)
+  sweeper = undefined
+  sweepEveryMs = Infinity
+}
+
+function sweep(): void {
+  const now = Date.now()
+  for (const tunnel of watched) {
+    if (now - tunnel.started >= tunnel.limits.tunnelMaxLifetimeMs) tunnel.close('tunnel reached its maximum lifetime')
+    else if (now - tunnel.lastActive >= tunnel.limits.tunnelIdleTimeoutMs) tunnel.close('tunnel idle timeout')
   }
-  client.setTimeout(options.idleTimeoutMs, () => close('tunnel idle timeout'))
-  client.pipe(upstream)
-  upstream.pipe(client)
-  return { close }
 }

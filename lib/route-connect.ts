@@ -7,7 +7,7 @@ import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
 import { dial, DialFailure } from './dial.js'
 import { admit, admitHello, type Admission } from './gate.js'
-import type { Ip } from './ip.js'
+import { formatIp, type Ip } from './ip.js'
 import type { ClientIdentity } from './clients.js'
 import type { Interceptor } from './intercept.js'
 import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from './policy.js'
@@ -22,10 +22,15 @@ const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
 /** far above any real ClientHello (post-quantum key shares included) */
 const MAX_HELLO_BYTES = 32 * 1024
 
+/** Until the relay takes over (a shared function: a closure here would keep the request alive as long as the socket). */
+function destroySocket(this: Socket): void {
+  this.destroy()
+}
+
 export async function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const id = rt.nextId()
   const rawTarget = req.url ?? ''
-  socket.on('error', () => socket.destroy())
+  socket.on('error', destroySocket)
   const parsed = parseAuthority(rawTarget)
   const who = rt.who(req)
   const gate = rt.gate(who)
@@ -98,7 +103,7 @@ function readHello(socket: Socket, head: Buffer, timeoutMs: number): Promise<Hel
       else if (result.kind !== 'need-more') finish(result)
     }
     const onData = (chunk: Buffer): void => {
-      bytes = Buffer.concat([bytes, chunk])
+      bytes = bytes.length === 0 ? chunk : Buffer.concat([bytes, chunk]) // a ClientHello mostly comes in one piece
       inspect()
     }
     const onClose = (): void => finish(undefined)
@@ -119,10 +124,11 @@ async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Targe
   // with "upstream": through the parent (CONNECT, its 2xx before any tunnel byte), unless upstreamBypass
   const parent = parentFor(rt.upstream?.(), target)
   let handshake = { sent: 0, received: 0 }
+  let dialed: Ip | undefined
   const dialStarted = performance.now()
   try {
     if (parent) ({ socket: upstream, ...handshake } = await parent.tunnel(target, limits))
-    else upstream = (await dial(addresses, target.port, limits.connectTimeoutMs)).socket
+    else ({ socket: upstream, ip: dialed } = await dial(addresses, target.port, limits.connectTimeoutMs))
     rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: true })
   } catch (error) {
     rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: false })
@@ -133,12 +139,13 @@ async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Targe
   if (socket.destroyed) return void upstream.destroy()
   if (answer) socket.write(ESTABLISHED)
   if (first.length > 0) upstream.write(first)
-  const chosen = parent ? undefined : upstream.remoteAddress
+  socket.off('error', destroySocket)
   const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: (reason) => tunnel.close(reason) }
-  const tunnel = relay(socket, upstream, { idleTimeoutMs: limits.tunnelIdleTimeoutMs, maxLifetimeMs: limits.tunnelMaxLifetimeMs }, (stats) => {
+  const tunnel = relay(socket, upstream, limits, (stats) => {
     rt.open.delete(open)
     const viaParent = parent ? { via: parent.hop, bytesFromClient: stats.bytesFromClient - handshake.sent, bytesToClient: stats.bytesToClient - handshake.received } : {}
-    logClosed(rt, { id, kind: 'tunnel', chosen, ...stats, ...viaParent })
+    // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life
+    logClosed(rt, { id, kind: 'tunnel', chosen: dialed && formatIp(dialed), ...stats, ...viaParent })
   })
   rt.open.add(open)
 }

@@ -703,6 +703,96 @@ t.test('a busy tunnel is still closed at tunnelMaxLifetimeMs', async (t) => {
   t.ok(client.received().length > 0, 'and the client got echoes')
 })
 
+t.test('traffic keeps a tunnel open past tunnelIdleTimeoutMs; it closes once the traffic stops', async (t) => {
+  const upstream = await startTcpUpstream((s) => s.pipe(s))
+  const proxy = await startProxy({ allow: [`127.0.0.1:${upstream.port}`], limits: { tunnelIdleTimeoutMs: 300 } })
+  t.teardown(async () => {
+    await proxy.close()
+    await upstream.close()
+  })
+  const client = await openTunnel(t, proxy.port, `127.0.0.1:${upstream.port}`)
+  const busy = setInterval(() => client.socket.write('x'), 50)
+  t.teardown(() => clearInterval(busy))
+  // 20 echoes at 50 ms apart: about three idle timeouts of traffic
+  await client.waitFor((data) => data.length >= 20, '20 echoes')
+  clearInterval(busy)
+  t.equal(proxy.proxy.open.size, 1, 'still open after three idle timeouts of traffic')
+  const stopped = Date.now()
+  await client.ended
+  const line = await logLine(proxy, (l) => l.message === 'closed', 'idle closed')
+  t.equal(line.error, 'tunnel idle timeout')
+  t.ok(Date.now() - stopped >= 250, 'closed an idle timeout after the last byte, not counted from the start')
+  t.ok(Number(line.durationMs) >= 900, `the tunnel lived through its traffic (${String(line.durationMs)} ms)`)
+})
+
+/** `size` bytes of a pattern that shows a lost, doubled or reordered chunk. */
+function pattern(size: number, seed: number): Buffer {
+  const bytes = Buffer.alloc(size)
+  for (let i = 0; i < size; i++) bytes[i] = (i * 7 + seed + (i >> 16)) & 0xff
+  return bytes
+}
+
+/** Writes `bytes` in 64 KiB pieces, honouring backpressure; resolves once a write has returned false. */
+function pump(socket: Socket, bytes: Buffer): Promise<void> {
+  return new Promise((pushedBack) => {
+    let at = 0
+    const more = (): void => {
+      while (at < bytes.length) {
+        const piece = bytes.subarray(at, at + 65_536)
+        at += piece.length
+        if (!socket.write(piece)) {
+          pushedBack()
+          return void socket.once('drain', more)
+        }
+      }
+      socket.end()
+    }
+    more()
+  })
+}
+
+function collect(socket: Socket): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  socket.on('data', (d: Buffer) => chunks.push(d))
+  return new Promise((resolve) => socket.once('end', () => resolve(Buffer.concat(chunks))))
+}
+
+t.test('backpressure: 32 MiB each way through a tunnel whose client holds off reading arrive whole and in order', async (t) => {
+  const down = pattern(32 << 20, 1)
+  const up = pattern(32 << 20, 2)
+  let upstreamGot!: Promise<Buffer>
+  let originPushedBack!: Promise<void>
+  const upstream = await startTcpUpstream((s) => {
+    upstreamGot = collect(s)
+    originPushedBack = pump(s, down)
+  })
+  const proxy = await startProxy({ allow: [`127.0.0.1:${upstream.port}`] })
+  t.teardown(async () => {
+    await proxy.close()
+    await upstream.close()
+  })
+  const client = await openTunnel(t, proxy.port, `127.0.0.1:${upstream.port}`)
+  client.socket.pause()
+  await upstream.socket(0)
+  await originPushedBack
+  // the whole path is full in the download direction; now upload at full speed and read again
+  void pump(client.socket, up)
+  const chunks: Buffer[] = [client.received()]
+  client.socket.on('data', (d: Buffer) => chunks.push(d))
+  client.socket.resume()
+  await client.ended
+  const clientGot = Buffer.concat(chunks)
+  t.equal(clientGot.length, down.length, 'every byte reached the client')
+  t.ok(clientGot.equals(down), 'in order, nothing lost or doubled')
+  const got = await upstreamGot
+  t.equal(got.length, up.length, 'every byte reached the upstream')
+  t.ok(got.equals(up), 'in order, nothing lost or doubled')
+  const line = await logLine(proxy, (l) => l.message === 'closed', 'closed')
+  t.notOk(line.error)
+  t.equal(line.bytesFromClient, up.length)
+  t.equal(line.bytesToClient, down.length)
+})
+
 // ---- upstream failures ----------------------------------------------------------------------
 
 t.test('a refused upstream connection is a 502 connection_refused', async (t) => {
