@@ -3,6 +3,7 @@
 // Idle and over-age tunnels are closed by one shared sweep timer rather than timers of their own.
 import type { Socket } from 'node:net'
 import type { Limits } from './config.js'
+import { LinkedSet } from './linked-set.js'
 
 export interface RelayStats {
   readonly bytesFromClient: number
@@ -114,7 +115,7 @@ function onClose(this: Wired, hadError: boolean): void {
 
 // ---- the sweep: idle and lifetime limits for all open tunnels ----------------------------
 
-const watched = new Set<Tunnel>()
+const watched = new LinkedSet<Tunnel>()
 let sweeper: NodeJS.Timeout | undefined
 let sweepEveryMs = Infinity
 

@@ -14,6 +14,7 @@ import { DEFAULT_POLICY, type ClientIdentity } from './clients.js'
 import { createInterceptor, upstreamTrust } from './intercept.js'
 import { parseIp, type Ip } from './ip.js'
 import { createLeafMinter } from './leaf-certs.js'
+import { LinkedSet } from './linked-set.js'
 import { generatePac, pacEtag, type PacFlavor } from './pac.js'
 import type { Logger } from './log.js'
 import type { SelfAddress } from './policy.js'
@@ -23,7 +24,7 @@ import { connectRoute } from './route-connect.js'
 import { forwardRoute } from './route-forward.js'
 import { localRoute, type PacFile } from './route-local.js'
 import { createUpgradeProxy, upgradeRoute } from './route-upgrade.js'
-import { createRecorder, logDecision, OpenConnections, timedLookup, type OpenView, type ProxyEvent, type ReloadRecord, type Runtime } from './runtime.js'
+import { createRecorder, logDecision, timedLookup, type OpenConnection, type OpenView, type ProxyEvent, type ReloadRecord, type Runtime } from './runtime.js'
 import { formatTarget } from './target.js'
 import { nextUpstream, type UpstreamOptions } from './upstream.js'
 import { VERSION } from './version.js'
@@ -98,7 +99,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   let gate = makeGate(config)
   let seq = 0
   const boot = Date.now().toString(36)
-  const open = new OpenConnections()
+  const open = new LinkedSet<OpenConnection>()
   let ready = false
   let stopping: Promise<void> | undefined
   const identities = new WeakMap<IncomingMessage, ClientIdentity>()

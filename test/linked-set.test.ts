@@ -1,9 +1,10 @@
-// lib/runtime.ts OpenConnections: the registry reload and shutdown walk. Entries join and leave
-// in any order, each once, and a walk may close (and so remove) connections as it goes.
+// lib/linked-set.ts: the set behind the open-connection registry and the tunnel sweep. Entries
+// join and leave in any order, each once, and a walk may close (and so remove) entries as it goes.
 import t from 'tap'
-import { OpenConnections, type OpenConnection } from '../lib/runtime.js'
+import { LinkedSet } from '../lib/linked-set.js'
+import type { OpenConnection } from '../lib/runtime.js'
 
-function connections(n: number, registry: OpenConnections): OpenConnection[] {
+function connections(n: number, registry: LinkedSet<OpenConnection>): OpenConnection[] {
   return Array.from({ length: n }, (_, i) => {
     const conn: OpenConnection = {
       id: `c${i}`,
@@ -16,10 +17,10 @@ function connections(n: number, registry: OpenConnections): OpenConnection[] {
     return conn
   })
 }
-const ids = (registry: OpenConnections): string[] => [...registry].map((c) => c.id).sort()
+const ids = (registry: LinkedSet<OpenConnection>): string[] => [...registry].map((c) => c.id).sort()
 
 t.test('adds and removes in any order; adding or removing twice changes nothing', async (t) => {
-  const registry = new OpenConnections()
+  const registry = new LinkedSet<OpenConnection>()
   const [a, b, c, d] = connections(4, registry) as [OpenConnection, OpenConnection, OpenConnection, OpenConnection]
   for (const conn of [a, b, c, d, b]) registry.add(conn)
   t.equal(registry.size, 4)
@@ -40,7 +41,7 @@ t.test('adds and removes in any order; adding or removing twice changes nothing'
 })
 
 t.test('a walk that closes every connection visits each once and leaves none', async (t) => {
-  const registry = new OpenConnections()
+  const registry = new LinkedSet<OpenConnection>()
   const all = connections(100, registry)
   for (const conn of all) registry.add(conn)
   const seen: string[] = []
