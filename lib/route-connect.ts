@@ -27,12 +27,11 @@ function destroySocket(this: Socket): void {
   this.destroy()
 }
 
-export async function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+export async function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const id = rt.nextId()
   const rawTarget = req.url ?? ''
   socket.on('error', destroySocket)
   const parsed = parseAuthority(rawTarget)
-  const who = rt.who(req)
   const gate = rt.gate(who)
   const log = (fields: { decision?: Decision; resolved?: readonly Ip[] | undefined; reply?: ProxyReply; sni?: string }, target = parsed.ok ? parsed.value : undefined) =>
     logDecision(rt, { id, req, method: 'CONNECT', target, rawTarget, policy: gate.policyName, ...fields })

@@ -15,12 +15,11 @@ import { decideRequest, withRequest } from './policy.js'
 import { formatHost, formatTarget, normalisePath, parseAbsoluteUrl, type Target } from './target.js'
 import { parentFailure, parentFor, parentRefused, throughParent } from './upstream.js'
 
-export async function forwardRoute(rt: Runtime, agent: Agent, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
+export async function forwardRoute(rt: Runtime, agent: Agent, who: ClientIdentity, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
   const id = rt.nextId()
   const method = req.method ?? 'GET'
   const rawTarget = req.url ?? ''
   const parsed = parseAbsoluteUrl(rawTarget)
-  const who = rt.who(req)
   const gate = rt.gate(who)
   const refuse = (r: ProxyReply, close: boolean): void => {
     logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r, policy: gate.policyName })

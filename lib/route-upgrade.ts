@@ -4,6 +4,7 @@ import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type httpProxy from 'http-proxy'
 import { checkRequestHead } from './checks.js'
+import type { ClientIdentity } from './clients.js'
 import { upstreamFailure } from './dial.js'
 import { admit } from './gate.js'
 import { clientResponseHeaders } from './headers.js'
@@ -16,13 +17,12 @@ import { formatHost, formatTarget, normalisePath, parseAbsoluteUrl } from './tar
 // Headers that must not reach the upstream; Connection/Upgrade stay, the handshake needs them.
 const STRIP = ['proxy-authorization', 'proxy-connection', 'keep-alive', 'trailer', 'te', 'forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-real-ip']
 
-export async function upgradeRoute(rt: Runtime, proxy: httpProxy, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const id = rt.nextId()
   const method = req.method ?? 'GET'
   const rawTarget = req.url ?? ''
   socket.on('error', () => socket.destroy())
   const parsed = parseAbsoluteUrl(rawTarget)
-  const who = rt.who(req)
   const gate = rt.gate(who)
   const refuse = (r: ProxyReply): void => {
     logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r, policy: gate.policyName })

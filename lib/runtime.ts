@@ -89,8 +89,6 @@ export type ProxyEvent =
 export interface Runtime {
   /** the current gate; for a client, with the policy chosen for it */
   gate(who?: ClientIdentity): Gate
-  /** who sent this request: its source address and, with proxy authentication, its user */
-  who(req: IncomingMessage): ClientIdentity
   limits(): Limits
   readonly log: Logger
   /** the open connections that reload and shutdown walk */

@@ -102,7 +102,6 @@ export function createProxy(options: ProxyOptions): Proxy {
   const open = new LinkedSet<OpenConnection>()
   let ready = false
   let stopping: Promise<void> | undefined
-  const identities = new WeakMap<IncomingMessage, ClientIdentity>()
   const authenticator = createAuthenticator(() => config.auth)
   // the parent proxy ("upstream"): a new one on reload when its URL or credentials change
   const upstreamOptions = (): UpstreamOptions => ({ connectTimeoutMs: config.limits.connectTimeoutMs, self: () => self })
@@ -110,7 +109,6 @@ export function createProxy(options: ProxyOptions): Proxy {
   const rt: Runtime = {
     upstream: () => upstream,
     gate: (who) => (who ? gateFor(gate, who) : gate),
-    who: (req) => identities.get(req) ?? { source: parseIp(req.socket.remoteAddress ?? ''), user: undefined },
     limits: () => config.limits,
     log,
     open,
@@ -157,29 +155,31 @@ export function createProxy(options: ProxyOptions): Proxy {
       fallback(reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
     })
   }
-  /** Proxy authentication comes first: a client it refuses never reaches a route. */
-  const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: () => Promise<void>): void =>
+  /** Proxy authentication comes first: a client it refuses never reaches a route, which learns who the client is. */
+  const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void>): void => {
+    const source = req.socket.remoteAddress ?? ''
+    // without proxy authentication, straight to the route (no await per request)
+    if (!config.auth) return guarded(what, refuse, () => route({ source: parseIp(source), user: undefined }))
     guarded(what, refuse, async () => {
-      const source = req.socket.remoteAddress ?? ''
       const result = await authenticator.check(req.headers['proxy-authorization'], source)
       if (!result.ok) {
         logDecision(rt, { id: rt.nextId(), req, method: req.method ?? '', target: undefined, rawTarget: req.url ?? '', reply: result.reply })
         return refuse(result.reply)
       }
-      identities.set(req, { source: parseIp(source), user: result.user })
-      await route()
+      await route({ source: parseIp(source), user: result.user })
     })
+  }
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
     if (req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
-    authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), () => forwardRoute(rt, agent, req, res, expectsContinue))
+    authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), (who) => forwardRoute(rt, agent, who, req, res, expectsContinue))
   }
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    authenticated('connect', req, (r) => replyOnSocket(socket, r), () => connectRoute(rt, interceptor, req, socket, head))
+    authenticated('connect', req, (r) => replyOnSocket(socket, r), (who) => connectRoute(rt, interceptor, who, req, socket, head))
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), () => upgradeRoute(rt, upgradeProxy, req, socket, head))
+    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), (who) => upgradeRoute(rt, upgradeProxy, who, req, socket, head))
   })
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
