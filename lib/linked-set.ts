@@ -8,15 +8,16 @@
 
 const NODE = Symbol('linked-set node')
 
-interface Node<T> {
+interface Node<T extends object> {
+  readonly owner: LinkedSet<T>
   readonly value: T
   prev: Node<T> | undefined
   next: Node<T> | undefined
 }
 
-type Member<T> = T & { [NODE]?: Node<T> | undefined }
+type Member<T extends object> = T & { [NODE]?: Node<T> | undefined }
 
-/** Add, delete and size in O(1); iteration walks a copy, so entries may leave meanwhile. An object belongs to one LinkedSet at a time. */
+/** Add, delete and size in O(1); iteration walks a copy, so entries may leave meanwhile. An object is in at most one LinkedSet at a time. */
 export class LinkedSet<T extends object> implements Iterable<T> {
   private head: Node<T> | undefined
   private count = 0
@@ -28,7 +29,7 @@ export class LinkedSet<T extends object> implements Iterable<T> {
   add(value: T): void {
     const member = value as Member<T>
     if (member[NODE]) return
-    const node: Node<T> = { value, prev: undefined, next: this.head }
+    const node: Node<T> = { owner: this, value, prev: undefined, next: this.head }
     if (this.head) this.head.prev = node
     this.head = node
     member[NODE] = node
@@ -38,7 +39,7 @@ export class LinkedSet<T extends object> implements Iterable<T> {
   delete(value: T): void {
     const member = value as Member<T>
     const node = member[NODE]
-    if (!node) return
+    if (node?.owner !== this) return
     if (node.prev) node.prev.next = node.next
     else this.head = node.next
     if (node.next) node.next.prev = node.prev

@@ -96,9 +96,11 @@ function onData(this: Wired, chunk: Buffer): void {
   if (!tunnel.peer(this).write(chunk)) this.pause()
 }
 
-/** the other side may send again once this one has written out what it had */
+/** the other side may send again once this one has written out what it had (a slow reader is not idle) */
 function onDrain(this: Wired): void {
-  this[TUNNEL].peer(this).resume()
+  const tunnel = this[TUNNEL]
+  tunnel.lastActive = Date.now()
+  tunnel.peer(this).resume()
 }
 
 function onEnd(this: Wired): void {
@@ -121,15 +123,22 @@ let sweepEveryMs = Infinity
 
 /**
  * A tunnel is closed between its limit and one sweep period later, so the period follows the
- * smallest limit seen (a quarter of it, at most a second) until no tunnel is left.
+ * smallest limit of the open tunnels: a quarter of it, at most a second.
  */
+function periodFor(limits: RelayLimits): number {
+  return Math.min(1_000, Math.max(1, Math.min(limits.tunnelIdleTimeoutMs, limits.tunnelMaxLifetimeMs) / 4))
+}
+
+function sweepEvery(periodMs: number): void {
+  if (periodMs === sweepEveryMs) return
+  clearInterval(sweeper)
+  sweepEveryMs = periodMs
+  sweeper = setInterval(sweep, periodMs).unref()
+}
+
 function watch(tunnel: Tunnel): void {
   watched.add(tunnel)
-  const wanted = Math.min(1_000, Math.max(1, Math.min(tunnel.limits.tunnelIdleTimeoutMs, tunnel.limits.tunnelMaxLifetimeMs) / 4))
-  if (wanted >= sweepEveryMs) return
-  clearInterval(sweeper)
-  sweepEveryMs = wanted
-  sweeper = setInterval(sweep, wanted).unref()
+  sweepEvery(Math.min(sweepEveryMs, periodFor(tunnel.limits)))
 }
 
 function unwatch(tunnel: Tunnel): void {
@@ -142,8 +151,12 @@ function unwatch(tunnel: Tunnel): void {
 
 function sweep(): void {
   const now = Date.now()
+  let wanted = Infinity
   for (const tunnel of watched) {
     if (now - tunnel.started >= tunnel.limits.tunnelMaxLifetimeMs) tunnel.close('tunnel reached its maximum lifetime')
     else if (now - tunnel.lastActive >= tunnel.limits.tunnelIdleTimeoutMs) tunnel.close('tunnel idle timeout')
+    else wanted = Math.min(wanted, periodFor(tunnel.limits))
   }
+  // the tunnels with the short limits have gone: slow down again
+  if (wanted !== Infinity && wanted > sweepEveryMs) sweepEvery(wanted)
 }

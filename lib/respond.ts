@@ -96,3 +96,12 @@ export function replyOnResponse(res: ServerResponse, r: ProxyReply, close: boole
   }
   res.writeHead(r.status, replyHeaders(r, close)).end(r.body)
 }
+
+/**
+ * The error listener of a CONNECT or Upgrade client socket from the moment the server hands it
+ * over (Node has removed its own by then) until a relay takes it over. A shared function: a
+ * closure would keep the request alive as long as the socket.
+ */
+export function destroySocket(this: Socket): void {
+  this.destroy()
+}

@@ -12,7 +12,7 @@ import type { ClientIdentity } from './clients.js'
 import type { Interceptor } from './intercept.js'
 import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from './policy.js'
 import { relay } from './relay.js'
-import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
+import { denial, destroySocket, reply, replyOnSocket, type ProxyReply } from './respond.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from './target.js'
 import { parentFor } from './upstream.js'
@@ -22,15 +22,9 @@ const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
 /** far above any real ClientHello (post-quantum key shares included) */
 const MAX_HELLO_BYTES = 32 * 1024
 
-/** Until the relay takes over (a shared function: a closure here would keep the request alive as long as the socket). */
-function destroySocket(this: Socket): void {
-  this.destroy()
-}
-
 export async function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const id = rt.nextId()
   const rawTarget = req.url ?? ''
-  socket.on('error', destroySocket)
   const parsed = parseAuthority(rawTarget)
   const gate = rt.gate(who)
   const log = (fields: { decision?: Decision; resolved?: readonly Ip[] | undefined; reply?: ProxyReply; sni?: string }, target = parsed.ok ? parsed.value : undefined) =>

@@ -87,17 +87,26 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
   res.on('close', () => {
     if (!res.writableFinished) abort(new Error('client went away'))
   })
+  // gone while the request was being decided: its 'close' came before the listener above
+  if (res.destroyed || req.socket.destroyed) abort(new Error('client went away'))
   const settle = (): void => {
     settled = true
     rt.open.delete(open)
   }
   return new Promise((resolve) => {
     let status = 0
+    /** what went wrong, for the log, and what the client is told if it can still be told */
+    const outcome = (error: Error): { code: string; failure: ProxyReply } => {
+      // stopped here (client gone, rules changed, shutdown): the reason says it
+      if (error === stopped) return { code: error.message, failure: reply(403, 'http_request_denied', error.message) }
+      if (error instanceof DialFailure) return { code: error.reply.type, failure: error.reply }
+      const code = (error as NodeJS.ErrnoException).code ?? error.name
+      return { code, failure: up.via !== undefined ? parentFailure(code, up.via) : upstreamFailure(code, `${up.chosen}:${up.target.port}`) }
+    }
     const fail = (error: Error): void => {
       if (settled) return
       settle()
-      const code = error instanceof DialFailure ? error.reply.type : ((error as NodeJS.ErrnoException).code ?? error.name)
-      const failure = error instanceof DialFailure ? error.reply : up.via !== undefined ? parentFailure(code, up.via) : upstreamFailure(code, `${up.chosen}:${up.target.port}`)
+      const { code, failure } = outcome(error)
       const answered = !res.headersSent && !res.destroyed
       logClosed(rt, { id: up.id, kind: up.kind, method, chosen: up.chosen, via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - started })
       if (answered) replyOnResponse(res, failure, true)
@@ -110,6 +119,7 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
         if (stopped) c.abort(stopped)
       },
       onResponseStart(c, statusCode, headers) {
+        if (statusCode < 200) return // 1xx (103 Early Hints, 102): the final response follows
         if (up.via !== undefined && statusCode === 407) return c.abort(new DialFailure(parentRefused(407, up.via, `${method} ${formatTarget(up.target)}`)))
         status = statusCode
         res.writeHead(statusCode, clientResponseHeaders(headers))

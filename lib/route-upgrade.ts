@@ -21,7 +21,6 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIde
   const id = rt.nextId()
   const method = req.method ?? 'GET'
   const rawTarget = req.url ?? ''
-  socket.on('error', () => socket.destroy())
   const parsed = parseAbsoluteUrl(rawTarget)
   const gate = rt.gate(who)
   const refuse = (r: ProxyReply): void => {

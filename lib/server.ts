@@ -19,7 +19,7 @@ import { generatePac, pacEtag, type PacFlavor } from './pac.js'
 import type { Logger } from './log.js'
 import type { SelfAddress } from './policy.js'
 import { createLookup, type Lookup } from './resolve.js'
-import { reply, replyOnResponse, replyOnSocket, type ProxyReply } from './respond.js'
+import { destroySocket, reply, replyOnResponse, replyOnSocket, type ProxyReply } from './respond.js'
 import { connectRoute } from './route-connect.js'
 import { forwardRoute } from './route-forward.js'
 import { localRoute, type PacFile } from './route-local.js'
@@ -176,9 +176,11 @@ export function createProxy(options: ProxyOptions): Proxy {
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    socket.on('error', destroySocket)
     authenticated('connect', req, (r) => replyOnSocket(socket, r), (who) => connectRoute(rt, interceptor, who, req, socket, head))
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    socket.on('error', destroySocket)
     authenticated('upgrade', req, (r) => replyOnSocket(socket, r), (who) => upgradeRoute(rt, upgradeProxy, who, req, socket, head))
   })
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
@@ -218,14 +220,18 @@ export function createProxy(options: ProxyOptions): Proxy {
       if (upstream?.proxy !== parentBefore) log.info('upstream changed', { upstream: upstream?.proxy.display ?? 'none: direct' })
       pacCache.clear()
       let closed = 0
+      let kept = 0
       for (const conn of [...open]) {
         const decision = redecide(gateFor(gate, conn.who), conn.target, conn.resolved)
-        if (decision.verdict === 'allow') continue
+        if (decision.verdict === 'allow') {
+          kept++
+          continue
+        }
         closed++
         log.info('revoked', { id: conn.id, kind: conn.kind, target: formatTarget(conn.target), reason: decision.reason, detail: decision.detail })
         conn.close(`rules changed: ${decision.detail}`)
       }
-      return { closed, kept: open.size - closed }
+      return { closed, kept }
     },
     ready: () => ready,
     noteReload: (r) => record({ type: 'reload', ...r }),

@@ -139,3 +139,20 @@ t.test('passwd writes a salted hash into rules.json, and auth lets a non-loopbac
   t.match(started.url, /^http:\/\/0\.0\.0\.0:\d+$/, 'with auth, 0.0.0.0 needs no --insecure-open')
   t.equal(await started.stop(), 0)
 })
+
+t.test('a client that resets a CONNECT while its credentials are being checked takes nothing down', async (t) => {
+  const a = await startHttpUpstream()
+  const proxy = await startProxy({ allow: [`127.0.0.1:${a.port}`], auth: { users: { alice: await hashPassword('a password') } } })
+  t.teardown(async () => {
+    await proxy.close()
+    await a.close()
+  })
+  const socket = connect(proxy.port, '127.0.0.1')
+  socket.on('error', () => undefined)
+  await new Promise<void>((resolve) => socket.once('connect', resolve))
+  socket.write(`CONNECT 127.0.0.1:${a.port} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: ${basic('alice', 'wrong')}\r\n\r\n`)
+  socket.resetAndDestroy() // while scrypt runs: the proxy's socket errors with ECONNRESET before the route has it
+  await proxy.waitForLog((l) => l.message === 'decision' && l.status === 407)
+  const after = await from('127.0.0.3', proxy.port, `GET http://127.0.0.1:${a.port}/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: ${basic('alice', 'a password')}\r\nConnection: close\r\n\r\n`)
+  t.equal(statusOf(after), 200, 'the proxy still answers')
+})
