@@ -163,13 +163,15 @@ async function assertServed(t: Test, proxy: TestProxy, target: string, what: str
 
 // ---- allowed tunnels with real clients -----------------------------------------------------
 
-t.test('undici ProxyAgent and curl tunnel to a real HTTPS upstream; decision and closed lines are logged', async (t) => {
-  const upstream = await startHttpsUpstream('127.0.0.1', ['localhost'])
-  const proxy = await startProxy({ allow: [`127.0.0.1:${upstream.port}`] })
+/**
+ * undici's ProxyAgent and a CA file for curl, both trusting `cert`. Registered after the test's
+ * own teardown, so the agent closes (once) before the proxy and upstream do.
+ */
+function tlsClients(t: Test, proxy: TestProxy, cert: string): { agent: ProxyAgent; closeAgent: () => Promise<void>; caFile: string } {
   const dir = tempDir('connect')
   const caFile = join(dir, 'ca.pem')
-  writeFileSync(caFile, upstream.tls.cert)
-  const agent = new ProxyAgent({ uri: proxy.url, requestTls: { ca: upstream.tls.cert } })
+  writeFileSync(caFile, cert)
+  const agent = new ProxyAgent({ uri: proxy.url, requestTls: { ca: cert } })
   let agentOpen = true
   const closeAgent = async (): Promise<void> => {
     if (agentOpen) await agent.close()
@@ -177,10 +179,19 @@ t.test('undici ProxyAgent and curl tunnel to a real HTTPS upstream; decision and
   }
   t.teardown(async () => {
     await closeAgent()
-    await proxy.close()
-    await upstream.close()
     rmSync(dir, { recursive: true, force: true })
   })
+  return { agent, closeAgent, caFile }
+}
+
+t.test('undici ProxyAgent and curl tunnel to a real HTTPS upstream; decision and closed lines are logged', async (t) => {
+  const upstream = await startHttpsUpstream('127.0.0.1', ['localhost'])
+  const proxy = await startProxy({ allow: [`127.0.0.1:${upstream.port}`] })
+  t.teardown(async () => {
+    await proxy.close()
+    await upstream.close()
+  })
+  const { agent, closeAgent, caFile } = tlsClients(t, proxy, upstream.tls.cert)
   const target = `127.0.0.1:${upstream.port}`
 
   const res = await request(`https://${target}/via-undici`, { dispatcher: agent })
@@ -223,22 +234,12 @@ t.test('an allowed name is resolved through dns.servers and dialled at the check
   const upstream = await startHttpsUpstream('11.22.33.44', ['secure.example.com'])
   const dns = await startDns({ 'secure.example.com': { A: ['11.22.33.44'] } })
   const proxy = await startProxy({ allow: [`secure.example.com:${upstream.port}`], dns: { servers: [dns.server], timeoutMs: 2000 } })
-  const dir = tempDir('connect')
-  const caFile = join(dir, 'ca.pem')
-  writeFileSync(caFile, upstream.tls.cert)
-  const agent = new ProxyAgent({ uri: proxy.url, requestTls: { ca: upstream.tls.cert } })
-  let agentOpen = true
-  const closeAgent = async (): Promise<void> => {
-    if (agentOpen) await agent.close()
-    agentOpen = false
-  }
   t.teardown(async () => {
-    await closeAgent()
     await proxy.close()
     await upstream.close()
     await dns.close()
-    rmSync(dir, { recursive: true, force: true })
   })
+  const { agent, closeAgent, caFile } = tlsClients(t, proxy, upstream.tls.cert)
   const target = `secure.example.com:${upstream.port}`
   const res = await request(`https://${target}/named`, { dispatcher: agent })
   t.equal(res.statusCode, 200)
