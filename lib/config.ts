@@ -4,9 +4,7 @@ import { parseAuth, type AuthSettings } from './auth.js'
 import { parseClients, parsePolicies, type PolicySet } from './clients.js'
 import { formatIp, parseIp, type Ip } from './ip.js'
 import { compilePolicy, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError, type TlsSettings } from './policy.js'
-import { formatTarget, hostText, parseAuthority, redactCredentials, type Result, type Target } from './target.js'
-
-export { redactCredentials }
+import { formatTarget, hostText, parseAuthority, type Result, type Target } from './target.js'
 
 export interface Limits {
   /** time for a client to send a complete request head */
@@ -112,7 +110,7 @@ const DNS_KEYS = ['servers', 'timeoutMs', 'cacheSize']
 type Errors = RuleError[]
 
 function err(errors: Errors, path: string, value: unknown, message: string): void {
-  errors.push({ path, entry: redactCredentials(JSON.stringify(value) ?? String(value)), message })
+  errors.push({ path, entry: JSON.stringify(value) ?? String(value), message })
 }
 
 /** The parent proxy from "upstream". Its credentials live only here, out of JSON and inspect output. */

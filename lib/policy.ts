@@ -13,7 +13,7 @@ import {
   type Ip,
   type SpecialRange,
 } from './ip.js'
-import { formatTarget, hostText, normaliseName, normalisePath, normaliseRuleName, parsePort, type Host, type Result, type Target } from './target.js'
+import { formatTarget, hostText, normaliseName, normalisePath, normaliseRuleName, parsePort, redactCredentials, type Host, type Result, type Target } from './target.js'
 
 export type PortRange = readonly [number, number]
 export type ListName = 'allow' | 'deny'
@@ -270,7 +270,8 @@ export function compilePolicy(input: PolicyInput): Result<Policy> & { errors?: R
 export function formatRuleErrors(errors: readonly RuleError[]): string {
   // eslint-disable-next-line no-control-regex
   const visible = (text: string) => text.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
-  return errors.map((e) => visible(`${e.path} ${e.entry}: ${e.message}`)).join('\n')
+  // credentials in a rule (a URL with userinfo) never reach the output, whichever check failed
+  return errors.map((e) => visible(redactCredentials(`${e.path} ${e.entry}: ${e.message}`))).join('\n')
 }
 
 // ---- matching ------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ function decision(fields: Partial<Decision> & Pick<Decision, 'verdict' | 'reason
   return { rule: undefined, wouldDeny: false, suggestion: undefined, address: undefined, dial: [], ...fields }
 }
 
-function ruleLabel(rule: Rule): string {
+export function ruleLabel(rule: Rule): string {
   return `${rule.list}[${rule.index}] ${rule.text}`
 }
 
@@ -403,10 +404,9 @@ function waive(denied: Decision, ctx: DecisionContext, dial: readonly Ip[]): Dec
   return { ...denied, verdict: 'allow', wouldDeny: true, dial, detail: `report mode: would deny: ${denied.detail}` }
 }
 
-function isSelf(ctx: DecisionContext, ip: Ip, port: number): boolean {
+function isSelf(ctx: DecisionContext, ip: Ip, port: number, loopback: boolean): boolean {
   // aliases of a listener: connect() to 0.0.0.0 or :: lands on the local host, and a listener on
   // the unspecified address also answers on every loopback address (all of 127/8, ::1)
-  const loopback = classifyIp(ip)?.kind === 'loopback'
   return ctx.self.some(
     (s) => s.port === port && ((s.ip.family === ip.family && s.ip.value === ip.value) || ip.value === 0n || (s.ip.value === 0n && loopback)),
   )
@@ -417,17 +417,17 @@ function isSelf(ctx: DecisionContext, ip: Ip, port: number): boolean {
  * rule that names special space covers it, or (for private ranges) the name rule says private.
  */
 function guardAddress(policy: Policy, ctx: DecisionContext, ip: Ip, port: number, nameRule: Rule | undefined, name: string | undefined): Decision | undefined {
-  const where = `${formatIp(ip)}:${port}`
-  if (isSelf(ctx, ip, port)) {
-    return decision({ verdict: 'deny', reason: 'self-connection', address: ip, detail: `${where} is proxy-gate's own listener` })
+  const special = classifyIp(ip) // once per address: every allowed request passes here
+  if (isSelf(ctx, ip, port, special?.kind === 'loopback')) {
+    return decision({ verdict: 'deny', reason: 'self-connection', address: ip, detail: `${formatIp(ip)}:${port} is proxy-gate's own listener` })
   }
-  const special = classifyIp(ip)
   if (!special) return undefined
   // any covering rule that names special space vouches, whatever its order among broader rules
   const vouched = ipMatches(policy.allowIndex, ip, port).some((r) => r.pattern.kind === 'cidr' && r.pattern.special !== undefined)
   if (vouched) return undefined
   if (nameRule?.private && PRIVATE_KINDS.has(special.kind)) return undefined
   const via = name === undefined ? '' : `${name} resolves to `
+  const where = `${formatIp(ip)}:${port}`
   const suggestion =
     name !== undefined && PRIVATE_KINDS.has(special.kind)
       ? JSON.stringify({ host: name, ports: [port], private: true })

@@ -8,7 +8,7 @@ import { formatIp, type Ip } from './ip.js'
 import type { LinkedSet } from './linked-set.js'
 import { logEvent, type Logger } from './log.js'
 import type { Lookup } from './resolve.js'
-import type { Decision } from './policy.js'
+import { ruleLabel, type Decision } from './policy.js'
 import type { ProxyReply } from './respond.js'
 import type { Upstream } from './upstream.js'
 import { formatTarget, redactCredentials, type Target } from './target.js'
@@ -134,12 +134,12 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     method: entry.method,
     target: entry.target ? formatTarget(entry.target) : redactCredentials(entry.rawTarget.slice(0, 300)),
     resolved: entry.resolved?.map(formatIp),
-    chosen: decision && decision.verdict === 'allow' ? decision.dial.map(formatIp)[0] : undefined,
+    chosen: decision?.verdict === 'allow' && decision.dial[0] ? formatIp(decision.dial[0]) : undefined,
     sni: entry.sni,
     path: entry.path,
     intercepted: entry.intercepted,
     decision: decision?.verdict ?? 'error',
-    rule: decision?.rule ? `${decision.rule.list}[${decision.rule.index}] ${decision.rule.text}` : undefined,
+    rule: decision?.rule ? ruleLabel(decision.rule) : undefined,
     reason: decision?.reason ?? reply?.type,
     detail: reply?.details ?? decision?.detail,
     suggestion: decision?.verdict === 'deny' ? decision.suggestion : undefined,

@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { DEFAULT_LIMITS, DEFAULT_TLS, parseConfig, type Config } from '../lib/config.js'
 import { formatIp } from '../lib/ip.js'
-import { decideTarget, describePattern, type DecisionContext, type Policy } from '../lib/policy.js'
+import { decideTarget, describePattern, formatRuleErrors, type DecisionContext, type Policy } from '../lib/policy.js'
 import { loadRulesFile } from '../lib/rules-file.js'
 import { ip, target } from './helpers/fixtures.js'
 
@@ -289,4 +289,12 @@ t.test('loadRulesFile: reads and validates a file, names it on failure, and lets
   const unset = loadRulesFile(join(dir, 'good.json'), { mode: undefined, listen: undefined })
   t.equal(unset.ok && unset.value.mode, 'enforce', 'an unset override leaves the file value')
   t.same(unset.ok && unset.value.listen, { host: '127.0.0.1', port: 3128 })
+})
+
+t.test('credentials in a refused rule never reach the printed errors, whichever check refused it', async (t) => {
+  for (const json of [{ allow: ['user:s3cret@example.com'] }, { allow: ['http://user:s3cret@example.com/'] }, { upstream: 'http://user:s3cret@:80' }]) {
+    const parsed = parseConfig(json)
+    t.notOk(parsed.ok, JSON.stringify(Object.keys(json)))
+    if (!parsed.ok) t.notMatch(formatRuleErrors(parsed.errors), /s3cret/)
+  }
 })
