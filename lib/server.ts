@@ -89,12 +89,19 @@ export function createProxy(options: ProxyOptions): Proxy {
   let config = options.config
   let self: SelfAddress[] = []
   const record = createRecorder(log, options.observe)
+  // the resolver and its answer cache outlive reloads that leave "dns" as it was
+  let dns: { readonly settings: string; readonly lookup: Lookup } | undefined
+  const lookupFor = (c: Config): Lookup => {
+    const settings = JSON.stringify(c.dns, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value))
+    if (dns?.settings !== settings) dns = { settings, lookup: timedLookup(options.lookup ?? createLookup(c.dns), record) }
+    return dns.lookup
+  }
   const makeGate = (c: Config): Gate => ({
     policy: c.policy,
     policyName: DEFAULT_POLICY,
     policies: c.policies,
     ctx: { mode: c.mode, self, tls: c.tls },
-    lookup: timedLookup(options.lookup ?? createLookup(c.dns), record),
+    lookup: lookupFor(c),
   })
   let gate = makeGate(config)
   let seq = 0
@@ -221,7 +228,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       pacCache.clear()
       let closed = 0
       let kept = 0
-      for (const conn of [...open]) {
+      for (const conn of open) {
         const decision = redecide(gateFor(gate, conn.who), conn.target, conn.resolved)
         if (decision.verdict === 'allow') {
           kept++
