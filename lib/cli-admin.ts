@@ -6,7 +6,7 @@ import { dirname } from 'node:path'
 import { createActivity, type Activity } from './activity.js'
 import { createAdmin, type Admin } from './admin.js'
 import { parseListen } from './config.js'
-import { classifyIp, parseIp } from './ip.js'
+import { isLoopback } from './cli-common.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import type { OpenView, ProxyEvent } from './runtime.js'
@@ -69,8 +69,7 @@ export async function startAdmin(options: AdminStart): Promise<Result<Admin | un
   if (options.listen === 'off') return { ok: true, value: undefined }
   const listen = parseListen(options.listen)
   if (!listen.ok) return { ok: false, error: `--admin-listen: ${listen.error}` }
-  const ip = parseIp(listen.value.host)
-  if (classifyIp(ip ?? { family: 4, value: 0n })?.kind !== 'loopback' && !options.insecureOpen) {
+  if (!isLoopback(listen.value.host) && !options.insecureOpen) {
     return { ok: false, error: `the admin listener shows traffic; listening on ${listen.value.host} needs --insecure-open` }
   }
   const token = adminToken(options.tokenFile)

@@ -40,7 +40,7 @@ function isDropped(name: string, listed: Set<string>): boolean {
  * Request headers for the upstream, as a flat [name, value, ...] list that keeps order and
  * repeats. `host` is the checked authority, written first.
  */
-export function upstreamRequestHeaders(rawHeaders: readonly string[], host: string, keep: ReadonlySet<string> = new Set()): string[] {
+export function upstreamRequestHeaders(rawHeaders: readonly string[], host: string): string[] {
   const connection: string[] = []
   for (let i = 0; i < rawHeaders.length; i += 2) {
     if (rawHeaders[i]?.toLowerCase() === 'connection') connection.push(rawHeaders[i + 1] ?? '')
@@ -49,7 +49,7 @@ export function upstreamRequestHeaders(rawHeaders: readonly string[], host: stri
   const out = ['host', host]
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = (rawHeaders[i] as string).toLowerCase()
-    if (keep.has(name) || (!isDropped(name, listed) && !CLIENT_ROUTING.has(name))) out.push(rawHeaders[i] as string, rawHeaders[i + 1] as string)
+    if (!isDropped(name, listed) && !CLIENT_ROUTING.has(name)) out.push(rawHeaders[i] as string, rawHeaders[i + 1] as string)
   }
   return out
 }
