@@ -51,7 +51,7 @@ export async function passwdCommand(rulesFile: string, user: string | undefined)
     return 1
   }
   const plan = planWrite(current.value.value, { auth: { users: { [user]: await hashPassword(password) } } })
-  applyWrite(rulesFile, plan)
+  applyWrite(rulesFile, plan, 'latest')
   console.log(`set the password of ${user} in ${rulesFile} (backup: ${backupPath(rulesFile)}); a running proxy-gate reloads it`)
   return 0
 }

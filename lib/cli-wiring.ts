@@ -109,7 +109,7 @@ export function dockerCommand(config: Config, args: WiringArgs): number {
     return 0
   }
   mkdirSync(dirname(path), { recursive: true })
-  applyWrite(path, plan)
+  applyWrite(path, plan, 'first')
   console.log(`wrote ${path} (backup: ${backupPath(path)}):`)
   printChanges(plan.changes)
   for (const note of notes) console.log(`note: ${note}`)

@@ -100,19 +100,24 @@ export interface WritePlan {
   readonly before: JsonObject
   readonly after: JsonObject
   readonly changes: readonly Change[]
-  /** false when the file already carries these values (a re-run keeps the first backup) */
-  readonly refreshBackup: boolean
 }
 
 export function planWrite(current: JsonObject | undefined, fragment: JsonObject): WritePlan {
   const before = current ?? {}
   const after = mergeFragment(before, fragment)
   const changes = changesBetween(before, after, fragment)
-  return { before, after, changes, refreshBackup: changes.length > 0 || !current }
+  return { before, after, changes }
 }
 
-export function applyWrite(path: string, plan: WritePlan): void {
-  if (plan.refreshBackup || !existsSync(backupPath(path))) writeJsonAtomic(backupPath(path), plan.before)
+/**
+ * Which file the backup beside it holds: 'first', the file as it was before proxy-gate first
+ * wrote to it (what --revert restores, however often the settings were written since); 'latest',
+ * the file as it was before the last write that changed something.
+ */
+export type BackupRule = 'first' | 'latest'
+
+export function applyWrite(path: string, plan: WritePlan, backup: BackupRule): void {
+  if ((backup === 'latest' && plan.changes.length > 0) || !existsSync(backupPath(path))) writeJsonAtomic(backupPath(path), plan.before)
   writeJsonAtomic(path, plan.after)
 }
 

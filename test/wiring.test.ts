@@ -106,6 +106,9 @@ t.test('--write merges into a realistic file, keeps every other key, backs it up
     const again = await runCli(['docker', '--target', target, '--write', '--file', file, '--rules', rules(dir)])
     t.match(again.stdout, /no change/, `${target}: a re-run changes nothing`)
     t.same(JSON.parse(readFileSync(`${file}.proxy-gate-backup`, 'utf8')), EXISTING[target], `${target}: a re-run keeps the first backup`)
+    const changed = await runCli(['docker', '--target', target, '--write', '--file', file, '--rules', rules(dir), '--advertise', '127.0.0.9:3128'])
+    t.equal(changed.code, 0, `${target} write with other settings: ${changed.stderr}`)
+    t.same(JSON.parse(readFileSync(`${file}.proxy-gate-backup`, 'utf8')), EXISTING[target], `${target}: a write that changes the settings keeps the first backup too`)
 
     const reverted = await runCli(['docker', '--target', target, '--revert', '--file', file, '--rules', rules(dir)])
     t.equal(reverted.code, 0, `${target} revert: ${reverted.stderr}`)
