@@ -68,6 +68,8 @@ function state(sources: AdminSources): unknown {
     mode: sources.mode(),
     counters: sources.activity.counters(),
     denied: sources.activity.topDenied(20),
+    openCount: sources.open().size,
+    // the list is capped; the count is not
     open: [...sources.open()].slice(0, 200).map((c) => ({ id: c.id, kind: c.kind, target: formatTarget(c.target) })),
     rulesFile: sources.rulesFile,
     lastReload: sources.activity.lastReload(),

@@ -103,7 +103,7 @@ async function copy(text, button) {
 
 function render(state) {
   for (const k of ['allow', 'deny', 'error']) $('count-' + k).textContent = String(state.counters[k])
-  $('count-open').textContent = String(state.open.length)
+  $('count-open').textContent = String(state.openCount)
   $('mode').textContent = state.mode
   $('rules-file').textContent = state.rulesFile
   $('rules-path').textContent = state.rulesFile

@@ -3,6 +3,7 @@
 // (a denial appears live with its reason and rule to copy; hostile text stays text).
 import { existsSync, mkdirSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
+import { connect, type Socket } from 'node:net'
 import { join } from 'node:path'
 import parsePrometheusTextFormat from 'parse-prometheus-text-format'
 import { chromium } from 'playwright-core'
@@ -198,4 +199,20 @@ t.test('dashboard in Chromium: a denial shows up live with its reason and rule; 
   const shot = join('.tap', 'dashboard.png')
   await page.screenshot({ path: shot, fullPage: true })
   t.ok(existsSync(shot), `screenshot kept at ${shot}`)
+})
+
+t.test('/api/state counts every open connection; only the list is capped (at 200)', async (t) => {
+  const { upstream, proxy, port } = await setup(t)
+  const clients = await Promise.all(
+    Array.from({ length: 201 }, () =>
+      new Promise<Socket>((resolve) => {
+        const socket = connect(proxy.port, '127.0.0.1', () => socket.write(`CONNECT 127.0.0.1:${upstream.port} HTTP/1.1\r\nHost: x\r\n\r\n`))
+        socket.once('data', () => resolve(socket))
+      }),
+    ),
+  )
+  t.teardown(() => clients.forEach((c) => c.destroy()))
+  const state = JSON.parse((await get(port, '/api/state')).body) as { openCount: number; open: unknown[] }
+  t.equal(state.openCount, 201)
+  t.equal(state.open.length, 200)
 })
