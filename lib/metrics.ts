@@ -1,6 +1,8 @@
 // Prometheus metrics (prom-client) built from the same events the log shows. Every label has a
 // small, fixed set of values: no per-host labels, so cardinality stays bounded.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { REASONS as POLICY_REASONS } from './policy.js'
+import { PROXY_ERROR_TYPES } from './respond.js'
 import type { OpenView, ProxyEvent } from './runtime.js'
 
 export interface Metrics {
@@ -10,12 +12,8 @@ export interface Metrics {
 }
 
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT'])
-const REASONS = new Set([
-  'allow-rule', 'deny-rule', 'no-rule', 'address-prohibited', 'self-connection', 'sni-mismatch', 'sni-missing',
-  'sni-address-mismatch', 'not-tls', 'bad-client-hello', 'request-not-allowed', 'bad-path', 'host-mismatch',
-  'http_request_error', 'dns_error', 'dns_timeout', 'connection_refused', 'connection_terminated',
-  'connection_timeout', 'connection_read_timeout', 'destination_unavailable', 'tls_certificate_error', 'proxy_internal_error',
-])
+// every value a decision's reason can take: the policy's reasons and the proxy's error types
+const REASONS = new Set<string>([...POLICY_REASONS, ...PROXY_ERROR_TYPES])
 // Why a connection ended, from the close record's free text to a fixed vocabulary.
 const ENDINGS: Array<[RegExp, string]> = [
   [/idle timeout/, 'idle_timeout'],

@@ -313,20 +313,23 @@ export function matchIp(policy: Policy, list: ListName, ip: Ip, port: number): R
 
 // ---- decision ------------------------------------------------------------------------------
 
-export type Reason =
-  | 'allow-rule' // an allow rule matched and every address passed the guard
-  | 'deny-rule' // a deny rule matched the name or an address
-  | 'no-rule' // no allow rule matched
-  | 'address-prohibited' // a resolved or literal address is special-purpose
-  | 'self-connection' // the address is the proxy's own listener
-  | 'sni-mismatch' // the TLS server name is not the CONNECT host (domain fronting)
-  | 'sni-missing' // no usable TLS server name where one is required
-  | 'sni-address-mismatch' // an IP-literal CONNECT whose TLS server name does not resolve to that IP
-  | 'not-tls' // plain bytes in a tunnel on a TLS port
-  | 'bad-client-hello' // a malformed, oversized or late ClientHello
-  | 'request-not-allowed' // the host is allowed, but not this method or path
-  | 'bad-path' // a path that could mean different things to different servers
-  | 'host-mismatch' // inside an opened tunnel, a Host header that is not the tunnel's server name
+/** Why a decision came out as it did (logged, and a metrics label). */
+export const REASONS = [
+  'allow-rule', // an allow rule matched and every address passed the guard
+  'deny-rule', // a deny rule matched the name or an address
+  'no-rule', // no allow rule matched
+  'address-prohibited', // a resolved or literal address is special-purpose
+  'self-connection', // the address is the proxy's own listener
+  'sni-mismatch', // the TLS server name is not the CONNECT host (domain fronting)
+  'sni-missing', // no usable TLS server name where one is required
+  'sni-address-mismatch', // an IP-literal CONNECT whose TLS server name does not resolve to that IP
+  'not-tls', // plain bytes in a tunnel on a TLS port
+  'bad-client-hello', // a malformed, oversized or late ClientHello
+  'request-not-allowed', // the host is allowed, but not this method or path
+  'bad-path', // a path that could mean different things to different servers
+  'host-mismatch', // inside an opened tunnel, a Host header that is not the tunnel's server name
+] as const
+export type Reason = (typeof REASONS)[number]
 
 export type ErrorType = 'http_request_denied' | 'destination_ip_prohibited'
 

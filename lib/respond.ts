@@ -5,23 +5,26 @@ import type { Socket } from 'node:net'
 import type { Decision } from './policy.js'
 import { denyErrorType } from './policy.js'
 
-export type ProxyErrorType =
-  | 'http_request_denied'
-  | 'destination_ip_prohibited'
-  | 'http_request_error'
-  | 'dns_error'
-  | 'dns_timeout'
-  | 'connection_refused'
-  | 'connection_terminated'
-  | 'connection_timeout'
-  | 'connection_read_timeout'
-  | 'connection_limit_reached'
-  | 'destination_unavailable'
-  | 'tls_certificate_error'
-  | 'proxy_internal_error'
-  | 'proxy_configuration_error'
-  | 'proxy_loop_detected'
-  | 'http_protocol_error'
+/** RFC 9209 error types the proxy answers with. */
+export const PROXY_ERROR_TYPES = [
+  'http_request_denied',
+  'destination_ip_prohibited',
+  'http_request_error',
+  'dns_error',
+  'dns_timeout',
+  'connection_refused',
+  'connection_terminated',
+  'connection_timeout',
+  'connection_read_timeout',
+  'connection_limit_reached',
+  'destination_unavailable',
+  'tls_certificate_error',
+  'proxy_internal_error',
+  'proxy_configuration_error',
+  'proxy_loop_detected',
+  'http_protocol_error',
+] as const
+export type ProxyErrorType = (typeof PROXY_ERROR_TYPES)[number]
 
 /** What the proxy answers instead of forwarding. */
 export interface ProxyReply {

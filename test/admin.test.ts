@@ -10,6 +10,7 @@ import { chromium } from 'playwright-core'
 import t, { type Test } from 'tap'
 import { createAdmin } from '../lib/admin.js'
 import { createWatchers } from '../lib/cli-admin.js'
+import { createMetrics } from '../lib/metrics.js'
 import { startDns } from './helpers/dns.js'
 import { rawExchange, startHttpUpstream, statusOf } from './helpers/net.js'
 import { startProxy, type TestProxy } from './helpers/proxy.js'
@@ -215,4 +216,14 @@ t.test('/api/state counts every open connection; only the list is capped (at 200
   const state = JSON.parse((await get(port, '/api/state')).body) as { openCount: number; open: unknown[] }
   t.equal(state.openCount, 201)
   t.equal(state.open.length, 200)
+})
+
+t.test('metrics label every reason a decision can carry: a refused proxy login is http_request_denied, not "other"', async (t) => {
+  const metrics = createMetrics(() => new Set())
+  const login = { id: 'x', client: '127.0.0.1:1', method: 'GET', target: '', mode: 'enforce', wouldDeny: false, status: 407 }
+  metrics.observe({ type: 'decision', ...login, decision: 'error', reason: 'http_request_denied' })
+  metrics.observe({ type: 'decision', ...login, decision: 'error', reason: 'not a reason' })
+  const families = parsePrometheusTextFormat((await metrics.render()).text) as Family[]
+  t.equal(metric(families, 'proxygate_decisions_total', { decision: 'error', reason: 'http_request_denied' }), 1)
+  t.equal(metric(families, 'proxygate_decisions_total', { decision: 'error', reason: 'other' }), 1, 'anything else stays bounded')
 })
