@@ -56,10 +56,26 @@ export function upstreamRequestHeaders(rawHeaders: readonly string[], host: stri
 
 export type HeaderMap = Record<string, string | string[] | undefined>
 
+/**
+ * Request headers for a WebSocket (Upgrade) handshake: the same hygiene as upstreamRequestHeaders,
+ * except that Connection and Upgrade stay (the handshake needs them). `host` is the caller's to set.
+ */
+export function upgradeRequestHeaders(headers: HeaderMap): HeaderMap {
+  const listed = connectionListed(listValues(headers.connection))
+  const out: HeaderMap = Object.create(null) as HeaderMap
+  for (const [name, value] of Object.entries(headers)) {
+    if (name === 'connection' || name === 'upgrade' || (!isDropped(name, listed) && !CLIENT_ROUTING.has(name))) out[name] = value
+  }
+  return out
+}
+
+function listValues(value: string | string[] | undefined): string[] {
+  return value === undefined ? [] : ([] as string[]).concat(value)
+}
+
 /** Response headers for the client: hop-by-hop and Connection-listed headers removed. */
 export function clientResponseHeaders(headers: HeaderMap): HeaderMap {
-  const connection = headers.connection
-  const listed = connectionListed(connection === undefined ? [] : ([] as string[]).concat(connection))
+  const listed = connectionListed(listValues(headers.connection))
   const out: HeaderMap = Object.create(null) as HeaderMap
   for (const [name, value] of Object.entries(headers)) {
     if (!isDropped(name.toLowerCase(), listed)) out[name] = value

@@ -10,6 +10,7 @@ import { createSecureContext, rootCertificates, TLSSocket } from 'node:tls'
 import type httpProxy from 'http-proxy'
 import { Client } from 'undici'
 import { hasBody } from './checks.js'
+import { upgradeRequestHeaders } from './headers.js'
 import type { ClientIdentity } from './clients.js'
 import { formatIp, type Ip } from './ip.js'
 import type { LeafMinter } from './leaf-certs.js'
@@ -109,6 +110,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
     log(tunnel, req, decision)
     if (decision.verdict === 'deny') return replyOnSocket(socket, denial(req.method ?? 'GET', formatTarget(tunnel.target), decision))
     const host = hostText(tunnel.target.host)
+    req.headers = { ...upgradeRequestHeaders(req.headers), host: req.headers.host } // Host was checked against the server name
     const agent = tunnel.tls ? new HttpsAgent({ secureContext: originTls, lookup: pinnedLookup(tunnel.ip), servername: host } as ConstructorParameters<typeof HttpsAgent>[0]) : undefined
     const target = { protocol: tunnel.tls ? 'https:' : 'http:', host, hostname: host, port: String(tunnel.target.port) }
     wsProxy.ws(req, socket, head, { target, ...(agent ? { agent, secure: true } : {}), changeOrigin: false }, (error: NodeJS.ErrnoException) => {

@@ -7,15 +7,12 @@ import { checkRequestHead } from './checks.js'
 import type { ClientIdentity } from './clients.js'
 import { upstreamFailure } from './dial.js'
 import { admit } from './gate.js'
-import { clientResponseHeaders } from './headers.js'
+import { clientResponseHeaders, upgradeRequestHeaders } from './headers.js'
 import { formatIp } from './ip.js'
 import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { decideRequest, withRequest } from './policy.js'
 import { formatHost, formatTarget, normalisePath, parseAbsoluteUrl } from './target.js'
-
-// Headers that must not reach the upstream; Connection/Upgrade stay, the handshake needs them.
-const STRIP = ['proxy-authorization', 'proxy-connection', 'keep-alive', 'trailer', 'te', 'forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-real-ip']
 
 export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const id = rt.nextId()
@@ -42,7 +39,7 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIde
   const ip = decision.dial[0]
   if (ip === undefined) throw new Error('allowed decision without an address')
   const ipText = formatIp(ip)
-  for (const name of STRIP) delete req.headers[name]
+  req.headers = upgradeRequestHeaders(req.headers)
   req.headers.host = target.port === 80 ? formatHost(target.host) : formatTarget(target)
   req.url = path
   const limits = rt.limits()

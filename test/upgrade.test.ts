@@ -101,7 +101,7 @@ t.test('a WebSocket through the proxy: 101 from the ws origin, a masked frame ou
   const f = await fixture(t)
   const target = `127.0.0.1:${f.ws.port}`
   const s = await session(t, f.proxy.port)
-  await s.send(upgradeHead(target, [`Proxy-Authorization: Basic ${SECRET}`, 'X-Forwarded-For: 10.9.9.9', 'Forwarded: for=10.9.9.9', 'Proxy-Connection: keep-alive']))
+  await s.send(upgradeHead(target, [`Proxy-Authorization: Basic ${SECRET}`, 'X-Forwarded-For: 10.9.9.9', 'Forwarded: for=10.9.9.9', 'Proxy-Connection: keep-alive', 'Connection: X-Hop', 'X-Hop: 1', 'X-Forwarded-Port: 8443', 'Proxy-Extra: 1']))
   const handshake = await s.waitFor((x) => x.includes('\r\n\r\n'))
   const [res] = parseResponses(handshake)
   t.equal(res?.status, 101)
@@ -115,7 +115,7 @@ t.test('a WebSocket through the proxy: 101 from the ws origin, a masked frame ou
   const got = f.ws.requests[0]
   t.equal(got?.url, '/ws?room=1', 'origin-form path upstream')
   t.equal(got?.headers.host, target, 'Host comes from the URL, not the client header')
-  for (const name of ['proxy-authorization', 'proxy-connection', 'x-forwarded-for', 'forwarded']) {
+  for (const name of ['proxy-authorization', 'proxy-connection', 'x-forwarded-for', 'forwarded', 'x-hop', 'x-forwarded-port', 'proxy-extra']) {
     t.equal(got?.headers[name], undefined, `${name} is not forwarded on upgrade`)
   }
   t.notMatch(JSON.stringify(f.proxy.logs()), SECRET, 'Proxy-Authorization is not logged')
