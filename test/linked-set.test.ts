@@ -53,3 +53,19 @@ t.test('a walk that closes every connection visits each once and leaves none', a
   t.equal(new Set(seen).size, 100)
   t.equal(registry.size, 0)
 })
+
+t.test('an object is in at most one set: another set neither takes it nor can remove it', async (t) => {
+  const a = new LinkedSet<OpenConnection>()
+  const b = new LinkedSet<OpenConnection>()
+  const [x] = connections(1, a) as [OpenConnection]
+  a.add(x)
+  b.delete(x)
+  t.equal(a.size, 1)
+  t.same([...a], [x])
+  b.add(x)
+  t.equal(b.size, 0, 'not added to a second set')
+  a.delete(x)
+  t.equal(a.size, 0)
+  b.add(x)
+  t.equal(b.size, 1, 'free again once it left the first')
+})

@@ -398,6 +398,7 @@ t.test('CONNECT on a TLS port: the ClientHello waits for the parent 2xx; a refus
   t.pass('the tunnel is closed (the 200 was already sent)')
   const failed = await logLine(proxy, (l) => l.message === 'upstream failed', 'upstream failed')
   t.match(failed, { status: 502, error: 'destination_unavailable', nextHop: `127.0.0.1:${parent.port}`, detail: `upstream proxy 127.0.0.1:${parent.port} answered 403 Forbidden to CONNECT ${target}` })
+  t.equal(parent.conns.length, 2, 'the refused CONNECT reached the parent')
   t.equal(parent.conns[1]?.atReply, parent.conns[1]?.head, 'the refused CONNECT got no payload either')
   assertNoSecret(t, allLogs(proxy), 'logs')
 })
