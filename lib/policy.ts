@@ -632,6 +632,15 @@ export function decideRequest(policy: Policy, ctx: DecisionContext, target: Targ
 }
 
 /** The host-level decision narrowed by the request-level one (addresses come from the host's). */
+/**
+ * A forwarded or upgraded request's decision: the host decision, narrowed by methods and paths
+ * only where a rule limits them (the path is normalised only then: most policies have none).
+ */
+export function decideForwarded(policy: Policy, ctx: DecisionContext, host: Decision, target: Target, method: string, path: string): Decision {
+  if (host.verdict !== 'allow' || !policy.limitsRequests) return host
+  return withRequest(host, decideRequest(policy, ctx, target, method, normalisePath(path)))
+}
+
 export function withRequest(host: Decision, request: Decision): Decision {
   if (host.verdict === 'deny') return host
   if (request.verdict === 'deny') return request

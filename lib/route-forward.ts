@@ -11,8 +11,8 @@ import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { formatIp, type Ip } from './ip.js'
 import { denial, reply, replyOnResponse, type ProxyReply } from './respond.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
-import { decideRequest, withRequest } from './policy.js'
-import { formatHost, formatTarget, normalisePath, parseAbsoluteUrl, type Target } from './target.js'
+import { decideForwarded } from './policy.js'
+import { formatHost, formatTarget, parseAbsoluteUrl, type Target } from './target.js'
 import { parentFailure, parentFor, parentRefused, throughParent } from './upstream.js'
 
 export async function forwardRoute(rt: Runtime, agent: Agent, who: ClientIdentity, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
@@ -32,7 +32,7 @@ export async function forwardRoute(rt: Runtime, agent: Agent, who: ClientIdentit
   const admission = await admit(gate, target)
   if (admission.kind === 'failed') return refuse(admission.reply, hasBody(req))
   const { resolved } = admission
-  const decision = admission.decision.verdict === 'allow' && gate.policy.limitsRequests ? withRequest(admission.decision, decideRequest(gate.policy, gate.ctx, target, method, normalisePath(path))) : admission.decision
+  const decision = decideForwarded(gate.policy, gate.ctx, admission.decision, target, method, path)
   logDecision(rt, { id, req, method, target, rawTarget, decision, resolved, policy: gate.policyName, ...(decision.rule?.paths || decision.reason === 'request-not-allowed' || decision.reason === 'bad-path' ? { path: path.split('?')[0] } : {}) })
   if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, formatTarget(target), decision), hasBody(req))
   if (expectsContinue) res.writeContinue()

@@ -11,8 +11,8 @@ import { clientResponseHeaders, upgradeRequestHeaders } from './headers.js'
 import { formatIp } from './ip.js'
 import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
-import { decideRequest, withRequest } from './policy.js'
-import { formatHost, formatTarget, normalisePath, parseAbsoluteUrl } from './target.js'
+import { decideForwarded } from './policy.js'
+import { formatHost, formatTarget, parseAbsoluteUrl } from './target.js'
 
 export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const id = rt.nextId()
@@ -31,7 +31,7 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIde
   const admission = await admit(gate, target)
   if (admission.kind === 'failed') return refuse(admission.reply)
   const { resolved } = admission
-  const decision = admission.decision.verdict === 'allow' ? withRequest(admission.decision, decideRequest(gate.policy, gate.ctx, target, method, normalisePath(path))) : admission.decision
+  const decision = decideForwarded(gate.policy, gate.ctx, admission.decision, target, method, path)
   logDecision(rt, { id, req, method, target, rawTarget, decision, resolved, policy: gate.policyName })
   if (decision.verdict === 'deny') return replyOnSocket(socket, denial(method, formatTarget(target), decision))
   if (socket.destroyed) return

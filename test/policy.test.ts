@@ -14,6 +14,7 @@ import {
   needsInterception,
   parsePathGlob,
   withRequest,
+  decideForwarded,
   decideTarget,
   denyErrorType,
   describePattern,
@@ -596,6 +597,10 @@ t.test('methods and paths: grammar, path normalisation, and the request decision
   t.equal(host.verdict, 'allow')
   t.same(withRequest(host, req('GET', '/repos/our-org/a')).dial, host.dial, 'the request decision keeps the checked addresses')
   t.match(withRequest(host, req('GET', '/nope')), { verdict: 'deny' })
+  t.match(decideForwarded(rules, ENFORCE, host, gh, 'GET', '/nope'), { verdict: 'deny', reason: 'request-not-allowed' }, 'a forwarded request is narrowed by the limits')
+  const open = policy(['api.github.com:443'])
+  const openHost = decide(open, 'api.github.com:443', ['8.8.8.8'])
+  t.equal(decideForwarded(open, ENFORCE, openHost, gh, 'GET', '/a/../b'), openHost, 'no rule limits requests: the host decision as is, the path not even read')
 
   t.equal(checkInnerHost(ENFORCE, gh, 'api.github.com'), undefined)
   t.equal(checkInnerHost(ENFORCE, gh, 'API.GitHub.com.:443'), undefined)
