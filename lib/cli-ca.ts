@@ -2,6 +2,7 @@
 // `start` serves at /ca.crt.
 import { statSync } from 'node:fs'
 import { resolve } from 'node:path'
+import { fail } from './cli-common.js'
 import { caInfo, caPaths, createCa, defaultCaDir, loadCa, readCaCertificate, writeCa, type CaInfo } from './ca.js'
 
 export interface CaArgs {
@@ -10,11 +11,6 @@ export interface CaArgs {
 }
 
 const USAGE = 'usage: proxy-gate ca init [--force] [--dir DIR] | proxy-gate ca show [--dir DIR]'
-
-function fail(message: string, code = 1): number {
-  console.error(`proxy-gate: ${message}`)
-  return code
-}
 
 function printInfo(info: CaInfo): void {
   console.log(`subject:     ${info.subject}`)
@@ -33,7 +29,7 @@ function keyModeWarning(path: string): string | undefined {
 async function init(dir: string, force: boolean): Promise<number> {
   const ca = await createCa()
   const written = writeCa(dir, ca, { force })
-  if (!written.ok) return fail(written.error)
+  if (!written.ok) return fail(written.error, 1)
   console.log(`certificate: ${written.value.cert}`)
   console.log(`key:         ${written.value.key} (mode 0600: keep it private, never commit or copy it)`)
   printInfo(caInfo(ca.certPem))
@@ -43,7 +39,7 @@ async function init(dir: string, force: boolean): Promise<number> {
 
 function show(dir: string): number {
   const loaded = loadCa(dir)
-  if (!loaded.ok) return fail(loaded.error)
+  if (!loaded.ok) return fail(loaded.error, 1)
   const paths = caPaths(dir)
   console.log(`certificate: ${paths.cert}`)
   printInfo(caInfo(loaded.value.certPem))

@@ -7,10 +7,15 @@ export function printErrors(file: string, errors: readonly RuleError[]): void {
   console.error(formatRuleErrors(errors).replace(/^/gm, '  '))
 }
 
+/** Prints a problem and returns the exit status (2 unless said: a usage problem). */
+export function fail(message: string, code = 2): number {
+  console.error(`proxy-gate: ${message}`)
+  return code
+}
+
 /** Prints a usage problem; exit status 2. */
 export function usageError(message: string): number {
-  console.error(`proxy-gate: ${message}`)
-  return 2
+  return fail(message, 2)
 }
 
 export function isLoopback(host: string): boolean {

@@ -8,6 +8,7 @@ import { parseConfig } from './config.js'
 import { createLearner, decisionFromLogLine, learnedRulesFile, type Learned, type Learner } from './learn.js'
 import { formatRuleErrors } from './policy.js'
 import type { ProxyEvent } from './runtime.js'
+import { fail } from './cli-common.js'
 import { readJsonFile, writeJsonAtomic } from './settings-file.js'
 
 /** What `learn` asks of `start`: see every event, and stop by itself after a while. */
@@ -29,11 +30,6 @@ export interface LearnArgs {
 
 function times(n: number, what: string, many = `${what}s`): string {
   return `${n} ${n === 1 ? what : many}`
-}
-
-function fail(message: string, code = 2): number {
-  console.error(`proxy-gate: ${message}`)
-  return code
 }
 
 /** Feeds every decision line of a JSON log ("-": stdin) to the learner; other lines are skipped. */

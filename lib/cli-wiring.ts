@@ -10,6 +10,7 @@ import { parseIp } from './ip.js'
 import type { HostPattern } from './policy.js'
 import { applyRevert, applyWrite, backupPath, planWrite, readJsonFile, type Change } from './settings-file.js'
 import { SYSTEM_OSES, systemProxyCommands, type SystemOs } from './system-proxy.js'
+import { fail } from './cli-common.js'
 import { formatHost, parseAuthority, type Result } from './target.js'
 
 export interface WiringArgs {
@@ -55,11 +56,6 @@ export function advertisedAddress(config: Config, advertise: string | undefined)
 /** Bypass entries other than loopback names: clients wired from these settings reach them unchecked. */
 export function openBypass(bypass: readonly HostPattern[]): HostPattern[] {
   return bypass.filter((p) => !(p.kind === 'exact' && p.name === 'localhost') && !(p.kind === 'cidr' && p.special?.kind === 'loopback'))
-}
-
-function fail(message: string, code = 2): number {
-  console.error(`proxy-gate: ${message}`)
-  return code
 }
 
 function printChanges(changes: readonly Change[]): void {

@@ -183,13 +183,8 @@ async function check(values: Values, positional: string[]): Promise<number> {
     console.error(`bad target: ${target.error}`)
     return 2
   }
-  const file = resolve(values.rules ?? 'rules.json')
-  const loaded = loadRulesFile(file)
-  if (!loaded.ok) {
-    printErrors(file, loaded.errors)
-    return 2
-  }
-  const config = loaded.value
+  const config = loadOrReport(values)
+  if (!config) return 2
   const source = values.source === undefined ? undefined : parseIp(values.source)
   if (values.source !== undefined && !source) return usageError('--source must be an IP address')
   const ctx = { mode: config.mode, self: selfAddresses({ address: config.listen.host, port: config.listen.port }), tls: config.tls }
@@ -251,15 +246,11 @@ function wiringArgs(values: Values): WiringArgs {
 }
 
 function validate(values: Values): number {
-  const file = resolve(values.rules ?? 'rules.json')
-  const loaded = loadRulesFile(file)
-  if (!loaded.ok) {
-    printErrors(file, loaded.errors)
-    return 1
-  }
-  const { policy, bypass } = loaded.value
-  console.log(`${file}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
-  const { upstream, upstreamBypass } = loaded.value
+  const config = loadOrReport(values)
+  if (!config) return 1
+  const { policy, bypass } = config
+  console.log(`${resolve(values.rules ?? 'rules.json')}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
+  const { upstream, upstreamBypass } = config
   if (upstream) console.log(`upstream: ${upstream.display} (${upstreamBypass.length} upstreamBypass)`)
   return 0
 }
