@@ -18,7 +18,7 @@ export function checkRequestHead(req: IncomingMessage, limits: Limits): ProxyRep
   if (countHeader(req.rawHeaders, 'host') > 1) return reply(400, 'http_request_error', 'more than one Host header')
   const chunked = countHeader(req.rawHeaders, 'transfer-encoding') > 0
   if (chunked && req.httpVersion === '1.0') return reply(400, 'http_request_error', 'Transfer-Encoding is not allowed in HTTP/1.0')
-  if (req.method === 'CONNECT' && (chunked || Number(req.headers['content-length'] ?? 0) > 0)) {
+  if (req.method === 'CONNECT' && hasBody(req)) {
     return reply(400, 'http_request_error', 'a CONNECT request has no body')
   }
   if (NO_TRACE.has(req.method ?? '')) return reply(405, 'http_request_error', `${req.method} is not allowed through proxy-gate`)

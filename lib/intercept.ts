@@ -15,7 +15,7 @@ import type { ClientIdentity } from './clients.js'
 import { formatIp, type Ip } from './ip.js'
 import type { LeafMinter } from './leaf-certs.js'
 import { checkInnerHost, decideRequest, type Decision } from './policy.js'
-import { denial, reply, replyOnResponse, replyOnSocket } from './respond.js'
+import { denial, destroySocket, reply, replyOnResponse, replyOnSocket } from './respond.js'
 import { relayRequest } from './route-forward.js'
 import { upstreamFailure } from './dial.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
@@ -104,7 +104,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
 
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     const tunnel = tunnels.get(req.socket as Socket)
-    socket.on('error', () => socket.destroy())
+    socket.on('error', destroySocket)
     if (!tunnel) return socket.destroy()
     const decision = decide(tunnel, req)
     log(tunnel, req, decision)
@@ -131,7 +131,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
       if (tls) {
         const secureContext = await minter.contextFor(hostText(target.host))
         inner = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] })
-        inner.on('error', () => inner.destroy())
+        inner.on('error', destroySocket)
       }
       const tunnel: OpenedTunnel = { id, who, target, ip, resolved, client, tls }
       tunnels.set(inner, tunnel)

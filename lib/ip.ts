@@ -51,7 +51,7 @@ export function parseIp(text: string): Ip | undefined {
   if (isIPv4(text)) return { family: 4, value: parseV4(text) }
   if (!isIPv6(text) || text.includes('%')) return undefined
   const value = parseV6(text)
-  if (value >> 32n === 0xffffn) return { family: 4, value: value & 0xffffffffn }
+  if (isMappedValue(value)) return { family: 4, value: value & 0xffffffffn }
   return { family: 6, value }
 }
 

@@ -12,7 +12,7 @@ import { formatIp, type Ip } from './ip.js'
 import { denial, reply, replyOnResponse, type ProxyReply } from './respond.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { decideForwarded } from './policy.js'
-import { formatHost, formatTarget, parseAbsoluteUrl, type Target } from './target.js'
+import { formatHost, formatTarget, hostHeader, parseAbsoluteUrl, type Target } from './target.js'
 import { parentFailure, parentFor, parentRefused, throughParent } from './upstream.js'
 
 export async function forwardRoute(rt: Runtime, agent: Agent, who: ClientIdentity, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
@@ -40,7 +40,7 @@ export async function forwardRoute(rt: Runtime, agent: Agent, who: ClientIdentit
   const ip = decision.dial[0]
   if (ip === undefined) throw new Error('allowed decision without an address')
   const origin = `http://${formatHost({ kind: 'ip', ip })}:${target.port}`
-  const authority = target.port === 80 ? formatHost(target.host) : formatTarget(target)
+  const authority = hostHeader(target)
   const up = { id, kind: 'forward' as const, who, target, resolved, origin, authority, chosen: formatIp(ip), path }
   // with "upstream": absolute-form to the parent proxy, unless upstreamBypass sends it direct
   const parent = parentFor(rt.upstream?.(), target)

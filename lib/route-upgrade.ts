@@ -12,7 +12,7 @@ import { formatIp } from './ip.js'
 import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { decideForwarded } from './policy.js'
-import { formatHost, formatTarget, parseAbsoluteUrl } from './target.js'
+import { formatTarget, hostHeader, parseAbsoluteUrl } from './target.js'
 
 export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const id = rt.nextId()
@@ -40,7 +40,7 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIde
   if (ip === undefined) throw new Error('allowed decision without an address')
   const ipText = formatIp(ip)
   req.headers = upgradeRequestHeaders(req.headers)
-  req.headers.host = target.port === 80 ? formatHost(target.host) : formatTarget(target)
+  req.headers.host = hostHeader(target)
   req.url = path
   const limits = rt.limits()
   const started = Date.now()

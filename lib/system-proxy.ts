@@ -1,7 +1,7 @@
 // The operating system's proxy settings as commands a person can read before running them:
 // macOS networksetup (every network service), Windows registry (WinINet), GNOME gsettings.
 import { formatCidr } from './ip.js'
-import type { HostPattern } from './policy.js'
+import { describePattern, type HostPattern } from './policy.js'
 
 export type SystemOs = 'macos' | 'windows' | 'gnome'
 export const SYSTEM_OSES: readonly SystemOs[] = ['macos', 'windows', 'gnome']
@@ -21,17 +21,13 @@ function sq(text: string): string {
   return `'${text.replace(/'/g, `'\\''`)}'`
 }
 
-function bypassList(bypass: readonly HostPattern[]): string[] {
-  return bypass.map((p) => (p.kind === 'exact' ? p.name : p.kind === 'wildcard' ? `*.${p.suffix}` : formatCidr(p.cidr)))
-}
-
 /** WinINet's ProxyOverride has no CIDRs: octet-aligned IPv4 ranges become `10.*`, others are skipped. */
 function windowsOverride(bypass: readonly HostPattern[]): { entries: string[]; skipped: string[] } {
   const entries: string[] = []
   const skipped: string[] = []
   for (const p of bypass) {
     if (p.kind !== 'cidr' || p.cidr.prefix === (p.cidr.family === 4 ? 32 : 128)) {
-      entries.push(bypassList([p])[0] as string)
+      entries.push(describePattern(p))
       continue
     }
     const text = formatCidr(p.cidr)
@@ -53,7 +49,7 @@ function macos(w: SystemWiring, revert: boolean): string[] {
       : [
           `  networksetup -setwebproxy "$service" ${sq(w.host)} ${w.port}`,
           `  networksetup -setsecurewebproxy "$service" ${sq(w.host)} ${w.port}`,
-          `  networksetup -setproxybypassdomains "$service" ${bypassList(w.bypass).map(sq).join(' ') || 'Empty'}`,
+          `  networksetup -setproxybypassdomains "$service" ${w.bypass.map(describePattern).map(sq).join(' ') || 'Empty'}`,
         ]
   return [
     '# every network service (the first line of the listing is a legend; a leading * marks a disabled service)',
@@ -83,7 +79,7 @@ function gnome(w: SystemWiring, revert: boolean): string[] {
   const base = 'org.gnome.system.proxy'
   if (revert) return [set(base, 'mode', sq('none'))]
   if (w.mode === 'pac') return [set(base, 'autoconfig-url', sq(w.pacUrl)), set(base, 'mode', sq('auto'))]
-  const hosts = `"[${bypassList(w.bypass).map(sq).join(', ')}]"`
+  const hosts = `"[${w.bypass.map(describePattern).map(sq).join(', ')}]"`
   return [
     set(`${base}.http`, 'host', sq(w.host)),
     set(`${base}.http`, 'port', String(w.port)),

@@ -34,6 +34,11 @@ export function formatTarget(target: Target): string {
   return `${formatHost(target.host)}:${target.port}`
 }
 
+/** The Host header for a plain-HTTP target: the port only when it is not 80. */
+export function hostHeader(target: Target): string {
+  return target.port === 80 ? formatHost(target.host) : formatTarget(target)
+}
+
 /**
  * Normalises an ASCII host name: lower case, one trailing dot removed, LDH labels (underscore
  * allowed). Names that look like numeric IPv4 spellings are refused rather than guessed at.
