@@ -138,8 +138,11 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
       const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: () => socket.destroy() }
       rt.open.add(open)
       const started = Date.now()
-      inner.setTimeout(rt.limits().tunnelIdleTimeoutMs, () => inner.destroy())
+      const limits = rt.limits()
+      inner.setTimeout(limits.tunnelIdleTimeoutMs, () => inner.destroy())
+      const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
       socket.once('close', () => {
+        clearTimeout(lifetime)
         rt.open.delete(open)
         void client.close().catch(() => undefined)
         logClosed(rt, { id, kind: 'tunnel', intercepted: true, chosen: formatIp(ip), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })

@@ -28,7 +28,7 @@ interface Setup {
 
 const ruleFor = (port: number) => ({ host: 'api.allowed.test', ports: [port], methods: ['GET', 'HEAD'], paths: ['/repos/our-org/**', '/meta'] })
 
-async function setup(t: Test, host = '127.0.0.1'): Promise<Setup> {
+async function setup(t: Test, host = '127.0.0.1', limits: Record<string, number> = {}): Promise<Setup> {
   const ca = await createCa()
   const https = await startHttpsUpstream(host, ['api.allowed.test'])
   const http = await startHttpUpstream(host)
@@ -38,6 +38,7 @@ async function setup(t: Test, host = '127.0.0.1'): Promise<Setup> {
       allow: [ruleFor(https.port), ruleFor(http.port), ...(host === '127.0.0.1' ? [`127.0.0.1:${https.port}`, `127.0.0.1:${http.port}`] : [])],
       dns: { servers: [dns.server] },
       tls: { ports: [https.port] },
+      limits,
     },
     { ca, upstreamCa: [https.tls.cert] },
   )
@@ -210,4 +211,21 @@ t.test('the opened tunnel dials the checked address and sends the SNI upstream',
   t.equal(res.status, 200)
   t.equal(dns.queries('api.allowed.test') > 0, true)
   t.match(proxy.logs().find((l) => l.message === 'decision' && l.path === '/meta'), { chosen: '11.22.33.44', intercepted: true })
+})
+
+t.test('an opened tunnel is closed at its maximum lifetime, like any tunnel', async (t) => {
+  const { http, proxy } = await setup(t, '127.0.0.1', { tunnelMaxLifetimeMs: 300 })
+  const socket = netConnect(proxy.port, '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  let received = ''
+  socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')))
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
+  socket.write(connectHead(`api.allowed.test:${http.port}`))
+  socket.write(`GET /meta HTTP/1.1\r\nHost: api.allowed.test:${http.port}\r\n\r\n`)
+  const guard = setTimeout(() => socket.destroy(new Error('still open')), 5_000)
+  await closed
+  clearTimeout(guard)
+  t.match(received, /^HTTP\/1\.1 200 Connection established\r\n\r\nHTTP\/1\.1 200 /, 'opened, and the keep-alive request answered')
+  const line = await proxy.waitForLog((l) => l.message === 'closed' && l.intercepted === true)
+  t.ok(Number(line.durationMs) >= 300, `closed after its lifetime (${String(line.durationMs)} ms)`)
 })
