@@ -3,7 +3,8 @@
 import { Resolver } from 'node:dns/promises'
 import { LRUCache } from 'lru-cache'
 import type { DnsConfig } from './config.js'
-import { formatIp, parseIp, type Ip } from './ip.js'
+import { parseIp, type Ip } from './ip.js'
+import { formatTarget } from './target.js'
 
 export type DnsErrorType = 'dns_timeout' | 'dns_error'
 
@@ -44,7 +45,7 @@ function failure(name: string, codes: string[], timeoutMs: number): DnsFailure {
 export function createLookup(config: DnsConfig): Lookup {
   const resolver = new Resolver({ timeout: config.timeoutMs, tries: 1 })
   if (config.servers.length > 0) {
-    resolver.setServers(config.servers.map(({ ip, port }) => (ip.family === 6 ? `[${formatIp(ip)}]:${port}` : `${formatIp(ip)}:${port}`)))
+    resolver.setServers(config.servers.map(({ ip, port }) => formatTarget({ host: { kind: 'ip', ip }, port })))
   }
   const cache = new LRUCache<string, Ip[]>({ max: config.cacheSize })
 
