@@ -1,47 +1,26 @@
 // Plain HTTP forwarding.
-//   client --GET http://host/path--> check head -> parse URL -> admit -> undici to checked IP (Host = URL authority) -> client
-//   with "upstream": ... -> admit -> absolute-form request to the parent proxy (upstream.ts) -> client
+//   client --GET http://host/path--> decideAbsolute (absolute-form.ts) -> undici to checked IP (Host = URL authority) -> client
+//   with "upstream": ... -> decideAbsolute -> absolute-form request to the parent proxy (upstream.ts) -> client
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Agent, Dispatcher } from 'undici'
-import { checkRequestHead, hasBody } from './checks.js'
+import { decideAbsolute } from './absolute-form.js'
+import { hasBody } from './checks.js'
 import type { ClientIdentity } from './clients.js'
 import { DialFailure, upstreamFailure } from './dial.js'
-import { admit } from './gate.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { formatIp, type Ip } from './ip.js'
-import { denial, reply, replyOnResponse, type ProxyReply } from './respond.js'
-import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
-import { decideForwarded } from './policy.js'
-import { formatHost, formatTarget, hostHeader, parseAbsoluteUrl, type Target } from './target.js'
+import { reply, replyOnResponse, type ProxyReply } from './respond.js'
+import { logClosed, type OpenConnection, type Runtime } from './runtime.js'
+import { formatHost, formatTarget, hostHeader, type Target } from './target.js'
 import { parentFailure, parentFor, parentRefused, throughParent } from './upstream.js'
 
 export async function forwardRoute(rt: Runtime, agent: Agent, who: ClientIdentity, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
-  const id = rt.nextId()
-  const method = req.method ?? 'GET'
-  const rawTarget = req.url ?? ''
-  const parsed = parseAbsoluteUrl(rawTarget)
-  const gate = rt.gate(who)
-  const refuse = (r: ProxyReply, close: boolean): void => {
-    logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r, policy: gate.policyName })
-    replyOnResponse(res, r, close)
-  }
-  const problem = checkRequestHead(req, rt.limits())
-  if (problem) return refuse(problem, true)
-  if (!parsed.ok) return refuse(reply(400, 'http_request_error', `bad request-target: ${parsed.error}`), true)
-  const { target, path } = parsed.value
-  const admission = await admit(gate, target)
-  if (admission.kind === 'failed') return refuse(admission.reply, hasBody(req))
-  const { resolved } = admission
-  const decision = decideForwarded(gate.policy, gate.ctx, admission.decision, target, method, path)
-  logDecision(rt, { id, req, method, target, rawTarget, decision, resolved, policy: gate.policyName, ...(decision.rule?.paths || decision.reason === 'request-not-allowed' || decision.reason === 'bad-path' ? { path: path.split('?')[0] } : {}) })
-  if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, formatTarget(target), decision), hasBody(req))
+  const allowed = await decideAbsolute(rt, who, req, (r, unreadable) => replyOnResponse(res, r, unreadable || hasBody(req)))
+  if (!allowed) return
   if (expectsContinue) res.writeContinue()
-
-  const ip = decision.dial[0]
-  if (ip === undefined) throw new Error('allowed decision without an address')
+  const { id, target, resolved, ip, path } = allowed
   const origin = `http://${formatHost({ kind: 'ip', ip })}:${target.port}`
-  const authority = hostHeader(target)
-  const up = { id, kind: 'forward' as const, who, target, resolved, origin, authority, chosen: formatIp(ip), path }
+  const up = { id, kind: 'forward' as const, who, target, resolved, origin, authority: hostHeader(target), chosen: formatIp(ip), path }
   // with "upstream": absolute-form to the parent proxy, unless upstreamBypass sends it direct
   const parent = parentFor(rt.upstream?.(), target)
   await relayRequest(rt, parent ? parent.dispatcher : agent, parent ? throughParent(up, parent) : up, req, res)

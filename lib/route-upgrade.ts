@@ -1,43 +1,21 @@
 // WebSocket and other Upgrade requests, relayed by http-proxy once the gate allows them.
-//   client --GET http://host/ws Upgrade--> check head -> parse URL -> admit -> http-proxy ws to checked IP -> 101 -> relay
+//   client --GET http://host/ws Upgrade--> decideAbsolute (absolute-form.ts) -> http-proxy ws to checked IP -> 101 -> relay
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type httpProxy from 'http-proxy'
-import { checkRequestHead } from './checks.js'
+import { decideAbsolute } from './absolute-form.js'
 import type { ClientIdentity } from './clients.js'
 import { upstreamFailure } from './dial.js'
-import { admit } from './gate.js'
 import { clientResponseHeaders, upgradeRequestHeaders } from './headers.js'
 import { formatIp } from './ip.js'
-import { denial, reply, replyOnSocket, type ProxyReply } from './respond.js'
-import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
-import { decideForwarded } from './policy.js'
-import { formatTarget, hostHeader, parseAbsoluteUrl } from './target.js'
+import { replyOnSocket } from './respond.js'
+import { logClosed, type OpenConnection, type Runtime } from './runtime.js'
+import { hostHeader } from './target.js'
 
 export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
-  const id = rt.nextId()
-  const method = req.method ?? 'GET'
-  const rawTarget = req.url ?? ''
-  const parsed = parseAbsoluteUrl(rawTarget)
-  const gate = rt.gate(who)
-  const refuse = (r: ProxyReply): void => {
-    logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r, policy: gate.policyName })
-    replyOnSocket(socket, r)
-  }
-  const problem = checkRequestHead(req, rt.limits())
-  if (problem) return refuse(problem)
-  if (!parsed.ok) return refuse(reply(400, 'http_request_error', `bad request-target: ${parsed.error}`))
-  const { target, path } = parsed.value
-  const admission = await admit(gate, target)
-  if (admission.kind === 'failed') return refuse(admission.reply)
-  const { resolved } = admission
-  const decision = decideForwarded(gate.policy, gate.ctx, admission.decision, target, method, path)
-  logDecision(rt, { id, req, method, target, rawTarget, decision, resolved, policy: gate.policyName })
-  if (decision.verdict === 'deny') return replyOnSocket(socket, denial(method, formatTarget(target), decision))
-  if (socket.destroyed) return
-
-  const ip = decision.dial[0]
-  if (ip === undefined) throw new Error('allowed decision without an address')
+  const allowed = await decideAbsolute(rt, who, req, (r) => replyOnSocket(socket, r))
+  if (!allowed || socket.destroyed) return
+  const { id, target, path, resolved, ip } = allowed
   const ipText = formatIp(ip)
   req.headers = upgradeRequestHeaders(req.headers)
   req.headers.host = hostHeader(target)
