@@ -1,12 +1,12 @@
-// lib/config.ts and lib/rules-file.ts: rules.json as a whole (listen, mode, allow/deny, bypass,
+// lib/rules/config.ts and lib/rules/file.ts: rules.json as a whole (listen, mode, allow/deny, bypass,
 // dns, limits), the example file, the shipped rules.json, and reading a file from disk.
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { DEFAULT_LIMITS, DEFAULT_TLS, parseConfig, type Config } from '../lib/config.js'
-import { formatIp } from '../lib/ip.js'
-import { decideTarget, describePattern, formatRuleErrors, type DecisionContext, type Policy } from '../lib/policy.js'
-import { loadRulesFile } from '../lib/rules-file.js'
+import { DEFAULT_LIMITS, DEFAULT_TLS, parseConfig, type Config } from '../lib/rules/config.js'
+import { formatIp } from '../lib/policy/ip.js'
+import { decideTarget, describePattern, formatRuleErrors, type DecisionContext, type Policy } from '../lib/policy/rules.js'
+import { loadRulesFile } from '../lib/rules/file.js'
 import { ip, target } from './helpers/fixtures.js'
 
 const ENFORCE: DecisionContext = { mode: 'enforce', self: [], tls: DEFAULT_TLS }

@@ -4,7 +4,7 @@
 import { createServer, type Server, type ServerResponse } from 'node:http'
 import { connect, type AddressInfo, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
-import type { Ip } from '../lib/ip.js'
+import type { Ip } from '../lib/policy/ip.js'
 import { ip } from './helpers/fixtures.js'
 import { logLine, startProxy, type TestProxy } from './helpers/proxy.js'
 

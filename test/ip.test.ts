@@ -1,4 +1,4 @@
-// lib/ip.ts: the strict IP parser, RFC 5952 formatting, CIDR parsing and the special-range
+// lib/policy/ip.ts: the strict IP parser, RFC 5952 formatting, CIDR parsing and the special-range
 // classifier. Pure functions, so every case is a table row (corpus sections A and B).
 import t from 'tap'
 import {
@@ -12,7 +12,7 @@ import {
   specialRangeHolding,
   type Cidr,
   type SpecialKind,
-} from '../lib/ip.js'
+} from '../lib/policy/ip.js'
 import { ip } from './helpers/fixtures.js'
 
 function cidr(text: string): Cidr {

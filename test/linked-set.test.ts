@@ -1,8 +1,8 @@
-// lib/linked-set.ts: the set behind the open-connection registry and the tunnel sweep. Entries
+// lib/proxy/linked-set.ts: the set behind the open-connection registry and the tunnel sweep. Entries
 // join and leave in any order, each once, and a walk may close (and so remove) entries as it goes.
 import t from 'tap'
-import { LinkedSet } from '../lib/linked-set.js'
-import type { OpenConnection } from '../lib/runtime.js'
+import { LinkedSet } from '../lib/proxy/linked-set.js'
+import type { OpenConnection } from '../lib/proxy/runtime.js'
 
 function connections(n: number, registry: LinkedSet<OpenConnection>): OpenConnection[] {
   return Array.from({ length: n }, (_, i) => {

@@ -1,8 +1,8 @@
-// lib/log.ts: the event lines logEvent writes itself are the lines winston would write, and the
+// lib/core/log.ts: the event lines logEvent writes itself are the lines winston would write, and the
 // logger's level and format still decide whether and how they are written.
 import { PassThrough } from 'node:stream'
 import t from 'tap'
-import { createLogger, logEvent, type LogLevel } from '../lib/log.js'
+import { createLogger, logEvent, type LogLevel } from '../lib/core/log.js'
 
 /** A logger on a stream, and what it wrote once the batch of this event-loop turn is out. */
 function capture(level: LogLevel, format: 'json' | 'pretty') {

@@ -1,8 +1,8 @@
-// lib/policy.ts: the rule grammar and its validation errors, the matcher, and the two-step
+// lib/policy/rules.ts: the rule grammar and its validation errors, the matcher, and the two-step
 // decision (names on rules alone, then every resolved address through deny rules and the
 // address guard). Rules R1-R4 and the DNS fixtures are the corpus's (section 0); the resolved
 // addresses are given directly, since the policy is pure.
-import { DEFAULT_TLS } from '../lib/config.js'
+import { DEFAULT_TLS } from '../lib/rules/config.js'
 import t from 'tap'
 import {
   checkHello,
@@ -29,8 +29,8 @@ import {
   type Policy,
   type PortRange,
   type Reason,
-} from '../lib/policy.js'
-import { normalisePath } from '../lib/target.js'
+} from '../lib/policy/rules.js'
+import { normalisePath } from '../lib/policy/target.js'
 import { ip, policy, target } from './helpers/fixtures.js'
 
 const ENFORCE: DecisionContext = { mode: 'enforce', self: [], tls: DEFAULT_TLS }

@@ -1,4 +1,4 @@
-// lib/target.ts: the one grammar for CONNECT authorities, absolute-form URLs and host names
+// lib/policy/target.ts: the one grammar for CONNECT authorities, absolute-form URLs and host names
 // (corpus sections A-E). A lenient parse here is a check/dial mismatch later, so refusals are
 // asserted as firmly as acceptances.
 import t from 'tap'
@@ -14,7 +14,7 @@ import {
   type Host,
   type Result,
   type Target,
-} from '../lib/target.js'
+} from '../lib/policy/target.js'
 import { ip } from './helpers/fixtures.js'
 
 function nameHost(name: string): Host {

@@ -3,9 +3,9 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { bypassEntries, defaultPath, dockerFragment, type DockerTarget } from '../lib/docker-settings.js'
-import { parseBypass, type HostPattern } from '../lib/policy.js'
-import { systemProxyCommands } from '../lib/system-proxy.js'
+import { bypassEntries, defaultPath, dockerFragment, type DockerTarget } from '../lib/wiring/docker.js'
+import { parseBypass, type HostPattern } from '../lib/policy/rules.js'
+import { systemProxyCommands } from '../lib/wiring/system-proxy.js'
 import { runCli } from './helpers/cli.js'
 import { tempDir } from './helpers/files.js'
 

@@ -13,12 +13,12 @@ import { performance } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 
 const dist = new URL('../../dist/', import.meta.url)
-/** @type {typeof import('../../lib/config.js')} */
-const config = await import(new URL('config.js', dist).href)
-/** @type {typeof import('../../lib/policy.js')} */
-const policyLib = await import(new URL('policy.js', dist).href)
-/** @type {typeof import('../../lib/ip.js')} */
-const ipLib = await import(new URL('ip.js', dist).href)
+/** @type {typeof import('../../lib/rules/config.js')} */
+const config = await import(new URL('rules/config.js', dist).href)
+/** @type {typeof import('../../lib/policy/rules.js')} */
+const policyLib = await import(new URL('policy/rules.js', dist).href)
+/** @type {typeof import('../../lib/policy/ip.js')} */
+const ipLib = await import(new URL('policy/ip.js', dist).href)
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -63,10 +63,10 @@ export function generateRules(n) {
 /**
  * The same query mix for every rule count: names and addresses that hit rules with small
  * indexes (present in every set), misses, and wildcard hits a few labels deep.
- * @returns {Array<{ target: import('../../lib/target.js').Target, resolved: import('../../lib/ip.js').Ip[] }>}
+ * @returns {Array<{ target: import('../../lib/policy/target.js').Target, resolved: import('../../lib/policy/ip.js').Ip[] }>}
  */
 function queries() {
-  const publicIp = /** @type {import('../../lib/ip.js').Ip} */ (ipLib.parseIp('93.184.216.34'))
+  const publicIp = /** @type {import('../../lib/policy/ip.js').Ip} */ (ipLib.parseIp('93.184.216.34'))
   const out = []
   for (let j = 0; j < 200; j++) {
     const i = (j * 37) % 500
@@ -77,7 +77,7 @@ function queries() {
     out.push({ target: { host: { kind: 'name', name: `nothing-${j}.unknown.example.net` }, port: 443 }, resolved: [] })
     const cidr = i - (i % 20) + 15 // kind 15..18: IPv4
     const a = 11 + (cidr >> 16), b = (cidr >> 8) & 255, c = cidr & 255
-    const ip = /** @type {import('../../lib/ip.js').Ip} */ (ipLib.parseIp(cidr % 2 ? `${a}.${b}.${c}.${1 + (j % 200)}` : `${a}.${b}.${c}.7`))
+    const ip = /** @type {import('../../lib/policy/ip.js').Ip} */ (ipLib.parseIp(cidr % 2 ? `${a}.${b}.${c}.${1 + (j % 200)}` : `${a}.${b}.${c}.7`))
     out.push({ target: { host: { kind: 'ip', ip }, port: 443 }, resolved: [] })
   }
   return out
@@ -98,7 +98,7 @@ function loadRules(n) {
   return { policy: parsed.value.policy, loadMs: median(runs), loadRunsMs: runs, bytes: text.length }
 }
 
-/** @param {import('../../lib/policy.js').Policy} policy @param {ReturnType<typeof queries>} qs @param {number} ms */
+/** @param {import('../../lib/policy/rules.js').Policy} policy @param {ReturnType<typeof queries>} qs @param {number} ms */
 function decisionsPerSecond(policy, qs, ms) {
   const ctx = { mode: /** @type {const} */ ('enforce'), self: [], tls: config.DEFAULT_TLS }
   let verdicts = { allow: 0, deny: 0 }
@@ -145,10 +145,10 @@ async function policyBench() {
 // ---- leaf certificates --------------------------------------------------------------------
 
 async function leafBench() {
-  /** @type {typeof import('../../lib/ca.js')} */
-  const caLib = await import(new URL('ca.js', dist).href)
-  /** @type {typeof import('../../lib/leaf-certs.js')} */
-  const leafLib = await import(new URL('leaf-certs.js', dist).href)
+  /** @type {typeof import('../../lib/certs/ca.js')} */
+  const caLib = await import(new URL('certs/ca.js', dist).href)
+  /** @type {typeof import('../../lib/certs/leaf.js')} */
+  const leafLib = await import(new URL('certs/leaf.js', dist).href)
   const hosts = Number(values.hosts)
   const ca = await caLib.createCa({ commonName: 'proxy-gate bench CA' })
   await leafLib.leafKey() // the shared leaf key is made once per process, not per leaf

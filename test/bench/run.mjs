@@ -16,7 +16,7 @@
 //   latency  fixed moderate request rate over keep-alive connections: p50/p99 and the added latency vs direct
 //   memory   RSS of each (freshly started) proxy with ~10,000 idle open tunnels: 2 s after opening, and settled
 //   policy   load time and decisions/s for 100,000 rules vs 1,000 (lib functions, in a child process)
-//   leaf     leaf certificate minting, uncached and cached (lib/leaf-certs.ts createLeafMinter)
+//   leaf     leaf certificate minting, uncached and cached (lib/certs/leaf.ts createLeafMinter)
 import { spawn, spawnSync, fork } from 'node:child_process'
 import { chmodSync, chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { connect, createServer } from 'node:net'
@@ -740,7 +740,7 @@ function summariseProfile(file) {
     if (url === '') return ''
     const mod = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url)
     if (mod) return mod[1]
-    const dist = /\/dist\/([^/]+)$/.exec(url)
+    const dist = /\/dist\/(.+)$/.exec(url)
     if (dist) return `dist/${dist[1]}`
     return url.startsWith('node:') ? url.split('/').slice(0, 2).join('/') : url
   }

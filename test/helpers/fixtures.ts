@@ -1,8 +1,8 @@
 // Test fixtures written as text and parsed by the project's own parsers; a fixture that does
 // not parse is a broken test, so it throws instead of returning a result.
-import { parseIp, type Ip } from '../../lib/ip.js'
-import { compilePolicy, type Policy } from '../../lib/policy.js'
-import { parseAuthority, type Target } from '../../lib/target.js'
+import { parseIp, type Ip } from '../../lib/policy/ip.js'
+import { compilePolicy, type Policy } from '../../lib/policy/rules.js'
+import { parseAuthority, type Target } from '../../lib/policy/target.js'
 
 /** The IP address `text`, parsed strictly. */
 export function ip(text: string): Ip {

@@ -1,8 +1,8 @@
 // Starts proxy-gate in-process on an ephemeral loopback port, with its JSON log captured.
 import { PassThrough } from 'node:stream'
-import { parseConfig, type Config } from '../../lib/config.js'
-import { createLogger } from '../../lib/log.js'
-import { createProxy, type Proxy, type ProxyOptions, type ReloadOutcome } from '../../lib/server.js'
+import { parseConfig, type Config } from '../../lib/rules/config.js'
+import { createLogger } from '../../lib/core/log.js'
+import { createProxy, type Proxy, type ProxyOptions, type ReloadOutcome } from '../../lib/proxy/server.js'
 
 export type LogLine = Record<string, unknown> & { message: string }
 

@@ -1,0 +1,98 @@
+// `start`'s observability: metrics and dashboard state fed by the proxy's events, the admin
+// listener, and its token file (created once, mode 0600).
+import { randomBytes } from 'node:crypto'
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { createActivity, type Activity } from '../observe/activity.js'
+import { createAdmin, type Admin } from '../observe/admin.js'
+import { parseListen } from '../rules/config.js'
+import { isLoopback } from './common.js'
+import type { Logger } from '../core/log.js'
+import { createMetrics, type Metrics } from '../observe/metrics.js'
+import type { OpenView, ProxyEvent } from '../proxy/runtime.js'
+import type { Proxy } from '../proxy/server.js'
+import type { Result } from '../policy/target.js'
+
+export interface Watchers {
+  readonly activity: Activity
+  readonly metrics: Metrics
+  /** ProxyOptions.observe */
+  observe(event: ProxyEvent): void
+  /** the proxy whose open connections the metrics count */
+  watch(proxy: Proxy): void
+}
+
+export function createWatchers(): Watchers {
+  let open: () => OpenView = () => new Set()
+  const activity = createActivity()
+  const metrics = createMetrics(() => open())
+  return {
+    activity,
+    metrics,
+    observe(event) {
+      metrics.observe(event)
+      activity.observe(event)
+    },
+    watch(proxy) {
+      open = () => proxy.open
+    },
+  }
+}
+
+/** Reads the admin token, creating it (random, mode 0600) on first use. */
+export function adminToken(path: string): Result<string> {
+  try {
+    mkdirSync(dirname(path), { recursive: true })
+    writeFileSync(path, `${randomBytes(32).toString('base64url')}\n`, { flag: 'wx', mode: 0o600 })
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') return { ok: false, error: `cannot create ${path}: ${(error as Error).message}` }
+  }
+  if ((statSync(path).mode & 0o077) !== 0) return { ok: false, error: `${path} can be read by other users: chmod 600 it` }
+  const token = readFileSync(path, 'utf8').trim()
+  return token.length >= 16 ? { ok: true, value: token } : { ok: false, error: `${path} holds no usable token (delete it to make a new one)` }
+}
+
+export interface AdminStart {
+  readonly listen: string
+  readonly insecureOpen: boolean
+  readonly tokenFile: string
+  readonly rulesFile: string
+  readonly proxy: Proxy
+  readonly watchers: Watchers
+  readonly mode: () => string
+  readonly reload: () => { ok: boolean; errors?: readonly string[] }
+  readonly log: Logger
+}
+
+/** Starts the admin listener unless --admin-listen is "off". */
+export async function startAdmin(options: AdminStart): Promise<Result<Admin | undefined>> {
+  if (options.listen === 'off') return { ok: true, value: undefined }
+  const listen = parseListen(options.listen)
+  if (!listen.ok) return { ok: false, error: `--admin-listen: ${listen.error}` }
+  if (!isLoopback(listen.value.host) && !options.insecureOpen) {
+    return { ok: false, error: `the admin listener shows traffic; listening on ${listen.value.host} needs --insecure-open` }
+  }
+  const token = adminToken(options.tokenFile)
+  if (!token.ok) return token
+  const { watchers, proxy } = options
+  const admin = createAdmin(listen.value, {
+    activity: watchers.activity,
+    metrics: watchers.metrics,
+    open: () => proxy.open,
+    ready: () => proxy.ready(),
+    mode: options.mode,
+    rulesFile: options.rulesFile,
+    reload: options.reload,
+    token: token.value,
+  })
+  try {
+    const address = await admin.listen()
+    const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
+    options.log.info('admin listening', { url: `http://${host}:${address.port}/`, metrics: `http://${host}:${address.port}/metrics`, tokenFile: options.tokenFile })
+    return { ok: true, value: admin }
+  } catch (error) {
+    // the proxy matters more than its dashboard: run without it rather than not at all
+    options.log.warn('admin listener not started: the dashboard and /metrics are off', { listen: options.listen, error: (error as Error).message })
+    return { ok: true, value: undefined }
+  }
+}

@@ -1,0 +1,65 @@
+// `proxy-gate ca init|show`: creates and describes the local CA, and picks the ca.crt that
+// `start` serves at /ca.crt.
+import { statSync } from 'node:fs'
+import { resolve } from 'node:path'
+import { fail } from './common.js'
+import { caInfo, caPaths, createCa, defaultCaDir, loadCa, readCaCertificate, writeCa, type CaInfo } from '../certs/ca.js'
+
+export interface CaArgs {
+  readonly dir: string | undefined
+  readonly force: boolean
+}
+
+const USAGE = 'usage: proxy-gate ca init [--force] [--dir DIR] | proxy-gate ca show [--dir DIR]'
+
+function printInfo(info: CaInfo): void {
+  console.log(`subject:     ${info.subject}`)
+  console.log(`sha256:      ${info.fingerprint256}`)
+  console.log(`valid from:  ${info.notBefore.toISOString()}`)
+  console.log(`expires:     ${info.notAfter.toISOString()}`)
+}
+
+/** A key readable by group or others lets them impersonate any site to clients trusting ca.crt. */
+function keyModeWarning(path: string): string | undefined {
+  if (process.platform === 'win32') return undefined
+  const mode = statSync(path).mode & 0o777
+  return mode & 0o077 ? `${path} has mode ${mode.toString(8).padStart(3, '0')}: others can read the CA key; run "chmod 600 ${path}"` : undefined
+}
+
+async function init(dir: string, force: boolean): Promise<number> {
+  const ca = await createCa()
+  const written = writeCa(dir, ca, { force })
+  if (!written.ok) return fail(written.error, 1)
+  console.log(`certificate: ${written.value.cert}`)
+  console.log(`key:         ${written.value.key} (mode 0600: keep it private, never commit or copy it)`)
+  printInfo(caInfo(ca.certPem))
+  console.log('next: trust ca.crt where clients check TLS (README, "Local CA"); "proxy-gate start" serves it at /ca.crt')
+  return 0
+}
+
+function show(dir: string): number {
+  const loaded = loadCa(dir)
+  if (!loaded.ok) return fail(loaded.error, 1)
+  const paths = caPaths(dir)
+  console.log(`certificate: ${paths.cert}`)
+  printInfo(caInfo(loaded.value.certPem))
+  const warning = keyModeWarning(paths.key)
+  if (warning) console.error(`warning: ${warning}`)
+  return 0
+}
+
+export async function caCommand(args: readonly string[], options: CaArgs): Promise<number> {
+  const [sub, ...extra] = args
+  if (extra.length > 0 || (sub !== 'init' && sub !== 'show')) return fail(USAGE, 2)
+  if (sub === 'show' && options.force) return fail('--force only applies to "ca init"', 2)
+  const dir = resolve(options.dir ?? defaultCaDir())
+  return sub === 'init' ? init(dir, options.force) : show(dir)
+}
+
+/** The CA certificate `start` serves at /ca.crt, if there is a usable one; a broken one is reported, not fatal. */
+export function caCertToServe(dir: string | undefined, warn: (message: string, meta: Record<string, unknown>) => void): string | undefined {
+  const read = readCaCertificate(resolve(dir ?? defaultCaDir()))
+  if (read.ok) return read.value
+  warn('not serving /ca.crt', { error: read.error })
+  return undefined
+}

@@ -1,0 +1,237 @@
+// `proxy-gate start`: check everything that can be checked before listening, run the proxy and
+// its admin listener, reload the rules when they change, and stop cleanly on a signal.
+import { readFileSync } from 'node:fs'
+import type { AddressInfo } from 'node:net'
+import { dirname, resolve } from 'node:path'
+import { defaultCaDir, loadCa, type LoadedCa } from '../certs/ca.js'
+import { createWatchers, startAdmin } from './admin.js'
+import { caCertToServe } from './ca.js'
+import { isLoopback, printErrors, usageError } from './common.js'
+import type { StartHooks } from './learn.js'
+import { advertisedAddress, openBypass } from './wiring.js'
+import { parseListen, type Config } from '../rules/config.js'
+import { parseIp } from '../policy/ip.js'
+import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
+import { describePattern, formatRuleErrors, rulesWithRequestLimits, type Mode } from '../policy/rules.js'
+import { loadRulesFile, watchRulesFile, type Overrides } from '../rules/file.js'
+import { createProxy, type Proxy } from '../proxy/server.js'
+import type { Result } from '../policy/target.js'
+
+const MIN_NODE = [20, 19, 2]
+
+export interface StartFlags {
+  readonly rules: string | undefined
+  readonly listen: string | undefined
+  readonly mode: string | undefined
+  readonly 'log-level': string | undefined
+  readonly 'log-format': string | undefined
+  readonly 'insecure-open': boolean
+  readonly advertise: string | undefined
+  readonly dir: string | undefined
+  readonly 'admin-listen': string | undefined
+  readonly 'admin-token-file': string | undefined
+}
+
+/** Everything `start` needs, checked before anything listens. */
+interface Setup {
+  readonly file: string
+  readonly overrides: Overrides
+  readonly config: Config
+  readonly level: LogLevel
+  readonly format: 'json' | 'pretty'
+  readonly advertise: string | undefined
+  readonly ca: LoadedCa
+  readonly upstreamCa: string[]
+}
+
+type Checked<T> = { ok: true; value: T } | { ok: false; code: number }
+
+function refuse(message: string): { ok: false; code: number } {
+  console.error(`proxy-gate did not start: ${message}`)
+  return { ok: false, code: 1 }
+}
+
+function nodeTooOld(): boolean {
+  const have = process.versions.node.split('.').map(Number)
+  for (let i = 0; i < 3; i++) if ((have[i] ?? 0) !== MIN_NODE[i]) return (have[i] ?? 0) < (MIN_NODE[i] ?? 0)
+  return false
+}
+
+function overridesFrom(flags: StartFlags): Result<Overrides> {
+  const overrides: { listen?: Config['listen']; mode?: Mode } = {}
+  if (flags.listen !== undefined) {
+    const listen = parseListen(flags.listen)
+    if (!listen.ok) return { ok: false, error: `--listen: ${listen.error}` }
+    overrides.listen = listen.value
+  }
+  if (flags.mode !== undefined) {
+    if (flags.mode !== 'enforce' && flags.mode !== 'report') return { ok: false, error: '--mode must be enforce or report' }
+    overrides.mode = flags.mode
+  }
+  return { ok: true, value: overrides }
+}
+
+/** Rules that limit methods or paths open TLS tunnels, which takes the local CA. */
+function needsCa(config: Config, ca: LoadedCa): string | undefined {
+  const rules = rulesWithRequestLimits(config.policy)
+  if (rules.length === 0 || ca.ok) return undefined
+  const which = rules.map((r) => `allow[${r.index}]`).join(', ')
+  return `${which} limit${rules.length === 1 ? 's' : ''} methods or paths, which needs the local CA to open TLS tunnels: ${ca.error}${ca.missing ? '' : ' (see "proxy-gate ca show")'}`
+}
+
+/** tls.upstreamCaFiles, read relative to the rules file. */
+function readUpstreamCa(rulesFile: string, config: Config): Result<string[]> {
+  const pems: string[] = []
+  for (const name of config.tls.upstreamCaFiles) {
+    const path = resolve(dirname(rulesFile), name)
+    try {
+      pems.push(readFileSync(path, 'utf8'))
+    } catch (error) {
+      return { ok: false, error: `tls.upstreamCaFiles: cannot read ${path}: ${(error as Error).message}` }
+    }
+  }
+  return { ok: true, value: pems }
+}
+
+/** Exposure rules for the listener: open listeners need consent or auth, report mode stays local. */
+function listenProblem(config: Config, insecureOpen: boolean): string | undefined {
+  if (isLoopback(config.listen.host)) return undefined
+  if (config.mode === 'report') return `report mode lets everything through, so it only runs on a loopback listener (not ${config.listen.host})`
+  if (!insecureOpen && !config.auth) return `listening on ${config.listen.host} lets anyone who can reach it use the proxy; add "auth" (proxy-gate passwd USER) or pass --insecure-open`
+  return undefined
+}
+
+function check(flags: StartFlags): Checked<Setup> {
+  if (nodeTooOld()) {
+    console.error(`proxy-gate needs Node.js ${MIN_NODE.join('.')} or newer (this is ${process.versions.node}): older 20.x releases have a request-smuggling flaw`)
+    return { ok: false, code: 2 }
+  }
+  const level = (flags['log-level'] ?? 'info') as LogLevel
+  if (!LOG_LEVELS.includes(level)) return { ok: false, code: usageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}`) }
+  const format = flags['log-format'] ?? (process.stdout.isTTY ? 'pretty' : 'json')
+  if (format !== 'json' && format !== 'pretty') return { ok: false, code: usageError('--log-format must be json or pretty') }
+  const overrides = overridesFrom(flags)
+  if (!overrides.ok) return { ok: false, code: usageError(overrides.error) }
+  const file = resolve(flags.rules ?? 'rules.json')
+  const loaded = loadRulesFile(file, overrides.value)
+  if (!loaded.ok) {
+    printErrors(file, loaded.errors)
+    return refuse('fix the rules file (see "proxy-gate validate")')
+  }
+  const config = loaded.value
+  const advertise = flags.advertise === undefined ? { ok: true as const, value: undefined } : advertisedAddress(config, flags.advertise)
+  if (!advertise.ok) return { ok: false, code: usageError(advertise.error) }
+  const problem = listenProblem(config, flags['insecure-open'])
+  if (problem) return refuse(problem)
+  const ca = loadCa(resolve(flags.dir ?? defaultCaDir()))
+  const caMissing = needsCa(config, ca)
+  if (caMissing) return refuse(caMissing)
+  const upstreamCa = readUpstreamCa(file, config)
+  if (!upstreamCa.ok) return refuse(upstreamCa.error)
+  return { ok: true, value: { file, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, upstreamCa: upstreamCa.value } }
+}
+
+/** Where it listens, where the PAC file is, and the commands that wire clients to it. */
+function announce(log: Logger, setup: Setup, address: AddressInfo): void {
+  const { config, advertise, file } = setup
+  if (!isLoopback(address.address)) log.warn('listening on a non-loopback address: anyone who can reach it can use this proxy', { address: address.address })
+  const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
+  if (!advertise && parseIp(address.address)?.value === 0n) log.warn('listening on every interface: pass --advertise HOST:PORT so the PAC file names an address clients can reach')
+  const pacUrl = `${advertise ? `http://${advertise}` : url}/proxy.pac`
+  log.info('listening', { url, pac: pacUrl, rules: file, allow: config.policy.allow.length, deny: config.policy.deny.length, mode: config.mode, upstream: config.upstream?.display })
+  log.info('wire it up', {
+    dockerDesktop: 'npx proxy-gate docker --target settings-store --write   (then restart Docker Desktop)',
+    dockerDesktopAdmin: 'npx proxy-gate docker --target admin --write   (Docker Business, locked for every user)',
+    containerEnv: 'npx proxy-gate docker --target cli --write',
+    systemProxy: `npx proxy-gate system-proxy --pac   (PAC URL ${pacUrl})`,
+  })
+  const open = openBypass(config.bypass)
+  if (open.length > 0) log.warn('bypass lets clients wired by proxy-gate reach these hosts directly, unchecked by the rules', { bypass: open.map(describePattern) })
+}
+
+type ReloadResult = { ok: boolean; errors?: string[] }
+
+/** Loads the rules file again; a bad file is reported and the running rules stay. */
+function reloader(setup: Setup, proxy: Proxy, log: Logger, onMode: (mode: Mode) => void): (trigger: string) => ReloadResult {
+  const { file } = setup
+  return (trigger) => {
+    const next = loadRulesFile(file, setup.overrides)
+    const caNeeded = next.ok ? needsCa(next.value, setup.ca) : undefined
+    if (!next.ok || caNeeded) {
+      const errors = next.ok ? [caNeeded ?? ''] : formatRuleErrors(next.errors).split('\n')
+      log.error('reload failed: keeping the previous rules', { rules: file, trigger, errors })
+      proxy.noteReload({ ok: false, trigger, errors })
+      return { ok: false, errors }
+    }
+    const { listen } = next.value
+    if (listen.host !== setup.config.listen.host || listen.port !== setup.config.listen.port) log.warn('"listen" changed: restart proxy-gate to apply it')
+    const outcome = proxy.reload(next.value)
+    onMode(next.value.mode)
+    log.info('reloaded', { rules: file, trigger, allow: next.value.policy.allow.length, deny: next.value.policy.deny.length, ...outcome })
+    proxy.noteReload({ ok: true, trigger })
+    return { ok: true }
+  }
+}
+
+export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): Promise<number> {
+  const checked = check(flags)
+  if (!checked.ok) return checked.code
+  const setup = checked.value
+  const log = createLogger({ level: setup.level, format: setup.format })
+  process.on('uncaughtException', (error) => log.error('uncaught exception', { error: error.stack }))
+  process.on('unhandledRejection', (error) => log.error('unhandled rejection', { error: error instanceof Error ? error.stack : String(error) }))
+  const caCertPem = caCertToServe(flags.dir, (message, meta) => log.warn(message, meta))
+  const watchers = createWatchers()
+  const proxy = createProxy({
+    config: setup.config,
+    log,
+    observe: (event) => {
+      watchers.observe(event)
+      hooks.observe?.(event)
+    },
+    upstreamCa: setup.upstreamCa,
+    ...(setup.advertise ? { advertise: setup.advertise } : {}),
+    ...(caCertPem ? { caCertPem } : {}),
+    ...(setup.ca.ok ? { ca: setup.ca.value } : {}),
+  })
+  let address: AddressInfo
+  try {
+    address = await proxy.listen()
+  } catch (error) {
+    return refuse(`cannot listen on ${setup.config.listen.host}:${setup.config.listen.port}: ${(error as Error).message}`).code
+  }
+  announce(log, setup, address)
+  let mode = setup.config.mode
+  const reload = reloader(setup, proxy, log, (next) => (mode = next))
+  watchers.watch(proxy)
+  const admin = await startAdmin({
+    listen: flags['admin-listen'] ?? '127.0.0.1:3129',
+    insecureOpen: flags['insecure-open'],
+    tokenFile: resolve(flags['admin-token-file'] ?? resolve(flags.dir ?? defaultCaDir(), 'admin-token')),
+    rulesFile: setup.file,
+    proxy,
+    watchers,
+    mode: () => mode,
+    reload: () => reload('admin'),
+    log,
+  })
+  if (!admin.ok) {
+    await proxy.shutdown()
+    return refuse(admin.error).code
+  }
+  const watcher = watchRulesFile(setup.file, () => reload('file changed'))
+  process.on('SIGHUP', () => reload('SIGHUP'))
+  await new Promise<void>((done) => {
+    const stop = (signal: string): void => {
+      clearTimeout(timer)
+      log.info('shutting down', { signal, open: proxy.open.size })
+      watcher.close()
+      void Promise.all([proxy.shutdown(), admin.value?.close()]).then(() => done())
+    }
+    process.once('SIGINT', () => stop('SIGINT'))
+    process.once('SIGTERM', () => stop('SIGTERM'))
+    const timer = hooks.durationMs === undefined ? undefined : setTimeout(() => stop('duration elapsed'), hooks.durationMs)
+  })
+  log.info('stopped')
+  return 0
+}

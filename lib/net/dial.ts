@@ -1,0 +1,65 @@
+// Opens the upstream TCP connection to an address the gate checked: IP literals only, so the
+// name is never resolved again (no rebinding window), each try bounded by the connect timeout.
+import { connect, type Socket } from 'node:net'
+import { formatIp, type Ip } from '../policy/ip.js'
+import { reply, type ProxyReply } from '../proxy/respond.js'
+
+export class DialFailure extends Error {
+  constructor(readonly reply: ProxyReply) {
+    super(reply.details)
+  }
+}
+
+function dialOne(ip: Ip, port: number, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: formatIp(ip), port, allowHalfOpen: true, noDelay: true })
+    const timer = setTimeout(() => {
+      socket.destroy()
+      reject(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }))
+    }, timeoutMs)
+    const onError = (error: Error): void => {
+      clearTimeout(timer)
+      reject(error)
+    }
+    // no listener is left behind: it would keep this closure (and its timer) for the tunnel's life
+    socket.once('connect', () => {
+      clearTimeout(timer)
+      socket.off('error', onError)
+      resolve(socket)
+    })
+    socket.once('error', onError)
+  })
+}
+
+const TLS_CERT_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+])
+
+export function upstreamFailure(code: string, where: string): ProxyReply {
+  if (code === 'ETIMEDOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return reply(504, 'connection_timeout', `connecting to ${where} timed out`)
+  if (code === 'ECONNREFUSED') return reply(502, 'connection_refused', `${where} refused the connection`)
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return reply(504, 'connection_read_timeout', `${where} did not answer in time`)
+  if (TLS_CERT_CODES.has(code)) return reply(502, 'tls_certificate_error', `${where} presented a certificate that does not verify (${code})`)
+  if (code === 'ECONNRESET' || code === 'EPIPE' || code === 'UND_ERR_SOCKET') return reply(502, 'connection_terminated', `${where} closed the connection`)
+  return reply(502, 'destination_unavailable', `${where} is unreachable (${code})`)
+}
+
+/** Tries each checked address in order until one accepts. */
+export async function dial(addresses: readonly Ip[], port: number, timeoutMs: number): Promise<{ socket: Socket; ip: Ip }> {
+  let last = 'ENOTCONN'
+  for (const ip of addresses) {
+    try {
+      return { socket: await dialOne(ip, port, timeoutMs), ip }
+    } catch (error) {
+      last = (error as NodeJS.ErrnoException).code ?? 'EUNKNOWN'
+    }
+  }
+  const where = addresses.map((ip) => `${formatIp(ip)}:${port}`).join(', ')
+  throw new DialFailure(upstreamFailure(last, where))
+}

@@ -1,0 +1,83 @@
+// Prometheus metrics (prom-client) built from the same events the log shows. Every label has a
+// small, fixed set of values: no per-host labels, so cardinality stays bounded.
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { REASONS as POLICY_REASONS } from '../policy/rules.js'
+import { PROXY_ERROR_TYPES } from '../proxy/respond.js'
+import type { OpenView, ProxyEvent } from '../proxy/runtime.js'
+
+export interface Metrics {
+  observe(event: ProxyEvent): void
+  /** the exposition text and its content type */
+  render(): Promise<{ text: string; contentType: string }>
+}
+
+const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT'])
+// every value a decision's reason can take: the policy's reasons and the proxy's error types
+const REASONS = new Set<string>([...POLICY_REASONS, ...PROXY_ERROR_TYPES])
+// Why a connection ended, from the close record's free text to a fixed vocabulary.
+const ENDINGS: Array<[RegExp, string]> = [
+  [/idle timeout/, 'idle_timeout'],
+  [/maximum lifetime/, 'max_lifetime'],
+  [/^rules changed/, 'revoked'],
+  [/shutting down/, 'shutdown'],
+  [/ECONNRESET/, 'connection_reset'],
+  [/EPIPE/, 'broken_pipe'],
+  [/ETIMEDOUT|TIMEOUT/, 'timeout'],
+  [/ECONNREFUSED/, 'connection_refused'],
+  [/CERT|TLS|SSL/, 'tls'],
+  [/Abort|aborted|went away/, 'aborted'],
+]
+
+const method = (m: string | undefined): string => (m !== undefined && METHODS.has(m) ? m : m ? 'OTHER' : 'NONE')
+const reason = (r: string | undefined): string => (r !== undefined && REASONS.has(r) ? r : 'other')
+const ending = (text: string): string => ENDINGS.find(([pattern]) => pattern.test(text))?.[1] ?? 'other'
+const status = (s: number | undefined): string => (s !== undefined && s >= 100 && s <= 599 ? String(s) : 'none')
+
+export function createMetrics(open: () => OpenView): Metrics {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry, prefix: 'proxygate_' })
+  const registers = [registry]
+  const decisions = new Counter({ name: 'proxygate_decisions_total', help: 'Decisions by result and reason', labelNames: ['decision', 'reason', 'would_deny'], registers })
+  const requests = new Counter({ name: 'proxygate_requests_total', help: 'Requests by method and the status the client got', labelNames: ['method', 'status'], registers })
+  const bytes = new Counter({ name: 'proxygate_tunnel_bytes_total', help: 'Bytes relayed through tunnels and upgraded connections', labelNames: ['direction'], registers })
+  const errors = new Counter({ name: 'proxygate_errors_total', help: 'Errors by type: refused requests and how connections ended badly', labelNames: ['type'], registers })
+  const reloads = new Counter({ name: 'proxygate_reloads_total', help: 'Rules reloads by result', labelNames: ['result'], registers })
+  const buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+  const dns = new Histogram({ name: 'proxygate_dns_lookup_seconds', help: 'DNS lookups of allowed names', labelNames: ['result'], buckets, registers })
+  const connect = new Histogram({ name: 'proxygate_upstream_connect_seconds', help: 'TCP connects to upstreams for tunnels', labelNames: ['result'], buckets, registers })
+  new Gauge({
+    name: 'proxygate_open_connections',
+    help: 'Open tunnels, forwarded requests and upgraded connections',
+    labelNames: ['kind'],
+    registers,
+    collect() {
+      const counts = { tunnel: 0, forward: 0, upgrade: 0 }
+      for (const conn of open()) counts[conn.kind]++
+      for (const [kind, n] of Object.entries(counts)) this.set({ kind }, n)
+    },
+  })
+
+  const onDecision = (e: Extract<ProxyEvent, { type: 'decision' }>): void => {
+    decisions.inc({ decision: e.decision, reason: reason(e.reason), would_deny: String(e.wouldDeny) })
+    if (e.decision === 'error') errors.inc({ type: reason(e.reason) })
+    if (e.decision === 'deny') requests.inc({ method: method(e.method), status: '403' })
+    else if (e.decision === 'error') requests.inc({ method: method(e.method), status: status(e.status) })
+    else if (e.method === 'CONNECT') requests.inc({ method: 'CONNECT', status: '200' })
+  }
+  const onClosed = (e: Extract<ProxyEvent, { type: 'closed' }>): void => {
+    if (e.kind === 'forward') requests.inc({ method: method(e.method), status: status(e.status) })
+    if (e.kind === 'upgrade') requests.inc({ method: 'GET', status: '101' })
+    if (e.bytesFromClient !== undefined) bytes.inc({ direction: 'from_client' }, e.bytesFromClient)
+    if (e.bytesToClient !== undefined) bytes.inc({ direction: 'to_client' }, e.bytesToClient)
+    if (e.error !== undefined) errors.inc({ type: ending(e.error) })
+  }
+  return {
+    observe(event) {
+      if (event.type === 'decision') onDecision(event)
+      else if (event.type === 'closed') onClosed(event)
+      else if (event.type === 'timing') (event.what === 'dns' ? dns : connect).observe({ result: event.ok ? 'ok' : 'failed' }, event.ms / 1000)
+      else reloads.inc({ result: event.ok ? 'ok' : 'failed' })
+    },
+    render: async () => ({ text: await registry.metrics(), contentType: registry.contentType }),
+  }
+}

@@ -1,0 +1,31 @@
+// Request-head checks every route runs before parsing the target: protocol version, header
+// count, duplicate Host, framing that the proxy refuses to guess about.
+import type { IncomingMessage } from 'node:http'
+import type { Limits } from '../rules/config.js'
+import { countHeader } from './headers.js'
+import { reply, type ProxyReply } from './respond.js'
+
+const NO_TRACE = new Set(['TRACE', 'TRACK'])
+
+export function checkRequestHead(req: IncomingMessage, limits: Limits): ProxyReply | undefined {
+  if (req.httpVersion !== '1.1' && req.httpVersion !== '1.0') {
+    return reply(req.httpVersionMajor >= 2 ? 505 : 400, 'http_request_error', `HTTP/${req.httpVersion} is not supported: use HTTP/1.1`)
+  }
+  const headerCount = req.rawHeaders.length / 2
+  if (headerCount > limits.maxHeaderCount) {
+    return reply(431, 'http_request_error', `${headerCount} header lines is more than the limit of ${limits.maxHeaderCount}`)
+  }
+  if (countHeader(req.rawHeaders, 'host') > 1) return reply(400, 'http_request_error', 'more than one Host header')
+  const chunked = countHeader(req.rawHeaders, 'transfer-encoding') > 0
+  if (chunked && req.httpVersion === '1.0') return reply(400, 'http_request_error', 'Transfer-Encoding is not allowed in HTTP/1.0')
+  if (req.method === 'CONNECT' && hasBody(req)) {
+    return reply(400, 'http_request_error', 'a CONNECT request has no body')
+  }
+  if (NO_TRACE.has(req.method ?? '')) return reply(405, 'http_request_error', `${req.method} is not allowed through proxy-gate`)
+  return undefined
+}
+
+/** True when the request carries a body the proxy must forward or drain. */
+export function hasBody(req: IncomingMessage): boolean {
+  return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0
+}

@@ -1,0 +1,156 @@
+// Opened tunnels, for rules that limit methods and paths: proxy-gate terminates the client's TLS
+// with a leaf for the server name, reads each request, and sends the allowed ones on over a new,
+// verified TLS connection to the address it checked.
+//   tunnel --TLS (leaf for the SNI)--> inner HTTP -> Host == SNI -> decideRequest -> undici (verified, pinned IP) -> client
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { Agent as HttpsAgent } from 'node:https'
+import type { LookupFunction, Socket } from 'node:net'
+import { readFileSync } from 'node:fs'
+import { createSecureContext, rootCertificates, TLSSocket } from 'node:tls'
+import type httpProxy from 'http-proxy'
+import { Client } from 'undici'
+import { hasBody } from './checks.js'
+import { upgradeRequestHeaders } from './headers.js'
+import type { ClientIdentity } from '../policy/clients.js'
+import { formatIp, type Ip } from '../policy/ip.js'
+import type { LeafMinter } from '../certs/leaf.js'
+import { checkInnerHost, decideRequest, type Decision } from '../policy/rules.js'
+import { denial, destroySocket, reply, replyOnResponse, replyOnSocket } from './respond.js'
+import { relayRequest } from './route-forward.js'
+import { upstreamFailure } from '../net/dial.js'
+import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { formatHost, formatTarget, hostText, normalisePath, type Target } from '../policy/target.js'
+
+/** A tunnel handed over for opening: what was already read, where it goes, and whose it is. */
+export interface TunnelToOpen {
+  readonly id: string
+  readonly socket: Socket
+  /** bytes already read from the socket (the ClientHello, or what followed the CONNECT) */
+  readonly first: Buffer
+  /** the name the rules matched (the CONNECT host, or the SNI for an IP-literal CONNECT) */
+  readonly target: Target
+  /** the checked address to dial */
+  readonly ip: Ip
+  readonly resolved: readonly Ip[]
+  readonly tls: boolean
+  readonly who: ClientIdentity
+}
+
+interface OpenedTunnel {
+  readonly id: string
+  readonly who: ClientIdentity
+  /** the name the rules matched (the CONNECT host, or the SNI for an IP-literal CONNECT) */
+  readonly target: Target
+  readonly ip: Ip
+  readonly resolved: readonly Ip[]
+  readonly client: Client
+  readonly tls: boolean
+}
+
+export interface Interceptor {
+  /** takes over a tunnel whose first bytes were already read from its socket */
+  open(tunnel: TunnelToOpen): Promise<void>
+  close(): Promise<void>
+}
+
+/** Trust for origins: Node's bundled roots, NODE_EXTRA_CA_CERTS, and any configured extra CAs. */
+export function upstreamTrust(extra: readonly string[]): string[] {
+  const file = process.env.NODE_EXTRA_CA_CERTS
+  const fromEnv = file ? [readFileSync(file, 'utf8')] : []
+  return [...rootCertificates, ...fromEnv, ...extra]
+}
+
+/** A lookup that can only ever answer the checked address: the name is for SNI and verification. */
+function pinnedLookup(ip: Ip): LookupFunction {
+  const address = formatIp(ip)
+  const family = ip.family
+  return (_hostname, options, callback) => {
+    if ((options as { all?: boolean }).all) (callback as unknown as (e: null, a: Array<{ address: string; family: number }>) => void)(null, [{ address, family }])
+    else callback(null, address, family)
+  }
+}
+
+export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readonly string[], wsProxy: httpProxy): Interceptor {
+  // built once: a `ca` list on each connection makes Node build a context per origin connection (~16 ms for the bundled roots)
+  const originTls = createSecureContext({ ca: [...trust] })
+  const tunnels = new WeakMap<Socket, OpenedTunnel>()
+  const server: Server = createServer({ maxHeaderSize: rt.limits().maxHeaderBytes, insecureHTTPParser: false })
+  server.maxHeadersCount = 0
+
+  const decide = (tunnel: OpenedTunnel, req: IncomingMessage): Decision => {
+    const { policy, ctx } = rt.gate(tunnel.who)
+    const method = req.method ?? 'GET'
+    return checkInnerHost(ctx, tunnel.target, req.headers.host) ?? decideRequest(policy, ctx, tunnel.target, method, normalisePath(req.url ?? ''))
+  }
+
+  const log = (tunnel: OpenedTunnel, req: IncomingMessage, decision: Decision): void => {
+    const shown = decision.verdict === 'allow' ? { ...decision, dial: [tunnel.ip] } : decision
+    const policy = rt.gate(tunnel.who).policyName
+    logDecision(rt, { id: tunnel.id, req, method: req.method ?? 'GET', target: tunnel.target, rawTarget: '', decision: shown, resolved: tunnel.resolved, path: (req.url ?? '').split('?')[0], intercepted: true, policy })
+  }
+
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const tunnel = tunnels.get(req.socket as Socket)
+    if (!tunnel) return replyOnResponse(res, reply(500, 'proxy_internal_error', 'request outside an opened tunnel'), true)
+    const decision = decide(tunnel, req)
+    log(tunnel, req, decision)
+    const method = req.method ?? 'GET'
+    if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, `${formatTarget(tunnel.target)}${(req.url ?? '').split('?')[0]}`, decision), hasBody(req))
+    const origin = `${tunnel.tls ? 'https' : 'http'}://${formatHost(tunnel.target.host)}:${tunnel.target.port}`
+    const authority = req.headers.host ?? formatTarget(tunnel.target)
+    const up = { id: tunnel.id, kind: 'forward' as const, who: tunnel.who, target: tunnel.target, resolved: tunnel.resolved, origin, authority, chosen: formatIp(tunnel.ip), path: req.url ?? '/' }
+    relayRequest(rt, tunnel.client, up, req, res).catch(() => res.destroy())
+  })
+
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const tunnel = tunnels.get(req.socket as Socket)
+    socket.on('error', destroySocket)
+    if (!tunnel) return socket.destroy()
+    const decision = decide(tunnel, req)
+    log(tunnel, req, decision)
+    if (decision.verdict === 'deny') return replyOnSocket(socket, denial(req.method ?? 'GET', formatTarget(tunnel.target), decision))
+    const host = hostText(tunnel.target.host)
+    req.headers = { ...upgradeRequestHeaders(req.headers), host: req.headers.host } // Host was checked against the server name
+    const agent = tunnel.tls ? new HttpsAgent({ secureContext: originTls, lookup: pinnedLookup(tunnel.ip), servername: host } as ConstructorParameters<typeof HttpsAgent>[0]) : undefined
+    const target = { protocol: tunnel.tls ? 'https:' : 'http:', host, hostname: host, port: String(tunnel.target.port) }
+    wsProxy.ws(req, socket, head, { target, ...(agent ? { agent, secure: true } : {}), changeOrigin: false }, (error: NodeJS.ErrnoException) => {
+      replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', `${formatIp(tunnel.ip)}:${tunnel.target.port}`))
+    })
+  })
+
+  server.on('clientError', (_error, socket: Socket) => socket.destroy())
+
+  return {
+    async open({ id, socket, first, target, ip, resolved, tls, who }) {
+      const lookup = pinnedLookup(ip)
+      const client = new Client(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
+        connect: { lookup, timeout: rt.limits().connectTimeoutMs, ...(tls ? { secureContext: originTls, servername: hostText(target.host) } : {}) },
+      })
+      socket.unshift(first)
+      let inner: Socket = socket
+      if (tls) {
+        const secureContext = await minter.contextFor(hostText(target.host))
+        inner = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] })
+        inner.on('error', destroySocket)
+      }
+      const tunnel: OpenedTunnel = { id, who, target, ip, resolved, client, tls }
+      tunnels.set(inner, tunnel)
+      const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: () => socket.destroy() }
+      rt.open.add(open)
+      const started = Date.now()
+      const limits = rt.limits()
+      inner.setTimeout(limits.tunnelIdleTimeoutMs, () => inner.destroy())
+      const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
+      socket.once('close', () => {
+        clearTimeout(lifetime)
+        rt.open.delete(open)
+        void client.close().catch(() => undefined)
+        logClosed(rt, { id, kind: 'tunnel', intercepted: true, chosen: formatIp(ip), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
+      })
+      server.emit('connection', inner)
+    },
+    async close() {
+      server.close()
+    },
+  }
+}

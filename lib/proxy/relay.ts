@@ -1,0 +1,162 @@
+// Moves bytes both ways between two sockets until both directions end.
+//   'data' -> other.write (source paused until the other's 'drain') | 'end' -> other.end() | reset -> reset | error -> both destroyed
+// Idle and over-age tunnels are closed by one shared sweep timer rather than timers of their own.
+import type { Socket } from 'node:net'
+import type { Limits } from '../rules/config.js'
+import { LinkedSet } from './linked-set.js'
+
+export interface RelayStats {
+  readonly bytesFromClient: number
+  readonly bytesToClient: number
+  readonly durationMs: number
+  readonly error: string | undefined
+}
+
+/** the proxy's limits object is passed as is: one object per tunnel less */
+export type RelayLimits = Pick<Limits, 'tunnelIdleTimeoutMs' | 'tunnelMaxLifetimeMs'>
+
+export interface Relay {
+  /** tears the tunnel down; `reason` is reported as its error */
+  close(reason: string): void
+}
+
+/** Set on both sockets: the listeners below are shared by all tunnels and find theirs through it. */
+const TUNNEL = Symbol('tunnel')
+
+interface Wired extends Socket {
+  readonly [TUNNEL]: Tunnel
+}
+
+class Tunnel implements Relay {
+  readonly started = Date.now()
+  lastActive = this.started
+  error: string | undefined
+  closed = 0
+
+  constructor(
+    readonly client: Socket,
+    readonly upstream: Socket,
+    readonly limits: RelayLimits,
+    readonly done: (stats: RelayStats) => void,
+  ) {}
+
+  peer(socket: Socket): Socket {
+    return socket === this.client ? this.upstream : this.client
+  }
+
+  close(reason: string): void {
+    this.error ??= reason
+    this.client.destroy()
+    this.upstream.destroy()
+  }
+
+  failed(socket: Socket, e: NodeJS.ErrnoException): void {
+    const other = this.peer(socket)
+    // a reset is passed on as a reset: a plain FIN would let the peer take a cut-off stream as complete
+    if (e.code === 'ECONNRESET' && !other.destroyed) other.resetAndDestroy()
+    this.close(`${socket === this.client ? 'client' : 'upstream'} ${e.code ?? e.message}`)
+  }
+
+  /** one socket has closed; the tunnel is over when both have */
+  sideClosed(socket: Socket, hadError: boolean): void {
+    const other = this.peer(socket)
+    if (hadError) other.destroy()
+    else other.destroySoon()
+    if (++this.closed < 2) return
+    unwatch(this)
+    const { upstream } = this
+    this.done({ bytesFromClient: upstream.bytesWritten, bytesToClient: upstream.bytesRead, durationMs: Date.now() - this.started, error: this.error })
+  }
+}
+
+export function relay(client: Socket, upstream: Socket, limits: RelayLimits, done: (stats: RelayStats) => void): Relay {
+  const tunnel = new Tunnel(client, upstream, limits, done)
+  wire(Object.assign(client, { [TUNNEL]: tunnel }))
+  wire(Object.assign(upstream, { [TUNNEL]: tunnel }))
+  watch(tunnel)
+  return tunnel
+}
+
+// Module-level listeners (`this` is the socket that emitted): per-tunnel closures would cost
+// ~600 bytes per idle tunnel.
+function wire(from: Wired): void {
+  from.on('data', onData)
+  from.on('drain', onDrain)
+  from.on('end', onEnd)
+  from.on('error', onError)
+  from.on('close', onClose)
+  if (from.readableEnded) onEnd.call(from) // e.g. a FIN right behind the CONNECT head
+  // the route may have paused it while deciding; a 'data' listener alone does not resume a paused stream
+  from.resume()
+}
+
+function onData(this: Wired, chunk: Buffer): void {
+  const tunnel = this[TUNNEL]
+  tunnel.lastActive = Date.now()
+  if (!tunnel.peer(this).write(chunk)) this.pause()
+}
+
+/** the other side may send again once this one has written out what it had (a slow reader is not idle) */
+function onDrain(this: Wired): void {
+  const tunnel = this[TUNNEL]
+  tunnel.lastActive = Date.now()
+  tunnel.peer(this).resume()
+}
+
+function onEnd(this: Wired): void {
+  this[TUNNEL].peer(this).end()
+}
+
+function onError(this: Wired, e: NodeJS.ErrnoException): void {
+  this[TUNNEL].failed(this, e)
+}
+
+function onClose(this: Wired, hadError: boolean): void {
+  this[TUNNEL].sideClosed(this, hadError)
+}
+
+// ---- the sweep: idle and lifetime limits for all open tunnels ----------------------------
+
+const watched = new LinkedSet<Tunnel>()
+let sweeper: NodeJS.Timeout | undefined
+let sweepEveryMs = Infinity
+
+/**
+ * A tunnel is closed between its limit and one sweep period later, so the period follows the
+ * smallest limit of the open tunnels: a quarter of it, at most a second.
+ */
+function periodFor(limits: RelayLimits): number {
+  return Math.min(1_000, Math.max(1, Math.min(limits.tunnelIdleTimeoutMs, limits.tunnelMaxLifetimeMs) / 4))
+}
+
+function sweepEvery(periodMs: number): void {
+  if (periodMs === sweepEveryMs) return
+  clearInterval(sweeper)
+  sweepEveryMs = periodMs
+  sweeper = setInterval(sweep, periodMs).unref()
+}
+
+function watch(tunnel: Tunnel): void {
+  watched.add(tunnel)
+  sweepEvery(Math.min(sweepEveryMs, periodFor(tunnel.limits)))
+}
+
+function unwatch(tunnel: Tunnel): void {
+  watched.delete(tunnel)
+  if (watched.size > 0) return
+  clearInterval(sweeper)
+  sweeper = undefined
+  sweepEveryMs = Infinity
+}
+
+function sweep(): void {
+  const now = Date.now()
+  let wanted = Infinity
+  for (const tunnel of watched) {
+    if (now - tunnel.started >= tunnel.limits.tunnelMaxLifetimeMs) tunnel.close('tunnel reached its maximum lifetime')
+    else if (now - tunnel.lastActive >= tunnel.limits.tunnelIdleTimeoutMs) tunnel.close('tunnel idle timeout')
+    else wanted = Math.min(wanted, periodFor(tunnel.limits))
+  }
+  // the tunnels with the short limits have gone: slow down again
+  if (wanted !== Infinity && wanted > sweepEveryMs) sweepEvery(wanted)
+}

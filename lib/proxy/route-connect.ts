@@ -1,0 +1,151 @@
+// CONNECT tunnels.
+//   other ports: client --CONNECT host:port--> check head -> parse -> admit -> dial checked IP -> 200 -> relay
+//   TLS ports:   client --CONNECT host:port--> check head -> parse -> admit -> 200 -> ClientHello (SNI) -> admit again -> dial -> relay
+//   rules with methods/paths: ... -> 200 [-> ClientHello] -> interceptor (intercept.ts)
+import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
+import { checkRequestHead } from './checks.js'
+import { dial, DialFailure } from '../net/dial.js'
+import { admit, admitHello, type Admission } from '../net/gate.js'
+import { formatIp, type Ip } from '../policy/ip.js'
+import type { ClientIdentity } from '../policy/clients.js'
+import type { Interceptor } from './intercept.js'
+import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from '../policy/rules.js'
+import { relay } from './relay.js'
+import { denial, destroySocket, reply, replyOnSocket, type ProxyReply } from './respond.js'
+import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { parseAuthority, type Target } from '../policy/target.js'
+import { parentFor } from '../net/upstream.js'
+import { parseClientHello } from '../policy/tls-hello.js'
+
+const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
+/** far above any real ClientHello (post-quantum key shares included) */
+const MAX_HELLO_BYTES = 32 * 1024
+
+export async function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+  const id = rt.nextId()
+  const rawTarget = req.url ?? ''
+  const parsed = parseAuthority(rawTarget)
+  const gate = rt.gate(who)
+  const log = (fields: { decision?: Decision; resolved?: readonly Ip[] | undefined; reply?: ProxyReply; sni?: string }, target = parsed.ok ? parsed.value : undefined) =>
+    logDecision(rt, { id, req, method: 'CONNECT', target, rawTarget, policy: gate.policyName, ...fields })
+  const refuse = (r: ProxyReply): void => {
+    log({ reply: r })
+    replyOnSocket(socket, r)
+  }
+  const problem = checkRequestHead(req, rt.limits())
+  if (problem) return refuse(problem)
+  if (!parsed.ok) return refuse(reply(400, 'http_request_error', `bad CONNECT target: ${parsed.error}`))
+  const target = parsed.value
+  const admission = await admit(gate, target)
+  if (admission.kind === 'failed') return refuse(admission.reply)
+  const { decision, resolved } = admission
+  const deferred = defersToSni(gate.ctx, target, decision)
+  if (decision.verdict === 'deny' && !deferred) {
+    log({ decision, resolved })
+    return replyOnSocket(socket, denial('CONNECT', rawTarget, decision))
+  }
+  const opened = interceptor && needsInterception(gate.policy, target) ? interceptor : undefined
+  if (!isTlsPort(gate.ctx, target.port)) {
+    log({ decision, resolved })
+    if (!opened) return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true, who)
+    socket.write(ESTABLISHED)
+    return openTunnelFor(opened, id, socket, head, target, decision, resolved, false, who)
+  }
+
+  // TLS port: answer first, then decide on the ClientHello the client sends next
+  socket.write(ESTABLISHED)
+  const hello = await readHello(socket, head, gate.ctx.tls.helloTimeoutMs)
+  if (hello === undefined) return log({ decision, resolved, reply: reply(400, 'http_request_error', 'client closed the tunnel before a ClientHello') })
+  const sni = hello.view.kind === 'hello' ? hello.view.sni : undefined
+  const second: Admission & { ruleTarget: Target } = await admitHello(gate, target, decision, hello.view)
+  if (second.kind === 'failed') {
+    log({ reply: second.reply, ...(sni ? { sni } : {}) })
+    return void socket.destroy()
+  }
+  log({ decision: second.decision, resolved: second.resolved ?? resolved, ...(sni ? { sni } : {}) })
+  if (second.decision.verdict === 'deny') return void socket.destroy()
+  if (interceptor && needsInterception(gate.policy, second.ruleTarget)) {
+    return openTunnelFor(interceptor, id, socket, hello.bytes, second.ruleTarget, second.decision, second.resolved ?? resolved, true, who)
+  }
+  return openTunnel(rt, id, socket, second.ruleTarget, second.decision.dial, second.resolved ?? resolved ?? second.decision.dial, hello.bytes, false, who)
+}
+
+interface Hello {
+  readonly bytes: Buffer
+  readonly view: HelloView
+}
+
+/** Buffers what the client sends until a whole ClientHello (or proof there is none) is in. */
+function readHello(socket: Socket, head: Buffer, timeoutMs: number): Promise<Hello | undefined> {
+  return new Promise((resolve) => {
+    let bytes = head
+    let settled = false
+    const finish = (view: HelloView | undefined): void => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      socket.off('data', onData)
+      socket.off('close', onClose)
+      socket.pause()
+      resolve(view ? { bytes, view } : undefined)
+    }
+    const inspect = (): void => {
+      const result = parseClientHello(bytes, MAX_HELLO_BYTES)
+      if (result.kind === 'hello') finish({ kind: 'hello', sni: result.sni })
+      else if (result.kind !== 'need-more') finish(result)
+    }
+    const onData = (chunk: Buffer): void => {
+      bytes = bytes.length === 0 ? chunk : Buffer.concat([bytes, chunk]) // a ClientHello mostly comes in one piece
+      inspect()
+    }
+    const onClose = (): void => finish(undefined)
+    const timer = setTimeout(() => finish({ kind: 'timeout' }), timeoutMs)
+    socket.on('data', onData)
+    socket.once('close', onClose)
+    if (bytes.length > 0) inspect()
+  })
+}
+
+/**
+ * Dials the checked addresses (or the parent proxy, for the name), sends what the client already sent, and relays. `answer` says
+ * whether the 200 is still to be written (or, on failure, an error status can still be sent).
+ */
+async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Target, addresses: readonly Ip[], resolved: readonly Ip[], first: Buffer, answer: boolean, who: ClientIdentity): Promise<void> {
+  const limits = rt.limits()
+  let upstream: Socket
+  // with "upstream": through the parent (CONNECT, its 2xx before any tunnel byte), unless upstreamBypass
+  const parent = parentFor(rt.upstream?.(), target)
+  let handshake = { sent: 0, received: 0 }
+  let dialed: Ip | undefined
+  const dialStarted = performance.now()
+  try {
+    if (parent) ({ socket: upstream, ...handshake } = await parent.tunnel(target, limits))
+    else ({ socket: upstream, ip: dialed } = await dial(addresses, target.port, limits.connectTimeoutMs))
+    rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: true })
+  } catch (error) {
+    rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: false })
+    if (!(error instanceof DialFailure)) throw error
+    rt.log.info('upstream failed', { id, status: error.reply.status, error: error.reply.type, detail: error.reply.details, nextHop: error.reply.nextHop })
+    return answer ? replyOnSocket(socket, error.reply) : void socket.destroy()
+  }
+  if (socket.destroyed) return void upstream.destroy()
+  if (answer) socket.write(ESTABLISHED)
+  if (first.length > 0) upstream.write(first)
+  socket.off('error', destroySocket)
+  const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: (reason) => tunnel.close(reason) }
+  const tunnel = relay(socket, upstream, limits, (stats) => {
+    rt.open.delete(open)
+    const viaParent = parent ? { via: parent.hop, bytesFromClient: stats.bytesFromClient - handshake.sent, bytesToClient: stats.bytesToClient - handshake.received } : {}
+    // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life
+    logClosed(rt, { id, kind: 'tunnel', chosen: dialed && formatIp(dialed), ...stats, ...viaParent })
+  })
+  rt.open.add(open)
+}
+
+/** Hands a tunnel whose rules limit methods or paths to the interceptor, pinned to the checked IP. */
+function openTunnelFor(interceptor: Interceptor, id: string, socket: Socket, first: Buffer, target: Target, decision: Decision, resolved: readonly Ip[] | undefined, tls: boolean, who: ClientIdentity): Promise<void> {
+  const ip = decision.dial[0]
+  if (ip === undefined) throw new Error('allowed decision without an address')
+  return interceptor.open({ id, socket, first, target, ip, resolved: resolved ?? decision.dial, tls, who })
+}

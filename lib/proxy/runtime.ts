@@ -1,0 +1,181 @@
+// What every route needs from the running proxy: the current gate and limits (swapped on
+// reload), the logger, request ids, and the registry of open connections that reload re-decides.
+import type { IncomingMessage } from 'node:http'
+import type { Limits } from '../rules/config.js'
+import type { ClientIdentity } from '../policy/clients.js'
+import type { Gate } from '../net/gate.js'
+import { formatIp, type Ip } from '../policy/ip.js'
+import type { LinkedSet } from './linked-set.js'
+import { logEvent, type Logger } from '../core/log.js'
+import type { Lookup } from '../net/resolve.js'
+import { ruleLabel, type Decision } from '../policy/rules.js'
+import type { ProxyReply } from './respond.js'
+import type { Upstream } from '../net/upstream.js'
+import { formatTarget, redactCredentials, type Target } from '../policy/target.js'
+
+export interface OpenConnection {
+  readonly id: string
+  readonly kind: 'tunnel' | 'forward' | 'upgrade'
+  readonly target: Target
+  readonly resolved: readonly Ip[] | undefined
+  /** whose connection it is: a reload re-decides it under that client's policy */
+  readonly who: ClientIdentity
+  close(reason: string): void
+}
+
+/** What observers may do with the open connections: count and list them. */
+export type OpenView = Iterable<OpenConnection> & { readonly size: number }
+
+/** One decision, as logged and as observers (metrics, learning) see it. */
+export interface DecisionRecord {
+  readonly id: string
+  readonly client: string
+  readonly method: string
+  /** `host:port`, or the rejected request-target with any userinfo redacted */
+  readonly target: string
+  readonly resolved?: readonly string[] | undefined
+  readonly chosen?: string | undefined
+  readonly sni?: string | undefined
+  readonly path?: string | undefined
+  readonly intercepted?: boolean | undefined
+  readonly decision: 'allow' | 'deny' | 'error'
+  readonly rule?: string | undefined
+  readonly reason?: string | undefined
+  readonly detail?: string | undefined
+  /** the rules.json entry that would allow it, for denials that have one */
+  readonly suggestion?: string | undefined
+  readonly status?: number | undefined
+  readonly mode: string
+  readonly policy?: string | undefined
+  readonly wouldDeny: boolean
+}
+
+/** A finished tunnel, forwarded request or upgraded connection. */
+export interface ClosedRecord {
+  readonly id: string
+  readonly kind: OpenConnection['kind']
+  readonly method?: string
+  readonly intercepted?: boolean
+  readonly chosen?: string | undefined
+  /** the parent proxy (`host:port`) it went through, when "upstream" is set */
+  readonly via?: string | undefined
+  readonly status?: number
+  readonly bytesFromClient?: number
+  readonly bytesToClient?: number
+  readonly durationMs: number
+  readonly error?: string | undefined
+}
+
+/** How long a DNS lookup or an upstream connect took (for metrics; not logged). */
+export interface TimingRecord {
+  readonly what: 'dns' | 'connect'
+  readonly ms: number
+  readonly ok: boolean
+}
+
+/** The outcome of a rules reload, good or bad (the CLI logs it; observers count it). */
+export interface ReloadRecord {
+  readonly ok: boolean
+  readonly trigger: string
+  readonly errors?: readonly string[]
+}
+
+export type ProxyEvent =
+  | ({ readonly type: 'decision' } & DecisionRecord)
+  | ({ readonly type: 'closed' } & ClosedRecord)
+  | ({ readonly type: 'timing' } & TimingRecord)
+  | ({ readonly type: 'reload' } & ReloadRecord)
+
+export interface Runtime {
+  /** the current gate; for a client, with the policy chosen for it */
+  gate(who?: ClientIdentity): Gate
+  limits(): Limits
+  readonly log: Logger
+  /** the open connections that reload and shutdown walk */
+  readonly open: LinkedSet<OpenConnection>
+  nextId(): string
+  /** logs an event and hands it to observers */
+  record(event: ProxyEvent): void
+  /** the parent proxy allowed traffic leaves through (swapped on reload); undefined: direct */
+  upstream?(): Upstream | undefined
+}
+
+export function clientAddress(req: IncomingMessage): string {
+  const { remoteAddress, remotePort } = req.socket
+  return `${remoteAddress ?? '?'}:${remotePort ?? '?'}`
+}
+
+interface DecisionLog {
+  readonly id: string
+  readonly req: IncomingMessage
+  readonly method: string
+  readonly target: Target | undefined
+  readonly rawTarget: string
+  readonly decision?: Decision
+  readonly resolved?: readonly Ip[] | undefined
+  readonly reply?: ProxyReply
+  /** the TLS server name, for tunnels on TLS ports */
+  readonly sni?: string | undefined
+  /** the request path (no query), where rules limit paths */
+  readonly path?: string
+  /** true for requests read inside an opened (intercepted) tunnel */
+  readonly intercepted?: boolean
+  /** the name of the policy that decided it */
+  readonly policy?: string
+}
+
+/** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
+export function logDecision(rt: Runtime, entry: DecisionLog): void {
+  const { decision, reply } = entry
+  rt.record({
+    type: 'decision',
+    id: entry.id,
+    client: clientAddress(entry.req),
+    method: entry.method,
+    target: entry.target ? formatTarget(entry.target) : redactCredentials(entry.rawTarget.slice(0, 300)),
+    resolved: entry.resolved?.map(formatIp),
+    chosen: decision?.verdict === 'allow' && decision.dial[0] ? formatIp(decision.dial[0]) : undefined,
+    sni: entry.sni,
+    path: entry.path,
+    intercepted: entry.intercepted,
+    decision: decision?.verdict ?? 'error',
+    rule: decision?.rule ? ruleLabel(decision.rule) : undefined,
+    reason: decision?.reason ?? reply?.type,
+    detail: reply?.details ?? decision?.detail,
+    suggestion: decision?.verdict === 'deny' ? decision.suggestion : undefined,
+    status: reply?.status,
+    mode: rt.gate().ctx.mode,
+    policy: entry.policy,
+    wouldDeny: decision?.wouldDeny ?? false,
+  })
+}
+
+export function logClosed(rt: Runtime, record: ClosedRecord): void {
+  rt.record({ type: 'closed', ...record })
+}
+
+/** Logs decisions and closes, and hands every event to the observer (timings and reloads only go there). */
+export function createRecorder(log: Logger, observe: ((event: ProxyEvent) => void) | undefined): (event: ProxyEvent) => void {
+  return (event) => {
+    if (event.type === 'decision' || event.type === 'closed') {
+      const { type, ...fields } = event
+      logEvent(log, type, fields)
+    }
+    observe?.(event)
+  }
+}
+
+/** A lookup that reports how long each resolution took. */
+export function timedLookup(lookup: Lookup, record: (event: ProxyEvent) => void): Lookup {
+  return async (name) => {
+    const started = performance.now()
+    let ok = false
+    try {
+      const addresses = await lookup(name)
+      ok = true
+      return addresses
+    } finally {
+      record({ type: 'timing', what: 'dns', ms: performance.now() - started, ok })
+    }
+  }
+}

@@ -1,0 +1,263 @@
+// The running proxy: one HTTP listener that routes CONNECT, Upgrade and absolute-form requests,
+// answers its own health check, swaps rules atomically on reload and shuts down gracefully.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo, Socket } from 'node:net'
+import { networkInterfaces } from 'node:os'
+import httpProxy from 'http-proxy'
+import { Agent } from 'undici'
+import type { Config } from '../rules/config.js'
+import { gateFor, redecide, type Gate } from '../net/gate.js'
+import { createAuthenticator } from './auth.js'
+import type { Ca } from '../certs/ca.js'
+import { hasBody } from './checks.js'
+import { DEFAULT_POLICY, type ClientIdentity } from '../policy/clients.js'
+import { createInterceptor, upstreamTrust } from './intercept.js'
+import { parseIp, type Ip } from '../policy/ip.js'
+import { createLeafMinter } from '../certs/leaf.js'
+import { LinkedSet } from './linked-set.js'
+import { generatePac, pacEtag, type PacFlavor } from '../wiring/pac.js'
+import type { Logger } from '../core/log.js'
+import type { SelfAddress } from '../policy/rules.js'
+import { createLookup, type Lookup } from '../net/resolve.js'
+import { destroySocket, reply, replyOnResponse, replyOnSocket, type ProxyReply } from './respond.js'
+import { connectRoute } from './route-connect.js'
+import { forwardRoute } from './route-forward.js'
+import { localRoute, type PacFile } from './route-local.js'
+import { createUpgradeProxy, upgradeRoute } from './route-upgrade.js'
+import { createRecorder, logDecision, timedLookup, type OpenConnection, type OpenView, type ProxyEvent, type ReloadRecord, type Runtime } from './runtime.js'
+import { formatTarget } from '../policy/target.js'
+import { nextUpstream, type UpstreamOptions } from '../net/upstream.js'
+import { VERSION } from '../core/version.js'
+
+export interface ProxyOptions {
+  readonly config: Config
+  readonly log: Logger
+  /** DNS override for tests and embedding; default: the resolver described by config.dns */
+  readonly lookup?: Lookup
+  /** `host:port` written into the PAC file; default: the address the listener is bound to */
+  readonly advertise?: string
+  /** the local CA certificate (PEM) served at /ca.crt; absent: /ca.crt answers 404 */
+  readonly caCertPem?: string
+  /** the local CA with its key: needed to open tunnels for rules that limit methods or paths */
+  readonly ca?: Ca
+  /** extra CA certificates (PEM) trusted for origins reached through opened tunnels */
+  readonly upstreamCa?: readonly string[]
+  /** sees every decision and finished connection, as logged */
+  readonly observe?: (event: ProxyEvent) => void
+}
+
+export interface ReloadOutcome {
+  readonly closed: number
+  readonly kept: number
+}
+
+export interface Proxy {
+  listen(): Promise<AddressInfo>
+  address(): AddressInfo
+  /** swaps in new rules; open connections the new rules deny are closed */
+  reload(config: Config): ReloadOutcome
+  /** stops accepting, lets open connections finish until the grace period, then closes the rest */
+  shutdown(): Promise<void>
+  /** listening with rules loaded, and not shutting down */
+  ready(): boolean
+  /** tells observers (metrics, dashboard) how a reload went */
+  noteReload(record: ReloadRecord): void
+  readonly open: OpenView
+}
+
+/** The addresses a client could use to reach this listener: a destination never allowed. */
+export function selfAddresses(address: { address: string; port: number }): SelfAddress[] {
+  const listen = parseIp(address.address)
+  if (!listen) return []
+  const unspecified = listen.value === 0n
+  const local = unspecified
+    ? Object.values(networkInterfaces())
+        .flat()
+        .map((i) => (i ? parseIp(i.address.split('%')[0] ?? '') : undefined))
+    : []
+  return [listen, ...local].filter((ip): ip is Ip => ip !== undefined).map((ip) => ({ ip, port: address.port }))
+}
+
+function clientErrorReply(error: NodeJS.ErrnoException): ProxyReply {
+  if (error.code === 'HPE_HEADER_OVERFLOW') return reply(431, 'http_request_error', 'request head is larger than the limit')
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return reply(408, 'http_request_error', 'request was not received in time')
+  return reply(400, 'http_request_error', `malformed request (${error.code ?? 'parse error'})`)
+}
+
+export function createProxy(options: ProxyOptions): Proxy {
+  const { log } = options
+  let config = options.config
+  let self: SelfAddress[] = []
+  const record = createRecorder(log, options.observe)
+  // the resolver and its answer cache outlive reloads that leave "dns" as it was
+  let dns: { readonly settings: string; readonly lookup: Lookup } | undefined
+  const lookupFor = (c: Config): Lookup => {
+    const settings = JSON.stringify(c.dns, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value))
+    if (dns?.settings !== settings) dns = { settings, lookup: timedLookup(options.lookup ?? createLookup(c.dns), record) }
+    return dns.lookup
+  }
+  const makeGate = (c: Config): Gate => ({
+    policy: c.policy,
+    policyName: DEFAULT_POLICY,
+    policies: c.policies,
+    ctx: { mode: c.mode, self, tls: c.tls },
+    lookup: lookupFor(c),
+  })
+  let gate = makeGate(config)
+  let seq = 0
+  const boot = Date.now().toString(36)
+  const open = new LinkedSet<OpenConnection>()
+  let ready = false
+  let stopping: Promise<void> | undefined
+  const authenticator = createAuthenticator(() => config.auth)
+  // the parent proxy ("upstream"): a new one on reload when its URL or credentials change
+  const upstreamOptions = (): UpstreamOptions => ({ connectTimeoutMs: config.limits.connectTimeoutMs, self: () => self })
+  let upstream = nextUpstream(undefined, config, upstreamOptions())
+  const rt: Runtime = {
+    upstream: () => upstream,
+    gate: (who) => (who ? gateFor(gate, who) : gate),
+    limits: () => config.limits,
+    log,
+    open,
+    record,
+    nextId: () => `${boot}-${(++seq).toString(36)}`,
+  }
+  const limits = config.limits
+  const agent = new Agent({ connect: { timeout: limits.connectTimeoutMs }, keepAliveTimeout: 4_000, connections: 256 })
+  const upgradeProxy = createUpgradeProxy(rt, httpProxy)
+  const interceptor = options.ca ? createInterceptor(rt, createLeafMinter(options.ca), upstreamTrust(options.upstreamCa ?? []), upgradeProxy) : undefined
+  const pacCache = new Map<PacFlavor, PacFile>()
+  const pacFile = (flavor: PacFlavor): PacFile => {
+    const cached = pacCache.get(flavor)
+    if (cached) return cached
+    const { address, port } = server.address() as AddressInfo
+    const advertise = options.advertise ?? `${address.includes(':') ? `[${address}]` : address}:${port}`
+    const text = generatePac({ advertise, bypass: config.bypass, policy: config.policy, flavor, version: VERSION })
+    const file = { text, etag: pacEtag(text) }
+    pacCache.set(flavor, file)
+    return file
+  }
+
+  const server: Server = createServer({
+    maxHeaderSize: limits.maxHeaderBytes,
+    headersTimeout: limits.headerTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    connectionsCheckingInterval: Math.min(1_000, limits.headerTimeoutMs),
+    insecureHTTPParser: false,
+  })
+  server.maxHeadersCount = 0 // count them ourselves: Node would otherwise drop headers past 2000 silently
+  // maxHeaderBytes and the upstream connect timeout are fixed at start; these follow reloads.
+  const applyLimits = (l: Config['limits']): void => {
+    server.headersTimeout = l.headerTimeoutMs
+    server.requestTimeout = l.requestTimeoutMs
+    server.keepAliveTimeout = l.keepAliveTimeoutMs
+    server.maxConnections = l.maxConnections
+  }
+  applyLimits(limits)
+
+  const guarded = (what: string, fallback: (r: ProxyReply) => void, work: () => Promise<void>): void => {
+    work().catch((error: unknown) => {
+      log.error('internal error', { where: what, error: error instanceof Error ? error.stack : String(error) })
+      fallback(reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
+    })
+  }
+  /** Proxy authentication comes first: a client it refuses never reaches a route, which learns who the client is. */
+  const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void>): void => {
+    const source = req.socket.remoteAddress ?? ''
+    // without proxy authentication, straight to the route (no await per request)
+    if (!config.auth) return guarded(what, refuse, () => route({ source: parseIp(source), user: undefined }))
+    guarded(what, refuse, async () => {
+      const result = await authenticator.check(req.headers['proxy-authorization'], source)
+      if (!result.ok) {
+        logDecision(rt, { id: rt.nextId(), req, method: req.method ?? '', target: undefined, rawTarget: req.url ?? '', reply: result.reply })
+        return refuse(result.reply)
+      }
+      await route({ source: parseIp(source), user: result.user })
+    })
+  }
+  const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
+    if (req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
+    authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), (who) => forwardRoute(rt, agent, who, req, res, expectsContinue))
+  }
+  server.on('request', (req, res) => onRequest(req, res, false))
+  server.on('checkContinue', (req, res) => onRequest(req, res, true))
+  server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    socket.on('error', destroySocket)
+    authenticated('connect', req, (r) => replyOnSocket(socket, r), (who) => connectRoute(rt, interceptor, who, req, socket, head))
+  })
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    socket.on('error', destroySocket)
+    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), (who) => upgradeRoute(rt, upgradeProxy, who, req, socket, head))
+  })
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
+    if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+    const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+    // a response already under way (e.g. a request timeout mid-body): a second status line would corrupt it
+    if (pending?.headersSent) return void socket.destroy()
+    const r = clientErrorReply(error)
+    record({ type: 'decision', id: rt.nextId(), client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, method: '', target: '', decision: 'error', reason: r.type, status: r.status, detail: r.details, mode: gate.ctx.mode, wouldDeny: false })
+    // an earlier pipelined request still being decided answers first: responses keep their order
+    // (a timeout is about that request itself, so it is answered at once)
+    if (pending && !pending.writableFinished && error.code !== 'ERR_HTTP_REQUEST_TIMEOUT') pending.once('finish', () => replyOnSocket(socket, r))
+    else replyOnSocket(socket, r)
+  })
+
+  return {
+    open,
+    address: () => server.address() as AddressInfo,
+    listen: () =>
+      new Promise((resolve, reject) => {
+        server.once('error', reject)
+        server.listen(config.listen.port, config.listen.host, () => {
+          server.removeListener('error', reject)
+          const address = server.address() as AddressInfo
+          self = selfAddresses(address)
+          gate = makeGate(config)
+          ready = true
+          resolve(address)
+        })
+      }),
+    reload(next: Config): ReloadOutcome {
+      config = { ...next, listen: config.listen }
+      gate = makeGate(config)
+      applyLimits(config.limits)
+      const parentBefore = upstream?.proxy
+      upstream = nextUpstream(upstream, config, upstreamOptions())
+      if (upstream?.proxy !== parentBefore) log.info('upstream changed', { upstream: upstream?.proxy.display ?? 'none: direct' })
+      pacCache.clear()
+      let closed = 0
+      let kept = 0
+      for (const conn of open) {
+        const decision = redecide(gateFor(gate, conn.who), conn.target, conn.resolved)
+        if (decision.verdict === 'allow') {
+          kept++
+          continue
+        }
+        closed++
+        log.info('revoked', { id: conn.id, kind: conn.kind, target: formatTarget(conn.target), reason: decision.reason, detail: decision.detail })
+        conn.close(`rules changed: ${decision.detail}`)
+      }
+      return { closed, kept }
+    },
+    ready: () => ready,
+    noteReload: (r) => record({ type: 'reload', ...r }),
+    shutdown: () => (stopping ??= stop()),
+  }
+
+  async function stop(): Promise<void> {
+    ready = false
+    const closedServer = new Promise<void>((resolve) => server.close(() => resolve()))
+    server.closeIdleConnections()
+    const deadline = setTimeout(() => {
+      for (const conn of open) conn.close('proxy shutting down')
+      server.closeAllConnections()
+    }, config.limits.shutdownGraceMs)
+    await closedServer
+    clearTimeout(deadline)
+    upgradeProxy.close()
+    await interceptor?.close()
+    await agent.close()
+    await upstream?.close()
+  }
+}

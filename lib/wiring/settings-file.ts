@@ -1,0 +1,136 @@
+// Merging proxy-gate's keys into someone else's JSON settings file: every other key kept, a
+// backup beside it, written atomically as UTF-8 without BOM, and a revert from that backup.
+import { existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs'
+import { basename, dirname, join } from 'node:path'
+import type { Json, JsonObject } from './docker.js'
+import type { Result } from '../policy/target.js'
+
+export interface Change {
+  readonly path: string
+  readonly from: Json | undefined
+  readonly to: Json | undefined
+}
+
+function isObject(value: Json | undefined): value is JsonObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+/** Paths of the values a fragment sets (objects are walked into; arrays and scalars are values). */
+function leaves(fragment: JsonObject, prefix: string[] = []): string[][] {
+  return Object.entries(fragment).flatMap(([key, value]) => (isObject(value) ? leaves(value, [...prefix, key]) : [[...prefix, key]]))
+}
+
+function getPath(obj: JsonObject, path: readonly string[]): Json | undefined {
+  let node: Json | undefined = obj
+  for (const key of path) node = isObject(node) ? node[key] : undefined
+  return node
+}
+
+function setPath(obj: JsonObject, path: readonly string[], value: Json | undefined): JsonObject {
+  const [key, ...rest] = path as [string, ...string[]]
+  const copy: JsonObject = { ...obj }
+  if (rest.length === 0) {
+    if (value === undefined) delete copy[key]
+    else copy[key] = value
+    return copy
+  }
+  const child = copy[key]
+  const updated = setPath(isObject(child) ? child : {}, rest, value)
+  // removing a key proxy-gate added must not leave behind an empty object it created
+  if (value === undefined && Object.keys(updated).length === 0) delete copy[key]
+  else copy[key] = updated
+  return copy
+}
+
+export function mergeFragment(existing: JsonObject, fragment: JsonObject): JsonObject {
+  return leaves(fragment).reduce((acc, path) => setPath(acc, path, getPath(fragment, path)), existing)
+}
+
+/** Puts back, for each key the fragment manages, the value the backup had (or removes it). */
+export function revertFragment(current: JsonObject, backup: JsonObject, fragment: JsonObject): JsonObject {
+  return leaves(fragment).reduce((acc, path) => setPath(acc, path, getPath(backup, path)), current)
+}
+
+export function changesBetween(before: JsonObject, after: JsonObject, fragment: JsonObject): Change[] {
+  return leaves(fragment)
+    .map((path) => ({ path: path.join('.'), from: getPath(before, path), to: getPath(after, path) }))
+    .filter((c) => JSON.stringify(c.from) !== JSON.stringify(c.to))
+}
+
+export interface JsonFile {
+  /** undefined when the file does not exist yet */
+  readonly value: JsonObject | undefined
+}
+
+/** Reads a JSON object file. A file that is not a JSON object is an error: it will not be touched. */
+export function readJsonFile(path: string): Result<JsonFile> {
+  if (!existsSync(path)) return { ok: true, value: { value: undefined } }
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (error) {
+    return { ok: false, error: `cannot read ${path}: ${(error as Error).message}` }
+  }
+  try {
+    const value = JSON.parse(text.replace(/^\uFEFF/, '')) as Json
+    if (!isObject(value)) return { ok: false, error: `${path} does not hold a JSON object; it was left untouched` }
+    return { ok: true, value: { value } }
+  } catch (error) {
+    return { ok: false, error: `${path} is not valid JSON (${(error as Error).message}); it was left untouched` }
+  }
+}
+
+/** Temp file in the same folder, then rename: readers see the old file or the new one, never half. */
+export function writeJsonAtomic(path: string, value: JsonObject): void {
+  const temp = join(dirname(path), `.${basename(path)}.proxy-gate-${process.pid}.tmp`)
+  writeFileSync(temp, `${JSON.stringify(value, null, 2)}\n`, { encoding: 'utf8' })
+  try {
+    renameSync(temp, path)
+  } catch (error) {
+    unlinkSync(temp)
+    throw error
+  }
+}
+
+export function backupPath(path: string): string {
+  return `${path}.proxy-gate-backup`
+}
+
+export interface WritePlan {
+  readonly before: JsonObject
+  readonly after: JsonObject
+  readonly changes: readonly Change[]
+}
+
+export function planWrite(current: JsonObject | undefined, fragment: JsonObject): WritePlan {
+  const before = current ?? {}
+  const after = mergeFragment(before, fragment)
+  const changes = changesBetween(before, after, fragment)
+  return { before, after, changes }
+}
+
+/**
+ * Which file the backup beside it holds: 'first', the file as it was before proxy-gate first
+ * wrote to it (what --revert restores, however often the settings were written since); 'latest',
+ * the file as it was before the last write that changed something.
+ */
+export type BackupRule = 'first' | 'latest'
+
+export function applyWrite(path: string, plan: WritePlan, backup: BackupRule): void {
+  if ((backup === 'latest' && plan.changes.length > 0) || !existsSync(backupPath(path))) writeJsonAtomic(backupPath(path), plan.before)
+  writeJsonAtomic(path, plan.after)
+}
+
+/** Restores the managed keys from the backup and removes it. */
+export function applyRevert(path: string, fragment: JsonObject): Result<readonly Change[]> {
+  const backup = readJsonFile(backupPath(path))
+  if (!backup.ok) return backup
+  if (!backup.value.value) return { ok: false, error: `no backup at ${backupPath(path)}: nothing to revert` }
+  const current = readJsonFile(path)
+  if (!current.ok) return current
+  const before = current.value.value ?? {}
+  const after = revertFragment(before, backup.value.value, fragment)
+  writeJsonAtomic(path, after)
+  unlinkSync(backupPath(path))
+  return { ok: true, value: changesBetween(before, after, fragment) }
+}
