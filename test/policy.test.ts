@@ -1,35 +1,11 @@
-// lib/policy/rules.ts: the rule grammar and its validation errors, the matcher, and the two-step
+// lib/policy/rules.ts and decide.ts: the rule grammar and its validation errors, the matcher, and the two-step
 // decision (names on rules alone, then every resolved address through deny rules and the
 // address guard). Rules R1-R4 and the DNS fixtures are the corpus's (section 0); the resolved
 // addresses are given directly, since the policy is pure.
 import { DEFAULT_TLS } from '../lib/rules/config.js'
 import t from 'tap'
-import {
-  checkHello,
-  checkInnerHost,
-  compilePolicy,
-  confirmSniAddress,
-  decideAddresses,
-  decideRequest,
-  needsInterception,
-  parsePathGlob,
-  withRequest,
-  decideForwarded,
-  decideTarget,
-  denyErrorType,
-  describePattern,
-  matchIp,
-  matchName,
-  parseBypass,
-  parseRule,
-  type Decision,
-  type DecisionContext,
-  type ListName,
-  type Pending,
-  type Policy,
-  type PortRange,
-  type Reason,
-} from '../lib/policy/rules.js'
+import { checkHello, checkInnerHost, confirmSniAddress, decideAddresses, decideRequest, needsInterception, withRequest, decideForwarded, decideTarget, denyErrorType, type Decision, type DecisionContext, type Pending, type Reason } from '../lib/policy/decide.js'
+import { compilePolicy, parsePathGlob, describePattern, matchIp, matchName, parseBypass, parseRule, type ListName, type Policy, type PortRange } from '../lib/policy/rules.js'
 import { normalisePath } from '../lib/policy/target.js'
 import { ip, policy, target } from './helpers/fixtures.js'
 

@@ -2,7 +2,8 @@
 // resolution and the address guard. Owns the I/O the pure policy must not do.
 import { choosePolicy, type ClientIdentity, type PolicySet } from '../policy/clients.js'
 import type { Ip } from '../policy/ip.js'
-import { checkHello, confirmSniAddress, decideAddresses, decideTarget, type Decision, type DecisionContext, type HelloView, type Policy } from '../policy/rules.js'
+import { checkHello, confirmSniAddress, decideAddresses, decideTarget, type Decision, type DecisionContext, type HelloView } from '../policy/decide.js'
+import type { Policy } from '../policy/rules.js'
 import { DnsFailure, type Lookup } from './resolve.js'
 import { reply, type ProxyReply } from '../proxy/respond.js'
 import { formatTarget, type Target } from '../policy/target.js'

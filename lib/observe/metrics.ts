@@ -1,7 +1,7 @@
 // Prometheus metrics (prom-client) built from the same events the log shows. Every label has a
 // small, fixed set of values: no per-host labels, so cardinality stays bounded.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
-import { REASONS as POLICY_REASONS } from '../policy/rules.js'
+import { REASONS as POLICY_REASONS } from '../policy/decide.js'
 import { PROXY_ERROR_TYPES } from '../proxy/respond.js'
 import type { OpenView, ProxyEvent } from '../proxy/runtime.js'
 

@@ -2,8 +2,8 @@
 // header and a short text body that says what happened and how to fix it.
 import { STATUS_CODES, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
-import type { Decision } from '../policy/rules.js'
-import { denyErrorType } from '../policy/rules.js'
+import type { Decision } from '../policy/decide.js'
+import { denyErrorType } from '../policy/decide.js'
 
 /** RFC 9209 error types the proxy answers with. */
 export const PROXY_ERROR_TYPES = [

@@ -3,7 +3,8 @@
 import { parseAuth, type AuthSettings } from '../proxy/auth.js'
 import { parseClients, parsePolicies, type PolicySet } from '../policy/clients.js'
 import { formatIp, parseIp, type Ip } from '../policy/ip.js'
-import { compilePolicy, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError, type TlsSettings } from '../policy/rules.js'
+import { compilePolicy, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
+import type { TlsSettings } from '../policy/decide.js'
 import { formatTarget, hostText, parseAuthority, type Result, type Target } from '../policy/target.js'
 
 export interface Limits {

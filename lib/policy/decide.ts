@@ -1,0 +1,323 @@
+// The egress decision: a value (verdict, reason, matched rule, suggested fix) made from the
+// compiled rules for a target, its resolved addresses, its TLS ClientHello and its requests.
+// Every wire path consumes it. Pure: no files, no DNS, no sockets.
+import { PRIVATE_KINDS, classifyIp, formatIp, type Ip } from './ip.js'
+import { allowCandidates, allowRuleOnAnyPort, hasRequestLimits, matchIp, matchName, ruleLabel, specialRuleCovers, type Mode, type Policy, type PortRange, type Rule } from './rules.js'
+import { formatTarget, hostText, normaliseName, normalisePath, type Result, type Target } from './target.js'
+
+// ---- decision ------------------------------------------------------------------------------
+
+/** Why a decision came out as it did (logged, and a metrics label). */
+export const REASONS = [
+  'allow-rule', // an allow rule matched and every address passed the guard
+  'deny-rule', // a deny rule matched the name or an address
+  'no-rule', // no allow rule matched
+  'address-prohibited', // a resolved or literal address is special-purpose
+  'self-connection', // the address is the proxy's own listener
+  'sni-mismatch', // the TLS server name is not the CONNECT host (domain fronting)
+  'sni-missing', // no usable TLS server name where one is required
+  'sni-address-mismatch', // an IP-literal CONNECT whose TLS server name does not resolve to that IP
+  'not-tls', // plain bytes in a tunnel on a TLS port
+  'bad-client-hello', // a malformed, oversized or late ClientHello
+  'request-not-allowed', // the host is allowed, but not this method or path
+  'bad-path', // a path that could mean different things to different servers
+  'host-mismatch', // inside an opened tunnel, a Host header that is not the tunnel's server name
+] as const
+export type Reason = (typeof REASONS)[number]
+
+export type ErrorType = 'http_request_denied' | 'destination_ip_prohibited'
+
+export interface Decision {
+  readonly verdict: 'allow' | 'deny'
+  readonly reason: Reason
+  readonly rule: Rule | undefined
+  /** true when report mode let through what enforce mode would deny */
+  readonly wouldDeny: boolean
+  /** human explanation of the verdict */
+  readonly detail: string
+  /** rules.json entry that would allow the request, when one exists */
+  readonly suggestion: string | undefined
+  /** the address the verdict is about (IP targets and guard denials) */
+  readonly address: Ip | undefined
+  /** addresses cleared to dial, in order; empty on deny */
+  readonly dial: readonly Ip[]
+}
+
+/** A name allowed by the rules (or let through by report mode): it must now be resolved and guarded. */
+export interface Pending {
+  readonly verdict: 'resolve'
+  readonly rule: Rule | undefined
+  readonly wouldDeny: boolean
+  /** what denial report mode waived, carried into the final decision's detail */
+  readonly waived: Decision | undefined
+}
+
+export interface SelfAddress {
+  readonly ip: Ip
+  readonly port: number
+}
+
+export interface TlsSettings {
+  /** CONNECT ports whose tunnels must start with a TLS ClientHello that names the target */
+  readonly ports: readonly PortRange[]
+  readonly requireSni: boolean
+  readonly allowNonTls: boolean
+  readonly helloTimeoutMs: number
+  /** PEM files (relative to the rules file) trusted for origins reached through opened tunnels */
+  readonly upstreamCaFiles: readonly string[]
+}
+
+export interface DecisionContext {
+  readonly mode: Mode
+  /** the proxy's own listening addresses: never a destination */
+  readonly self: readonly SelfAddress[]
+  readonly tls: TlsSettings
+}
+
+export function denyErrorType(reason: Reason): ErrorType {
+  return reason === 'address-prohibited' || reason === 'self-connection' ? 'destination_ip_prohibited' : 'http_request_denied'
+}
+
+function decision(fields: Partial<Decision> & Pick<Decision, 'verdict' | 'reason' | 'detail'>): Decision {
+  return { rule: undefined, wouldDeny: false, suggestion: undefined, address: undefined, dial: [], ...fields }
+}
+
+function quote(text: string): string {
+  return JSON.stringify(text)
+}
+
+function ipEntry(ip: Ip, port: number): string {
+  const text = formatIp(ip)
+  return quote(`${ip.family === 6 ? `[${text}]` : text}:${port}`)
+}
+
+/** In report mode a rule denial becomes an allow that remembers it would have been denied. */
+function waive(denied: Decision, ctx: DecisionContext, dial: readonly Ip[]): Decision {
+  if (ctx.mode !== 'report') return denied
+  return { ...denied, verdict: 'allow', wouldDeny: true, dial, detail: `report mode: would deny: ${denied.detail}` }
+}
+
+function isSelf(ctx: DecisionContext, ip: Ip, port: number, loopback: boolean): boolean {
+  // aliases of a listener: connect() to 0.0.0.0 or :: lands on the local host, and a listener on
+  // the unspecified address also answers on every loopback address (all of 127/8, ::1)
+  return ctx.self.some(
+    (s) => s.port === port && ((s.ip.family === ip.family && s.ip.value === ip.value) || ip.value === 0n || (s.ip.value === 0n && loopback)),
+  )
+}
+
+/**
+ * Guards one address: self-connection and special-purpose ranges are refused unless an IP
+ * rule that names special space covers it, or (for private ranges) the name rule says private.
+ */
+function guardAddress(policy: Policy, ctx: DecisionContext, ip: Ip, port: number, nameRule: Rule | undefined, name: string | undefined): Decision | undefined {
+  const special = classifyIp(ip) // once per address: every allowed request passes here
+  if (isSelf(ctx, ip, port, special?.kind === 'loopback')) {
+    return decision({ verdict: 'deny', reason: 'self-connection', address: ip, detail: `${formatIp(ip)}:${port} is proxy-gate's own listener` })
+  }
+  if (!special) return undefined
+  if (specialRuleCovers(policy, ip, port)) return undefined
+  if (nameRule?.private && PRIVATE_KINDS.has(special.kind)) return undefined
+  const via = name === undefined ? '' : `${name} resolves to `
+  const where = `${formatIp(ip)}:${port}`
+  const suggestion =
+    name !== undefined && PRIVATE_KINDS.has(special.kind)
+      ? JSON.stringify({ host: name, ports: [port], private: true })
+      : ipEntry(ip, port)
+  return decision({ verdict: 'deny', reason: 'address-prohibited', address: ip, suggestion, detail: `${via}${where}, a ${special.label} address, which is refused unless a rule names it` })
+}
+
+function decideIp(policy: Policy, ctx: DecisionContext, target: Target, ip: Ip): Decision {
+  const denyRule = matchIp(policy, 'deny', ip, target.port)
+  const where = formatTarget(target)
+  const guard = guardAddress(policy, ctx, ip, target.port, undefined, undefined)
+  if (guard) return guard
+  if (denyRule) {
+    return waive(decision({ verdict: 'deny', reason: 'deny-rule', rule: denyRule, address: ip, detail: `${where} matches deny rule ${ruleLabel(denyRule)}` }), ctx, [ip])
+  }
+  const allowRule = matchIp(policy, 'allow', ip, target.port)
+  if (allowRule) return decision({ verdict: 'allow', reason: 'allow-rule', rule: allowRule, address: ip, dial: [ip], detail: `allowed by ${ruleLabel(allowRule)}` })
+  return waive(
+    decision({ verdict: 'deny', reason: 'no-rule', address: ip, suggestion: ipEntry(ip, target.port), detail: `no allow rule matches ${where} (a host-name rule never matches an IP address)` }),
+    ctx,
+    [ip],
+  )
+}
+
+/**
+ * First step for every request. IP targets get their final decision; names are decided on the
+ * rules alone (no DNS yet) and, when allowed, come back as Pending for resolution.
+ */
+export function decideTarget(policy: Policy, ctx: DecisionContext, target: Target): Decision | Pending {
+  if (target.host.kind === 'ip') return decideIp(policy, ctx, target, target.host.ip)
+  const name = target.host.name
+  const where = formatTarget(target)
+  const denyRule = matchName(policy, 'deny', name, target.port)
+  const allowRule = matchName(policy, 'allow', name, target.port)
+  let denied: Decision | undefined
+  if (denyRule) {
+    denied = decision({ verdict: 'deny', reason: 'deny-rule', rule: denyRule, detail: `${where} matches deny rule ${ruleLabel(denyRule)}` })
+  } else if (!allowRule) {
+    const otherPorts = allowRuleOnAnyPort(policy, name)
+    const hint = otherPorts ? ` (${ruleLabel(otherPorts)} allows ${hostText(target.host)} on other ports)` : ''
+    denied = decision({ verdict: 'deny', reason: 'no-rule', suggestion: quote(where), detail: `no allow rule matches ${where}${hint}` })
+  }
+  if (denied && ctx.mode !== 'report') return denied
+  return { verdict: 'resolve', rule: denied ? undefined : allowRule, wouldDeny: denied !== undefined, waived: denied }
+}
+
+/** Second step for names: every resolved address must pass deny rules and the address guard. */
+export function decideAddresses(policy: Policy, ctx: DecisionContext, target: Target, pending: Pending, addresses: readonly Ip[]): Decision {
+  const name = hostText(target.host)
+  for (const ip of addresses) {
+    const guard = guardAddress(policy, ctx, ip, target.port, pending.rule, name)
+    if (guard) return guard
+    const denyRule = matchIp(policy, 'deny', ip, target.port)
+    if (denyRule) {
+      const denied = decision({ verdict: 'deny', reason: 'deny-rule', rule: denyRule, address: ip, detail: `${name} resolves to ${formatIp(ip)}, which matches deny rule ${ruleLabel(denyRule)}` })
+      return waive(denied, ctx, addresses)
+    }
+  }
+  if (pending.waived) return waive(pending.waived, ctx, addresses)
+  const rule = pending.rule as Rule
+  return decision({ verdict: 'allow', reason: 'allow-rule', rule, dial: addresses, detail: `allowed by ${ruleLabel(rule)}` })
+}
+
+// ---- TLS ClientHello checks (CONNECT on TLS ports) ----------------------------------------
+
+/** What the proxy saw at the start of a tunnel on a TLS port. */
+export type HelloView =
+  | { readonly kind: 'hello'; readonly sni: string | undefined }
+  | { readonly kind: 'not-tls' }
+  | { readonly kind: 'malformed'; readonly reason: string }
+  | { readonly kind: 'timeout' }
+
+/** The SNI says which name to admit an IP-literal tunnel under. */
+export interface SniAdmission {
+  readonly verdict: 'admit-sni'
+  readonly target: Target
+  readonly sni: string
+}
+
+export function isTlsPort(ctx: DecisionContext, port: number): boolean {
+  return ctx.tls.ports.some(([lo, hi]) => port >= lo && port <= hi)
+}
+
+/**
+ * An IP-literal CONNECT that no rule allows, on a TLS port, is not refused yet: Docker Desktop
+ * sends transparently captured HTTPS this way, and the ClientHello's server name can decide it.
+ */
+export function defersToSni(ctx: DecisionContext, target: Target, decision: Decision): boolean {
+  return decision.verdict === 'deny' && decision.reason === 'no-rule' && target.host.kind === 'ip' && isTlsPort(ctx, target.port)
+}
+
+function helloDenial(ctx: DecisionContext, admitted: Decision, reason: Reason, detail: string): Decision {
+  return waive(decision({ verdict: 'deny', reason, rule: admitted.rule, address: admitted.address, detail }), ctx, admitted.dial)
+}
+
+/** A usable server name: a valid host name (an IP address is not a valid SNI). */
+function sniName(sni: string | undefined): string | undefined {
+  if (sni === undefined) return undefined
+  const name = normaliseName(sni)
+  return name.ok ? name.value : undefined
+}
+
+/**
+ * The second look at a tunnel on a TLS port, after the 200: the ClientHello must name the host
+ * that was allowed. Deferred IP-literal tunnels come back as SniAdmission, to be admitted under
+ * the server name and confirmed with confirmSniAddress.
+ */
+export function checkHello(ctx: DecisionContext, target: Target, admitted: Decision, hello: HelloView): Decision | SniAdmission {
+  const deferred = admitted.verdict === 'deny'
+  const where = formatTarget(target)
+  if (hello.kind === 'not-tls') {
+    if (ctx.tls.allowNonTls && !deferred) return admitted
+    return helloDenial(ctx, admitted, 'not-tls', `the client sent non-TLS bytes into a tunnel to ${where}, a TLS port`)
+  }
+  if (hello.kind === 'timeout') return helloDenial(ctx, admitted, 'bad-client-hello', `no TLS ClientHello within ${ctx.tls.helloTimeoutMs} ms in the tunnel to ${where}`)
+  if (hello.kind === 'malformed') return helloDenial(ctx, admitted, 'bad-client-hello', `malformed TLS ClientHello in the tunnel to ${where}: ${hello.reason}`)
+  const name = sniName(hello.sni)
+  if (target.host.kind === 'ip') {
+    if (!deferred) return admitted
+    if (name === undefined) return helloDenial(ctx, admitted, 'sni-missing', `no allow rule matches ${where} and the ClientHello names no host to decide by`)
+    return { verdict: 'admit-sni', target: { host: { kind: 'name', name }, port: target.port }, sni: name }
+  }
+  if (name === undefined) {
+    if (!ctx.tls.requireSni) return admitted
+    return helloDenial(ctx, admitted, 'sni-missing', `the ClientHello for ${where} names no server (tls.requireSni)`)
+  }
+  if (name === target.host.name) return admitted
+  return helloDenial(ctx, admitted, 'sni-mismatch', `the TLS server name ${name} is not the CONNECT host ${target.host.name} (domain fronting)`)
+}
+
+/** An IP-literal tunnel admitted by its server name: the IP must be one the name resolved to. */
+export function confirmSniAddress(ctx: DecisionContext, target: Target, byName: Decision, sni: string): Decision {
+  if (byName.verdict === 'deny' || target.host.kind !== 'ip') return byName
+  const ip = target.host.ip
+  if (byName.dial.some((a) => a.family === ip.family && a.value === ip.value)) {
+    return { ...byName, address: ip, dial: [ip], detail: `${byName.detail} (TLS server name ${sni} for ${formatTarget(target)})` }
+  }
+  return helloDenial(ctx, byName, 'sni-address-mismatch', `${formatTarget(target)} is not an address of ${sni}, the TLS server name`)
+}
+
+// ---- requests the proxy can see (plain HTTP, intercepted tunnels) -----------------------
+
+/** True when every allow rule for this host:port limits methods or paths: its tunnels must be opened. */
+export function needsInterception(policy: Policy, target: Target): boolean {
+  if (!policy.limitsRequests) return false
+  const rules = allowCandidates(policy, target)
+  return rules.length > 0 && rules.every(hasRequestLimits)
+}
+
+function requestAllowed(rule: Rule, method: string, path: string): boolean {
+  return (rule.methods === undefined || rule.methods.includes(method)) && (rule.paths === undefined || rule.paths.some((g) => g.regex.test(path)))
+}
+
+/**
+ * Decides one request on a host the rules allow: a rule without methods/paths admits anything;
+ * otherwise some rule must admit this method and (normalised) path.
+ */
+export function decideRequest(policy: Policy, ctx: DecisionContext, target: Target, method: string, path: Result<string>): Decision {
+  if (!policy.limitsRequests) return decision({ verdict: 'allow', reason: 'allow-rule', detail: `no request limits for ${formatTarget(target)}` })
+  const rules = allowCandidates(policy, target).sort((a, b) => a.index - b.index)
+  const open = rules.find((r) => !hasRequestLimits(r))
+  const where = formatTarget(target)
+  if (open || rules.length === 0) return decision({ verdict: 'allow', reason: 'allow-rule', rule: open, detail: open ? `allowed by ${ruleLabel(open)}` : `no request limits for ${where}` })
+  if (!path.ok) return waive(decision({ verdict: 'deny', reason: 'bad-path', detail: `${method} on ${where}: ${path.error}` }), ctx, [])
+  const rule = rules.find((r) => requestAllowed(r, method, path.value))
+  if (rule) return decision({ verdict: 'allow', reason: 'allow-rule', rule, detail: `${method} ${path.value} allowed by ${ruleLabel(rule)}` })
+  const host = hostText(target.host)
+  const suggestion = JSON.stringify({ host, ports: [target.port], methods: [method], paths: [path.value] })
+  const limits = rules.map((r) => `${ruleLabel(r)}`).join('; ')
+  return waive(decision({ verdict: 'deny', reason: 'request-not-allowed', rule: rules[0], suggestion, detail: `${method} ${path.value} is not allowed on ${where} (the rules for it: ${limits})` }), ctx, [])
+}
+
+/** The host-level decision narrowed by the request-level one (addresses come from the host's). */
+/**
+ * A forwarded or upgraded request's decision: the host decision, narrowed by methods and paths
+ * only where a rule limits them (the path is normalised only then: most policies have none).
+ */
+export function decideForwarded(policy: Policy, ctx: DecisionContext, host: Decision, target: Target, method: string, path: string): Decision {
+  if (host.verdict !== 'allow' || !policy.limitsRequests) return host
+  return withRequest(host, decideRequest(policy, ctx, target, method, normalisePath(path)))
+}
+
+export function withRequest(host: Decision, request: Decision): Decision {
+  if (host.verdict === 'deny') return host
+  if (request.verdict === 'deny') return request
+  return request.wouldDeny || hasRequestLimitsOf(request.rule) ? { ...request, dial: host.dial, address: host.address, wouldDeny: request.wouldDeny || host.wouldDeny } : host
+}
+
+function hasRequestLimitsOf(rule: Rule | undefined): boolean {
+  return rule !== undefined && hasRequestLimits(rule)
+}
+
+/** Inside an opened tunnel the Host header must name the tunnel's host (and port, if given). */
+export function checkInnerHost(ctx: DecisionContext, target: Target, header: string | undefined): Decision | undefined {
+  const colon = header?.lastIndexOf(':') ?? -1
+  const hasPort = header !== undefined && colon > header.lastIndexOf(']')
+  const name = header === undefined ? undefined : normaliseName(hasPort ? header.slice(0, colon) : header)
+  const portOk = !hasPort || header?.slice(colon + 1) === String(target.port)
+  if (name?.ok && portOk && name.value === hostText(target.host)) return undefined
+  const shown = header === undefined ? 'no Host header' : `Host ${JSON.stringify(header.slice(0, 100))}`
+  return waive(decision({ verdict: 'deny', reason: 'host-mismatch', detail: `${shown} in a tunnel to ${formatTarget(target)}: requests must name the tunnel's host` }), ctx, [])
+}
