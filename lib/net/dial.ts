@@ -2,7 +2,7 @@
 // name is never resolved again (no rebinding window), each try bounded by the connect timeout.
 import { connect, type Socket } from 'node:net'
 import { formatIp, type Ip } from '../policy/ip.js'
-import { reply, type ProxyReply } from '../proxy/respond.js'
+import { reply, type ProxyReply } from '../core/reply.js'
 
 export class DialFailure extends Error {
   constructor(readonly reply: ProxyReply) {

@@ -5,7 +5,7 @@ import type { Ip } from '../policy/ip.js'
 import { checkHello, confirmSniAddress, decideAddresses, decideTarget, type Decision, type DecisionContext, type HelloView } from '../policy/decide.js'
 import type { Policy } from '../policy/rules.js'
 import { DnsFailure, type Lookup } from './resolve.js'
-import { reply, type ProxyReply } from '../proxy/respond.js'
+import { reply, type ProxyReply } from '../core/reply.js'
 import { formatTarget, type Target } from '../policy/target.js'
 
 export interface Gate {

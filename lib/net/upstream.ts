@@ -15,7 +15,7 @@ import { DialFailure, upstreamFailure } from './dial.js'
 import { parseIp } from '../policy/ip.js'
 import { patternMatches, type HostPattern } from '../policy/rules.js'
 import type { SelfAddress } from '../policy/decide.js'
-import { reply, type ProxyReply } from '../proxy/respond.js'
+import { reply, type ProxyReply } from '../core/reply.js'
 import { formatTarget, type Target } from '../policy/target.js'
 
 export interface UpstreamOptions {

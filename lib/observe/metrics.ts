@@ -2,7 +2,7 @@
 // small, fixed set of values: no per-host labels, so cardinality stays bounded.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { REASONS as POLICY_REASONS } from '../policy/decide.js'
-import { PROXY_ERROR_TYPES } from '../proxy/respond.js'
+import { PROXY_ERROR_TYPES } from '../core/reply.js'
 import type { OpenView, ProxyEvent } from '../proxy/runtime.js'
 
 export interface Metrics {

@@ -5,7 +5,7 @@
 import { createHash, randomBytes, scrypt as scryptCallback, timingSafeEqual, type ScryptOptions } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
 import type { RuleError } from '../policy/rules.js'
-import { reply, type ProxyReply } from './respond.js'
+import { reply, type ProxyReply } from '../core/reply.js'
 
 export interface AuthSettings {
   readonly realm: string

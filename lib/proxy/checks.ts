@@ -3,7 +3,7 @@
 import type { IncomingMessage } from 'node:http'
 import type { Limits } from '../rules/config.js'
 import { countHeader } from './headers.js'
-import { reply, type ProxyReply } from './respond.js'
+import { reply, type ProxyReply } from '../core/reply.js'
 
 const NO_TRACE = new Set(['TRACE', 'TRACK'])
 

@@ -3,7 +3,8 @@
 //   client --GET /path--> /healthz | /readyz | /proxy.pac | /wpad.dat | /ca.crt | 404
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { PacFlavor } from '../wiring/pac.js'
-import { reply, replyOnResponse } from './respond.js'
+import { reply } from '../core/reply.js'
+import { replyOnResponse } from './respond.js'
 
 export interface PacFile {
   readonly text: string

@@ -10,7 +10,7 @@ import { logEvent, type Logger } from '../core/log.js'
 import type { Lookup } from '../net/resolve.js'
 import { ruleLabel } from '../policy/rules.js'
 import type { Decision } from '../policy/decide.js'
-import type { ProxyReply } from './respond.js'
+import type { ProxyReply } from '../core/reply.js'
 import type { Upstream } from '../net/upstream.js'
 import { formatTarget, redactCredentials, type Target } from '../policy/target.js'
 
