@@ -4,17 +4,9 @@
 // failing is slowed down.
 import { createHash, randomBytes, scrypt as scryptCallback, timingSafeEqual, type ScryptOptions } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
-import type { RuleError } from '../policy/rules.js'
 import { reply, type ProxyReply } from '../core/reply.js'
+import { formatScryptHash, parseScryptHash, type AuthSettings } from '../rules/auth.js'
 
-export interface AuthSettings {
-  readonly realm: string
-  /** user name -> "scrypt$N$r$p$salt$hash" */
-  readonly users: ReadonlyMap<string, string>
-}
-
-const HASH = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9_-]{16,})\$([A-Za-z0-9_-]{32,})$/
-const USER = /^[A-Za-z0-9_.@-]{1,64}$/
 const COST = { N: 16_384, r: 8, p: 1 }
 
 function scrypt(password: string, salt: Buffer, length: number, options: ScryptOptions): Promise<Buffer> {
@@ -23,38 +15,14 @@ function scrypt(password: string, salt: Buffer, length: number, options: ScryptO
 
 export async function hashPassword(password: string): Promise<string> {
   const salt = randomBytes(16)
-  const key = await scrypt(password, salt, 32, COST)
-  return `scrypt$${COST.N}$${COST.r}$${COST.p}$${salt.toString('base64url')}$${key.toString('base64url')}`
+  return formatScryptHash({ ...COST, salt, key: await scrypt(password, salt, 32, COST) })
 }
 
 export async function verifyPassword(stored: string, password: string): Promise<boolean> {
-  const m = HASH.exec(stored)
-  if (!m) return false
-  const expected = Buffer.from(m[5] ?? '', 'base64url')
-  const key = await scrypt(password, Buffer.from(m[4] ?? '', 'base64url'), expected.length, { N: Number(m[1]), r: Number(m[2]), p: Number(m[3]) })
-  return timingSafeEqual(key, expected)
-}
-
-export function parseAuth(errors: RuleError[], value: unknown): AuthSettings | undefined {
-  if (value === undefined) return undefined
-  const bad = (path: string, v: unknown, message: string) => errors.push({ path, entry: JSON.stringify(v) ?? String(v), message })
-  if (typeof value !== 'object' || value === null || Array.isArray(value) || Object.keys(value).some((k) => k !== 'users' && k !== 'realm')) {
-    bad('auth', value, '"auth" is { "users": { NAME: HASH }, "realm": TEXT }')
-    return undefined
-  }
-  const { users, realm = 'proxy-gate' } = value as { users?: unknown; realm?: unknown }
-  if (typeof realm !== 'string' || !/^[\x20-\x7e]{1,64}$/.test(realm) || /["\\]/.test(realm)) bad('auth.realm', realm, 'the realm is 1-64 printable characters without quotes or backslashes')
-  const map = new Map<string, string>()
-  if (typeof users !== 'object' || users === null || Array.isArray(users) || Object.keys(users).length === 0) {
-    bad('auth.users', users, '"users" maps user names to hashes made by "proxy-gate passwd USER"')
-    return undefined
-  }
-  for (const [user, hash] of Object.entries(users)) {
-    if (!USER.test(user)) bad(`auth.users.${user}`, user, 'a user name is 1-64 letters, digits, ".", "_", "@" or "-"')
-    else if (typeof hash !== 'string' || !HASH.exec(hash) || Number(HASH.exec(hash)?.[1]) < 1024) bad(`auth.users.${user}`, '(hidden)', 'not a hash made by "proxy-gate passwd USER" (passwords are never stored in plain text)')
-    else map.set(user, hash)
-  }
-  return { realm: typeof realm === 'string' ? realm : 'proxy-gate', users: map }
+  const hash = parseScryptHash(stored)
+  if (!hash) return false
+  const key = await scrypt(password, hash.salt, hash.key.length, { N: hash.N, r: hash.r, p: hash.p })
+  return timingSafeEqual(key, hash.key)
 }
 
 export type AuthResult = { ok: true; user: string | undefined } | { ok: false; reply: ProxyReply }
@@ -64,7 +32,7 @@ export interface Authenticator {
 }
 
 const FAILURES_PER_MINUTE = 10
-const UNKNOWN_USER_HASH = `scrypt$${COST.N}$${COST.r}$${COST.p}$${'A'.repeat(22)}$${'A'.repeat(43)}`
+const UNKNOWN_USER_HASH = formatScryptHash({ ...COST, salt: Buffer.alloc(16), key: Buffer.alloc(32) })
 
 function challenge(settings: AuthSettings, details: string): ProxyReply {
   return { ...reply(407, 'http_request_denied', details, `${details}: send proxy credentials (curl --proxy-user USER:PASSWORD)`), headers: { 'Proxy-Authenticate': `Basic realm="${settings.realm}"` } }

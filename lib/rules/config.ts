@@ -1,6 +1,6 @@
 // rules.json as a value: validates the whole file (listen, mode, limits, dns, bypass) and hands
 // allow/deny to the policy. Pure: the caller reads the file.
-import { parseAuth, type AuthSettings } from '../proxy/auth.js'
+import { parseAuth, type AuthSettings } from './auth.js'
 import { parseClients, parsePolicies, type PolicySet } from '../policy/clients.js'
 import { formatIp, parseIp, type Ip } from '../policy/ip.js'
 import { compilePolicy, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
