@@ -1,12 +1,13 @@
 // The local certificate authority in certs/: ca.crt (public, what clients trust) and ca.key
 // (private, mode 0600). It signs the leaf certificates of connections a rule asks to intercept.
-import { generateKeyPair, randomBytes, X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto'
-import { closeSync, existsSync, fchmodSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs'
+import { generateKeyPair, X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto'
+import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import forge from 'node-forge'
+import { writeFileAtomic } from '../core/atomic-file.js'
 import type { Result } from '../policy/target.js'
 import { forgePublicKey, randomSerial, setValidity, signCertificate } from './x509.js'
 
@@ -88,23 +89,6 @@ export function caInfo(certPem: string): CaInfo {
   }
 }
 
-/** Writes a file through a temporary name: created with `mode` (never wider, even briefly), then renamed into place. */
-function writeAtomic(path: string, text: string, mode: number): void {
-  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`
-  const fd = openSync(tmp, 'wx', mode)
-  try {
-    fchmodSync(fd, mode) // the umask may have narrowed it; it never widens it
-    writeSync(fd, text)
-    fsyncSync(fd)
-  } catch (error) {
-    closeSync(fd)
-    rmSync(tmp, { force: true })
-    throw error
-  }
-  closeSync(fd)
-  renameSync(tmp, path)
-}
-
 /** Saves the CA in `dir`; refuses to replace an existing one unless `force`. */
 export function writeCa(dir: string, ca: Ca, options: { force?: boolean } = {}): Result<{ cert: string; key: string }> {
   const paths = caPaths(dir)
@@ -114,8 +98,8 @@ export function writeCa(dir: string, ca: Ca, options: { force?: boolean } = {}):
   }
   try {
     mkdirSync(dir, { recursive: true })
-    writeAtomic(paths.key, ca.key.export({ type: 'pkcs8', format: 'pem' }).toString(), 0o600)
-    writeAtomic(paths.cert, ca.certPem, 0o644)
+    writeFileAtomic(paths.key, ca.key.export({ type: 'pkcs8', format: 'pem' }).toString(), 0o600)
+    writeFileAtomic(paths.cert, ca.certPem, 0o644)
   } catch (error) {
     return { ok: false, error: `cannot write the CA in ${dir}: ${(error as Error).message}` }
   }

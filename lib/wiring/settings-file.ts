@@ -1,7 +1,7 @@
 // Merging proxy-gate's keys into someone else's JSON settings file: every other key kept, a
 // backup beside it, written atomically as UTF-8 without BOM, and a revert from that backup.
-import { existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs'
-import { basename, dirname, join } from 'node:path'
+import { existsSync, readFileSync, unlinkSync } from 'node:fs'
+import { writeFileAtomic } from '../core/atomic-file.js'
 import type { Json, JsonObject } from './docker.js'
 import type { Result } from '../policy/target.js'
 
@@ -80,16 +80,10 @@ export function readJsonFile(path: string): Result<JsonFile> {
   }
 }
 
-/** Temp file in the same folder, then rename: readers see the old file or the new one, never half. */
+/** Writes the JSON text atomically (core/atomic-file.ts): readers see the old file or the new one, never half. */
 export function writeJsonAtomic(path: string, value: JsonObject): void {
-  const temp = join(dirname(path), `.${basename(path)}.proxy-gate-${process.pid}.tmp`)
-  writeFileSync(temp, `${JSON.stringify(value, null, 2)}\n`, { encoding: 'utf8' })
-  try {
-    renameSync(temp, path)
-  } catch (error) {
-    unlinkSync(temp)
-    throw error
-  }
+  writeFileAtomic(path, `${JSON.stringify(value, null, 2)}
+`)
 }
 
 export function backupPath(path: string): string {
