@@ -1,5 +1,6 @@
 // lib/policy/ip.ts: the strict IP parser, RFC 5952 formatting, CIDR parsing and the special-range
 // classifier. Pure functions, so every case is a table row (corpus sections A and B).
+import { isIPv4, isIPv6 } from 'node:net'
 import t from 'tap'
 import {
   cidrContains,
@@ -70,9 +71,29 @@ t.test('parseIp refuses lenient spellings, zones, brackets and garbage', async (
     ':::1',
     '12345::1',
     '::ffff:012.0.0.1', // leading zero inside an embedded IPv4
+    '1.2.3.4::', // a dotted quad only at the end
+    '1:2:3:4:5:6:7:8:9',
+    '1:2:3:4:5:6:7:8::',
+    '1:2:3:4:5:6:7',
+    '1:2:3:4:5:6:1.2.3.4:5',
+    ':1:2:3:4:5:6:7',
     'localhost',
   ]
   for (const text of rows) t.equal(parseIp(text), undefined, JSON.stringify(text))
+})
+
+t.test('parseIp accepts exactly what Node accepts as an IP, zones aside (differential, seeded)', async (t) => {
+  const alphabet = ['0', '1', '9', 'a', 'f', 'F', 'g', ':', '::', '.', '255', '256', '01', 'ffff', '12345', '%', '1.2.3.4']
+  let seed = 20261203
+  const random = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n)
+  const samples = [...Array.from({ length: 20_000 }, () => Array.from({ length: 1 + random(12) }, () => alphabet[random(alphabet.length)]).join('')), '::', '::1', '1::', '::ffff:1.2.3.4', '1:2:3:4:5:6:7::', '::1:2:3:4:5:6:7', '1:2:3:4:5:6:1.2.3.4']
+  let disagreements = 0
+  for (const text of samples) {
+    const node = (isIPv4(text) || isIPv6(text)) && !text.includes('%')
+    if ((parseIp(text) !== undefined) !== node && disagreements++ < 5) t.fail(`${JSON.stringify(text)}: node says ${node}`)
+  }
+  t.equal(disagreements, 0)
+  t.ok(samples.filter((s) => isIPv6(s)).length > 100, 'the samples hold many valid IPv6 texts')
 })
 
 t.test('IPv4-mapped IPv6 is canonicalised to the IPv4 address (case 22, DNS fixture mapped.example.com)', async (t) => {

@@ -1,6 +1,5 @@
 // IP addresses and CIDR ranges as numbers, and the table of special-purpose ranges
 // that an egress proxy must never reach unless a rule names them. Pure: no I/O.
-import { isIPv4, isIPv6 } from 'node:net'
 
 export type Family = 4 | 6
 
@@ -18,6 +17,32 @@ export interface Cidr {
 
 const BITS: Record<Family, number> = { 4: 32, 6: 128 }
 const MAPPED_PREFIX = 0xffffn << 32n
+
+const V4_PART = /^(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/
+const V6_GROUP = /^[0-9a-f]{1,4}$/i
+
+/** A dotted quad of 0-255 without leading zeros: the only IPv4 spelling accepted. */
+function isV4(text: string): boolean {
+  const parts = text.split('.')
+  return parts.length === 4 && parts.every((p) => V4_PART.test(p))
+}
+
+/** RFC 4291 text form: eight groups, one `::` for a run of zeros, a dotted quad as the last two; no zone. */
+function isV6(text: string): boolean {
+  const halves = text.split('::')
+  if (halves.length > 2) return false
+  const groupsOf = (half: string) => (half === '' ? [] : half.split(':'))
+  const left = groupsOf(halves[0] ?? '')
+  const right = halves.length === 2 ? groupsOf(halves[1] ?? '') : []
+  const tail = halves.length === 2 ? right : left
+  let count = left.length + right.length
+  if (tail.at(-1)?.includes('.')) {
+    if (!isV4(tail.pop() ?? '')) return false
+    count += 1
+  }
+  if (![...left, ...right].every((g) => V6_GROUP.test(g))) return false
+  return halves.length === 2 ? count <= 7 : count === 8
+}
 
 function parseV4(text: string): bigint {
   let value = 0
@@ -48,8 +73,8 @@ function parseV6(text: string): bigint {
  * and without brackets. Lenient spellings (127.1, 0x7f.0.0.1, 2130706433) are not IPs here.
  */
 export function parseIp(text: string): Ip | undefined {
-  if (isIPv4(text)) return { family: 4, value: parseV4(text) }
-  if (!isIPv6(text) || text.includes('%')) return undefined
+  if (isV4(text)) return { family: 4, value: parseV4(text) }
+  if (!isV6(text)) return undefined
   const value = parseV6(text)
   if (isMappedValue(value)) return { family: 4, value: value & 0xffffffffn }
   return { family: 6, value }
@@ -94,7 +119,7 @@ export function parseCidr(text: string): Cidr | string {
   const slash = text.indexOf('/')
   const addrText = slash < 0 ? text : text.slice(0, slash)
   const prefixText = slash < 0 ? undefined : text.slice(slash + 1)
-  if (isIPv6(addrText) && !addrText.includes('%') && isMappedValue(parseV6(addrText))) {
+  if (isV6(addrText) && isMappedValue(parseV6(addrText))) {
     return 'IPv4-mapped IPv6 ranges are not accepted: write the IPv4 form'
   }
   const ip = parseIp(addrText)
