@@ -51,11 +51,11 @@ function splitRecord(hello: Buffer, at: number): Buffer {
 
 t.test('ClientHello parser: real hellos, split and re-framed, and what is not one', async (t) => {
   const hello = await captureHello('api.allowed.test')
-  t.same(parseClientHello(hello, 65536), { kind: 'hello', sni: 'api.allowed.test', ech: false })
+  t.same(parseClientHello(hello, 65536), { kind: 'hello', sni: 'api.allowed.test' })
   for (let n = 1; n < hello.length; n += 97) t.same(parseClientHello(hello.subarray(0, n), 65536), { kind: 'need-more' }, `${n} bytes: need more`)
-  t.same(parseClientHello(splitRecord(hello, 40), 65536), { kind: 'hello', sni: 'api.allowed.test', ech: false }, 'handshake split across two records')
+  t.same(parseClientHello(splitRecord(hello, 40), 65536), { kind: 'hello', sni: 'api.allowed.test' }, 'handshake split across two records')
   const noSni = await captureHello(undefined)
-  t.same(parseClientHello(noSni, 65536), { kind: 'hello', sni: undefined, ech: false }, 'an IP host sends no SNI')
+  t.same(parseClientHello(noSni, 65536), { kind: 'hello', sni: undefined }, 'an IP host sends no SNI')
   t.same(parseClientHello(Buffer.from('GET / HTTP/1.1\r\n\r\n'), 65536), { kind: 'not-tls' })
   t.same(parseClientHello(Buffer.from([0x05, 0x01, 0x00]), 65536), { kind: 'not-tls' }, 'SOCKS5 greeting')
   t.match(parseClientHello(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x00]), 65536), { kind: 'malformed' }, 'empty record')

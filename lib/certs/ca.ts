@@ -11,8 +11,8 @@ import { writeFileAtomic } from '../core/atomic-file.js'
 import type { Result } from '../policy/target.js'
 import { forgePublicKey, randomSerial, setValidity, signCertificate } from './x509.js'
 
-export const CA_CERT_FILE = 'ca.crt'
-export const CA_KEY_FILE = 'ca.key'
+const CA_CERT_FILE = 'ca.crt'
+const CA_KEY_FILE = 'ca.key'
 const CA_DAYS = 3650
 
 export interface Ca {

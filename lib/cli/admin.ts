@@ -40,7 +40,7 @@ export function createWatchers(): Watchers {
 }
 
 /** Reads the admin token, creating it (random, mode 0600) on first use. */
-export function adminToken(path: string): Result<string> {
+function adminToken(path: string): Result<string> {
   try {
     mkdirSync(dirname(path), { recursive: true })
     writeFileSync(path, `${randomBytes(32).toString('base64url')}\n`, { flag: 'wx', mode: 0o600 })

@@ -94,7 +94,7 @@ export function parseParentHead(head: string): number | undefined {
 }
 
 /** The CONNECT request for the parent: the destination as decided, and only our own credentials. */
-export function connectRequest(target: Target, authorization: string | undefined): string {
+function connectRequest(target: Target, authorization: string | undefined): string {
   const authority = formatTarget(target)
   const auth = authorization === undefined ? '' : `Proxy-Authorization: ${authorization}\r\n`
   return `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${auth}\r\n`
@@ -172,7 +172,7 @@ function routesFor(bypass: readonly HostPattern[]): (target: Target) => boolean 
   return (target) => !bypass.some((pattern) => patternMatches(pattern, target.host))
 }
 
-export function createUpstream(proxy: UpstreamProxy, bypass: readonly HostPattern[], options: UpstreamOptions): Upstream {
+function createUpstream(proxy: UpstreamProxy, bypass: readonly HostPattern[], options: UpstreamOptions): Upstream {
   const hop = proxy.hop
   const connector = buildConnector({ timeout: options.connectTimeoutMs })
   const pool = new Pool(`http://${hop}`, {

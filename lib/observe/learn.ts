@@ -9,7 +9,7 @@ import type { DecisionRecord } from '../proxy/runtime.js'
 import { formatHost, formatTarget, hostText, normaliseName, parseAuthority, type Target } from '../policy/target.js'
 
 /** Most distinct targets one learner keeps; decisions for new targets beyond it are counted and dropped. */
-export const MAX_LEARNED_TARGETS = 10_000
+const MAX_LEARNED_TARGETS = 10_000
 /** Most special addresses kept per target (a name may resolve to a different one each time). */
 const MAX_ADDRESSES = 8
 /** Most names listed in the note of a collapsed `*.parent` entry. */
@@ -242,7 +242,7 @@ function note(group: readonly Seen[], detail = ''): string {
 }
 
 /** Names by domain, label by label from the right (siblings sort together), then IPv4, then IPv6. */
-export function compareHosts(a: string, b: string): number {
+function compareHosts(a: string, b: string): number {
   const ipA = parseIp(a.replace(/^\[(.*)\]$/, '$1'))
   const ipB = parseIp(b.replace(/^\[(.*)\]$/, '$1'))
   if (ipA && ipB) return ipA.family - ipB.family || (ipA.value < ipB.value ? -1 : ipA.value > ipB.value ? 1 : 0)

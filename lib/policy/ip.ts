@@ -100,7 +100,7 @@ export function formatIp(ip: Ip): string {
 }
 
 /** How an IPv6 address with an IPv4-mapped prefix would look before canonicalisation. */
-export function isMappedValue(value: bigint): boolean {
+function isMappedValue(value: bigint): boolean {
   return value >> 32n === MAPPED_PREFIX >> 32n
 }
 

@@ -45,7 +45,7 @@ const ENTRY_KEYS = new Set(['host', 'ports', 'private', 'note', 'methods', 'path
 // ---- grammar -------------------------------------------------------------------------------
 
 /** HOST in a rule: exact name, `*.name`, IP literal (IPv6 in brackets) or CIDR. */
-export function parseHostPattern(text: string, portless = false): Result<HostPattern> {
+function parseHostPattern(text: string, portless = false): Result<HostPattern> {
   const bracketed = text.startsWith('[') && text.endsWith(']')
   const inner = bracketed ? text.slice(1, -1) : text
   if (/^[0-9a-f:./]+$/i.test(inner) && (inner.includes('/') || inner.includes(':') || /^[0-9.]+$/.test(inner))) {

@@ -5,12 +5,11 @@ export type HelloResult =
   | { readonly kind: 'need-more' }
   | { readonly kind: 'not-tls' }
   | { readonly kind: 'malformed'; readonly reason: string }
-  | { readonly kind: 'hello'; readonly sni: string | undefined; readonly ech: boolean }
+  | { readonly kind: 'hello'; readonly sni: string | undefined }
 
 const HANDSHAKE = 0x16
 const CLIENT_HELLO = 0x01
 const EXT_SERVER_NAME = 0x0000
-const EXT_ENCRYPTED_CLIENT_HELLO = 0xfe0d
 const MAX_RECORD = 16_384 + 2_048
 
 const malformed = (reason: string): HelloResult => ({ kind: 'malformed', reason })
@@ -26,8 +25,9 @@ function handshakeMessage(buf: Buffer): Buffer | HelloResult | undefined {
   if (buf.length >= 2 && buf[1] !== 0x03) return { kind: 'not-tls' }
   for (let offset = 0; ; ) {
     if (buf.length < offset + 5) return undefined
-    if (buf[offset] !== HANDSHAKE) return offset === 0 ? { kind: 'not-tls' } : malformed('non-handshake record inside the ClientHello')
-    if (buf[offset + 1] !== 0x03) return offset === 0 ? { kind: 'not-tls' } : malformed('bad record version')
+    // the first record's type and version were checked above, so a bad one here is a later record
+    if (buf[offset] !== HANDSHAKE) return malformed('non-handshake record inside the ClientHello')
+    if (buf[offset + 1] !== 0x03) return malformed('bad record version')
     const length = buf.readUInt16BE(offset + 3)
     if (length === 0 || length > MAX_RECORD) return malformed(`record length ${length}`)
     if (buf.length < offset + 5 + length) return undefined
@@ -87,18 +87,16 @@ function parseBody(body: Buffer): HelloResult {
   r.vector(1) // session id
   r.vector(2) // cipher suites
   r.vector(1) // compression methods
-  if (r.done()) return { kind: 'hello', sni: undefined, ech: false }
+  if (r.done()) return { kind: 'hello', sni: undefined }
   const extensions = new Reader(r.vector(2))
   let sni: string | undefined
-  let ech = false
   while (!extensions.done()) {
     const type = extensions.u16()
     const data = extensions.vector(2)
     if (type === EXT_SERVER_NAME) sni = serverName(data)
-    if (type === EXT_ENCRYPTED_CLIENT_HELLO) ech = true
   }
   if (sni === '') return malformed('server name is not printable ASCII')
-  return { kind: 'hello', sni, ech }
+  return { kind: 'hello', sni }
 }
 
 /**

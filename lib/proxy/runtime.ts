@@ -101,7 +101,7 @@ export interface Runtime {
   upstream?(): Upstream | undefined
 }
 
-export function clientAddress(req: IncomingMessage): string {
+function clientAddress(req: IncomingMessage): string {
   const { remoteAddress, remotePort } = req.socket
   return `${remoteAddress ?? '?'}:${remotePort ?? '?'}`
 }

@@ -74,7 +74,7 @@ export interface Config {
   readonly upstreamBypass: readonly HostPattern[]
 }
 
-export const DEFAULT_LISTEN: Listen = { host: '127.0.0.1', port: 3128 }
+const DEFAULT_LISTEN: Listen = { host: '127.0.0.1', port: 3128 }
 const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits', 'tls', 'policies', 'clients', 'auth', 'upstream', 'upstreamBypass']
 const TLS_KEYS = ['ports', 'requireSni', 'allowNonTls', 'helloTimeoutMs', 'upstreamCaFiles']
 

@@ -34,7 +34,7 @@ function pacEntry(pattern: HostPattern, ports: readonly PortRange[]): PacEntry {
 }
 
 /** JSON that is also safe inside JavaScript source: U+2028/2029 are line breaks to old engines. */
-export function jsData(value: unknown): string {
+function jsData(value: unknown): string {
   return JSON.stringify(value).replace(/\u2028/g, '\\u2028').replace(/\u2029/g, '\\u2029')
 }
 

@@ -42,16 +42,16 @@ function setPath(obj: JsonObject, path: readonly string[], value: Json | undefin
   return copy
 }
 
-export function mergeFragment(existing: JsonObject, fragment: JsonObject): JsonObject {
+function mergeFragment(existing: JsonObject, fragment: JsonObject): JsonObject {
   return leaves(fragment).reduce((acc, path) => setPath(acc, path, getPath(fragment, path)), existing)
 }
 
 /** Puts back, for each key the fragment manages, the value the backup had (or removes it). */
-export function revertFragment(current: JsonObject, backup: JsonObject, fragment: JsonObject): JsonObject {
+function revertFragment(current: JsonObject, backup: JsonObject, fragment: JsonObject): JsonObject {
   return leaves(fragment).reduce((acc, path) => setPath(acc, path, getPath(backup, path)), current)
 }
 
-export function changesBetween(before: JsonObject, after: JsonObject, fragment: JsonObject): Change[] {
+function changesBetween(before: JsonObject, after: JsonObject, fragment: JsonObject): Change[] {
   return leaves(fragment)
     .map((path) => ({ path: path.join('.'), from: getPath(before, path), to: getPath(after, path) }))
     .filter((c) => JSON.stringify(c.from) !== JSON.stringify(c.to))

@@ -4,7 +4,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { createInterface } from 'node:readline'
 
 /** The built command line, dist/cli.js. */
-export const CLI = new URL('../../dist/cli.js', import.meta.url).pathname
+const CLI = new URL('../../dist/cli.js', import.meta.url).pathname
 
 /** What a one-shot run of the command line left behind. */
 export interface CliResult {

@@ -224,7 +224,7 @@ export function statusOf(text: string, nth = 0): number | undefined {
 }
 
 /** True when the netns created by test/run.sh is in place (stand-in addresses exist on lo). */
-export const IN_NETNS = process.env.PROXY_GATE_NETNS === '1'
+const IN_NETNS = process.env.PROXY_GATE_NETNS === '1'
 export const NETNS_SKIP = IN_NETNS ? false : 'needs the loopback-only network namespace that test/run.sh creates (run "npm test" as root)'
 
 export interface RawResponse {
