@@ -63,7 +63,7 @@ async function setup(t: Test) {
     allow: [`api.allowed.test:${upstream.port}`, `127.0.0.1:${upstream.port}`, { host: 'paths.test', ports: [80], paths: ['/ok'] }, '127.0.0.1:80'],
     dns: { servers: [dns.server] },
   }
-  const proxy = await startProxy(rules, { observe: watchers.observe })
+  const proxy = await startProxy(rules, { observe: (proxy) => watchers.observe(proxy) })
   watchers.watch(proxy.proxy)
   let reloads = 0
   const admin = createAdmin(

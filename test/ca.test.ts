@@ -42,7 +42,7 @@ function handshake(port: number, options: { servername?: string; ca: string }): 
   return new Promise((resolve, reject) => {
     const socket = tlsConnect({ host: '127.0.0.1', port, ca: options.ca, rejectUnauthorized: false, ...(options.servername ? { servername: options.servername } : {}) })
     socket.once('secureConnect', () => {
-      const error = socket.authorizationError
+      const error = socket.authorizationError as Error | null // null when authorized, whatever the types say
       resolve({ authorized: socket.authorized, error: error === null ? undefined : String(error), subjectAltName: socket.getPeerCertificate().subjectaltname })
       socket.destroy()
     })
@@ -196,7 +196,9 @@ t.test('a real TLS handshake with SNI: the client trusting only the CA accepts t
   const ca = await sharedCa()
   const minter = createLeafMinter(ca)
   const server = createTlsServer({
-    SNICallback: (name, done) => minter.contextFor(name).then((ctx) => done(null, ctx), (error: Error) => done(error)),
+    SNICallback: (name, done) => {
+      minter.contextFor(name).then((ctx) => done(null, ctx), (error: unknown) => done(error as Error))
+    },
   })
   server.on('secureConnection', (s) => s.end())
   const port = await listen(server)

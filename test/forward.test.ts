@@ -678,7 +678,7 @@ t.test('cases 88/100: a body that never completes is cut at the request timeout 
   const perSocket: string[] = []
   const sink = await startCanary('127.0.0.1', 0, (s) => {
     const i = perSocket.push('') - 1
-    s.on('data', (d: Buffer) => (perSocket[i] += d.toString('latin1')))
+    s.on('data', (d: Buffer) => (perSocket[i] = (perSocket[i] ?? '') + d.toString('latin1')))
     upstreamClosed.push(new Promise((resolve) => s.once('close', () => resolve())))
   })
   const f = await fixture(t, { limits: { headerTimeoutMs: 500, requestTimeoutMs: 1500 }, allow: [`127.0.0.1:${sink.port}`] })

@@ -50,7 +50,7 @@ async function setup(t: Test, host = '127.0.0.1', limits: Record<string, number>
 }
 
 async function curl(args: string[], ca: string): Promise<{ status: number; text: string; headers: string }> {
-  const { stdout } = await run('bash', ['-c', `curl -s -i --max-time 10 --cacert <(printf '%s' "$CA") "$@"`, 'curl', ...args], { env: { ...process.env, CA: ca } }).catch((e: { stdout: string }) => ({ stdout: e.stdout }))
+  const { stdout } = await run('bash', ['-c', `curl -s -i --max-time 10 --cacert <(printf '%s' "$CA") "$@"`, 'curl', ...args], { env: { ...process.env, CA: ca } }).catch((e: unknown) => ({ stdout: (e as { stdout: string }).stdout }))
   const blocks = stdout.split('\r\n\r\n')
   const last = blocks.findLastIndex((b) => /^HTTP\/\S+ \d{3}/.test(b) && !/^HTTP\/\S+ 200 Connection established/.test(b))
   const head = blocks[last] ?? ''
@@ -154,11 +154,11 @@ t.test('undici ProxyAgent trusts the local CA and gets through; an origin that d
 })
 
 t.test('WebSocket inside an opened tunnel (wss) is checked and relayed', async (t) => {
-  const { ca, proxy } = await setup(t)
+  const { ca } = await setup(t)
   const tlsMaterial = selfSigned(['api.allowed.test'])
   const server = createHttpsServer({ cert: tlsMaterial.cert, key: tlsMaterial.key })
   const wss = new WebSocketServer({ server })
-  wss.on('connection', (ws) => ws.on('message', (m) => ws.send(`echo: ${String(m)}`)))
+  wss.on('connection', (ws) => ws.on('message', (m) => ws.send(`echo: ${(m as Buffer).toString()}`)))
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const port = (server.address() as AddressInfo).port
   const dns = await startDns({ 'api.allowed.test': { A: ['127.0.0.1'] } })
@@ -172,14 +172,13 @@ t.test('WebSocket inside an opened tunnel (wss) is checked and relayed', async (
     { ca, upstreamCa: [tlsMaterial.cert] },
   )
   t.teardown(() => wsProxy.close())
-  void proxy
   const connectWs = async (path: string): Promise<string> => {
     const tls = await openTls(wsProxy, `api.allowed.test:${port}`, 'api.allowed.test', ca.certPem)
     return new Promise((resolve) => {
       const ws = new WebSocket(`wss://api.allowed.test:${port}${path}`, { createConnection: () => tls })
       ws.on('open', () => ws.send('hi'))
       ws.on('message', (m) => {
-        resolve(String(m))
+        resolve((m as Buffer).toString())
         ws.close()
       })
       ws.on('unexpected-response', (_req, res) => resolve(`status ${res.statusCode ?? 0}`))

@@ -46,5 +46,5 @@ t.test('the level and format still decide: warn and silent write no info events;
   logEvent(log, 'closed', { id: 'a-1', durationMs: 3 })
   const [line] = await written()
   t.match(line, /info.* closed id=a-1 durationMs=3$/)
-  t.throws(() => JSON.parse(line ?? ''), 'not JSON')
+  t.throws((): unknown => JSON.parse(line ?? ''), 'not JSON')
 })

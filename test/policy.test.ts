@@ -5,7 +5,7 @@
 import { DEFAULT_TLS } from '../lib/rules/config.js'
 import t from 'tap'
 import { checkHello, checkInnerHost, confirmSniAddress, decideAddresses, decideRequest, needsInterception, withRequest, decideForwarded, decideTarget, denyErrorType, type Decision, type DecisionContext, type Pending, type Reason } from '../lib/policy/decide.js'
-import { compilePolicy, parsePathGlob, describePattern, matchIp, matchName, parseBypass, parseRule, type ListName, type Policy, type PortRange } from '../lib/policy/rules.js'
+import { compilePolicy, entryText, parsePathGlob, describePattern, matchIp, matchName, parseBypass, parseRule, type ListName, type Policy, type PortRange } from '../lib/policy/rules.js'
 import { normalisePath } from '../lib/policy/target.js'
 import { ip, policy, target } from './helpers/fixtures.js'
 
@@ -22,7 +22,7 @@ function decide(p: Policy, authority: string, addresses: string[] = [], ctx: Dec
 
 /** An entry for a test name: JSON, with non-ASCII escaped (U+2028 would break a TAP line). */
 function show(entry: unknown): string {
-  return (JSON.stringify(entry) ?? String(entry)).replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+  return entryText(entry).replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
 }
 
 /** `allow/allow-rule`, `deny/no-rule`, ...: compact enough for tables. */
@@ -162,7 +162,7 @@ t.test('every bad entry is an error naming its list, index, entry and why', asyn
 })
 
 t.test('bypass entries are host patterns without ports; bare IPv6 is fine', async (t) => {
-  for (const [entry, pattern] of [['localhost', 'localhost'], ['127.0.0.1', '127.0.0.1'], ['::1', '::1'], ['[::1]', '::1'], ['*.local', '*.local'], ['10.0.0.0/8', '10.0.0.0/8'], ['fd00::/8', 'fd00::/8']]) {
+  for (const [entry, pattern] of [['localhost', 'localhost'], ['127.0.0.1', '127.0.0.1'], ['::1', '::1'], ['[::1]', '::1'], ['*.local', '*.local'], ['10.0.0.0/8', '10.0.0.0/8'], ['fd00::/8', 'fd00::/8']] as const) {
     const parsed = parseBypass(entry)
     t.equal(parsed.ok && describePattern(parsed.value), pattern, entry)
   }

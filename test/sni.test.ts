@@ -208,9 +208,9 @@ t.test('real clients: undici ProxyAgent and curl send the right SNI; openssl -se
   const viaCurl = await run('bash', ['-c', `curl -s --max-time 10 --cacert <(printf '%s' "$CA") -x ${proxy.url} https://api.allowed.test:${upstream.port}/curl`], { env: { ...process.env, CA: upstream.tls.cert } })
   t.equal(viaCurl.stdout, 'hello GET /curl')
 
-  if (!existsSync('/usr/bin/openssl')) return void t.comment('openssl not installed: fronting via s_client not checked')
+  if (!existsSync('/usr/bin/openssl')) return t.comment('openssl not installed: fronting via s_client not checked')
   const before = upstream.connections()
-  const fronting = await run('openssl', ['s_client', '-proxy', `127.0.0.1:${proxy.port}`, '-connect', `api.allowed.test:${upstream.port}`, '-servername', 'evil.test', '-brief'], { timeout: 10_000 }).catch((e: { stderr: string; code: number }) => e)
+  const fronting = await run('openssl', ['s_client', '-proxy', `127.0.0.1:${proxy.port}`, '-connect', `api.allowed.test:${upstream.port}`, '-servername', 'evil.test', '-brief'], { timeout: 10_000 }).catch((e: unknown) => e as { stderr: string; code: number })
   t.not((fronting as { code?: number }).code, 0, 'openssl s_client fails')
   t.equal(upstream.connections(), before, 'the upstream never saw the fronted connection')
   t.match(await lastDecision(proxy, (l) => l.reason === 'sni-mismatch'), { sni: 'evil.test' })

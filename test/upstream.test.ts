@@ -615,7 +615,7 @@ t.test('chained through a second proxy-gate: CONNECT, TLS with SNI checks on bot
   t.ok(raw.text.includes('hello GET /raw'), 'the payload crossed both proxies after both 200s')
 
   // what the child allows and the parent denies: 502 naming the parent, with its 403
-  const refused = first((await rawExchange(proxy.port, `${connectHead(`direct.allowed.test:${w.port}`)}`)).text)
+  const refused = first((await rawExchange(proxy.port, connectHead(`direct.allowed.test:${w.port}`))).text)
   t.equal(refused.status, 502)
   t.match(proxyStatus(refused), { error: 'destination_unavailable', 'next-hop': `127.0.0.1:${parent.port}`, 'received-status': '403' })
   const refusedGet = await ask(proxy.port, `GET http://direct.allowed.test:${w.port}/ HTTP/1.1\r\nHost: direct.allowed.test:${w.port}\r\n\r\n`)

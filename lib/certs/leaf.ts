@@ -68,7 +68,7 @@ function issuerAttributes(ca: Ca): forge.pki.CertificateField[] {
 }
 
 function authorityKeyId(ca: Ca): string {
-  const ski = ca.cert.getExtension('subjectKeyIdentifier') as { subjectKeyIdentifier?: string } | undefined
+  const ski: { subjectKeyIdentifier?: string } | undefined = ca.cert.getExtension('subjectKeyIdentifier')
   return ski?.subjectKeyIdentifier ? forge.util.hexToBytes(ski.subjectKeyIdentifier) : ca.cert.generateSubjectKeyIdentifier().getBytes()
 }
 

@@ -60,7 +60,7 @@ export function openBypass(bypass: readonly HostPattern[]): HostPattern[] {
 
 function printChanges(changes: readonly Change[]): void {
   if (changes.length === 0) console.log('no change: the file already has these values')
-  for (const c of changes) console.log(`  ${c.path}: ${JSON.stringify(c.from) ?? '(absent)'} -> ${JSON.stringify(c.to) ?? '(removed)'}`)
+  for (const c of changes) console.log(`  ${c.path}: ${c.from === undefined ? '(absent)' : JSON.stringify(c.from)} -> ${c.to === undefined ? '(removed)' : JSON.stringify(c.to)}`)
 }
 
 function needsExistingFolder(target: DockerTarget): boolean {

@@ -40,7 +40,6 @@ export interface ProxyReply {
 
 /** An RFC 8941 sf-string: printable ASCII only, with `\` and `"` escaped. */
 function sfString(text: string): string {
-  // eslint-disable-next-line no-control-regex
   const printable = text.replace(/[^\x20-\x7e]/g, '?')
   return `"${printable.replace(/[\\"]/g, (c) => `\\${c}`)}"`
 }

@@ -80,9 +80,7 @@ function isSelf(socket: Socket, self: readonly SelfAddress[]): boolean {
 }
 
 // RFC 9112: status-line and field-line, strictly: no bare CR/LF, no obs-fold, no space before ":".
-// eslint-disable-next-line no-control-regex
 const STATUS_LINE = /^HTTP\/1\.[01] ([1-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?$/
-// eslint-disable-next-line no-control-regex
 const FIELD_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/
 
 /** The status of a complete response head (latin1, ending in CRLF CRLF), or undefined when malformed. */
@@ -152,8 +150,6 @@ function openParentTunnel(proxy: UpstreamProxy, target: Target, limits: TunnelLi
   })
 }
 
-type HeaderPairs = Array<[string, string | string[] | undefined]>
-
 /** Flat header list for the parent: any Proxy-Authorization dropped, the configured one added. */
 function withParentAuth(headers: Dispatcher.DispatchOptions['headers'], authorization: string | undefined): string[] {
   const flat: string[] = []
@@ -161,9 +157,9 @@ function withParentAuth(headers: Dispatcher.DispatchOptions['headers'], authoriz
     if (value === undefined || name.toLowerCase() === 'proxy-authorization') return
     for (const v of Array.isArray(value) ? value : [value]) flat.push(name, v)
   }
-  if (Array.isArray(headers)) for (let i = 0; i + 1 < headers.length; i += 2) add(headers[i] as string, headers[i + 1] as string)
-  else if (headers && Symbol.iterator in headers) for (const [name, value] of headers as Iterable<HeaderPairs[number]>) add(name, value)
-  else if (headers) for (const [name, value] of Object.entries(headers) as HeaderPairs) add(name, value)
+  if (Array.isArray(headers)) for (let i = 0; i + 1 < headers.length; i += 2) add(headers[i] as string, headers[i + 1])
+  else if (headers && Symbol.iterator in headers) for (const [name, value] of headers) add(name, value)
+  else if (headers) for (const [name, value] of Object.entries<string | string[] | undefined>(headers)) add(name, value)
   if (authorization !== undefined) flat.push('proxy-authorization', authorization)
   return flat
 }

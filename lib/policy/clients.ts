@@ -1,7 +1,7 @@
 // Who gets which policy: named policies, and the clients (by proxy user or source address) that
 // use them. Pure: the caller says who the client is.
 import { cidrContains, parseCidr, type Cidr, type Ip } from './ip.js'
-import { compilePolicy, type Policy, type RuleError } from './rules.js'
+import { compilePolicy, entryText, type Policy, type RuleError } from './rules.js'
 
 export const DEFAULT_POLICY = 'default'
 
@@ -43,7 +43,7 @@ export function choosePolicy(set: PolicySet, who: ClientIdentity): Chosen {
 type Errors = RuleError[]
 
 const err = (errors: Errors, path: string, value: unknown, message: string): void => {
-  errors.push({ path, entry: JSON.stringify(value) ?? String(value), message })
+  errors.push({ path, entry: entryText(value), message })
 }
 
 const NAME = /^[A-Za-z0-9_.-]{1,64}$/

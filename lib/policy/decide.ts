@@ -287,7 +287,7 @@ export function decideRequest(policy: Policy, ctx: DecisionContext, target: Targ
   if (rule) return decision({ verdict: 'allow', reason: 'allow-rule', rule, detail: `${method} ${path.value} allowed by ${ruleLabel(rule)}` })
   const host = hostText(target.host)
   const suggestion = JSON.stringify({ host, ports: [target.port], methods: [method], paths: [path.value] })
-  const limits = rules.map((r) => `${ruleLabel(r)}`).join('; ')
+  const limits = rules.map((r) => ruleLabel(r)).join('; ')
   return waive(decision({ verdict: 'deny', reason: 'request-not-allowed', rule: rules[0], suggestion, detail: `${method} ${path.value} is not allowed on ${where} (the rules for it: ${limits})` }), ctx, [])
 }
 
@@ -316,7 +316,7 @@ export function checkInnerHost(ctx: DecisionContext, target: Target, header: str
   const colon = header?.lastIndexOf(':') ?? -1
   const hasPort = header !== undefined && colon > header.lastIndexOf(']')
   const name = header === undefined ? undefined : normaliseName(hasPort ? header.slice(0, colon) : header)
-  const portOk = !hasPort || header?.slice(colon + 1) === String(target.port)
+  const portOk = !hasPort || header.slice(colon + 1) === String(target.port)
   if (name?.ok && portOk && name.value === hostText(target.host)) return undefined
   const shown = header === undefined ? 'no Host header' : `Host ${JSON.stringify(header.slice(0, 100))}`
   return waive(decision({ verdict: 'deny', reason: 'host-mismatch', detail: `${shown} in a tunnel to ${formatTarget(target)}: requests must name the tunnel's host` }), ctx, [])

@@ -38,6 +38,14 @@ export interface RuleError {
   readonly message: string
 }
 
+/** JSON.stringify as it behaves: undefined, functions and symbols have no JSON text. */
+const jsonOf: (value: unknown) => string | undefined = JSON.stringify
+
+/** An entry as it stood in the file, for a RuleError (JSON text; what JSON cannot show, as text). */
+export function entryText(value: unknown): string {
+  return jsonOf(value) ?? String(value)
+}
+
 const ALL_PORTS: readonly PortRange[] = [[1, 65535]]
 const WEB_PORTS: readonly PortRange[] = [[80, 80], [443, 443]]
 const ENTRY_KEYS = new Set(['host', 'ports', 'private', 'note', 'methods', 'paths'])
@@ -89,14 +97,14 @@ function splitHostPorts(text: string): { host: string; ports: string | undefined
 function portsFromValue(value: unknown): Result<PortRange[]> {
   if (typeof value === 'string') return parsePorts(value)
   if (!Array.isArray(value) || value.length === 0) return { ok: false, error: '"ports" must be a non-empty array of ports/ranges or a string like "80,443"' }
-  const parts = value.map((p) => (typeof p === 'number' && Number.isInteger(p) ? String(p) : p))
+  const parts = (value as unknown[]).map((p) => (typeof p === 'number' && Number.isInteger(p) ? String(p) : p))
   if (!parts.every((p) => typeof p === 'string')) return { ok: false, error: '"ports" entries must be numbers or "a-b" strings' }
   return parsePorts(parts.join(','))
 }
 
 interface EntryFields {
   host: string
-  ports: string | unknown
+  ports: unknown
   private: boolean
   note: string | undefined
   methods: unknown
@@ -117,7 +125,7 @@ function entryFields(entry: unknown): Result<EntryFields> {
   if (typeof obj.host !== 'string') return { ok: false, error: '"host" must be a string' }
   if (obj.private !== undefined && typeof obj.private !== 'boolean') return { ok: false, error: '"private" must be true or false' }
   if (obj.note !== undefined && typeof obj.note !== 'string') return { ok: false, error: '"note" must be a string' }
-  return { ok: true, value: { host: obj.host, ports: obj.ports, private: obj.private === true, note: obj.note as string | undefined, methods: obj.methods, paths: obj.paths } }
+  return { ok: true, value: { host: obj.host, ports: obj.ports, private: obj.private === true, note: obj.note, methods: obj.methods, paths: obj.paths } }
 }
 
 /** Parses one allow/deny entry. Without ports, allow means 80,443 and deny means every port. */
@@ -171,7 +179,7 @@ function parseRequestLimits(methods: unknown, paths: unknown): Result<Pick<Rule,
       return { ok: false, error: '"paths" must be a non-empty list of path globs like ["/repos/our-org/**"]' }
     }
     globs = []
-    for (const p of paths as string[]) {
+    for (const p of paths) {
       const glob = parsePathGlob(p)
       if (!glob.ok) return glob
       globs.push(glob.value)
@@ -246,7 +254,7 @@ export function compilePolicy(input: PolicyInput): Result<Policy> & { errors?: R
     entries.forEach((entry: unknown, i: number) => {
       const rule = parseRule(entry, list, i)
       if (rule.ok) lists[list].push(rule.value)
-      else errors.push({ path: `${list}[${i}]`, entry: JSON.stringify(entry) ?? String(entry), message: rule.error })
+      else errors.push({ path: `${list}[${i}]`, entry: entryText(entry), message: rule.error })
     })
   }
   if (errors.length > 0) return { ok: false, error: formatRuleErrors(errors), errors }

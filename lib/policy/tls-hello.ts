@@ -75,7 +75,6 @@ function serverName(data: Buffer): string | undefined {
   while (!list.done()) {
     const type = list.u8()
     const name = list.vector(2)
-    // eslint-disable-next-line no-control-regex
     if (type === 0) return /^[\x21-\x7e]+$/.test(name.toString('latin1')) ? name.toString('latin1') : ''
   }
   return undefined

@@ -91,7 +91,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
   }
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    const tunnel = tunnels.get(req.socket as Socket)
+    const tunnel = tunnels.get(req.socket)
     if (!tunnel) return replyOnResponse(res, reply(500, 'proxy_internal_error', 'request outside an opened tunnel'), true)
     const decision = decide(tunnel, req)
     log(tunnel, req, decision)
@@ -104,7 +104,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
   })
 
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    const tunnel = tunnels.get(req.socket as Socket)
+    const tunnel = tunnels.get(req.socket)
     socket.on('error', destroySocket)
     if (!tunnel) return socket.destroy()
     const decision = decide(tunnel, req)
@@ -112,7 +112,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
     if (decision.verdict === 'deny') return replyOnSocket(socket, denial(req.method ?? 'GET', formatTarget(tunnel.target), decision))
     const host = hostText(tunnel.target.host)
     req.headers = { ...upgradeRequestHeaders(req.headers), host: req.headers.host } // Host was checked against the server name
-    const agent = tunnel.tls ? new HttpsAgent({ secureContext: originTls, lookup: pinnedLookup(tunnel.ip), servername: host } as ConstructorParameters<typeof HttpsAgent>[0]) : undefined
+    const agent = tunnel.tls ? new HttpsAgent({ secureContext: originTls, lookup: pinnedLookup(tunnel.ip), servername: host }) : undefined
     const target = { protocol: tunnel.tls ? 'https:' : 'http:', host, hostname: host, port: String(tunnel.target.port) }
     wsProxy.ws(req, socket, head, { target, ...(agent ? { agent, secure: true } : {}), changeOrigin: false }, (error: NodeJS.ErrnoException) => {
       replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', `${formatIp(tunnel.ip)}:${tunnel.target.port}`))
@@ -150,8 +150,9 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
       })
       server.emit('connection', inner)
     },
-    async close() {
+    close() {
       server.close()
+      return Promise.resolve()
     },
   }
 }

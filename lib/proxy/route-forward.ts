@@ -121,7 +121,7 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
       {
         origin: up.origin,
         path: up.path,
-        method: method as Dispatcher.HttpMethod,
+        method: method,
         headers: upstreamRequestHeaders(req.rawHeaders, up.authority),
         body: hasBody(req) ? req : null,
         headersTimeout: limits.upstreamHeadersTimeoutMs,

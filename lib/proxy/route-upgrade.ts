@@ -51,7 +51,7 @@ export function createUpgradeProxy(rt: Runtime, proxyFactory: typeof httpProxy):
     // close-delimited, drop hop-by-hop headers, and free the socket once the response is sent.
     proxyReq.on('response', (res: IncomingMessage) => {
       const clean = clientResponseHeaders(res.headers)
-      for (const name of Object.keys(res.headers)) delete res.headers[name]
+      for (const name of Object.keys(res.headers)) Reflect.deleteProperty(res.headers, name)
       Object.assign(res.headers, clean, { connection: 'close' })
       socket.once('finish', () => socket.destroy())
     })

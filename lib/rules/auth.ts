@@ -1,6 +1,6 @@
 // The "auth" section of rules.json: proxy users and their salted scrypt hashes, validated once
 // at load. The hash format lives here; proxy/auth.ts computes and checks hashes.
-import type { RuleError } from '../policy/rules.js'
+import { entryText, type RuleError } from '../policy/rules.js'
 
 export interface AuthSettings {
   readonly realm: string
@@ -32,7 +32,7 @@ const USER = /^[A-Za-z0-9_.@-]{1,64}$/
 
 export function parseAuth(errors: RuleError[], value: unknown): AuthSettings | undefined {
   if (value === undefined) return undefined
-  const bad = (path: string, v: unknown, message: string) => errors.push({ path, entry: JSON.stringify(v) ?? String(v), message })
+  const bad = (path: string, v: unknown, message: string) => errors.push({ path, entry: entryText(v), message })
   if (typeof value !== 'object' || value === null || Array.isArray(value) || Object.keys(value).some((k) => k !== 'users' && k !== 'realm')) {
     bad('auth', value, '"auth" is { "users": { NAME: HASH }, "realm": TEXT }')
     return undefined

@@ -3,7 +3,7 @@
 import { parseAuth, type AuthSettings } from './auth.js'
 import { parseClients, parsePolicies, type PolicySet } from '../policy/clients.js'
 import { formatIp, parseIp, type Ip } from '../policy/ip.js'
-import { compilePolicy, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
+import { compilePolicy, entryText, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
 import type { TlsSettings } from '../policy/decide.js'
 import { formatTarget, hostText, parseAuthority, type Result, type Target } from '../policy/target.js'
 
@@ -111,7 +111,7 @@ const DNS_KEYS = ['servers', 'timeoutMs', 'cacheSize']
 type Errors = RuleError[]
 
 function err(errors: Errors, path: string, value: unknown, message: string): void {
-  errors.push({ path, entry: JSON.stringify(value) ?? String(value), message })
+  errors.push({ path, entry: entryText(value), message })
 }
 
 /** The parent proxy from "upstream". Its credentials live only here, out of JSON and inspect output. */
@@ -296,7 +296,7 @@ export type ConfigResult = { ok: true; value: Config } | { ok: false; errors: Ru
 
 /** Validates a parsed rules.json. Every problem is reported with its path, the entry and why. */
 export function parseConfig(json: unknown): ConfigResult {
-  if (!isObject(json)) return { ok: false, errors: [{ path: '(top level)', entry: JSON.stringify(json) ?? '', message: 'rules file must be a JSON object' }] }
+  if (!isObject(json)) return { ok: false, errors: [{ path: '(top level)', entry: entryText(json), message: 'rules file must be a JSON object' }] }
   const errors: Errors = []
   unknownKeys(errors, '', json, TOP_KEYS)
   let listen = DEFAULT_LISTEN

@@ -35,7 +35,7 @@ export function loadRulesFile(path: string, overrides: Overrides = {}): ConfigRe
 }
 
 function definedOnly(overrides: Overrides): Partial<Config> {
-  return Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)) as Partial<Config>
+  return Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined))
 }
 
 /**

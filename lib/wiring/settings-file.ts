@@ -30,14 +30,14 @@ function setPath(obj: JsonObject, path: readonly string[], value: Json | undefin
   const [key, ...rest] = path as [string, ...string[]]
   const copy: JsonObject = { ...obj }
   if (rest.length === 0) {
-    if (value === undefined) delete copy[key]
+    if (value === undefined) Reflect.deleteProperty(copy, key)
     else copy[key] = value
     return copy
   }
   const child = copy[key]
   const updated = setPath(isObject(child) ? child : {}, rest, value)
   // removing a key proxy-gate added must not leave behind an empty object it created
-  if (value === undefined && Object.keys(updated).length === 0) delete copy[key]
+  if (value === undefined && Object.keys(updated).length === 0) Reflect.deleteProperty(copy, key)
   else copy[key] = updated
   return copy
 }

@@ -66,7 +66,11 @@ export async function startCli(args: readonly string[]): Promise<RunningCli> {
   createInterface({ input: child.stdout }).on('line', (text) => {
     const line = JSON.parse(text) as CliLine
     lines.push(line)
-    for (const w of [...waiters]) if (w[0](line)) waiters.splice(waiters.indexOf(w), 1) && w[1](line)
+    for (const w of [...waiters]) {
+      if (!w[0](line)) continue
+      waiters.splice(waiters.indexOf(w), 1)
+      w[1](line)
+    }
   })
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
   const waitFor = (match: (l: CliLine) => boolean): Promise<CliLine> => {

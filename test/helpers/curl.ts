@@ -7,7 +7,7 @@ const run = promisify(execFile)
 
 /** Runs curl with exactly `args` and resolves with its stdout, also when curl exits non-zero. */
 export async function curlOutput(args: readonly string[]): Promise<string> {
-  const { stdout } = await run('curl', [...args]).catch((e: { stdout: string }) => ({ stdout: e.stdout }))
+  const { stdout } = await run('curl', [...args]).catch((e: unknown) => ({ stdout: (e as { stdout: string }).stdout }))
   return stdout
 }
 

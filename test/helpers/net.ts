@@ -120,7 +120,7 @@ export async function startWsUpstream(host = '127.0.0.1'): Promise<Upstream> {
   const wss = new WebSocketServer({ server })
   wss.on('connection', (ws, req) => {
     requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body: '' })
-    ws.on('message', (data, isBinary) => ws.send(isBinary ? data : `echo: ${String(data)}`))
+    ws.on('message', (data, isBinary) => ws.send(isBinary ? data : `echo: ${(data as Buffer).toString()}`))
   })
   const port = await listen(server, host)
   return {
