@@ -2,6 +2,28 @@
 import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
+// The layers of lib/, lowest first: a folder may import only the folders it lists (and itself).
+const LAYERS = {
+  core: [],
+  policy: ['core'],
+  rules: ['core', 'policy'],
+  certs: ['core', 'policy'],
+  wiring: ['core', 'policy'],
+  net: ['core', 'policy', 'rules'],
+  proxy: ['core', 'policy', 'rules', 'certs', 'net', 'wiring'],
+  observe: ['core', 'policy', 'rules', 'wiring', 'proxy'],
+  cli: ['core', 'policy', 'rules', 'certs', 'wiring', 'net', 'proxy', 'observe'],
+}
+// The policy decides; it never touches files, DNS or sockets.
+const IO_MODULES = ['net', 'dns', 'http', 'https', 'fs', 'tls', 'dgram', 'child_process'].flatMap((m) => [m, `node:${m}`, `${m}/*`, `node:${m}/*`])
+
+function layerRules(folder, allowed) {
+  const above = Object.keys(LAYERS).filter((f) => f !== folder && !allowed.includes(f))
+  const patterns = [{ group: [...above.map((f) => `../${f}/*`), '../cli.js'], message: `lib/${folder}/ may import only ${allowed.join(', ') || 'nothing else of lib/'}: see the layers in eslint.config.mjs` }]
+  if (folder === 'policy') patterns.push({ group: IO_MODULES, message: 'lib/policy/ is pure: files, DNS and sockets live outside it and call in' })
+  return { files: [`lib/${folder}/**/*.ts`], rules: { 'no-restricted-imports': ['error', { patterns }] } }
+}
+
 export default tseslint.config(
   { ignores: ['dist/', 'coverage/', '.tap/', 'node_modules/', 'test/bench/', '.ci/'] },
   { linterOptions: { reportUnusedDisableDirectives: 'error' } },
@@ -27,5 +49,6 @@ export default tseslint.config(
       '@typescript-eslint/require-await': 'off',
     },
   },
+  ...Object.entries(LAYERS).map(([folder, allowed]) => layerRules(folder, allowed)),
   { files: ['eslint.config.mjs'], extends: [tseslint.configs.disableTypeChecked] },
 )
