@@ -228,6 +228,24 @@ t.test('limits: known keys, positive whole numbers, defaults for the rest', asyn
   t.same(errorsOf({ limits: [] }), [['limits', '"limits" must be an object']])
 })
 
+t.test('sandbox: an address, a DNS port (53, or false), HTTP and TLS ports; every mistake named', async (t) => {
+  t.equal(config({}).sandbox, undefined, 'off unless configured')
+  const defaults = config({ sandbox: { address: '10.250.0.2' } }).sandbox
+  t.same(defaults && { ...defaults, address: undefined }, { address: undefined, dnsPort: 53, dnsQueriesPerSecond: 100, httpPorts: [80], tlsPorts: [443] })
+  t.equal(defaults?.address.family, 4)
+  const custom = config({ sandbox: { address: 'fd00::2', dns: false, http: [], tls: [443, 8443], dnsQueriesPerSecond: 5 } }).sandbox
+  t.same(custom && [custom.dnsPort, custom.httpPorts, custom.tlsPorts, custom.dnsQueriesPerSecond, custom.address.family], [undefined, [], [443, 8443], 5, 6])
+  t.same(errorsOf({ sandbox: true }), [['sandbox', '"sandbox" is { "address": IP, "dns": PORT|false, "http": [PORTS], "tls": [PORTS] }']])
+  for (const address of [undefined, 'proxy.local', '0.0.0.0', '::', '10.250.0.2:53', '010.0.0.1']) {
+    t.same(errorsOf({ sandbox: { address } }).map(([path]) => path), ['sandbox.address'], `address ${String(address)}`)
+  }
+  for (const dns of [0, 65536, '53', true, 5.5]) t.same(errorsOf({ sandbox: { address: '10.0.0.2', dns } }).map(([path]) => path), ['sandbox.dns'], `dns ${String(dns)}`)
+  for (const http of [80, [0], [80, 80], ['80']]) t.same(errorsOf({ sandbox: { address: '10.0.0.2', http } }).map(([path]) => path), ['sandbox.http'], `http ${JSON.stringify(http)}`)
+  t.same(errorsOf({ sandbox: { address: '10.0.0.2', http: [80, 8443], tls: [8443] } }), [['sandbox.tls', 'port 8443 is also in sandbox.http: a port is either plain HTTP or TLS']])
+  t.same(errorsOf({ sandbox: { address: '10.0.0.2', dsn: 53 } }).map(([path]) => path), ['sandbox.dsn'], 'a typo is an unknown key')
+  t.same(errorsOf({ sandbox: { address: '10.0.0.2', dnsQueriesPerSecond: 0 } }).map(([path]) => path), ['sandbox.dnsQueriesPerSecond'])
+})
+
 t.test('bypass: hosts without ports; bare IPv6 is allowed', async (t) => {
   const c = config({ bypass: ['localhost', '127.0.0.1', '::1', '[::1]', 'fd00::/8', '10.0.0.0/8', '*.local', 'Example.COM.'] })
   t.same(c.bypass.map(describePattern), ['localhost', '127.0.0.1', '::1', '::1', 'fd00::/8', '10.0.0.0/8', '*.local', 'example.com'])

@@ -4,7 +4,7 @@
 // addresses are given directly, since the policy is pure.
 import { DEFAULT_TLS } from '../lib/rules/config.js'
 import t from 'tap'
-import { checkHello, checkInnerHost, confirmSniAddress, decideAddresses, decideRequest, needsInterception, withRequest, decideForwarded, decideTarget, denyErrorType, type Decision, type DecisionContext, type Pending, type Reason } from '../lib/policy/decide.js'
+import { checkHello, decideName, checkInnerHost, confirmSniAddress, decideAddresses, decideRequest, needsInterception, withRequest, decideForwarded, decideTarget, denyErrorType, type Decision, type DecisionContext, type Pending, type Reason } from '../lib/policy/decide.js'
 import { compilePolicy, entryText, parsePathGlob, describePattern, matchIp, matchName, parseBypass, parseRule, type ListName, type Policy, type PortRange } from '../lib/policy/rules.js'
 import { normalisePath } from '../lib/policy/target.js'
 import { ip, policy, target } from './helpers/fixtures.js'
@@ -612,4 +612,23 @@ t.test('ClientHello checks: SNI against the CONNECT host, and IP-literal tunnels
   const viaName = decide(rules, 'api.allowed.test:443', ['8.8.4.4', '8.8.8.8'])
   t.match(confirmSniAddress(ctx, ipTarget, viaName, 'api.allowed.test'), { verdict: 'allow', dial: [ip('8.8.4.4')] }, 'dials the CONNECT IP, one of the checked addresses')
   t.match(confirmSniAddress(ctx, target('8.8.1.1:443'), viaName, 'api.allowed.test'), { verdict: 'deny', reason: 'sni-address-mismatch' })
+})
+
+t.test('decideName (sandbox DNS): a name is answered when an allow rule matches it on some port and no deny rule covers every port', async (t) => {
+  const compiled = compilePolicy({ allow: ['api.example.com:8443', '*.cdn.example:443', 'gist.example.com', 'ftp.example.com:21', '10.0.0.0/8:443'], deny: ['gist.example.com', 'ftp.example.com:21'] })
+  if (!compiled.ok) throw new Error(compiled.error)
+  const p = compiled.value
+  const answer = (name: string, ctx = ENFORCE) => {
+    const d = decideName(p, ctx, name)
+    return `${d.verdict}/${d.reason}${d.rule ? ` ${d.rule.list}[${d.rule.index}]` : ''}`
+  }
+  t.equal(answer('api.example.com'), 'allow/allow-rule allow[0]', 'any port will do: the connection is decided on its own port')
+  t.equal(answer('a.b.cdn.example'), 'allow/allow-rule allow[1]')
+  t.equal(answer('cdn.example'), 'deny/no-rule', 'a wildcard does not match its own suffix')
+  t.equal(answer('gist.example.com'), 'deny/deny-rule deny[0]', 'a deny rule on every port: the name does not resolve')
+  t.equal(answer('ftp.example.com'), 'allow/allow-rule allow[3]', 'a deny rule on some ports: the name resolves, the connection is decided')
+  t.equal(answer('evil.example'), 'deny/no-rule')
+  t.equal(decideName(p, ENFORCE, 'evil.example').suggestion, '"evil.example:443"')
+  t.equal(answer('evil.example', REPORT), 'allow/no-rule', 'report mode answers and remembers it would not')
+  t.ok(decideName(p, REPORT, 'evil.example').wouldDeny)
 })

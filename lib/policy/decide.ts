@@ -2,7 +2,7 @@
 // compiled rules for a target, its resolved addresses, its TLS ClientHello and its requests.
 // Every wire path consumes it. Pure: no files, no DNS, no sockets.
 import { PRIVATE_KINDS, classifyIp, formatIp, type Ip } from './ip.js'
-import { allowCandidates, allowRuleOnAnyPort, hasRequestLimits, matchIp, matchName, ruleLabel, specialRuleCovers, type Mode, type Policy, type PortRange, type Rule } from './rules.js'
+import { allowCandidates, allowRuleOnAnyPort, coversEveryPort, hasRequestLimits, matchIp, matchName, matchNameOnAnyPort, ruleLabel, specialRuleCovers, type Mode, type Policy, type PortRange, type Rule } from './rules.js'
 import { formatTarget, hostText, normaliseName, normalisePath, type Result, type Target } from './target.js'
 
 // ---- decision ------------------------------------------------------------------------------
@@ -163,6 +163,21 @@ export function decideTarget(policy: Policy, ctx: DecisionContext, target: Targe
   }
   if (denied && ctx.mode !== 'report') return denied
   return { verdict: 'resolve', rule: denied ? undefined : allowRule, wouldDeny: denied !== undefined, waived: denied }
+}
+
+/**
+ * A DNS question for a name (the sandbox's DNS server): answered when some allow rule matches the
+ * name on some port and no deny rule refuses it on every port. No addresses are involved: the
+ * answer is proxy-gate's own address, and each connection is decided in full when it arrives.
+ */
+export function decideName(policy: Policy, ctx: DecisionContext, name: string): Decision {
+  const denyRule = matchNameOnAnyPort(policy, 'deny', name)
+  const allowRule = matchNameOnAnyPort(policy, 'allow', name)
+  if (denyRule && coversEveryPort(denyRule)) {
+    return waive(decision({ verdict: 'deny', reason: 'deny-rule', rule: denyRule, detail: `${name} matches deny rule ${ruleLabel(denyRule)} on every port` }), ctx, [])
+  }
+  if (!allowRule) return waive(decision({ verdict: 'deny', reason: 'no-rule', suggestion: quote(`${name}:443`), detail: `no allow rule matches ${name} on any port` }), ctx, [])
+  return decision({ verdict: 'allow', reason: 'allow-rule', rule: allowRule, detail: `${name} is allowed by ${ruleLabel(allowRule)}` })
 }
 
 /** Second step for names: every resolved address must pass deny rules and the address guard. */

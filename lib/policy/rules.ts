@@ -312,6 +312,15 @@ export function specialRuleCovers(policy: Policy, ip: Ip, port: number): boolean
   return ipMatches(policy.allowIndex, ip, port).some((r) => r.pattern.kind === 'cidr' && r.pattern.special !== undefined)
 }
 
+/** The first rule of the list whose host pattern matches the name, on whatever ports. */
+export function matchNameOnAnyPort(policy: Policy, list: ListName, name: string): Rule | undefined {
+  return firstByIndex(nameCandidates(list === 'allow' ? policy.allowIndex : policy.denyIndex, name))
+}
+
+export function coversEveryPort(rule: Rule): boolean {
+  return rule.ports.some(([lo, hi]) => lo <= 1 && hi >= 65535)
+}
+
 /** An allow rule for the name on any port: the hint when the port is what failed. */
 export function allowRuleOnAnyPort(policy: Policy, name: string): Rule | undefined {
   return nameCandidates(policy.allowIndex, name)[0]

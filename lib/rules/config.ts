@@ -1,6 +1,7 @@
 // rules.json as a value: validates the whole file (listen, mode, limits, dns, bypass) and hands
 // allow/deny to the policy. Pure: the caller reads the file.
 import { parseAuth, type AuthSettings } from './auth.js'
+import { parseSandbox, type SandboxSettings } from './sandbox.js'
 import { parseClients, parsePolicies, type PolicySet } from '../policy/clients.js'
 import { formatIp, parseIp, type Ip } from '../policy/ip.js'
 import { compilePolicy, entryText, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
@@ -72,10 +73,12 @@ export interface Config {
   readonly upstream: UpstreamProxy | undefined
   /** destinations that skip the parent proxy (NO_PROXY-style host patterns) */
   readonly upstreamBypass: readonly HostPattern[]
+  /** the sandbox's DNS server and transparent listeners; undefined: none */
+  readonly sandbox: SandboxSettings | undefined
 }
 
 const DEFAULT_LISTEN: Listen = { host: '127.0.0.1', port: 3128 }
-const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits', 'tls', 'policies', 'clients', 'auth', 'upstream', 'upstreamBypass']
+const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits', 'tls', 'policies', 'clients', 'auth', 'upstream', 'upstreamBypass', 'sandbox']
 const TLS_KEYS = ['ports', 'requireSni', 'allowNonTls', 'helloTimeoutMs', 'upstreamCaFiles']
 
 export const DEFAULT_TLS: TlsSettings = { ports: [[443, 443]], requireSni: true, allowNonTls: false, helloTimeoutMs: 10_000, upstreamCaFiles: [] }
@@ -319,8 +322,9 @@ export function parseConfig(json: unknown): ConfigResult {
   const upstream = json.upstream === undefined ? undefined : parseUpstream(json.upstream)
   if (upstream && !upstream.ok) err(errors, 'upstream', json.upstream, upstream.error)
   const upstreamBypass = parseUpstreamBypass(errors, json.upstreamBypass, json.upstream)
+  const sandbox = parseSandbox(errors, json.sandbox)
   if (clients.some((c) => c.kind === 'user') && !auth) err(errors, 'clients', json.clients, '"user" clients need proxy authentication: add "auth"')
   if (errors.length > 0 || !policy.ok) return { ok: false, errors }
   const policies = { fallback: policy.value, named, clients }
-  return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits, tls, policies, auth, upstream: upstream?.ok ? upstream.value : undefined, upstreamBypass } }
+  return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits, tls, policies, auth, upstream: upstream?.ok ? upstream.value : undefined, upstreamBypass, sandbox } }
 }

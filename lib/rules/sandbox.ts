@@ -1,0 +1,82 @@
+// The "sandbox" section of rules.json: proxy-gate as the only way out of a container network,
+// with its own DNS server and transparent listeners on its address there. Validated once at load.
+import { formatIp, parseIp, type Ip } from '../policy/ip.js'
+import { entryText, type RuleError } from '../policy/rules.js'
+
+export interface SandboxSettings {
+  /** proxy-gate's address on the sandbox network: its listeners bind here and DNS answers with it */
+  readonly address: Ip
+  /** the DNS server's port on `address` (UDP and TCP); undefined: no DNS server */
+  readonly dnsPort: number | undefined
+  /** DNS queries one client address may send per second; more are answered REFUSED */
+  readonly dnsQueriesPerSecond: number
+  /** ports on `address` for plain HTTP from clients that know no proxy, decided by the Host header */
+  readonly httpPorts: readonly number[]
+  /** ports on `address` for TLS from clients that know no proxy, decided by the ClientHello's server name */
+  readonly tlsPorts: readonly number[]
+}
+
+const KEYS = ['address', 'dns', 'dnsQueriesPerSecond', 'http', 'tls']
+const DEFAULTS = { dnsPort: 53, dnsQueriesPerSecond: 100, httpPorts: [80], tlsPorts: [443] }
+
+type Report = (path: string, value: unknown, message: string) => void
+
+function isPort(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 1 && value <= 65535
+}
+
+function portList(report: Report, key: 'http' | 'tls', value: unknown, fallback: readonly number[]): readonly number[] {
+  if (value === undefined) return fallback
+  if (Array.isArray(value) && value.every(isPort) && new Set(value).size === value.length) return value
+  report(`sandbox.${key}`, value, 'must be a list of distinct ports (1-65535), [] for none')
+  return []
+}
+
+function dnsPort(report: Report, value: unknown): number | undefined {
+  if (value === undefined) return DEFAULTS.dnsPort
+  if (value === false) return undefined
+  if (isPort(value)) return value
+  report('sandbox.dns', value, 'must be a port (1-65535) for the DNS server, or false for none')
+  return undefined
+}
+
+function queriesPerSecond(report: Report, value: unknown): number {
+  if (value === undefined) return DEFAULTS.dnsQueriesPerSecond
+  if (typeof value === 'number' && Number.isInteger(value) && value > 0) return value
+  report('sandbox.dnsQueriesPerSecond', value, 'must be a positive whole number')
+  return DEFAULTS.dnsQueriesPerSecond
+}
+
+function parseAddress(report: Report, value: unknown): Ip | undefined {
+  const ip = typeof value === 'string' ? parseIp(value) : undefined
+  if (ip && ip.value !== 0n) return ip
+  report('sandbox.address', value, 'must be the IP address proxy-gate has on the sandbox network (not 0.0.0.0 or ::: clients are told this address)')
+  return undefined
+}
+
+export function parseSandbox(errors: RuleError[], value: unknown): SandboxSettings | undefined {
+  if (value === undefined) return undefined
+  const report: Report = (path, v, message) => errors.push({ path, entry: entryText(v), message })
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    report('sandbox', value, '"sandbox" is { "address": IP, "dns": PORT|false, "http": [PORTS], "tls": [PORTS] }')
+    return undefined
+  }
+  const obj = value as Record<string, unknown>
+  for (const key of Object.keys(obj)) if (!KEYS.includes(key)) report(`sandbox.${key}`, obj[key], `unknown key "${key}" (allowed: ${KEYS.join(', ')})`)
+  const address = parseAddress(report, obj.address)
+  const settings = {
+    dnsPort: dnsPort(report, obj.dns),
+    dnsQueriesPerSecond: queriesPerSecond(report, obj.dnsQueriesPerSecond),
+    httpPorts: portList(report, 'http', obj.http, DEFAULTS.httpPorts),
+    tlsPorts: portList(report, 'tls', obj.tls, DEFAULTS.tlsPorts),
+  }
+  const both = settings.httpPorts.filter((p) => settings.tlsPorts.includes(p))
+  if (both.length > 0) report('sandbox.tls', obj.tls, `port ${both.join(', ')} is also in sandbox.http: a port is either plain HTTP or TLS`)
+  return address ? { address, ...settings } : undefined
+}
+
+/** `ADDRESS:PORT` of one sandbox listener, IPv6 in brackets. */
+export function sandboxListener(sandbox: SandboxSettings, port: number): string {
+  const text = formatIp(sandbox.address)
+  return `${sandbox.address.family === 6 ? `[${text}]` : text}:${port}`
+}
