@@ -6,6 +6,7 @@ import { caCommand } from './cli/ca.js'
 import { printErrors, usageError } from './cli/common.js'
 import { learnCommand, suggestCommand } from './cli/learn.js'
 import { passwdCommand } from './cli/passwd.js'
+import { sandboxCommand } from './cli/sandbox.js'
 import { startCommand } from './cli/start.js'
 import { advertisedAddress, dockerCommand, systemProxyCommand, type WiringArgs } from './cli/wiring.js'
 import { DEFAULT_POLICY } from './policy/clients.js'
@@ -37,6 +38,7 @@ commands:
   ca         create (init) or describe (show) the local certificate authority
   learn      run in report mode (or read logs) and write a suggested rules file
   suggest    print the entries that would allow what a log shows denied
+  sandbox    a container network whose only way out is proxy-gate (build, up, run, down, compose)
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
@@ -51,7 +53,9 @@ reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
   --log-format F       json (default when stdout is not a terminal) or pretty
   --insecure-open      allow listening on a non-loopback address (anyone who can reach it can use the proxy)
   --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)
-  --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: certs/ in the proxy-gate folder)`,
+  --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: certs/ in the proxy-gate folder)
+  --sandbox ADDRESS    serve a sandbox network from ADDRESS: DNS on 53, transparent HTTP on 80 and TLS on 443
+                       (as the "sandbox" section of rules.json with only "address"; see proxy-gate sandbox)`,
   check: `usage: proxy-gate check TARGET [--rules FILE] [--source IP] [--user NAME]
 
 TARGET is host:port (as in CONNECT) or a URL (http://host/..., https://host/...). --source and
@@ -134,6 +138,7 @@ const OPTIONS = {
   'log-format': { type: 'string' },
   'insecure-open': { type: 'boolean', default: false },
   'admin-listen': { type: 'string' },
+  sandbox: { type: 'string' },
   'admin-token-file': { type: 'string' },
   advertise: { type: 'string' },
   flavor: { type: 'string', default: 'standard' },
@@ -257,6 +262,7 @@ function validate(values: Values): number {
 
 
 export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'sandbox') return sandboxCommand(argv.slice(1))
   let parsed
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })

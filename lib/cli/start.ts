@@ -12,7 +12,8 @@ import { advertisedAddress, openBypass } from './wiring.js'
 import { parseListen, type Config } from '../rules/config.js'
 import { parseIp } from '../policy/ip.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
-import { describePattern, formatRuleErrors, rulesWithRequestLimits, type Mode } from '../policy/rules.js'
+import { describePattern, formatRuleErrors, rulesWithRequestLimits, type Mode, type RuleError } from '../policy/rules.js'
+import { parseSandbox, type SandboxSettings } from '../rules/sandbox.js'
 import { loadRulesFile, watchRulesFile, type Overrides } from '../rules/file.js'
 import { createProxy, type Proxy } from '../proxy/server.js'
 import type { Result } from '../policy/target.js'
@@ -30,6 +31,7 @@ export interface StartFlags {
   readonly dir: string | undefined
   readonly 'admin-listen': string | undefined
   readonly 'admin-token-file': string | undefined
+  readonly sandbox: string | undefined
 }
 
 /** Everything `start` needs, checked before anything listens. */
@@ -58,7 +60,7 @@ function nodeTooOld(): boolean {
 }
 
 function overridesFrom(flags: StartFlags): Result<Overrides> {
-  const overrides: { listen?: Config['listen']; mode?: Mode } = {}
+  const overrides: { listen?: Config['listen']; mode?: Mode; sandbox?: SandboxSettings } = {}
   if (flags.listen !== undefined) {
     const listen = parseListen(flags.listen)
     if (!listen.ok) return { ok: false, error: `--listen: ${listen.error}` }
@@ -67,6 +69,12 @@ function overridesFrom(flags: StartFlags): Result<Overrides> {
   if (flags.mode !== undefined) {
     if (flags.mode !== 'enforce' && flags.mode !== 'report') return { ok: false, error: '--mode must be enforce or report' }
     overrides.mode = flags.mode
+  }
+  if (flags.sandbox !== undefined) {
+    const errors: RuleError[] = []
+    const sandbox = parseSandbox(errors, { address: flags.sandbox })
+    if (!sandbox) return { ok: false, error: `--sandbox: ${errors[0]?.message ?? 'bad address'}` }
+    overrides.sandbox = sandbox
   }
   return { ok: true, value: overrides }
 }

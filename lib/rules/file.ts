@@ -1,4 +1,5 @@
 // Reading rules.json from disk and noticing when it changes. Validation itself is config.ts.
+import type { SandboxSettings } from './sandbox.js'
 import { readFileSync, watch, type FSWatcher } from 'node:fs'
 import { basename, dirname, resolve } from 'node:path'
 import { parseConfig, type Config, type ConfigResult, type Listen } from './config.js'
@@ -9,6 +10,7 @@ import type { RuleError } from '../policy/rules.js'
 export interface Overrides {
   readonly listen?: Listen
   readonly mode?: Mode
+  readonly sandbox?: SandboxSettings
 }
 
 function jsonError(path: string, error: Error): RuleError {

@@ -4,7 +4,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { createInterface } from 'node:readline'
 
 /** The built command line, dist/cli.js. */
-const CLI = new URL('../../dist/cli.js', import.meta.url).pathname
+export const CLI_PATH = new URL('../../dist/cli.js', import.meta.url).pathname
 
 /** What a one-shot run of the command line left behind. */
 export interface CliResult {
@@ -24,7 +24,7 @@ export interface RunOptions {
 /** Runs `node dist/cli.js ARGS` to its end and collects its exit code, stdout and stderr. */
 export function runCli(args: readonly string[], options: RunOptions = {}): Promise<CliResult> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], options.env ? { env: { ...process.env, ...options.env } } : {})
+    const child = spawn(process.execPath, [CLI_PATH, ...args], options.env ? { env: { ...process.env, ...options.env } } : {})
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
@@ -58,7 +58,7 @@ export interface RunningCli {
 
 /** Spawns `node dist/cli.js ARGS` (which must log JSON) and resolves once it logs `listening`. */
 export async function startCli(args: readonly string[]): Promise<RunningCli> {
-  const child = spawn(process.execPath, [CLI, ...args])
+  const child = spawn(process.execPath, [CLI_PATH, ...args])
   let stderr = ''
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
   const lines: CliLine[] = []

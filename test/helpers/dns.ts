@@ -27,7 +27,8 @@ export interface TestDns {
   close(): Promise<void>
 }
 
-export async function startDns(zone: Zone): Promise<TestDns> {
+/** `at` binds it elsewhere than 127.0.0.1 on a free port (a stand-in address containers can reach). */
+export async function startDns(zone: Zone, at: { host: string; port: number } = { host: '127.0.0.1', port: 0 }): Promise<TestDns> {
   const socket = createSocket('udp4')
   const counts = new Map<string, number>()
   const aCounts = new Map<string, number>()
@@ -53,11 +54,11 @@ export async function startDns(zone: Zone): Promise<TestDns> {
     })
     socket.send(response, rinfo.port, rinfo.address)
   })
-  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve))
+  await new Promise<void>((resolve) => socket.bind(at.port, at.host, resolve))
   const port = socket.address().port
   return {
     port,
-    server: `127.0.0.1:${port}`,
+    server: `${at.host}:${port}`,
     queries: (name) => counts.get(name) ?? 0,
     totalQueries: () => total,
     close: () => new Promise((resolve) => socket.close(() => resolve())),

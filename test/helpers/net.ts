@@ -103,13 +103,13 @@ export function selfSigned(names: readonly string[], ips: readonly string[] = []
 }
 
 /** An HTTPS origin with a self-signed certificate; `tls.cert` is what a client should trust. */
-export async function startHttpsUpstream(host = '127.0.0.1', names: readonly string[] = ['localhost'], handler: Handler = defaultHandler): Promise<Upstream & { tls: TlsMaterial }> {
+export async function startHttpsUpstream(host = '127.0.0.1', names: readonly string[] = ['localhost'], handler: Handler = defaultHandler, port = 0): Promise<Upstream & { tls: TlsMaterial }> {
   const tls = selfSigned(names, [host])
   const requests: Recorded[] = []
   const server = createHttpsServer({ cert: tls.cert, key: tls.key }, recordingListener(requests, handler))
   const t = track(server)
-  const port = await listen(server, host)
-  return { host, port, requests, connections: t.count, close: () => closeServer(server), tls }
+  const bound = await listen(server, host, port)
+  return { host, port: bound, requests, connections: t.count, close: () => closeServer(server), tls }
 }
 
 /** A WebSocket echo origin (the `ws` library), recording the upgrade requests it accepted. */

@@ -1,0 +1,202 @@
+// `proxy-gate sandbox build|up|run|down|compose`: a container network whose only way out is
+// proxy-gate, driven through the docker CLI (DOCKER_HOST honoured; --engine podman for Podman).
+import { spawn, spawnSync } from 'node:child_process'
+import { rmSync, statSync } from 'node:fs'
+import { basename, dirname, join, resolve } from 'node:path'
+import { parseArgs } from 'node:util'
+import { VERSION } from '../core/version.js'
+import { composeFile, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
+import { loadRulesFile } from '../rules/file.js'
+import { printErrors, usageError } from './common.js'
+import { prepareContext } from './sandbox-image.js'
+
+const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|down|compose> [options]
+
+  build   [--base IMAGE] [--tag TAG]       build the proxy-gate image with no network access
+                                           (base default node:22-slim; tag default proxy-gate:${VERSION})
+  up      [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR (default 10.250.0.0/24)]
+                                           create the internal network N (default proxy-gate), its egress
+                                           network and the proxy-gate container on both (rules mounted
+                                           read-only: edits reload); run again to apply a new image
+  run     [--name N] -- DOCKER-RUN-ARGS    docker run --rm on N only, DNS and HTTP(S)_PROXY set to
+                                           proxy-gate; the arguments go to docker run as they are
+  down    [--name N]                       remove the container and both networks
+  compose [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR]
+                                           print the same topology as a Compose file
+
+  --engine docker|podman                   the CLI to drive (default docker; DOCKER_HOST is honoured)`
+
+const OPTIONS = {
+  name: { type: 'string', default: 'proxy-gate' },
+  rules: { type: 'string', default: 'rules.json' },
+  image: { type: 'string', default: `proxy-gate:${VERSION}` },
+  tag: { type: 'string', default: `proxy-gate:${VERSION}` },
+  base: { type: 'string', default: 'node:22-slim' },
+  subnet: { type: 'string' },
+  engine: { type: 'string', default: 'docker' },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const
+
+type Values = { readonly [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K] extends { default: boolean } ? boolean : (typeof OPTIONS)[K] extends { default: string } ? string : string | undefined }
+
+/** Runs the engine with its output shown; resolves with its exit code. */
+function engine(values: Values, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  return new Promise((done) => {
+    const child = spawn(values.engine, args, { stdio: 'inherit', env })
+    child.on('error', (error) => {
+      console.error(`proxy-gate sandbox: cannot run ${values.engine}: ${error.message}`)
+      done(127)
+    })
+    child.on('close', (code, signal) => done(code ?? (signal ? 128 : 1)))
+  })
+}
+
+function exists(values: Values, kind: 'network' | 'container', name: string): boolean {
+  return spawnSync(values.engine, [kind, 'inspect', name], { stdio: 'ignore' }).status === 0
+}
+
+/** The rules file's owner, unless root: the container runs as that user so that it can read what the user can. */
+function ownerOf(path: string): string | undefined {
+  try {
+    const { uid, gid } = statSync(path)
+    return uid === 0 ? undefined : `${uid}:${gid}`
+  } catch {
+    return undefined
+  }
+}
+
+/** The subnet of an existing sandbox network: `run` and `down` find proxy-gate where `up` put it. */
+function existingSubnet(values: Values, network: string): string | undefined {
+  const r = spawnSync(values.engine, ['network', 'inspect', '-f', '{{range .IPAM.Config}}{{.Subnet}} {{end}}', network], { encoding: 'utf8' })
+  return r.status === 0 ? r.stdout.trim().split(' ')[0] || undefined : undefined
+}
+
+function plan(values: Values): SandboxPlan | undefined {
+  const rules = resolve(values.rules)
+  const subnet = values.subnet ?? existingSubnet(values, values.name) ?? DEFAULT_SUBNET
+  const planned = sandboxPlan({ name: values.name, subnet, image: values.image, rulesDir: dirname(rules), rulesFile: basename(rules), user: ownerOf(rules) })
+  if (!planned.ok) {
+    usageError(planned.error)
+    return undefined
+  }
+  return planned.value
+}
+
+async function build(values: Values): Promise<number> {
+  let context: string
+  try {
+    context = prepareContext()
+  } catch (error) {
+    console.error(`proxy-gate sandbox build: ${(error as Error).message}`)
+    return 1
+  }
+  try {
+    const args = ['build', '--network', 'none', '--build-arg', `NODE_IMAGE=${values.base}`, '-t', values.tag, '-f', join(context, 'Dockerfile'), context]
+    return await engine(values, args, { DOCKER_BUILDKIT: '0', ...process.env })
+  } finally {
+    rmSync(context, { recursive: true, force: true })
+  }
+}
+
+async function runAll(values: Values, commands: readonly string[][]): Promise<number> {
+  for (const args of commands) {
+    const code = await engine(values, args)
+    if (code !== 0) return code
+  }
+  return 0
+}
+
+/**
+ * Follows the container's log until proxy-gate says it listens (true) or that it did not start,
+ * or the container stops (false, with what it said shown).
+ */
+function started(values: Values, container: string): Promise<boolean> {
+  return new Promise((done) => {
+    const follow = spawn(values.engine, ['logs', '-f', container], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let said = ''
+    let settled = false
+    const finish = (ok: boolean): void => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      follow.kill()
+      if (!ok) console.error(`proxy-gate did not start in ${container}:\n${said.trim()}`)
+      done(ok)
+    }
+    const timer = setTimeout(() => finish(false), 30_000)
+    const read = (chunk: Buffer): void => {
+      said += chunk.toString('utf8')
+      if (/"message":"listening"/.test(said)) finish(true)
+      else if (said.includes('proxy-gate did not start')) finish(false)
+    }
+    follow.stdout.on('data', read)
+    follow.stderr.on('data', read)
+    follow.on('close', () => finish(/"message":"listening"/.test(said)))
+  })
+}
+
+async function up(values: Values, p: SandboxPlan): Promise<number> {
+  const rules = join(p.rulesDir, p.rulesFile)
+  const loaded = loadRulesFile(rules)
+  if (!loaded.ok) {
+    printErrors(rules, loaded.errors)
+    return 1
+  }
+  for (const network of networkCommands(p)) {
+    if (exists(values, 'network', network.name)) continue
+    const code = await engine(values, network.create)
+    if (code !== 0) return code
+  }
+  if (exists(values, 'container', p.container)) await engine(values, ['rm', '-f', p.container])
+  const code = await runAll(values, proxyCommands(p))
+  if (code !== 0) return code
+  if (!(await started(values, p.container))) {
+    await engine(values, ['rm', '-f', p.container])
+    return 1
+  }
+  console.log(`sandbox "${p.name}" is up: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)})
+run a workload:  proxy-gate sandbox run --name ${p.name} -- IMAGE [COMMAND...]
+its log:         ${values.engine} logs -f ${p.container}
+remove it:       proxy-gate sandbox down --name ${p.name}`)
+  return 0
+}
+
+async function down(values: Values, p: SandboxPlan): Promise<number> {
+  let failed = 0
+  for (const { kind, name, remove } of downCommands(p)) {
+    if (exists(values, kind, name)) failed ||= await engine(values, remove)
+  }
+  if (failed === 0) console.log(`sandbox "${p.name}" is down`)
+  return failed
+}
+
+export async function sandboxCommand(argv: readonly string[]): Promise<number> {
+  let parsed
+  try {
+    parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true })
+  } catch (error) {
+    return usageError(`${(error as Error).message} (see proxy-gate sandbox --help)`)
+  }
+  const values = parsed.values as Values
+  const [verb, ...rest] = parsed.positionals
+  if (values.help || verb === undefined) {
+    console.log(SANDBOX_HELP)
+    return values.help ? 0 : 2
+  }
+  if (verb === 'build' && rest.length === 0) return build(values)
+  const p = plan(values)
+  if (!p) return 2
+  if (verb === 'up' && rest.length === 0) return up(values, p)
+  if (verb === 'down' && rest.length === 0) return down(values, p)
+  if (verb === 'compose' && rest.length === 0) {
+    process.stdout.write(composeFile(p))
+    return 0
+  }
+  if (verb === 'run') {
+    if (rest.length === 0) return usageError('sandbox run needs an image: proxy-gate sandbox run -- IMAGE [COMMAND...]')
+    if (!exists(values, 'container', p.container)) console.error(`proxy-gate sandbox: ${p.container} is not running: run "proxy-gate sandbox up --name ${p.name}" first`)
+    return engine(values, runArgs(p, rest))
+  }
+  return usageError(`unknown sandbox command: ${[verb, ...rest].join(' ')} (see proxy-gate sandbox --help)`)
+}
+

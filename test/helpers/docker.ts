@@ -1,0 +1,103 @@
+// A real Docker engine for the sandbox test, inside the loopback-only network namespace that
+// test/run.sh made (so no container can reach past this machine), with its state in a temporary
+// folder, and a Node base image made from this machine's own node binary (no registry needed).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync, copyFileSync, chmodSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { once } from 'node:events'
+
+export interface Engine {
+  /** the environment that points the docker CLI at this engine */
+  readonly env: NodeJS.ProcessEnv
+  docker(args: readonly string[]): { status: number | null; stdout: string; stderr: string }
+  stop(): Promise<void>
+}
+
+const BUSYBOX = '/usr/bin/busybox'
+
+/** Why the engine cannot run here, or false when it can. */
+export function engineMissing(): string | false {
+  if (process.getuid?.() !== 0) return 'needs root to run dockerd'
+  if (process.env.PROXY_GATE_NETNS !== '1') return 'needs the loopback-only network namespace that test/run.sh creates'
+  for (const bin of ['dockerd', 'docker', 'containerd', 'runc']) {
+    if (spawnSync('sh', ['-c', `command -v ${bin}`]).status !== 0) return `needs ${bin} (apt-get install docker.io)`
+  }
+  return false
+}
+
+/** Resolves when dockerd logs that its API listens (it is ready then), rejects if it exits first or takes 30 s. */
+function untilReady(daemon: ChildProcess, log: () => string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`dockerd not ready within 30 s: ${log()}`)), 30_000)
+    const onData = (): void => {
+      if (!log().includes('API listen on')) return
+      clearTimeout(timer)
+      resolve()
+    }
+    daemon.stdout?.on('data', onData)
+    daemon.stderr?.on('data', onData)
+    daemon.once('exit', () => {
+      clearTimeout(timer)
+      reject(new Error(`dockerd exited: ${log()}`))
+    })
+  })
+}
+
+export async function startEngine(): Promise<Engine> {
+  const dir = mkdtempSync(join(tmpdir(), 'pg-dockerd-'))
+  const socket = join(dir, 'docker.sock')
+  const env = { ...process.env, DOCKER_HOST: `unix://${socket}`, DOCKER_CLI_HINTS: 'false' }
+  const output: Buffer[] = []
+  const daemon = spawn('dockerd', ['--data-root', join(dir, 'root'), '--exec-root', join(dir, 'exec'), '-H', `unix://${socket}`, '--pidfile', join(dir, 'dockerd.pid')], { stdio: ['ignore', 'pipe', 'pipe'] })
+  daemon.stdout.on('data', (c: Buffer) => output.push(c))
+  daemon.stderr.on('data', (c: Buffer) => output.push(c))
+  const log = (): string => Buffer.concat(output).toString('utf8').slice(-4000)
+  await untilReady(daemon, log)
+  return {
+    env,
+    docker: (args) => {
+      const r = spawnSync('docker', args, { env, encoding: 'utf8' })
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr }
+    },
+    stop: async () => {
+      const exit = once(daemon, 'exit')
+      daemon.kill('SIGTERM')
+      await exit
+      spawnSync('umount', ['-R', join(dir, 'root')], { stdio: 'ignore' })
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** The libraries `ldd` names for a binary. */
+function libraries(binary: string): string[] {
+  const out = spawnSync('ldd', [binary], { encoding: 'utf8' }).stdout
+  return [...out.matchAll(/(\/\S+)/g)].map((m) => m[1] ?? '').filter((path) => path !== '' && existsSync(path))
+}
+
+/** `docker import`s a root filesystem with this machine's node (and busybox, if installed), as uid 1000 "node". */
+export function importNodeImage(engine: Engine, tag: string): void {
+  const root = mkdtempSync(join(tmpdir(), 'pg-node-image-'))
+  try {
+    for (const file of [process.execPath, ...libraries(process.execPath)]) {
+      const to = join(root, file === process.execPath ? '/usr/local/bin/node' : file)
+      mkdirSync(dirname(to), { recursive: true })
+      copyFileSync(file, to)
+    }
+    mkdirSync(join(root, 'etc'))
+    writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1000:node:/home/node:/bin/sh\n')
+    writeFileSync(join(root, 'etc/group'), 'root:x:0:\nnode:x:1000:\n')
+    mkdirSync(join(root, 'tmp'))
+    chmodSync(join(root, 'tmp'), 0o1777)
+    if (existsSync(BUSYBOX)) {
+      mkdirSync(join(root, 'bin'))
+      copyFileSync(BUSYBOX, join(root, 'bin/busybox'))
+      symlinkSync('busybox', join(root, 'bin/sh'))
+    }
+    const tar = spawnSync('sh', ['-c', `tar -C '${root}' -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' - ${tag}`], { env: engine.env, encoding: 'utf8' })
+    if (tar.status !== 0) throw new Error(`docker import failed: ${tar.stderr}`)
+  } finally {
+    rmSync(root, { recursive: true, force: true })
+  }
+}

@@ -1,0 +1,143 @@
+// The sandbox end to end with a real Docker engine: `proxy-gate sandbox build` makes the image with
+// no network, `sandbox up` makes an internal network whose only way out is proxy-gate, and from a
+// workload container started by `sandbox run` allowed names work (through the proxy variables and
+// transparently), everything else fails: denied names, direct TCP anywhere, the metadata address,
+// the host's own addresses, DNS for denied names (which never reaches the upstream resolver), and
+// a fronted TLS server name. `sandbox down` leaves nothing behind.
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { CLI_PATH } from './helpers/cli.js'
+import { engineMissing, importNodeImage, startEngine, type Engine } from './helpers/docker.js'
+import { startDns } from './helpers/dns.js'
+import { startHttpsUpstream, startHttpUpstream } from './helpers/net.js'
+
+const ORIGIN = '11.22.33.44' // a stand-in public address on the namespace's loopback
+const UPSTREAM_DNS = '11.22.33.46'
+const NAME = 'pgsbx'
+const BASE = 'local/node-base:test'
+const IMAGE = 'proxy-gate:sandbox-test'
+
+/** The proxy-gate command line with the engine's DOCKER_HOST, to its end. */
+async function cli(engine: Engine, args: readonly string[]): Promise<{ code: number | null; out: string }> {
+  const child = spawn(process.execPath, [CLI_PATH, ...args], { env: engine.env })
+  const chunks: Buffer[] = []
+  child.stdout.on('data', (c: Buffer) => chunks.push(c))
+  child.stderr.on('data', (c: Buffer) => chunks.push(c))
+  const [code] = (await once(child, 'close')) as [number | null]
+  return { code, out: Buffer.concat(chunks).toString('utf8') }
+}
+
+/** Runs in the workload container: each probe prints one JSON line { probe, ok, detail }. */
+const WORKLOAD = String.raw`
+const http = require('http'), https = require('https'), net = require('net'), tls = require('tls'), dns = require('dns')
+const proxy = new URL(process.env.HTTP_PROXY)
+const [origin, proxyIp, hosts] = [process.env.ORIGIN, proxy.hostname, process.env.HOSTS.split(',')]
+const report = (probe, ok, detail) => console.log(JSON.stringify({ probe, ok, detail: String(detail) }))
+const body = (res) => new Promise((done) => { let b = ''; res.on('data', (d) => (b += d)); res.on('end', () => done(res.statusCode + ' ' + b.trim())) })
+const get = (mod, url, options = {}) => new Promise((done) => {
+  const opts = { timeout: 3000, ...options }
+  const req = typeof url === 'string' ? mod.get(url, opts, (res) => body(res).then(done)) : mod.get({ ...url, ...opts }, (res) => body(res).then(done))
+  req.on('error', (e) => done('error ' + e.code)); req.on('timeout', () => { req.destroy(); done('timeout') })
+})
+const tcp = (host, port) => new Promise((done) => {
+  const s = net.connect({ host, port, timeout: 2000 })
+  s.on('connect', () => { s.destroy(); done('connected') }); s.on('error', (e) => done('error ' + e.code)); s.on('timeout', () => { s.destroy(); done('timeout') })
+})
+const viaConnect = (name) => new Promise((done) => {
+  const req = http.request({ host: proxyIp, port: proxy.port, method: 'CONNECT', path: name + ':443', timeout: 3000 })
+  req.on('connect', (res, socket) => {
+    if (res.statusCode !== 200) return done('CONNECT ' + res.statusCode)
+    const t = tls.connect({ socket, servername: name, rejectUnauthorized: false }, () => {
+      t.write('GET / HTTP/1.1\r\nHost: ' + name + '\r\nConnection: close\r\n\r\n')
+    })
+    let b = ''; t.on('data', (d) => (b += d)); t.on('end', () => done(b.split('\r\n')[0] + ' ' + b.split('\r\n\r\n')[1])); t.on('error', (e) => done('error ' + e.code))
+  })
+  req.on('error', (e) => done('error ' + e.code)); req.end()
+})
+const fronted = () => new Promise((done) => {
+  const t = tls.connect({ host: proxyIp, port: 443, servername: 'evil.test', rejectUnauthorized: false, timeout: 3000 })
+  t.on('secureConnect', () => { t.destroy(); done('handshake completed') }); t.on('error', (e) => done('error ' + e.code)); t.on('close', () => done('closed')); t.on('timeout', () => { t.destroy(); done('timeout') })
+})
+;(async () => {
+  const viaProxy = await get(http, { host: proxyIp, port: proxy.port, path: 'http://allowed.test/proxy', headers: { host: 'allowed.test' } })
+  report('http via proxy', viaProxy.startsWith('200 '), viaProxy)
+  const connect = await viaConnect('allowed.test')
+  report('https via proxy', connect.startsWith('HTTP/1.1 200'), connect)
+  const denied = await get(http, { host: proxyIp, port: proxy.port, path: 'http://denied.test/', headers: { host: 'denied.test' } })
+  report('denied via proxy', denied.startsWith('403 '), denied)
+  const plain = await get(http, 'http://allowed.test/transparent')
+  report('http transparent', plain.startsWith('200 '), plain)
+  const secure = await get(https, 'https://allowed.test/transparent', { rejectUnauthorized: false })
+  report('https transparent', secure.startsWith('200 '), secure)
+  const lookup = await new Promise((done) => dns.lookup('denied.test', (e, a) => done(e ? e.code : a)))
+  report('denied name does not resolve', lookup === 'ENOTFOUND', lookup)
+  const allowedLookup = await new Promise((done) => dns.lookup('allowed.test', (e, a) => done(e ? e.code : a)))
+  report('allowed name resolves to proxy-gate', allowedLookup === proxyIp, allowedLookup)
+  for (const [host, port] of [[origin, 80], [origin, 443], ['169.254.169.254', 80], ...hosts.map((h) => [h, 3128])]) {
+    const r = await tcp(host, port)
+    report('direct ' + host + ':' + port, r !== 'connected', r)
+  }
+  const front = await fronted()
+  report('fronted server name', front !== 'handshake completed', front)
+})()
+`
+
+// building the image and starting containers takes longer than tap's 60 s per file on two cores
+t.setTimeout(240_000)
+
+t.test('sandbox: the only way out is proxy-gate', { skip: engineMissing() }, async (t) => {
+  const engine = await startEngine()
+  t.teardown(() => engine.stop())
+  const upstreamDns = await startDns({ 'allowed.test': { A: [ORIGIN] }, 'denied.test': { A: [ORIGIN] } }, { host: UPSTREAM_DNS, port: 53 })
+  t.teardown(() => upstreamDns.close())
+  const answer = (req: { url?: string }, res: { end(text: string): void }) => res.end(`origin ${req.url ?? ''}`)
+  const http = await startHttpUpstream(ORIGIN, (req, res) => answer(req, res), 80)
+  const https = await startHttpsUpstream(ORIGIN, ['allowed.test'], (req, res) => answer(req, res), 443)
+  t.teardown(() => Promise.all([http.close(), https.close()]))
+
+  importNodeImage(engine, BASE)
+  const built = await cli(engine, ['sandbox', 'build', '--base', BASE, '--tag', IMAGE])
+  t.equal(built.code, 0, `sandbox build: ${built.out.slice(-500)}`)
+  t.match(built.out, /--network none|Successfully/, 'built without network')
+
+  // a rules folder as root's usually is (0755, 0644); sandbox up runs proxy-gate as the file's owner otherwise
+  const rulesDir = mkdtempSync(join(tmpdir(), 'pg-sandbox-rules-'))
+  chmodSync(rulesDir, 0o755)
+  writeFileSync(join(rulesDir, 'rules.json'), JSON.stringify({ allow: ['allowed.test:80,443'], dns: { servers: [upstreamDns.server] } }), { mode: 0o644 })
+  const up = await cli(engine, ['sandbox', 'up', '--name', NAME, '--rules', join(rulesDir, 'rules.json'), '--image', IMAGE, '--subnet', '10.251.0.0/24'])
+  t.equal(up.code, 0, `sandbox up: ${up.out.slice(-500)}`)
+  const again = await cli(engine, ['sandbox', 'up', '--name', NAME, '--rules', join(rulesDir, 'rules.json'), '--image', IMAGE, '--subnet', '10.251.0.0/24'])
+  t.equal(again.code, 0, `sandbox up twice is fine: ${again.out.slice(-300)}`)
+  t.teardown(() => cli(engine, ['sandbox', 'down', '--name', NAME]))
+
+  const egressGateway = engine.docker(['network', 'inspect', '-f', '{{range .IPAM.Config}}{{.Gateway}}{{end}}', `${NAME}-egress`]).stdout.trim()
+  t.ok(egressGateway, 'the egress network has a gateway (an address of the Docker host)')
+  await t.test('probes from a workload', async (t) => {
+    const hosts = [egressGateway, '10.0.0.1', '11.22.33.45'].join(',')
+    const run = await cli(engine, ['sandbox', 'run', '--name', NAME, '--', '-e', `ORIGIN=${ORIGIN}`, '-e', `HOSTS=${hosts}`, BASE, 'node', '-e', WORKLOAD])
+    t.equal(run.code, 0, 'the workload ran')
+    const probes = run.out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { probe: string; ok: boolean; detail: string })
+    t.ok(probes.length >= 12, `every probe reported (${probes.length}): ${run.out.slice(-800)}`)
+    for (const p of probes) t.ok(p.ok, `${p.probe}: ${p.detail}`)
+    if (probes.some((p) => !p.ok)) {
+      const log = engine.docker(['logs', '--tail', '40', `${NAME}-proxy`])
+      t.comment(`proxy-gate's log:\n${log.stdout}${log.stderr}`)
+    }
+  })
+  t.equal(upstreamDns.queries('denied.test'), 0, 'the upstream resolver never saw the denied name')
+  t.ok(upstreamDns.queries('allowed.test') > 0, 'proxy-gate resolved the allowed name through its own resolver')
+
+  const exit = await cli(engine, ['sandbox', 'run', '--name', NAME, '--', BASE, 'node', '-e', 'process.exit(7)'])
+  t.equal(exit.code, 7, 'sandbox run passes the exit code back')
+  const logs = engine.docker(['logs', `${NAME}-proxy`])
+  t.match(logs.stdout + logs.stderr, /"decision":"deny"/, 'denials are in proxy-gate\'s log')
+
+  const down = await cli(engine, ['sandbox', 'down', '--name', NAME])
+  t.equal(down.code, 0, `sandbox down: ${down.out.slice(-300)}`)
+  t.equal(engine.docker(['ps', '-aq']).stdout.trim(), '', 'no container left')
+  t.same(engine.docker(['network', 'ls', '--filter', `label=proxy-gate.sandbox=${NAME}`, '-q']).stdout.trim(), '', 'no sandbox network left')
+})
