@@ -1,6 +1,5 @@
 #!/usr/bin/env node
 // Command line: parses flags, prints help, and hands each command to its module (check, validate, pac here).
-import { resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { caCommand } from './cli/ca.js'
 import { printErrors, usageError } from './cli/common.js'
@@ -14,7 +13,7 @@ import { admit, gateFor } from './net/gate.js'
 import { formatIp, parseIp } from './policy/ip.js'
 import { generatePac } from './wiring/pac.js'
 import { createLookup } from './net/resolve.js'
-import { loadRulesFile } from './rules/file.js'
+import { loadRulesFile, packagedNotice, rulesPath } from './rules/file.js'
 import { selfAddresses } from './proxy/server.js'
 import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './policy/target.js'
 import { describeRoute } from './net/upstream.js'
@@ -44,7 +43,8 @@ Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version
 Runs the proxy. It reloads the rules when the file changes or on SIGHUP (a bad file is
 reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
 
-  --rules FILE         rules file (default: ./rules.json)
+  --rules FILE         rules file (default: ./rules.json, else the read-only rules that ship with
+                       proxy-gate, which are not watched: "proxy-gate init" writes an editable copy)
   --listen HOST:PORT   listener address, overrides "listen" (default 127.0.0.1:3128)
   --mode MODE          enforce (deny what the rules do not allow) or report (allow, log wouldDeny)
   --log-level L        error, warn, info (default), debug or silent
@@ -127,7 +127,7 @@ Checks a rules file and prints every problem with its place and why. Exit status
 }
 
 const OPTIONS = {
-  rules: { type: 'string', default: 'rules.json' },
+  rules: { type: 'string' },
   listen: { type: 'string' },
   mode: { type: 'string' },
   'log-level': { type: 'string', default: 'info' },
@@ -223,10 +223,12 @@ function pac(values: Values): number {
 }
 
 function loadOrReport(values: Values): Config | undefined {
-  const file = resolve(values.rules ?? 'rules.json')
-  const loaded = loadRulesFile(file)
+  const rules = rulesPath(values.rules)
+  const notice = packagedNotice(rules)
+  if (notice) console.error(notice)
+  const loaded = loadRulesFile(rules.file)
   if (loaded.ok) return loaded.value
-  printErrors(file, loaded.errors)
+  printErrors(rules.file, loaded.errors)
   return undefined
 }
 
@@ -249,7 +251,7 @@ function validate(values: Values): number {
   const config = loadOrReport(values)
   if (!config) return 1
   const { policy, bypass } = config
-  console.log(`${resolve(values.rules ?? 'rules.json')}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
+  console.log(`${rulesPath(values.rules).file}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
   const { upstream, upstreamBypass } = config
   if (upstream) console.log(`upstream: ${upstream.display} (${upstreamBypass.length} upstreamBypass)`)
   return 0
@@ -277,9 +279,10 @@ export async function main(argv: string[]): Promise<number> {
   if (command === 'check') return check(values, rest)
   if (command === 'validate' && rest.length === 0) return validate(values)
   if (command === 'pac' && rest.length === 0) return pac(values)
-  if (command === 'passwd' && rest.length <= 1) return passwdCommand(resolve(values.rules ?? 'rules.json'), rest[0])
+  if (command === 'passwd' && rest.length <= 1) return passwdCommand(rulesPath(values.rules), rest[0])
   if (command === 'learn' && rest.length === 0) {
-    const { rules = 'rules.json', out, from, collapse, force, duration, mode, listen } = values
+    const { out, from, collapse, force, duration, mode, listen } = values
+    const rules = rulesPath(values.rules)
     return learnCommand({ rules, out, from, collapse, force, duration, mode, listen }, (hooks) => startCommand({ ...values, mode: 'report' }, hooks))
   }
   if (command === 'suggest' && rest.length === 0) return suggestCommand({ from: values.from, json: values.json })

@@ -13,7 +13,7 @@ import { parseListen, type Config } from '../rules/config.js'
 import { parseIp } from '../policy/ip.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
 import { describePattern, formatRuleErrors, rulesWithRequestLimits, type Mode } from '../policy/rules.js'
-import { loadRulesFile, watchRulesFile, type Overrides } from '../rules/file.js'
+import { loadRulesFile, rulesPath, watchRulesFile, type Overrides } from '../rules/file.js'
 import { createProxy, type Proxy } from '../proxy/server.js'
 import type { Result } from '../policy/target.js'
 
@@ -35,6 +35,8 @@ export interface StartFlags {
 /** Everything `start` needs, checked before anything listens. */
 interface Setup {
   readonly file: string
+  /** the rules that ship in the package: announced, never watched */
+  readonly packaged: boolean
   readonly overrides: Overrides
   readonly config: Config
   readonly level: LogLevel
@@ -112,7 +114,7 @@ function check(flags: StartFlags): Checked<Setup> {
   if (format !== 'json' && format !== 'pretty') return { ok: false, code: usageError('--log-format must be json or pretty') }
   const overrides = overridesFrom(flags)
   if (!overrides.ok) return { ok: false, code: usageError(overrides.error) }
-  const file = resolve(flags.rules ?? 'rules.json')
+  const { file, packaged } = rulesPath(flags.rules)
   const loaded = loadRulesFile(file, overrides.value)
   if (!loaded.ok) {
     printErrors(file, loaded.errors)
@@ -128,7 +130,7 @@ function check(flags: StartFlags): Checked<Setup> {
   if (caMissing) return refuse(caMissing)
   const upstreamCa = readUpstreamCa(file, config)
   if (!upstreamCa.ok) return refuse(upstreamCa.error)
-  return { ok: true, value: { file, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, upstreamCa: upstreamCa.value } }
+  return { ok: true, value: { file, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, upstreamCa: upstreamCa.value } }
 }
 
 /** Where it listens, where the PAC file is, and the commands that wire clients to it. */
@@ -178,6 +180,7 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
   if (!checked.ok) return checked.code
   const setup = checked.value
   const log = createLogger({ level: setup.level, format: setup.format })
+  if (setup.packaged) log.info('no ./rules.json here: running on the rules that ship with proxy-gate (read-only, not watched); "proxy-gate init" writes an editable copy', { rules: setup.file, watched: false })
   process.on('uncaughtException', (error) => log.error('uncaught exception', { error: error.stack }))
   process.on('unhandledRejection', (error) => log.error('unhandled rejection', { error: error instanceof Error ? error.stack : String(error) }))
   const caCertPem = caCertToServe(flags.dir, (message, meta) => log.warn(message, meta))
@@ -219,13 +222,13 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
     await proxy.shutdown()
     return refuse(admin.error).code
   }
-  const watcher = watchRulesFile(setup.file, () => reload('file changed'))
+  const watcher = setup.packaged ? undefined : watchRulesFile(setup.file, () => reload('file changed'))
   process.on('SIGHUP', () => reload('SIGHUP'))
   await new Promise<void>((done) => {
     const stop = (signal: string): void => {
       clearTimeout(timer)
       log.info('shutting down', { signal, open: proxy.open.size })
-      watcher.close()
+      watcher?.close()
       void Promise.all([proxy.shutdown(), admin.value?.close()]).then(() => done())
     }
     process.once('SIGINT', () => stop('SIGINT'))
