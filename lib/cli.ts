@@ -2,6 +2,7 @@
 // Command line: parses flags, prints help, and hands each command to its module (check, validate, pac here).
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { caCommand } from './cli/ca.js'
+import { initCommand } from './cli/init.js'
 import { printErrors, usageError } from './cli/common.js'
 import { learnCommand, suggestCommand } from './cli/learn.js'
 import { passwdCommand } from './cli/passwd.js'
@@ -27,6 +28,7 @@ usage: proxy-gate <command> [options]
 
 commands:
   start      run the proxy with the rules in rules.json
+  init       write a starter rules.json (a copy of the shipped rules) to edit
   check      say whether a target is allowed, and why
   validate   check a rules file and list every problem
   pac        print the PAC file that points clients at proxy-gate
@@ -121,6 +123,12 @@ Private and special-purpose destinations come with a warning; a deny rule's refu
 Reads a password (not echoed on a terminal; one line from stdin otherwise) and writes its salted
 scrypt hash to "auth.users" in the rules file, keeping every other key and a backup beside it.
 With "auth" in the rules, clients must send proxy credentials (curl --proxy-user USER:PASSWORD).`,
+  init: `usage: proxy-gate init [--force] [--rules FILE]
+
+Writes a starter rules file (default: ./rules.json): a copy of the rules that ship with proxy-gate,
+each entry with a "note" saying what it allows, and "$schema" pointing at the packaged
+rules.schema.json so editors check and complete it. It never replaces an existing file without
+--force. Edit it, run "proxy-gate validate", then "proxy-gate start" (which picks ./rules.json).`,
   validate: `usage: proxy-gate validate [--rules FILE]
 
 Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.`,
@@ -276,6 +284,7 @@ export async function main(argv: string[]): Promise<number> {
     return command === undefined && !values.help ? 2 : 0
   }
   if (command === 'start' && rest.length === 0) return startCommand(values)
+  if (command === 'init' && rest.length === 0) return initCommand({ rules: values.rules, force: values.force })
   if (command === 'check') return check(values, rest)
   if (command === 'validate' && rest.length === 0) return validate(values)
   if (command === 'pac' && rest.length === 0) return pac(values)

@@ -1,5 +1,5 @@
-// The rules that ship in the package, used when there is no ./rules.json: dist/cli.js in its own
-// process, run in empty folders.
+// The rules that ship in the package, used when there is no ./rules.json, and `proxy-gate init`,
+// which writes an editable copy: dist/cli.js in its own process, run in empty folders.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -53,6 +53,39 @@ t.test('learn on the packaged rules: the learned file points at the packaged sch
   const over = await runCli(['learn', '--from', log, '--out', PACKAGED, '--force'], { cwd })
   t.equal(over.code, 2)
   t.match(over.stderr, /--out is the rules file that ships with proxy-gate/)
+})
+
+t.test('init: the shipped rules with notes and the packaged schema, never replaced without --force', async (t) => {
+  const cwd = tempDir('init')
+  const file = join(cwd, 'rules.json')
+  const first = await runCli(['init'], { cwd })
+  t.equal(first.code, 0, first.stderr)
+  t.match(first.stdout, `wrote ${file}`)
+  const written = readJson(file)
+  t.same(written, { ...readJson(PACKAGED), $schema: SCHEMA_URL })
+  const entries = written.allow as Array<{ note?: unknown }>
+  t.ok(entries.length > 0 && entries.every((e) => typeof e.note === 'string' && e.note !== ''), 'every entry says what it is for')
+  t.ok(existsSync(fileURLToPath(SCHEMA_URL)))
+  const validate = await runCli(['validate'], { cwd })
+  t.equal(validate.code, 0)
+  t.equal(validate.stdout.split(': ok')[0], file, 'commands now pick ./rules.json')
+  t.equal(validate.stderr, '')
+
+  writeFileSync(file, '{ "allow": ["mine.example:443"] }')
+  const again = await runCli(['init'], { cwd })
+  t.equal(again.code, 1)
+  t.match(again.stderr, /rules\.json already exists: pass --force/)
+  t.equal(readFileSync(file, 'utf8'), '{ "allow": ["mine.example:443"] }')
+  const forced = await runCli(['init', '--force'], { cwd })
+  t.equal(forced.code, 0)
+  t.same(readJson(file), written)
+
+  const other = await runCli(['init', '--rules', 'sub/custom.json'], { cwd })
+  t.equal(other.code, 1)
+  t.match(other.stderr, /cannot write .*sub\/custom\.json/)
+  const packaged = await runCli(['init', '--rules', PACKAGED, '--force'], { cwd })
+  t.equal(packaged.code, 1)
+  t.match(packaged.stderr, /is the rules file that ships with proxy-gate/)
 })
 
 t.test('start without ./rules.json: the packaged rules, said in the first log line, not watched', async (t) => {
