@@ -53,7 +53,7 @@ reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
   --log-format F       json (default when stdout is not a terminal) or pretty
   --insecure-open      allow listening on a non-loopback address (anyone who can reach it can use the proxy)
   --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)
-  --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: certs/ in the proxy-gate folder)`,
+  --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: as for "ca")`,
   check: `usage: proxy-gate check TARGET [--rules FILE] [--source IP] [--user NAME]
 
 TARGET is host:port (as in CONNECT) or a URL (http://host/..., https://host/...). --source and
@@ -95,7 +95,10 @@ private); it refuses to replace an existing CA without --force. "show" prints th
 SHA-256 fingerprint and the expiry, and exits 1 when there is no usable CA.
 "proxy-gate start" serves ca.crt at http://LISTEN/ca.crt.
 
-  --dir DIR   the CA folder (default: certs/ in the proxy-gate folder)
+  --dir DIR   the CA folder, which also keeps the admin token (default: certs/ in the proxy-gate
+              folder of a clone; for an installed package, which npm replaces on upgrade,
+              $XDG_CONFIG_HOME/proxy-gate/certs or ~/.config/proxy-gate/certs, on Windows
+              %APPDATA%\\proxy-gate\\certs)
   --force     replace an existing CA (clients that trust the old one must trust the new ca.crt)`,
   learn: `usage: proxy-gate learn [--rules FILE] [--out FILE] [--collapse] [--from LOG] [--listen HOST:PORT] [--duration SECONDS] [--force]
 

@@ -2,10 +2,10 @@
 // its admin listener, reload the rules when they change, and stop cleanly on a signal.
 import { readFileSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
-import { dirname, resolve } from 'node:path'
-import { defaultCaDir, loadCa, type LoadedCa } from '../certs/ca.js'
+import { dirname, join, resolve } from 'node:path'
+import { loadCa, type LoadedCa } from '../certs/ca.js'
 import { createWatchers, startAdmin } from './admin.js'
-import { caCertToServe } from './ca.js'
+import { caCertToServe, caDir } from './ca.js'
 import { isLoopback, printErrors, usageError } from './common.js'
 import type { StartHooks } from './learn.js'
 import { advertisedAddress, openBypass } from './wiring.js'
@@ -125,7 +125,7 @@ function check(flags: StartFlags): Checked<Setup> {
   if (!advertise.ok) return { ok: false, code: usageError(advertise.error) }
   const problem = listenProblem(config, flags['insecure-open'])
   if (problem) return refuse(problem)
-  const ca = loadCa(resolve(flags.dir ?? defaultCaDir()))
+  const ca = loadCa(caDir(flags.dir))
   const caMissing = needsCa(config, ca)
   if (caMissing) return refuse(caMissing)
   const upstreamCa = readUpstreamCa(file, config)
@@ -210,7 +210,7 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
   const admin = await startAdmin({
     listen: flags['admin-listen'] ?? '127.0.0.1:3129',
     insecureOpen: flags['insecure-open'],
-    tokenFile: resolve(flags['admin-token-file'] ?? resolve(flags.dir ?? defaultCaDir(), 'admin-token')),
+    tokenFile: resolve(flags['admin-token-file'] ?? join(caDir(flags.dir), 'admin-token')),
     rulesFile: setup.file,
     proxy,
     watchers,
