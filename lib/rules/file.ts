@@ -15,7 +15,7 @@ export interface Overrides {
 
 /** The rules.json that ships in the package (next to package.json), from lib/ and dist/ alike. */
 export const PACKAGED_RULES = fileURLToPath(new URL('../../rules.json', import.meta.url))
-export const PACKAGED_SCHEMA = fileURLToPath(new URL('../../rules.schema.json', import.meta.url))
+const PACKAGED_SCHEMA = fileURLToPath(new URL('../../rules.schema.json', import.meta.url))
 
 export interface RulesPath {
   readonly file: string
