@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Command line: parses flags, prints help, and hands each command to its module (check, validate, pac here).
-import { resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { caCommand } from './cli/ca.js'
+import { initCommand } from './cli/init.js'
 import { printErrors, usageError } from './cli/common.js'
 import { learnCommand, suggestCommand } from './cli/learn.js'
 import { passwdCommand } from './cli/passwd.js'
@@ -15,7 +15,7 @@ import { admit, gateFor } from './net/gate.js'
 import { formatIp, parseIp } from './policy/ip.js'
 import { generatePac } from './wiring/pac.js'
 import { createLookup } from './net/resolve.js'
-import { loadRulesFile } from './rules/file.js'
+import { loadRulesFile, packagedNotice, rulesPath } from './rules/file.js'
 import { selfAddresses } from './proxy/server.js'
 import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './policy/target.js'
 import { describeRoute } from './net/upstream.js'
@@ -29,6 +29,7 @@ usage: proxy-gate <command> [options]
 
 commands:
   start      run the proxy with the rules in rules.json
+  init       write a starter rules.json (a copy of the shipped rules) to edit
   check      say whether a target is allowed, and why
   validate   check a rules file and list every problem
   pac        print the PAC file that points clients at proxy-gate
@@ -46,14 +47,15 @@ Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version
 Runs the proxy. It reloads the rules when the file changes or on SIGHUP (a bad file is
 reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
 
-  --rules FILE         rules file (default: ./rules.json)
+  --rules FILE         rules file (default: ./rules.json, else the read-only rules that ship with
+                       proxy-gate, which are not watched: "proxy-gate init" writes an editable copy)
   --listen HOST:PORT   listener address, overrides "listen" (default 127.0.0.1:3128)
   --mode MODE          enforce (deny what the rules do not allow) or report (allow, log wouldDeny)
   --log-level L        error, warn, info (default), debug or silent
   --log-format F       json (default when stdout is not a terminal) or pretty
   --insecure-open      allow listening on a non-loopback address (anyone who can reach it can use the proxy)
   --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)
-  --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: certs/ in the proxy-gate folder)
+  --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: as for "ca")
   --sandbox ADDRESS    serve a sandbox network from ADDRESS: DNS on 53, transparent HTTP on 80 and TLS on 443
                        (as the "sandbox" section of rules.json with only "address"; see proxy-gate sandbox)`,
   check: `usage: proxy-gate check TARGET [--rules FILE] [--source IP] [--user NAME]
@@ -97,7 +99,10 @@ private); it refuses to replace an existing CA without --force. "show" prints th
 SHA-256 fingerprint and the expiry, and exits 1 when there is no usable CA.
 "proxy-gate start" serves ca.crt at http://LISTEN/ca.crt.
 
-  --dir DIR   the CA folder (default: certs/ in the proxy-gate folder)
+  --dir DIR   the CA folder, which also keeps the admin token (default: certs/ in the proxy-gate
+              folder of a clone; for an installed package, which npm replaces on upgrade,
+              $XDG_CONFIG_HOME/proxy-gate/certs or ~/.config/proxy-gate/certs, on Windows
+              %APPDATA%\\proxy-gate\\certs)
   --force     replace an existing CA (clients that trust the old one must trust the new ca.crt)`,
   learn: `usage: proxy-gate learn [--rules FILE] [--out FILE] [--collapse] [--from LOG] [--listen HOST:PORT] [--duration SECONDS] [--force]
 
@@ -125,13 +130,19 @@ Private and special-purpose destinations come with a warning; a deny rule's refu
 Reads a password (not echoed on a terminal; one line from stdin otherwise) and writes its salted
 scrypt hash to "auth.users" in the rules file, keeping every other key and a backup beside it.
 With "auth" in the rules, clients must send proxy credentials (curl --proxy-user USER:PASSWORD).`,
+  init: `usage: proxy-gate init [--force] [--rules FILE]
+
+Writes a starter rules file (default: ./rules.json): a copy of the rules that ship with proxy-gate,
+each entry with a "note" saying what it allows, and "$schema" pointing at the packaged
+rules.schema.json so editors check and complete it. It never replaces an existing file without
+--force. Edit it, run "proxy-gate validate", then "proxy-gate start" (which picks ./rules.json).`,
   validate: `usage: proxy-gate validate [--rules FILE]
 
 Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.`,
 }
 
 const OPTIONS = {
-  rules: { type: 'string', default: 'rules.json' },
+  rules: { type: 'string' },
   listen: { type: 'string' },
   mode: { type: 'string' },
   'log-level': { type: 'string', default: 'info' },
@@ -228,10 +239,12 @@ function pac(values: Values): number {
 }
 
 function loadOrReport(values: Values): Config | undefined {
-  const file = resolve(values.rules ?? 'rules.json')
-  const loaded = loadRulesFile(file)
+  const rules = rulesPath(values.rules)
+  const notice = packagedNotice(rules)
+  if (notice) console.error(notice)
+  const loaded = loadRulesFile(rules.file)
   if (loaded.ok) return loaded.value
-  printErrors(file, loaded.errors)
+  printErrors(rules.file, loaded.errors)
   return undefined
 }
 
@@ -254,7 +267,7 @@ function validate(values: Values): number {
   const config = loadOrReport(values)
   if (!config) return 1
   const { policy, bypass } = config
-  console.log(`${resolve(values.rules ?? 'rules.json')}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
+  console.log(`${rulesPath(values.rules).file}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
   const { upstream, upstreamBypass } = config
   if (upstream) console.log(`upstream: ${upstream.display} (${upstreamBypass.length} upstreamBypass)`)
   return 0
@@ -280,12 +293,14 @@ export async function main(argv: string[]): Promise<number> {
     return command === undefined && !values.help ? 2 : 0
   }
   if (command === 'start' && rest.length === 0) return startCommand(values)
+  if (command === 'init' && rest.length === 0) return initCommand({ rules: values.rules, force: values.force })
   if (command === 'check') return check(values, rest)
   if (command === 'validate' && rest.length === 0) return validate(values)
   if (command === 'pac' && rest.length === 0) return pac(values)
-  if (command === 'passwd' && rest.length <= 1) return passwdCommand(resolve(values.rules ?? 'rules.json'), rest[0])
+  if (command === 'passwd' && rest.length <= 1) return passwdCommand(rulesPath(values.rules), rest[0])
   if (command === 'learn' && rest.length === 0) {
-    const { rules = 'rules.json', out, from, collapse, force, duration, mode, listen } = values
+    const { out, from, collapse, force, duration, mode, listen } = values
+    const rules = rulesPath(values.rules)
     return learnCommand({ rules, out, from, collapse, force, duration, mode, listen }, (hooks) => startCommand({ ...values, mode: 'report' }, hooks))
   }
   if (command === 'suggest' && rest.length === 0) return suggestCommand({ from: values.from, json: values.json })

@@ -46,6 +46,7 @@ t.test('--version and --help', async (t) => {
   }
   const main = await runCli(['--help'])
   t.match(main.stdout, /commands:/)
+  t.match(main.stdout, /^ {2}init {7}write a starter rules\.json/m)
   const unknown = await runCli(['frobnicate'])
   t.equal(unknown.code, 2)
   t.match(unknown.stderr, /unknown command/)

@@ -1,13 +1,32 @@
 // `proxy-gate ca init|show`: creates and describes the local CA, and picks the ca.crt that
 // `start` serves at /ca.crt.
 import { statSync } from 'node:fs'
-import { resolve } from 'node:path'
+import { homedir } from 'node:os'
+import { isAbsolute, join, resolve, sep } from 'node:path'
 import { fail } from './common.js'
 import { caInfo, caPaths, createCa, defaultCaDir, loadCa, readCaCertificate, writeCa, type CaInfo } from '../certs/ca.js'
 
 export interface CaArgs {
   readonly dir: string | undefined
   readonly force: boolean
+}
+
+/** $XDG_CONFIG_HOME (or ~/.config)/proxy-gate/certs; on Windows %APPDATA%/proxy-gate/certs. */
+function userCaDir(): string {
+  const { APPDATA, XDG_CONFIG_HOME } = process.env
+  if (process.platform === 'win32') return join(APPDATA ?? join(homedir(), 'AppData', 'Roaming'), 'proxy-gate', 'certs')
+  return join(XDG_CONFIG_HOME !== undefined && isAbsolute(XDG_CONFIG_HOME) ? XDG_CONFIG_HOME : join(homedir(), '.config'), 'proxy-gate', 'certs')
+}
+
+/**
+ * The CA folder (which also keeps the admin token): --dir; certs/ beside package.json in a clone;
+ * for an installed package, which lives in node_modules (replaced on every upgrade, and often not
+ * writable for a global install), the user's own folder, so the CA that clients trust survives.
+ */
+export function caDir(flag: string | undefined): string {
+  if (flag !== undefined) return resolve(flag)
+  const packaged = defaultCaDir()
+  return packaged.split(sep).includes('node_modules') ? userCaDir() : packaged
 }
 
 const USAGE = 'usage: proxy-gate ca init [--force] [--dir DIR] | proxy-gate ca show [--dir DIR]'
@@ -52,13 +71,13 @@ export async function caCommand(args: readonly string[], options: CaArgs): Promi
   const [sub, ...extra] = args
   if (extra.length > 0 || (sub !== 'init' && sub !== 'show')) return fail(USAGE, 2)
   if (sub === 'show' && options.force) return fail('--force only applies to "ca init"', 2)
-  const dir = resolve(options.dir ?? defaultCaDir())
+  const dir = caDir(options.dir)
   return sub === 'init' ? init(dir, options.force) : show(dir)
 }
 
 /** The CA certificate `start` serves at /ca.crt, if there is a usable one; a broken one is reported, not fatal. */
 export function caCertToServe(dir: string | undefined, warn: (message: string, meta: Record<string, unknown>) => void): string | undefined {
-  const read = readCaCertificate(resolve(dir ?? defaultCaDir()))
+  const read = readCaCertificate(caDir(dir))
   if (read.ok) return read.value
   warn('not serving /ca.crt', { error: read.error })
   return undefined

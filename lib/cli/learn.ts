@@ -2,12 +2,13 @@
 // file) and `proxy-gate suggest` (what to add to allow what was denied). The proxy itself is
 // `start`'s: the CLI hands it in, so this module never starts one of its own.
 import { open } from 'node:fs/promises'
-import { resolve } from 'node:path'
+import { dirname, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { parseConfig } from '../rules/config.js'
 import { createLearner, decisionFromLogLine, learnedRulesFile, type Learned, type Learner } from '../observe/learn.js'
 import { formatRuleErrors } from '../policy/rules.js'
 import type { ProxyEvent } from '../proxy/runtime.js'
+import { schemaReference, type RulesPath } from '../rules/file.js'
 import { fail } from './common.js'
 import { readJsonFile, writeJsonAtomic } from '../wiring/settings-file.js'
 
@@ -18,7 +19,7 @@ export interface StartHooks {
 }
 
 export interface LearnArgs {
-  readonly rules: string
+  readonly rules: RulesPath
   readonly out: string | undefined
   readonly from: string | undefined
   readonly collapse: boolean
@@ -47,8 +48,9 @@ async function readLog(path: string, learner: Learner): Promise<string | undefin
 }
 
 export async function learnCommand(args: LearnArgs, start: (hooks: StartHooks) => Promise<number>): Promise<number> {
-  const rules = resolve(args.rules)
+  const rules = args.rules.file
   const out = resolve(args.out ?? 'learned-rules.json')
+  if (out === rules && args.rules.packaged) return fail(`--out is the rules file that ships with proxy-gate (${rules}): choose another --out`)
   if (out === rules && !args.force) return fail(`--out is the rules file ${rules}: choose another --out, or pass --force to replace it`)
   if (args.mode !== undefined && args.mode !== 'report') return fail('learn always runs the proxy in report mode (drop --mode)')
   const seconds = args.duration === undefined ? undefined : Number(args.duration)
@@ -58,6 +60,8 @@ export async function learnCommand(args: LearnArgs, start: (hooks: StartHooks) =
   if (!base.ok) return fail(base.error, 1)
   const current = base.value.value ? parseConfig(base.value.value) : undefined
   if (current && !current.ok) return fail(`${rules} has problems: see "proxy-gate validate --rules ${rules}"`, 1)
+  // the packaged "$schema" is relative to the package, not to where the learned file goes
+  const seed = base.value.value && args.rules.packaged ? { ...base.value.value, $schema: schemaReference(dirname(out)) } : base.value.value
 
   const learner = createLearner()
   if (args.from !== undefined) {
@@ -72,7 +76,7 @@ export async function learnCommand(args: LearnArgs, start: (hooks: StartHooks) =
   }
 
   const learned = learner.result({ collapse: args.collapse })
-  const file = learnedRulesFile(base.value.value ?? {}, learned)
+  const file = learnedRulesFile(seed ?? {}, learned)
   const valid = parseConfig(file)
   if (!valid.ok) return fail(`the learned rules do not validate, nothing written:\n${formatRuleErrors(valid.errors)}`, 1)
   writeJsonAtomic(out, file)

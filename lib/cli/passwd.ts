@@ -1,6 +1,7 @@
 // `proxy-gate passwd USER`: reads a password and writes its salted hash into rules.json's
 // auth.users (every other key kept, a backup beside the file); a running proxy reloads it.
 import { hashPassword } from '../proxy/auth.js'
+import type { RulesPath } from '../rules/file.js'
 import { applyWrite, backupPath, planWrite, readJsonFile } from '../wiring/settings-file.js'
 
 /** One line from stdin; on a terminal the typed characters are not echoed. */
@@ -35,11 +36,16 @@ function readPassword(prompt: string): Promise<string> {
   })
 }
 
-export async function passwdCommand(rulesFile: string, user: string | undefined): Promise<number> {
+export async function passwdCommand(rules: RulesPath, user: string | undefined): Promise<number> {
   if (user === undefined || !/^[A-Za-z0-9_.@-]{1,64}$/.test(user)) {
     console.error('proxy-gate: passwd takes a USER of 1-64 letters, digits, ".", "_", "@" or "-"')
     return 2
   }
+  if (rules.packaged) {
+    console.error(`proxy-gate: no ./rules.json here, and passwd does not edit the rules that ship with proxy-gate (${rules.file}): run "proxy-gate init" to write an editable ./rules.json, then passwd again (or pass --rules FILE)`)
+    return 1
+  }
+  const rulesFile = rules.file
   const current = readJsonFile(rulesFile)
   if (!current.ok) {
     console.error(`proxy-gate: ${current.error}`)

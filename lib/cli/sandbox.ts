@@ -2,11 +2,11 @@
 // proxy-gate, driven through the docker CLI (DOCKER_HOST honoured; --engine podman for Podman).
 import { spawn, spawnSync } from 'node:child_process'
 import { rmSync, statSync } from 'node:fs'
-import { basename, dirname, join, resolve } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { VERSION } from '../core/version.js'
 import { composeFile, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
-import { loadRulesFile } from '../rules/file.js'
+import { loadRulesFile, rulesPath } from '../rules/file.js'
 import { printErrors, usageError } from './common.js'
 import { prepareContext } from './sandbox-image.js'
 
@@ -28,7 +28,7 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|down|compose> [opt
 
 const OPTIONS = {
   name: { type: 'string', default: 'proxy-gate' },
-  rules: { type: 'string', default: 'rules.json' },
+  rules: { type: 'string' },
   image: { type: 'string', default: `proxy-gate:${VERSION}` },
   tag: { type: 'string', default: `proxy-gate:${VERSION}` },
   base: { type: 'string', default: 'node:22-slim' },
@@ -72,7 +72,7 @@ function existingSubnet(values: Values, network: string): string | undefined {
 }
 
 function plan(values: Values): SandboxPlan | undefined {
-  const rules = resolve(values.rules)
+  const { file: rules } = rulesPath(values.rules)
   const subnet = values.subnet ?? existingSubnet(values, values.name) ?? DEFAULT_SUBNET
   const planned = sandboxPlan({ name: values.name, subnet, image: values.image, rulesDir: dirname(rules), rulesFile: basename(rules), user: ownerOf(rules) })
   if (!planned.ok) {

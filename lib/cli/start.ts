@@ -2,10 +2,10 @@
 // its admin listener, reload the rules when they change, and stop cleanly on a signal.
 import { readFileSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
-import { dirname, resolve } from 'node:path'
-import { defaultCaDir, loadCa, type LoadedCa } from '../certs/ca.js'
+import { dirname, join, resolve } from 'node:path'
+import { loadCa, type LoadedCa } from '../certs/ca.js'
 import { createWatchers, startAdmin } from './admin.js'
-import { caCertToServe } from './ca.js'
+import { caCertToServe, caDir } from './ca.js'
 import { isLoopback, printErrors, usageError } from './common.js'
 import type { StartHooks } from './learn.js'
 import { advertisedAddress, openBypass } from './wiring.js'
@@ -14,7 +14,7 @@ import { parseIp } from '../policy/ip.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
 import { describePattern, formatRuleErrors, rulesWithRequestLimits, type Mode, type RuleError } from '../policy/rules.js'
 import { parseSandbox, type SandboxSettings } from '../rules/sandbox.js'
-import { loadRulesFile, watchRulesFile, type Overrides } from '../rules/file.js'
+import { loadRulesFile, rulesPath, watchRulesFile, type Overrides } from '../rules/file.js'
 import { createProxy, type Proxy } from '../proxy/server.js'
 import type { Result } from '../policy/target.js'
 
@@ -37,6 +37,8 @@ export interface StartFlags {
 /** Everything `start` needs, checked before anything listens. */
 interface Setup {
   readonly file: string
+  /** the rules that ship in the package: announced, never watched */
+  readonly packaged: boolean
   readonly overrides: Overrides
   readonly config: Config
   readonly level: LogLevel
@@ -120,7 +122,7 @@ function check(flags: StartFlags): Checked<Setup> {
   if (format !== 'json' && format !== 'pretty') return { ok: false, code: usageError('--log-format must be json or pretty') }
   const overrides = overridesFrom(flags)
   if (!overrides.ok) return { ok: false, code: usageError(overrides.error) }
-  const file = resolve(flags.rules ?? 'rules.json')
+  const { file, packaged } = rulesPath(flags.rules)
   const loaded = loadRulesFile(file, overrides.value)
   if (!loaded.ok) {
     printErrors(file, loaded.errors)
@@ -131,12 +133,12 @@ function check(flags: StartFlags): Checked<Setup> {
   if (!advertise.ok) return { ok: false, code: usageError(advertise.error) }
   const problem = listenProblem(config, flags['insecure-open'])
   if (problem) return refuse(problem)
-  const ca = loadCa(resolve(flags.dir ?? defaultCaDir()))
+  const ca = loadCa(caDir(flags.dir))
   const caMissing = needsCa(config, ca)
   if (caMissing) return refuse(caMissing)
   const upstreamCa = readUpstreamCa(file, config)
   if (!upstreamCa.ok) return refuse(upstreamCa.error)
-  return { ok: true, value: { file, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, upstreamCa: upstreamCa.value } }
+  return { ok: true, value: { file, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, upstreamCa: upstreamCa.value } }
 }
 
 /** Where it listens, where the PAC file is, and the commands that wire clients to it. */
@@ -186,6 +188,7 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
   if (!checked.ok) return checked.code
   const setup = checked.value
   const log = createLogger({ level: setup.level, format: setup.format })
+  if (setup.packaged) log.info('no ./rules.json here: running on the rules that ship with proxy-gate (read-only, not watched); "proxy-gate init" writes an editable copy', { rules: setup.file, watched: false })
   process.on('uncaughtException', (error) => log.error('uncaught exception', { error: error.stack }))
   process.on('unhandledRejection', (error) => log.error('unhandled rejection', { error: error instanceof Error ? error.stack : String(error) }))
   const caCertPem = caCertToServe(flags.dir, (message, meta) => log.warn(message, meta))
@@ -215,7 +218,7 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
   const admin = await startAdmin({
     listen: flags['admin-listen'] ?? '127.0.0.1:3129',
     insecureOpen: flags['insecure-open'],
-    tokenFile: resolve(flags['admin-token-file'] ?? resolve(flags.dir ?? defaultCaDir(), 'admin-token')),
+    tokenFile: resolve(flags['admin-token-file'] ?? join(caDir(flags.dir), 'admin-token')),
     rulesFile: setup.file,
     proxy,
     watchers,
@@ -227,13 +230,13 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
     await proxy.shutdown()
     return refuse(admin.error).code
   }
-  const watcher = watchRulesFile(setup.file, () => reload('file changed'))
+  const watcher = setup.packaged ? undefined : watchRulesFile(setup.file, () => reload('file changed'))
   process.on('SIGHUP', () => reload('SIGHUP'))
   await new Promise<void>((done) => {
     const stop = (signal: string): void => {
       clearTimeout(timer)
       log.info('shutting down', { signal, open: proxy.open.size })
-      watcher.close()
+      watcher?.close()
       void Promise.all([proxy.shutdown(), admin.value?.close()]).then(() => done())
     }
     process.once('SIGINT', () => stop('SIGINT'))

@@ -1,7 +1,9 @@
-// Reading rules.json from disk and noticing when it changes. Validation itself is config.ts.
+// Reading rules.json from disk, choosing which one, and noticing when it changes. Validation
+// itself is config.ts.
+import { existsSync, readFileSync, watch, type FSWatcher } from 'node:fs'
+import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import type { SandboxSettings } from './sandbox.js'
-import { readFileSync, watch, type FSWatcher } from 'node:fs'
-import { basename, dirname, resolve } from 'node:path'
 import { parseConfig, type Config, type ConfigResult, type Listen } from './config.js'
 import type { Mode } from '../policy/rules.js'
 import type { RuleError } from '../policy/rules.js'
@@ -11,6 +13,40 @@ export interface Overrides {
   readonly listen?: Listen
   readonly mode?: Mode
   readonly sandbox?: SandboxSettings
+}
+
+/** The rules.json that ships in the package (next to package.json), from lib/ and dist/ alike. */
+export const PACKAGED_RULES = fileURLToPath(new URL('../../rules.json', import.meta.url))
+const PACKAGED_SCHEMA = fileURLToPath(new URL('../../rules.schema.json', import.meta.url))
+
+export interface RulesPath {
+  readonly file: string
+  /** true: no --rules and no ./rules.json, so the packaged rules (not to be edited or watched) */
+  readonly packaged: boolean
+}
+
+/** --rules FILE as given (missing is the caller's error); else ./rules.json; else the packaged rules. */
+export function rulesPath(flag: string | undefined, cwd = process.cwd()): RulesPath {
+  if (flag !== undefined) return { file: resolve(cwd, flag), packaged: false }
+  const local = resolve(cwd, 'rules.json')
+  return existsSync(local) ? { file: local, packaged: false } : { file: PACKAGED_RULES, packaged: true }
+}
+
+/** One line saying the packaged rules are in use, for the commands that print rather than log. */
+export function packagedNotice(rules: RulesPath): string | undefined {
+  if (!rules.packaged) return undefined
+  return `proxy-gate: no ./rules.json here: using the rules that ship with proxy-gate, ${rules.file} (read-only; "proxy-gate init" writes an editable copy)`
+}
+
+/**
+ * "$schema" for a rules file in `folder`: "./…" when the packaged schema is inside it (a local
+ * install, or a clone), so the file keeps working when the folder moves; else a file: URL, which
+ * editors accept on every OS where a bare absolute Windows path is not.
+ */
+export function schemaReference(folder: string): string {
+  const path = relative(folder, PACKAGED_SCHEMA)
+  if (path !== '..' && !path.startsWith(`..${sep}`) && !isAbsolute(path)) return `./${path.split(sep).join('/')}`
+  return pathToFileURL(PACKAGED_SCHEMA).href
 }
 
 function jsonError(path: string, error: Error): RuleError {

@@ -13,18 +13,31 @@ export interface CliResult {
   readonly stderr: string
 }
 
-/** Options for runCli. */
-export interface RunOptions {
+/** Where and how proxy-gate is spawned. */
+export interface SpawnOptions {
   /** variables added to the inherited environment */
   readonly env?: Readonly<Record<string, string>>
+  /** working directory (default: this process's) */
+  readonly cwd?: string
+  /** the program and its first arguments (default: node dist/cli.js) */
+  readonly command?: readonly [string, ...string[]]
+}
+
+/** Options for runCli. */
+export interface RunOptions extends SpawnOptions {
   /** written to stdin, which is then closed */
   readonly input?: string
+}
+
+function spawnCli(args: readonly string[], options: SpawnOptions): ChildProcessWithoutNullStreams {
+  const [program, ...first] = options.command ?? [process.execPath, CLI_PATH]
+  return spawn(program, [...first, ...args], { cwd: options.cwd, env: { ...process.env, ...options.env } })
 }
 
 /** Runs `node dist/cli.js ARGS` to its end and collects its exit code, stdout and stderr. */
 export function runCli(args: readonly string[], options: RunOptions = {}): Promise<CliResult> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI_PATH, ...args], options.env ? { env: { ...process.env, ...options.env } } : {})
+    const child = spawnCli(args, options)
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
@@ -57,8 +70,8 @@ export interface RunningCli {
 }
 
 /** Spawns `node dist/cli.js ARGS` (which must log JSON) and resolves once it logs `listening`. */
-export async function startCli(args: readonly string[]): Promise<RunningCli> {
-  const child = spawn(process.execPath, [CLI_PATH, ...args])
+export async function startCli(args: readonly string[], options: SpawnOptions = {}): Promise<RunningCli> {
+  const child = spawnCli(args, options)
   let stderr = ''
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
   const lines: CliLine[] = []
