@@ -146,6 +146,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     keepAliveTimeout: limits.keepAliveTimeoutMs,
     connectionsCheckingInterval: Math.min(1_000, limits.headerTimeoutMs),
     insecureHTTPParser: false,
+    requireHostHeader: false, // checkRequestHead answers a missing Host with Proxy-Status
   })
   server.maxHeadersCount = 0 // count them ourselves: Node would otherwise drop headers past 2000 silently
   // maxHeaderBytes and the upstream connect timeout are fixed at start; these follow reloads.
