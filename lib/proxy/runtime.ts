@@ -48,6 +48,8 @@ export interface DecisionRecord {
   readonly status?: number | undefined
   readonly mode: string
   readonly policy?: string | undefined
+  /** set for connections to a transparent (sandbox) listener, from clients that know no proxy */
+  readonly listener?: 'transparent' | undefined
   readonly wouldDeny: boolean
 }
 
@@ -123,6 +125,7 @@ interface DecisionLog {
   readonly intercepted?: boolean
   /** the name of the policy that decided it */
   readonly policy?: string
+  readonly listener?: 'transparent'
 }
 
 /** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
@@ -147,6 +150,7 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     status: reply?.status,
     mode: rt.gate().ctx.mode,
     policy: entry.policy,
+    listener: entry.listener,
     wouldDeny: decision?.wouldDeny ?? false,
   })
 }
