@@ -1,6 +1,6 @@
 // What every route needs from the running proxy: the current gate and limits (swapped on
 // reload), the logger, request ids, and the registry of open connections that reload re-decides.
-import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Limits } from '../rules/config.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import type { Gate } from '../net/gate.js'
@@ -103,14 +103,19 @@ export interface Runtime {
   upstream?(): Upstream | undefined
 }
 
-function clientAddress(req: IncomingMessage): string {
+/** Who is asking: a request, or `{ socket }` for a connection that sends none (transparent TLS). */
+interface ClientOf {
+  readonly socket: Socket
+}
+
+function clientAddress(req: ClientOf): string {
   const { remoteAddress, remotePort } = req.socket
   return `${remoteAddress ?? '?'}:${remotePort ?? '?'}`
 }
 
 interface DecisionLog {
   readonly id: string
-  readonly req: IncomingMessage
+  readonly req: ClientOf
   readonly method: string
   readonly target: Target | undefined
   readonly rawTarget: string
