@@ -209,7 +209,8 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
   try {
     address = await proxy.listen()
   } catch (error) {
-    return refuse(`cannot listen on ${setup.config.listen.host}:${setup.config.listen.port}: ${(error as Error).message}`).code
+    // the error names the address: the proxy port's own, or a transparent listener's
+    return refuse(`cannot listen: ${(error as Error).message}`).code
   }
   announce(log, setup, address)
   let mode = setup.config.mode

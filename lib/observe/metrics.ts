@@ -11,7 +11,8 @@ export interface Metrics {
   render(): Promise<{ text: string; contentType: string }>
 }
 
-const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT'])
+// TLS: a connection to a transparent TLS listener (sandbox), counted like a CONNECT tunnel
+const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TLS'])
 // every value a decision's reason can take: the policy's reasons and the proxy's error types
 const REASONS = new Set<string>([...POLICY_REASONS, ...PROXY_ERROR_TYPES])
 // Why a connection ended, from the close record's free text to a fixed vocabulary.
@@ -62,7 +63,7 @@ export function createMetrics(open: () => OpenView): Metrics {
     if (e.decision === 'error') errors.inc({ type: reason(e.reason) })
     if (e.decision === 'deny') requests.inc({ method: method(e.method), status: '403' })
     else if (e.decision === 'error') requests.inc({ method: method(e.method), status: status(e.status) })
-    else if (e.method === 'CONNECT') requests.inc({ method: 'CONNECT', status: '200' })
+    else if (e.method === 'CONNECT' || e.method === 'TLS') requests.inc({ method: e.method, status: '200' })
   }
   const onClosed = (e: Extract<ProxyEvent, { type: 'closed' }>): void => {
     if (e.kind === 'forward') requests.inc({ method: method(e.method), status: status(e.status) })

@@ -264,6 +264,21 @@ export function checkHello(ctx: DecisionContext, target: Target, admitted: Decis
   return helloDenial(ctx, admitted, 'sni-mismatch', `the TLS server name ${name} is not the CONNECT host ${target.host.name} (domain fronting)`)
 }
 
+/**
+ * A connection to a transparent TLS listener (sandbox): the client dialled proxy-gate itself, so
+ * the ClientHello's server name is the only destination there is, on the listener's port. Without
+ * a usable one there is nothing to dial: these denials hold in report mode too.
+ */
+export function checkTransparentHello(ctx: DecisionContext, listener: string, port: number, hello: HelloView): Decision | SniAdmission {
+  const refuse = (reason: Reason, detail: string): Decision => decision({ verdict: 'deny', reason, detail })
+  if (hello.kind === 'not-tls') return refuse('not-tls', `the client sent non-TLS bytes to ${listener}, a transparent TLS listener`)
+  if (hello.kind === 'timeout') return refuse('bad-client-hello', `no TLS ClientHello within ${ctx.tls.helloTimeoutMs} ms on ${listener}`)
+  if (hello.kind === 'malformed') return refuse('bad-client-hello', `malformed TLS ClientHello on ${listener}: ${hello.reason}`)
+  const name = sniName(hello.sni)
+  if (name === undefined) return refuse('sni-missing', `the ClientHello on ${listener} names no server, the only way to tell where it goes`)
+  return { verdict: 'admit-sni', target: { host: { kind: 'name', name }, port }, sni: name }
+}
+
 /** An IP-literal tunnel admitted by its server name: the IP must be one the name resolved to. */
 export function confirmSniAddress(ctx: DecisionContext, target: Target, byName: Decision, sni: string): Decision {
   if (byName.verdict === 'deny' || target.host.kind !== 'ip') return byName

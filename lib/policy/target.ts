@@ -140,6 +140,21 @@ export function parseAbsoluteUrl(url: string): Result<AbsoluteUrl> {
 }
 
 /**
+ * An origin-form request (`/path?query`, `Host: name[:port]`) on a transparent listener: the Host
+ * header names the destination, and the port is the one the client connected to.
+ */
+export function parseOriginRequest(requestTarget: string, host: string | undefined, port: number): Result<AbsoluteUrl> {
+  if (!requestTarget.startsWith('/')) return fail(`request-target "${redactCredentials(requestTarget.slice(0, 100))}" is not origin-form ("/path"): a transparent listener takes requests for the Host it names`)
+  if (/[\\#]/.test(requestTarget)) return fail('request-target contains a backslash or fragment')
+  if (host === undefined || host === '') return fail('no Host header: a transparent listener is told the destination by it')
+  if (host.includes('%')) return fail('percent-encoding in the Host header is not accepted')
+  const target = parseAuthority(host, port)
+  if (!target.ok) return fail(`bad Host header: ${target.error}`)
+  if (target.value.port !== port) return fail(`Host header names port ${target.value.port}, but the request came in on port ${port}`)
+  return ok({ target: target.value, path: requestTarget })
+}
+
+/**
  * The path of an origin-form request-target, decoded for matching: no query, percent-escapes
  * of ordinary characters decoded, and anything that could mean different paths to different
  * servers refused (dot segments, encoded slashes or backslashes, backslashes, bad escapes).

@@ -1,5 +1,5 @@
 // Request-head checks every route runs before parsing the target: protocol version, header
-// count, duplicate Host, framing that the proxy refuses to guess about.
+// count, missing or duplicate Host, framing that the proxy refuses to guess about.
 import type { IncomingMessage } from 'node:http'
 import type { Limits } from '../rules/config.js'
 import { countHeader } from './headers.js'
@@ -16,6 +16,7 @@ export function checkRequestHead(req: IncomingMessage, limits: Limits): ProxyRep
     return reply(431, 'http_request_error', `${headerCount} header lines is more than the limit of ${limits.maxHeaderCount}`)
   }
   if (countHeader(req.rawHeaders, 'host') > 1) return reply(400, 'http_request_error', 'more than one Host header')
+  if (req.httpVersion === '1.1' && req.method !== 'CONNECT' && req.headers.host === undefined) return reply(400, 'http_request_error', 'no Host header in an HTTP/1.1 request')
   const chunked = countHeader(req.rawHeaders, 'transfer-encoding') > 0
   if (chunked && req.httpVersion === '1.0') return reply(400, 'http_request_error', 'Transfer-Encoding is not allowed in HTTP/1.0')
   if (req.method === 'CONNECT' && hasBody(req)) {

@@ -78,7 +78,7 @@ interface Hello {
 }
 
 /** Buffers what the client sends until a whole ClientHello (or proof there is none) is in. */
-function readHello(socket: Socket, head: Buffer, timeoutMs: number): Promise<Hello | undefined> {
+export function readHello(socket: Socket, head: Buffer, timeoutMs: number): Promise<Hello | undefined> {
   return new Promise((resolve) => {
     let bytes = head
     let settled = false
@@ -112,7 +112,7 @@ function readHello(socket: Socket, head: Buffer, timeoutMs: number): Promise<Hel
  * Dials the checked addresses (or the parent proxy, for the name), sends what the client already sent, and relays. `answer` says
  * whether the 200 is still to be written (or, on failure, an error status can still be sent).
  */
-async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Target, addresses: readonly Ip[], resolved: readonly Ip[], first: Buffer, answer: boolean, who: ClientIdentity): Promise<void> {
+export async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Target, addresses: readonly Ip[], resolved: readonly Ip[], first: Buffer, answer: boolean, who: ClientIdentity): Promise<void> {
   const limits = rt.limits()
   let upstream: Socket
   // with "upstream": through the parent (CONNECT, its 2xx before any tunnel byte), unless upstreamBypass
@@ -145,7 +145,7 @@ async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Targe
 }
 
 /** Hands a tunnel whose rules limit methods or paths to the interceptor, pinned to the checked IP. */
-function openTunnelFor(interceptor: Interceptor, id: string, socket: Socket, first: Buffer, target: Target, decision: Decision, resolved: readonly Ip[] | undefined, tls: boolean, who: ClientIdentity): Promise<void> {
+export function openTunnelFor(interceptor: Interceptor, id: string, socket: Socket, first: Buffer, target: Target, decision: Decision, resolved: readonly Ip[] | undefined, tls: boolean, who: ClientIdentity): Promise<void> {
   const ip = decision.dial[0]
   if (ip === undefined) throw new Error('allowed decision without an address')
   return interceptor.open({ id, socket, first, target, ip, resolved: resolved ?? decision.dial, tls, who })

@@ -1,9 +1,10 @@
 // Plain HTTP forwarding.
-//   client --GET http://host/path--> decideAbsolute (absolute-form.ts) -> undici to checked IP (Host = URL authority) -> client
-//   with "upstream": ... -> decideAbsolute -> absolute-form request to the parent proxy (upstream.ts) -> client
+//   client --GET http://host/path--> decideHttp (absolute-form.ts) -> undici to checked IP (Host = URL authority) -> client
+//   with "upstream": ... -> decideHttp -> absolute-form request to the parent proxy (upstream.ts) -> client
+//   transparent listener: client --GET /path, Host: host--> decideHttp (port = the listener's) -> as above
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Agent, Dispatcher } from 'undici'
-import { decideAbsolute } from './absolute-form.js'
+import { decideHttp, type RequestForm } from './absolute-form.js'
 import { hasBody } from './checks.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import { DialFailure, upstreamFailure } from '../net/dial.js'
@@ -15,8 +16,8 @@ import { logClosed, type OpenConnection, type Runtime } from './runtime.js'
 import { formatHost, formatTarget, hostHeader, type Target } from '../policy/target.js'
 import { parentFailure, parentFor, parentRefused, throughParent } from '../net/upstream.js'
 
-export async function forwardRoute(rt: Runtime, agent: Agent, who: ClientIdentity, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
-  const allowed = await decideAbsolute(rt, who, req, (r, unreadable) => replyOnResponse(res, r, unreadable || hasBody(req)))
+export async function forwardRoute(rt: Runtime, agent: Agent, who: ClientIdentity, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean, form: RequestForm): Promise<void> {
+  const allowed = await decideHttp(rt, who, req, form, (r, unreadable) => replyOnResponse(res, r, unreadable || hasBody(req)))
   if (!allowed) return
   if (expectsContinue) res.writeContinue()
   const { id, target, resolved, ip, path } = allowed

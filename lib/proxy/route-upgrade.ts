@@ -1,9 +1,10 @@
 // WebSocket and other Upgrade requests, relayed by http-proxy once the gate allows them.
-//   client --GET http://host/ws Upgrade--> decideAbsolute (absolute-form.ts) -> http-proxy ws to checked IP -> 101 -> relay
+//   client --GET http://host/ws Upgrade--> decideHttp (absolute-form.ts) -> http-proxy ws to checked IP -> 101 -> relay
+//   transparent listener: client --GET /ws Upgrade, Host: host--> decideHttp (port = the listener's) -> as above
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type httpProxy from 'http-proxy'
-import { decideAbsolute } from './absolute-form.js'
+import { decideHttp, type RequestForm } from './absolute-form.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import { upstreamFailure } from '../net/dial.js'
 import { clientResponseHeaders, upgradeRequestHeaders } from './headers.js'
@@ -12,8 +13,8 @@ import { replyOnSocket } from './respond.js'
 import { logClosed, type OpenConnection, type Runtime } from './runtime.js'
 import { hostHeader } from '../policy/target.js'
 
-export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
-  const allowed = await decideAbsolute(rt, who, req, (r) => replyOnSocket(socket, r))
+export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer, form: RequestForm): Promise<void> {
+  const allowed = await decideHttp(rt, who, req, form, (r) => replyOnSocket(socket, r))
   if (!allowed || socket.destroyed) return
   const { id, target, path, resolved, ip } = allowed
   const ipText = formatIp(ip)

@@ -1,6 +1,6 @@
 // What every route needs from the running proxy: the current gate and limits (swapped on
 // reload), the logger, request ids, and the registry of open connections that reload re-decides.
-import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Limits } from '../rules/config.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import type { Gate } from '../net/gate.js'
@@ -48,6 +48,8 @@ export interface DecisionRecord {
   readonly status?: number | undefined
   readonly mode: string
   readonly policy?: string | undefined
+  /** set for connections to a transparent (sandbox) listener, from clients that know no proxy */
+  readonly listener?: 'transparent' | undefined
   readonly wouldDeny: boolean
 }
 
@@ -101,14 +103,19 @@ export interface Runtime {
   upstream?(): Upstream | undefined
 }
 
-function clientAddress(req: IncomingMessage): string {
+/** Who is asking: a request, or `{ socket }` for a connection that sends none (transparent TLS). */
+interface ClientOf {
+  readonly socket: Socket
+}
+
+function clientAddress(req: ClientOf): string {
   const { remoteAddress, remotePort } = req.socket
   return `${remoteAddress ?? '?'}:${remotePort ?? '?'}`
 }
 
 interface DecisionLog {
   readonly id: string
-  readonly req: IncomingMessage
+  readonly req: ClientOf
   readonly method: string
   readonly target: Target | undefined
   readonly rawTarget: string
@@ -123,6 +130,7 @@ interface DecisionLog {
   readonly intercepted?: boolean
   /** the name of the policy that decided it */
   readonly policy?: string
+  readonly listener?: 'transparent'
 }
 
 /** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
@@ -147,6 +155,7 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     status: reply?.status,
     mode: rt.gate().ctx.mode,
     policy: entry.policy,
+    listener: entry.listener,
     wouldDeny: decision?.wouldDeny ?? false,
   })
 }

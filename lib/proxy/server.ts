@@ -1,5 +1,6 @@
 // The running proxy: one HTTP listener that routes CONNECT, Upgrade and absolute-form requests,
-// answers its own health check, swaps rules atomically on reload and shuts down gracefully.
+// answers its own health check, swaps rules atomically on reload and shuts down gracefully; with
+// "sandbox", transparent listeners too (transparent.ts), whose HTTP connections it also parses.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { networkInterfaces } from 'node:os'
@@ -23,6 +24,9 @@ import { destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { connectRoute } from './route-connect.js'
 import { forwardRoute } from './route-forward.js'
+import { ABSOLUTE_FORM, type RequestForm } from './absolute-form.js'
+import { transparentConnect, transparentTlsRoute } from './route-transparent.js'
+import { createTransparentListeners, sameListeners } from './transparent.js'
 import { localRoute, type PacFile } from './route-local.js'
 import { createUpgradeProxy, upgradeRoute } from './route-upgrade.js'
 import { createRecorder, logDecision, timedLookup, type OpenConnection, type OpenView, type ProxyEvent, type ReloadRecord, type Runtime } from './runtime.js'
@@ -139,6 +143,19 @@ export function createProxy(options: ProxyOptions): Proxy {
     return file
   }
 
+  const sandbox = config.sandbox // its listeners are bound once: a reload that changes them needs a restart
+  const transparent =
+    sandbox &&
+    createTransparentListeners(sandbox, {
+      http: (socket) => server.emit('connection', socket),
+      tls: (socket, listener) => guarded('transparent-tls', () => socket.destroy(), () => transparentTlsRoute(rt, interceptor, listener, socket)),
+    })
+  /** where a request says it goes: its URL on the proxy port, its Host on a transparent one */
+  const formOf = (socket: Socket): RequestForm => {
+    const listener = transparent?.httpListener(socket)
+    return listener ? { kind: 'transparent', port: listener.port } : ABSOLUTE_FORM
+  }
+
   const server: Server = createServer({
     maxHeaderSize: limits.maxHeaderBytes,
     headersTimeout: limits.headerTimeoutMs,
@@ -146,6 +163,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     keepAliveTimeout: limits.keepAliveTimeoutMs,
     connectionsCheckingInterval: Math.min(1_000, limits.headerTimeoutMs),
     insecureHTTPParser: false,
+    requireHostHeader: false, // checkRequestHead answers a missing Host with Proxy-Status
   })
   server.maxHeadersCount = 0 // count them ourselves: Node would otherwise drop headers past 2000 silently
   // maxHeaderBytes and the upstream connect timeout are fixed at start; these follow reloads.
@@ -154,6 +172,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     server.requestTimeout = l.requestTimeoutMs
     server.keepAliveTimeout = l.keepAliveTimeoutMs
     server.maxConnections = l.maxConnections
+    transparent?.setMaxConnections(l.maxConnections)
   }
   applyLimits(limits)
 
@@ -166,8 +185,8 @@ export function createProxy(options: ProxyOptions): Proxy {
   /** Proxy authentication comes first: a client it refuses never reaches a route, which learns who the client is. */
   const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void>): void => {
     const source = req.socket.remoteAddress ?? ''
-    // without proxy authentication, straight to the route (no await per request)
-    if (!config.auth) return guarded(what, refuse, () => route({ source: parseIp(source), user: undefined }))
+    // without proxy authentication (none on transparent listeners: clients there know no proxy), straight to the route
+    if (!config.auth || transparent?.httpListener(req.socket)) return guarded(what, refuse, () => route({ source: parseIp(source), user: undefined }))
     guarded(what, refuse, async () => {
       const result = await authenticator.check(req.headers['proxy-authorization'], source)
       if (!result.ok) {
@@ -178,18 +197,20 @@ export function createProxy(options: ProxyOptions): Proxy {
     })
   }
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
-    if (req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
-    authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), (who) => forwardRoute(rt, agent, who, req, res, expectsContinue))
+    const form = formOf(req.socket)
+    if (form === ABSOLUTE_FORM && req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
+    authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), (who) => forwardRoute(rt, agent, who, req, res, expectsContinue, form))
   }
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
+    if (transparent?.httpListener(socket)) return transparentConnect(rt, req, socket)
     authenticated('connect', req, (r) => replyOnSocket(socket, r), (who) => connectRoute(rt, interceptor, who, req, socket, head))
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
-    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), (who) => upgradeRoute(rt, upgradeProxy, who, req, socket, head))
+    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), (who) => upgradeRoute(rt, upgradeProxy, who, req, socket, head, formOf(socket)))
   })
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
@@ -207,19 +228,25 @@ export function createProxy(options: ProxyOptions): Proxy {
   return {
     open,
     address: () => server.address() as AddressInfo,
-    listen: () =>
-      new Promise((resolve, reject) => {
+    listen: async () => {
+      const address = await new Promise<AddressInfo>((resolve, reject) => {
         server.once('error', reject)
         server.listen(config.listen.port, config.listen.host, () => {
           server.removeListener('error', reject)
-          const address = server.address() as AddressInfo
-          self = selfAddresses(address)
-          gate = makeGate(config)
-          ready = true
-          resolve(address)
+          resolve(server.address() as AddressInfo)
         })
-      }),
+      })
+      await transparent?.listen().catch(async (error: unknown) => {
+        await new Promise((closed) => server.close(closed))
+        throw error
+      })
+      self = [...selfAddresses(address), ...(transparent?.self ?? [])]
+      gate = makeGate(config)
+      ready = true
+      return address
+    },
     reload(next: Config): ReloadOutcome {
+      if (!sameListeners(sandbox, next.sandbox)) log.warn('"sandbox" listeners changed (address, http or tls ports): restart proxy-gate to apply it')
       config = { ...next, listen: config.listen }
       gate = makeGate(config)
       applyLimits(config.limits)
@@ -249,12 +276,14 @@ export function createProxy(options: ProxyOptions): Proxy {
   async function stop(): Promise<void> {
     ready = false
     const closedServer = new Promise<void>((resolve) => server.close(() => resolve()))
+    const closedTransparent = transparent?.close()
     server.closeIdleConnections()
     const deadline = setTimeout(() => {
       for (const conn of open) conn.close('proxy shutting down')
       server.closeAllConnections()
+      transparent?.destroyAll()
     }, config.limits.shutdownGraceMs)
-    await closedServer
+    await Promise.all([closedServer, closedTransparent])
     clearTimeout(deadline)
     upgradeProxy.close()
     await interceptor?.close()
