@@ -29,6 +29,7 @@ import { createRecorder, logDecision, timedLookup, type OpenConnection, type Ope
 import { formatTarget } from '../policy/target.js'
 import { nextUpstream, type UpstreamOptions } from '../net/upstream.js'
 import { VERSION } from '../core/version.js'
+import { createSandboxDns, dnsListener } from '../dns/server.js'
 
 export interface ProxyOptions {
   readonly config: Config
@@ -123,6 +124,15 @@ export function createProxy(options: ProxyOptions): Proxy {
     record,
     nextId: () => `${boot}-${(++seq).toString(36)}`,
   }
+  // the sandbox's DNS server keeps the address and port it started on; rules and rate follow reloads
+  const dnsAt = dnsListener(config.sandbox)
+  const sandboxDns = config.sandbox && createSandboxDns(config.sandbox, {
+    rules: () => gate,
+    queriesPerSecond: () => config.sandbox?.dnsQueriesPerSecond,
+    record: (r) => record({ type: 'dns', ...r }),
+    observe: (r) => options.observe?.({ type: 'dns', ...r }),
+    log,
+  })
   const limits = config.limits
   const agent = new Agent({ connect: { timeout: limits.connectTimeoutMs }, keepAliveTimeout: 4_000, connections: 256 })
   const upgradeProxy = createUpgradeProxy(rt, httpProxy)
@@ -207,18 +217,23 @@ export function createProxy(options: ProxyOptions): Proxy {
   return {
     open,
     address: () => server.address() as AddressInfo,
-    listen: () =>
-      new Promise((resolve, reject) => {
+    listen: async () => {
+      const address = await new Promise<AddressInfo>((resolve, reject) => {
         server.once('error', reject)
         server.listen(config.listen.port, config.listen.host, () => {
           server.removeListener('error', reject)
-          const address = server.address() as AddressInfo
-          self = selfAddresses(address)
-          gate = makeGate(config)
-          ready = true
-          resolve(address)
+          resolve(server.address() as AddressInfo)
         })
-      }),
+      })
+      await sandboxDns?.listen().catch(async (error: unknown) => {
+        await new Promise((resolve) => server.close(resolve))
+        throw error
+      })
+      self = selfAddresses(address)
+      gate = makeGate(config)
+      ready = true
+      return address
+    },
     reload(next: Config): ReloadOutcome {
       config = { ...next, listen: config.listen }
       gate = makeGate(config)
@@ -226,6 +241,8 @@ export function createProxy(options: ProxyOptions): Proxy {
       const parentBefore = upstream?.proxy
       upstream = nextUpstream(upstream, config, upstreamOptions())
       if (upstream?.proxy !== parentBefore) log.info('upstream changed', { upstream: upstream?.proxy.display ?? 'none: direct' })
+      const dnsNext = dnsListener(config.sandbox)
+      if (dnsNext !== dnsAt) log.warn('sandbox DNS address or port changed: restart proxy-gate to apply it', { running: dnsAt ?? 'none', configured: dnsNext ?? 'none' })
       pacCache.clear()
       let closed = 0
       let kept = 0
@@ -254,6 +271,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       for (const conn of open) conn.close('proxy shutting down')
       server.closeAllConnections()
     }, config.limits.shutdownGraceMs)
+    await sandboxDns?.close()
     await closedServer
     clearTimeout(deadline)
     upgradeProxy.close()
