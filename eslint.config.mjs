@@ -10,9 +10,10 @@ const LAYERS = {
   certs: ['core', 'policy'],
   wiring: ['core', 'policy'],
   net: ['core', 'policy', 'rules'],
-  proxy: ['core', 'policy', 'rules', 'certs', 'net', 'wiring'],
-  observe: ['core', 'policy', 'rules', 'wiring', 'proxy'],
-  cli: ['core', 'policy', 'rules', 'certs', 'wiring', 'net', 'proxy', 'observe'],
+  dns: ['core', 'policy', 'rules'],
+  proxy: ['core', 'policy', 'rules', 'certs', 'net', 'wiring', 'dns'],
+  observe: ['core', 'policy', 'rules', 'wiring', 'proxy', 'dns'],
+  cli: ['core', 'policy', 'rules', 'certs', 'wiring', 'net', 'dns', 'proxy', 'observe'],
 }
 // The policy decides; it never touches files, DNS or sockets.
 const IO_MODULES = ['net', 'dns', 'http', 'https', 'fs', 'tls', 'dgram', 'child_process'].flatMap((m) => [m, `node:${m}`, `${m}/*`, `node:${m}/*`])

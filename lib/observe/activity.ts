@@ -1,6 +1,7 @@
 // What the dashboard shows: recent decisions, the most denied destinations with the rule that
 // would allow them, counters and the last reload. Bounded: old entries fall off.
 import { LRUCache } from 'lru-cache'
+import type { DnsRecord } from '../dns/answer.js'
 import type { DecisionRecord, ProxyEvent, ReloadRecord } from '../proxy/runtime.js'
 
 export interface DeniedTarget {
@@ -12,41 +13,56 @@ export interface DeniedTarget {
   readonly lastSeen: string
 }
 
+/** One row of the live list: a connection's decision, or a query to the sandbox DNS server. */
+export type LiveEntry = { readonly kind: 'decision'; readonly record: DecisionRecord } | { readonly kind: 'dns'; readonly record: DnsRecord }
+
 export interface Activity {
   observe(event: ProxyEvent): void
-  recent(): readonly DecisionRecord[]
+  recent(): readonly LiveEntry[]
   topDenied(limit: number): DeniedTarget[]
   counters(): Readonly<Record<'allow' | 'deny' | 'error', number>>
   lastReload(): (ReloadRecord & { at: string }) | undefined
-  /** live decisions for server-sent events; returns the unsubscribe function */
-  subscribe(listener: (record: DecisionRecord) => void): () => void
+  /** live decisions and DNS queries for server-sent events; returns the unsubscribe function */
+  subscribe(listener: (entry: LiveEntry) => void): () => void
 }
 
 export function createActivity(options: { recent?: number; targets?: number } = {}): Activity {
   const keep = options.recent ?? 200
-  const recent: DecisionRecord[] = []
+  const recent: LiveEntry[] = []
   const denied = new LRUCache<string, DeniedTarget>({ max: options.targets ?? 1000 })
   const counters = { allow: 0, deny: 0, error: 0 }
-  const listeners = new Set<(record: DecisionRecord) => void>()
+  const listeners = new Set<(entry: LiveEntry) => void>()
   let reload: (ReloadRecord & { at: string }) | undefined
 
+  const live = (entry: LiveEntry): void => {
+    recent.push(entry)
+    if (recent.length > keep) recent.shift()
+    for (const listener of listeners) listener(entry)
+  }
+  /** `key` tells a name denied by DNS from the same text denied as a connection target. */
+  const noteDenied = (key: string, target: string, fields: Pick<DeniedTarget, 'reason' | 'detail' | 'suggestion'>): void => {
+    const count = (denied.get(key)?.count ?? 0) + 1
+    denied.set(key, { target, ...fields, count, lastSeen: new Date().toISOString() })
+  }
   const onDecision = (record: DecisionRecord): void => {
     counters[record.decision]++
-    recent.push(record)
-    if (recent.length > keep) recent.shift()
-    if (record.decision === 'deny' || record.wouldDeny) {
-      const key = `${record.target} ${record.reason ?? ''}`
-      const count = (denied.get(key)?.count ?? 0) + 1
-      const { target, reason, detail, suggestion } = record
-      denied.set(key, { target, reason, detail, suggestion, count, lastSeen: new Date().toISOString() })
-    }
-    for (const listener of listeners) listener(record)
+    const { target, reason, detail, suggestion } = record
+    if (record.decision === 'deny' || record.wouldDeny) noteDenied(`${target} ${reason ?? ''}`, target, { reason, detail, suggestion })
+    live({ kind: 'decision', record })
+  }
+  const onDns = (record: DnsRecord): void => {
+    const { name, reason, detail, suggestion } = record
+    if (name !== undefined && (record.answer === 'deny' || record.wouldDeny)) noteDenied(`dns ${name} ${reason}`, `${name} (DNS)`, { reason, detail, suggestion })
+    live({ kind: 'dns', record })
   }
   return {
     observe(event) {
       if (event.type === 'decision') {
         const { type: _type, ...record } = event
         onDecision(record)
+      } else if (event.type === 'dns') {
+        const { type: _type, ...record } = event
+        onDns(record)
       } else if (event.type === 'reload') reload = { ...event, at: new Date().toISOString() }
     },
     recent: () => recent,

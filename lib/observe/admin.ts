@@ -1,11 +1,11 @@
-// The admin listener: dashboard, live decisions (server-sent events), Prometheus metrics and
+// The admin listener: dashboard, live decisions and DNS queries (server-sent events), Prometheus metrics and
 // health, on its own port (loopback by default), never on the proxy port that containers reach.
 // It answers only requests addressed to its own host names (a browser tricked by DNS rebinding
 // sends a foreign Host), and state-changing requests need the admin token.
 import { timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { Activity } from './activity.js'
+import type { Activity, LiveEntry } from './activity.js'
 import type { Listen } from '../rules/config.js'
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from './dashboard-page.js'
 import type { Metrics } from './metrics.js'
@@ -79,8 +79,9 @@ function state(sources: AdminSources): unknown {
 function events(req: IncomingMessage, res: ServerResponse, activity: Activity): void {
   res.writeHead(200, { ...SECURITY_HEADERS, 'Content-Type': 'text/event-stream', Connection: 'keep-alive' })
   res.write(': proxy-gate decisions\n\n')
-  for (const record of activity.recent().slice(-50)) res.write(`event: decision\ndata: ${JSON.stringify(record)}\n\n`)
-  const unsubscribe = activity.subscribe((record) => res.write(`event: decision\ndata: ${JSON.stringify(record)}\n\n`))
+  const send = (entry: LiveEntry): boolean => res.write(`event: ${entry.kind}\ndata: ${JSON.stringify(entry.record)}\n\n`)
+  for (const entry of activity.recent().slice(-50)) send(entry)
+  const unsubscribe = activity.subscribe(send)
   const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), 15_000)
   req.socket.on('close', () => {
     clearInterval(keepAlive)

@@ -87,6 +87,24 @@ function addDecision(d) {
   cell(row, d.decision + (d.wouldDeny ? ' (would deny)' : ''), 'decision')
   cell(row, d.reason, 'reason')
   cell(row, d.detail, 'detail')
+  addRow(row)
+}
+
+// a query to the sandbox DNS server: "deny" is NXDOMAIN; refused, formerr and notimp show as errors
+function addDns(d) {
+  const row = document.createElement('tr')
+  row.className = d.answer === 'allow' || d.answer === 'deny' ? d.answer : 'error'
+  cell(row, new Date().toLocaleTimeString())
+  cell(row, d.client)
+  cell(row, 'DNS ' + (d.qtype || ''))
+  cell(row, d.name, 'target')
+  cell(row, d.answer + (d.wouldDeny ? ' (would deny)' : ''), 'decision')
+  cell(row, d.reason, 'reason')
+  cell(row, d.detail, 'detail')
+  addRow(row)
+}
+
+function addRow(row) {
   const body = $('decisions').tBodies[0]
   body.insertBefore(row, body.firstChild)
   while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1)
@@ -159,6 +177,10 @@ function connect() {
   })
   events.addEventListener('decision', (e) => {
     addDecision(JSON.parse(e.data))
+    refreshSoon()
+  })
+  events.addEventListener('dns', (e) => {
+    addDns(JSON.parse(e.data))
     refreshSoon()
   })
   events.addEventListener('error', () => {

@@ -42,6 +42,7 @@ export function createMetrics(open: () => OpenView): Metrics {
   const requests = new Counter({ name: 'proxygate_requests_total', help: 'Requests by method and the status the client got', labelNames: ['method', 'status'], registers })
   const bytes = new Counter({ name: 'proxygate_tunnel_bytes_total', help: 'Bytes relayed through tunnels and upgraded connections', labelNames: ['direction'], registers })
   const errors = new Counter({ name: 'proxygate_errors_total', help: 'Errors by type: refused requests and how connections ended badly', labelNames: ['type'], registers })
+  const dnsQueries = new Counter({ name: 'proxygate_dns_queries_total', help: 'Queries to the sandbox DNS server by answer and reason', labelNames: ['answer', 'reason'], registers })
   const reloads = new Counter({ name: 'proxygate_reloads_total', help: 'Rules reloads by result', labelNames: ['result'], registers })
   const buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
   const dns = new Histogram({ name: 'proxygate_dns_lookup_seconds', help: 'DNS lookups of allowed names', labelNames: ['result'], buckets, registers })
@@ -77,6 +78,7 @@ export function createMetrics(open: () => OpenView): Metrics {
       if (event.type === 'decision') onDecision(event)
       else if (event.type === 'closed') onClosed(event)
       else if (event.type === 'timing') (event.what === 'dns' ? dns : connect).observe({ result: event.ok ? 'ok' : 'failed' }, event.ms / 1000)
+      else if (event.type === 'dns') dnsQueries.inc({ answer: event.answer, reason: event.reason }) // both from fixed lists (DnsRecord)
       else reloads.inc({ result: event.ok ? 'ok' : 'failed' })
     },
     render: async () => ({ text: await registry.metrics(), contentType: registry.contentType }),

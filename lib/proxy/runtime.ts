@@ -12,6 +12,7 @@ import { ruleLabel } from '../policy/rules.js'
 import type { Decision } from '../policy/decide.js'
 import type { ProxyReply } from '../core/reply.js'
 import type { Upstream } from '../net/upstream.js'
+import type { DnsRecord } from '../dns/answer.js'
 import { formatTarget, redactCredentials, type Target } from '../policy/target.js'
 
 export interface OpenConnection {
@@ -88,6 +89,8 @@ export type ProxyEvent =
   | ({ readonly type: 'closed' } & ClosedRecord)
   | ({ readonly type: 'timing' } & TimingRecord)
   | ({ readonly type: 'reload' } & ReloadRecord)
+  /** a query to the sandbox's DNS server */
+  | ({ readonly type: 'dns' } & DnsRecord)
 
 export interface Runtime {
   /** the current gate; for a client, with the policy chosen for it */
@@ -164,10 +167,10 @@ export function logClosed(rt: Runtime, record: ClosedRecord): void {
   rt.record({ type: 'closed', ...record })
 }
 
-/** Logs decisions and closes, and hands every event to the observer (timings and reloads only go there). */
+/** Logs decisions, closes and DNS queries, and hands every event to the observer (timings and reloads only go there). */
 export function createRecorder(log: Logger, observe: ((event: ProxyEvent) => void) | undefined): (event: ProxyEvent) => void {
   return (event) => {
-    if (event.type === 'decision' || event.type === 'closed') {
+    if (event.type === 'decision' || event.type === 'closed' || event.type === 'dns') {
       const { type, ...fields } = event
       logEvent(log, type, fields)
     }

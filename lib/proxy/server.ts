@@ -18,6 +18,7 @@ import { createLeafMinter } from '../certs/leaf.js'
 import { LinkedSet } from './linked-set.js'
 import { generatePac, pacEtag, type PacFlavor } from '../wiring/pac.js'
 import type { Logger } from '../core/log.js'
+import type { SandboxSettings } from '../rules/sandbox.js'
 import type { SelfAddress } from '../policy/decide.js'
 import { createLookup, type Lookup } from '../net/resolve.js'
 import { destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
@@ -33,6 +34,7 @@ import { createRecorder, logDecision, timedLookup, type OpenConnection, type Ope
 import { formatTarget } from '../policy/target.js'
 import { nextUpstream, type UpstreamOptions } from '../net/upstream.js'
 import { VERSION } from '../core/version.js'
+import { createSandboxDns, dnsListener } from '../dns/server.js'
 
 export interface ProxyOptions {
   readonly config: Config
@@ -68,6 +70,11 @@ export interface Proxy {
   /** tells observers (metrics, dashboard) how a reload went */
   noteReload(record: ReloadRecord): void
   readonly open: OpenView
+}
+
+/** The sandbox DNS server's address: never a destination either (a tunnel to it would bypass its rate limit and log). */
+function dnsSelf(sandbox: SandboxSettings | undefined): SelfAddress[] {
+  return sandbox?.dnsPort === undefined ? [] : [{ ip: sandbox.address, port: sandbox.dnsPort }]
 }
 
 /** The addresses a client could use to reach this listener: a destination never allowed. */
@@ -127,6 +134,15 @@ export function createProxy(options: ProxyOptions): Proxy {
     record,
     nextId: () => `${boot}-${(++seq).toString(36)}`,
   }
+  // the sandbox's DNS server keeps the address and port it started on; rules and rate follow reloads
+  const dnsAt = dnsListener(config.sandbox)
+  const sandboxDns = config.sandbox && createSandboxDns(config.sandbox, {
+    rules: () => gate,
+    queriesPerSecond: () => config.sandbox?.dnsQueriesPerSecond,
+    record: (r) => record({ type: 'dns', ...r }),
+    observe: (r) => options.observe?.({ type: 'dns', ...r }),
+    log,
+  })
   const limits = config.limits
   const agent = new Agent({ connect: { timeout: limits.connectTimeoutMs }, keepAliveTimeout: 4_000, connections: 256 })
   const upgradeProxy = createUpgradeProxy(rt, httpProxy)
@@ -240,7 +256,11 @@ export function createProxy(options: ProxyOptions): Proxy {
         await new Promise((closed) => server.close(closed))
         throw error
       })
-      self = [...selfAddresses(address), ...(transparent?.self ?? [])]
+      await sandboxDns?.listen().catch(async (error: unknown) => {
+        await Promise.all([new Promise((closed) => server.close(closed)), transparent?.close()])
+        throw error
+      })
+      self = [...selfAddresses(address), ...(transparent?.self ?? []), ...dnsSelf(config.sandbox)]
       gate = makeGate(config)
       ready = true
       return address
@@ -253,6 +273,8 @@ export function createProxy(options: ProxyOptions): Proxy {
       const parentBefore = upstream?.proxy
       upstream = nextUpstream(upstream, config, upstreamOptions())
       if (upstream?.proxy !== parentBefore) log.info('upstream changed', { upstream: upstream?.proxy.display ?? 'none: direct' })
+      const dnsNext = dnsListener(config.sandbox)
+      if (dnsNext !== dnsAt) log.warn('sandbox DNS address or port changed: restart proxy-gate to apply it', { running: dnsAt ?? 'none', configured: dnsNext ?? 'none' })
       pacCache.clear()
       let closed = 0
       let kept = 0
@@ -283,7 +305,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       server.closeAllConnections()
       transparent?.destroyAll()
     }, config.limits.shutdownGraceMs)
-    await Promise.all([closedServer, closedTransparent])
+    await Promise.all([closedServer, closedTransparent, sandboxDns?.close()])
     clearTimeout(deadline)
     upgradeProxy.close()
     await interceptor?.close()
