@@ -134,7 +134,10 @@ t.test('sandbox: the only way out is proxy-gate', { skip: engineMissing() }, asy
   const exit = await cli(engine, ['sandbox', 'run', '--name', NAME, '--', BASE, 'node', '-e', 'process.exit(7)'])
   t.equal(exit.code, 7, 'sandbox run passes the exit code back')
   const logs = engine.docker(['logs', `${NAME}-proxy`])
-  t.match(logs.stdout + logs.stderr, /"decision":"deny"/, 'denials are in proxy-gate\'s log')
+  const log = (logs.stdout + logs.stderr).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>)
+  t.ok(log.some((l) => l.message === 'decision' && l.target === 'denied.test:80' && l.decision === 'deny'), 'the proxied denial is in proxy-gate\'s log')
+  t.ok(log.some((l) => l.message === 'dns' && l.name === 'denied.test' && l.answer === 'deny'), 'so is the DNS query it refused')
+  t.ok(log.some((l) => l.message === 'decision' && l.listener === 'transparent' && l.sni === 'evil.test' && l.decision === 'deny'), 'and the fronted TLS server name, refused by name')
 
   const down = await cli(engine, ['sandbox', 'down', '--name', NAME])
   t.equal(down.code, 0, `sandbox down: ${down.out.slice(-300)}`)
