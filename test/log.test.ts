@@ -1,8 +1,12 @@
 // lib/core/log.ts: the event lines logEvent writes itself are the lines winston would write, and the
 // logger's level and format still decide whether and how they are written.
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import t from 'tap'
 import { createLogger, logEvent, type LogLevel } from '../lib/core/log.js'
+import { startCli } from './helpers/cli.js'
 
 /** A logger on a stream, and what it wrote once the batch of this event-loop turn is out. */
 function capture(level: LogLevel, format: 'json' | 'pretty') {
@@ -47,4 +51,17 @@ t.test('the level and format still decide: warn and silent write no info events;
   const [line] = await written()
   t.match(line, /info.* closed id=a-1 durationMs=3$/)
   t.throws((): unknown => JSON.parse(line ?? ''), 'not JSON')
+})
+
+t.test('start keeps serving and stops on SIGTERM after whoever read its stdout has gone (EPIPE)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pg-epipe-'))
+  writeFileSync(join(dir, 'rules.json'), JSON.stringify({ allow: ['allowed.example:443'] }))
+  const proxy = await startCli(['start', '--rules', join(dir, 'rules.json'), '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--log-format', 'json'])
+  t.teardown(() => proxy.child.kill('SIGKILL'))
+  proxy.child.stdout.destroy() // the reader leaves, as `proxy-gate start | head` does
+  for (let i = 0; i < 3; i++) {
+    const health = await fetch(`http://127.0.0.1:${proxy.port}/healthz`)
+    t.equal(health.status, 200, `still serves after its log lines hit a closed pipe (${i})`)
+  }
+  t.equal(await proxy.stop(), 0, 'SIGTERM stops it cleanly')
 })

@@ -43,8 +43,15 @@ class LineBatch extends TransportStream {
   private scheduled = false
   private readonly flushSoon = (): void => this.flush()
 
+  /** the reader went away (EPIPE): lines are dropped, since logging the error would loop */
+  private gone = false
+
   constructor(private readonly out: NodeJS.WritableStream) {
     super()
+    out.on('error', () => {
+      this.gone = true
+      this.lines = []
+    })
   }
 
   override log(info: { [MESSAGE]?: unknown }, next: () => void): void {
@@ -53,6 +60,7 @@ class LineBatch extends TransportStream {
   }
 
   add(line: string): void {
+    if (this.gone) return
     this.lines.push(`${line}${EOL}`)
     if (!this.scheduled) {
       this.scheduled = true
@@ -62,7 +70,7 @@ class LineBatch extends TransportStream {
 
   flush(): void {
     this.scheduled = false
-    if (this.lines.length === 0) return
+    if (this.lines.length === 0 || this.gone) return
     const text = this.lines.join('')
     this.lines = []
     this.out.write(text)
