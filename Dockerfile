@@ -13,7 +13,9 @@ ENV NODE_ENV=production
 USER 1000:1000
 EXPOSE 3128
 STOPSIGNAL SIGTERM
+# started with another --listen port? set PROXY_GATE_HEALTH_URL to match
+ENV PROXY_GATE_HEALTH_URL=http://127.0.0.1:3128/healthz
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["node", "-e", "require('http').get('http://127.0.0.1:3128/healthz', (r) => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))"]
+  CMD ["node", "-e", "require('http').get(process.env.PROXY_GATE_HEALTH_URL, (r) => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))"]
 ENTRYPOINT ["node", "/opt/proxy-gate/dist/cli.js"]
 CMD ["start", "--rules", "/etc/proxy-gate/rules.json", "--listen", "0.0.0.0:3128", "--insecure-open", "--admin-listen", "off"]

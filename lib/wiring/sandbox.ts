@@ -26,7 +26,7 @@ export const DEFAULT_SUBNET = '10.250.0.0/24'
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,40}$/
 const MOUNT = '/etc/proxy-gate'
 /** with no IPv4 address on the bridge, the host itself is out of the workloads' reach (Docker's --internal alone is not) */
-const NO_HOST_ROUTE = 'com.docker.network.bridge.inhibit_ipv4=true'
+const NO_HOST_ROUTE = 'com.docker.network.bridge.inhibit_ipv4'
 
 function secondAddress(cidr: Cidr): Ip {
   return { family: 4, value: cidr.base + 2n }
@@ -55,7 +55,7 @@ function startArgs(plan: SandboxPlan): string[] {
 /** Creates the networks (the caller skips those that exist) and the proxy-gate container. */
 export function networkCommands(plan: SandboxPlan): { readonly name: string; readonly create: string[] }[] {
   return [
-    { name: plan.network, create: ['network', 'create', '--driver', 'bridge', '--internal', '--subnet', plan.subnet, '-o', NO_HOST_ROUTE, ...label(plan), plan.network] },
+    { name: plan.network, create: ['network', 'create', '--driver', 'bridge', '--internal', '--subnet', plan.subnet, '-o', `${NO_HOST_ROUTE}=true`, ...label(plan), plan.network] },
     { name: plan.egress, create: ['network', 'create', '--driver', 'bridge', ...label(plan), plan.egress] },
   ]
 }
@@ -122,7 +122,7 @@ networks:
   sandbox:
     name: ${q(plan.network)}
     internal: true
-    driver_opts: { ${q(NO_HOST_ROUTE.split('=')[0] ?? '')}: "true" }
+    driver_opts: { ${q(NO_HOST_ROUTE)}: "true" }
     ipam: { config: [{ subnet: ${q(plan.subnet)} }] }
   egress:
     name: ${q(plan.egress)}
