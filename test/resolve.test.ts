@@ -1,6 +1,6 @@
 // lib/net/resolve.ts and lib/net/hosts.ts: the hosts file (parsed strictly, re-read when it
-// changes, used only without dns.servers, still behind the address guard). Real DNS on loopback
-// (test/helpers/dns.ts), temp hosts files.
+// changes, used only without dns.servers, still behind the address guard) and one query per name
+// for a burst of concurrent lookups. Real DNS on loopback (test/helpers/dns.ts), temp hosts files.
 import { renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
@@ -114,4 +114,36 @@ t.test('an address from the hosts file still passes the address guard: loopback 
   t.teardown(() => allowed.close())
   const opened = await rawExchange(allowed.port, connectHead(target), { until: (s) => s.includes('\r\n\r\n') })
   t.equal(statusOf(opened.text), 200, 'allowed with the IP rule, to the address the hosts file gave')
+})
+
+t.test('a burst of concurrent lookups of one name sends one query per family', async (t) => {
+  const dns = await startDns({ 'burst.test': { A: ['11.22.33.44'], AAAA: ['2001:db8::4'] } })
+  t.teardown(() => dns.close())
+  const lookup = createLookup(configFrom({ dns: { servers: [dns.server] } }).dns)
+  const held = dns.hold('burst.test')
+  const burst = Array.from({ length: 20 }, () => lookup('burst.test'))
+  await dns.asked('burst.test', 2)
+  // every lookup has started and is waiting: none can have had an answer yet
+  held.release()
+  const answers = await Promise.all(burst)
+  t.ok(answers.every((a) => show(a).join() === '11.22.33.44,2001:db8::4'), 'all 20 got the answer')
+  t.equal(dns.queries('burst.test'), 2, 'one A and one AAAA query for 20 lookups')
+})
+
+t.test('a failed in-flight lookup rejects all its waiters with the same DnsFailure, and is not cached', async (t) => {
+  const dns = await startDns({ 'gone.test': { rcode: 'NXDOMAIN' } })
+  t.teardown(() => dns.close())
+  const lookup = createLookup(configFrom({ dns: { servers: [dns.server] } }).dns)
+  const held = dns.hold('gone.test')
+  const burst = Array.from({ length: 20 }, () => lookup('gone.test').then(() => undefined, (error: unknown) => error))
+  await dns.asked('gone.test', 2)
+  held.release()
+  const errors = await Promise.all(burst)
+  t.ok(errors[0] instanceof DnsFailure, 'a DnsFailure')
+  t.match(errors[0], { type: 'dns_error', code: 'ENOTFOUND', message: 'DNS: gone.test does not exist (NXDOMAIN)' })
+  t.ok(errors.every((e) => e === errors[0]), 'the same failure for every waiter')
+  t.equal(dns.queries('gone.test'), 2, 'one query per family')
+  const again = await lookup('gone.test').then(() => undefined, (error: unknown) => error)
+  t.ok(again instanceof DnsFailure && again !== errors[0], 'a new failure')
+  t.equal(dns.queries('gone.test'), 4, 'the next lookup asks again')
 })

@@ -1,5 +1,6 @@
 // DNS for allowed names: one query per family to the configured servers (or the system's, after
-// the hosts file), as a fully qualified name, bounded in time, answers cached within their TTL.
+// the hosts file), as a fully qualified name, bounded in time, answers cached within their TTL,
+// and one query at a time per name (concurrent lookups of a name share it).
 import { Resolver } from 'node:dns/promises'
 import { LRUCache } from 'lru-cache'
 import type { DnsConfig } from '../rules/config.js'
@@ -70,6 +71,7 @@ export function createResolve(config: DnsConfig, options: LookupOptions = {}): R
     resolver.setServers(config.servers.map(({ ip, port }) => formatTarget({ host: { kind: 'ip', ip }, port })))
   }
   const cache = new LRUCache<string, Ip[]>({ max: config.cacheSize })
+  const inFlight = new Map<string, Promise<Ip[]>>()
   const hostsFile = options.hostsFile ?? DEFAULT_HOSTS_FILE
   const hosts = config.servers.length === 0 ? hostsTable(hostsFile) : undefined
   const fromHosts: AnswerSource = { kind: 'hosts', path: hostsFile }
@@ -104,6 +106,11 @@ export function createResolve(config: DnsConfig, options: LookupOptions = {}): R
     if (listed) return { addresses: [...listed], from: fromHosts }
     const cached = cache.get(name)
     if (cached) return { addresses: cached, from: fromDns }
-    return { addresses: await queryAndCache(name), from: fromDns }
+    let pending = inFlight.get(name)
+    if (!pending) {
+      pending = queryAndCache(name).finally(() => inFlight.delete(name))
+      inFlight.set(name, pending)
+    }
+    return { addresses: await pending, from: fromDns }
   }
 }
