@@ -12,9 +12,9 @@ import { advertisedAddress, dockerCommand, systemProxyCommand, type WiringArgs }
 import { DEFAULT_POLICY } from './policy/clients.js'
 import type { Config } from './rules/config.js'
 import { admit, gateFor } from './net/gate.js'
-import { formatIp, parseIp } from './policy/ip.js'
+import { formatIp, parseIp, type Ip } from './policy/ip.js'
 import { generatePac } from './wiring/pac.js'
-import { createLookup } from './net/resolve.js'
+import { createResolve, type AnswerSource } from './net/resolve.js'
 import { loadRulesFile, packagedNotice, rulesPath } from './rules/file.js'
 import { selfAddresses } from './proxy/server.js'
 import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './policy/target.js'
@@ -204,7 +204,14 @@ async function check(values: Values, positional: string[]): Promise<number> {
   const source = values.source === undefined ? undefined : parseIp(values.source)
   if (values.source !== undefined && !source) return usageError('--source must be an IP address')
   const ctx = { mode: config.mode, self: selfAddresses({ address: config.listen.host, port: config.listen.port }), tls: config.tls }
-  const base = { policy: config.policy, policyName: DEFAULT_POLICY, policies: config.policies, ctx, lookup: createLookup(config.dns) }
+  const resolve = createResolve(config.dns)
+  let from: AnswerSource | undefined
+  const lookup = async (name: string): Promise<Ip[]> => {
+    const resolution = await resolve(name)
+    from = resolution.from
+    return resolution.addresses
+  }
+  const base = { policy: config.policy, policyName: DEFAULT_POLICY, policies: config.policies, ctx, lookup }
   const gate = gateFor(base, { source, user: values.user })
   const admission = await admit(gate, target.value)
   console.log(`target:   ${formatTarget(target.value)}`)
@@ -214,7 +221,7 @@ async function check(values: Values, positional: string[]): Promise<number> {
     return 2
   }
   const { decision, resolved } = admission
-  if (resolved) console.log(`resolved: ${resolved.map(formatIp).join(', ')}`)
+  if (resolved) console.log(`resolved: ${resolved.map(formatIp).join(', ')} (from ${from?.kind === 'hosts' ? from.path : 'DNS'})`)
   if (resolved || target.value.host.kind === 'ip') {
     const guard = decision.reason === 'address-prohibited' || decision.reason === 'self-connection' ? `refused (${decision.detail})` : 'every address passed'
     console.log(`guard:    ${decision.reason === 'deny-rule' || decision.reason === 'no-rule' ? 'not reached' : guard}`)

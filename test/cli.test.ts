@@ -1,9 +1,11 @@
 // The command line as a user runs it: dist/cli.js in its own process, real files, real sockets.
-import { readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { connect, type Socket } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { runCli, startCli, type RunningCli } from './helpers/cli.js'
+import { parseHosts } from '../lib/net/hosts.js'
+import { formatIp } from '../lib/policy/ip.js'
 import { startDns } from './helpers/dns.js'
 import { tempDir, writeJson } from './helpers/files.js'
 import { connectHead } from './helpers/http.js'
@@ -79,6 +81,20 @@ t.test('validate: every problem is listed with its place and why, exit 1', async
   t.match(missing.stderr, /cannot read/)
 })
 
+// reads the real /etc/hosts (never writes it); lib/net/hosts.ts is tested with temp files in resolve.test.ts
+const localhost = existsSync('/etc/hosts') ? parseHosts(readFileSync('/etc/hosts', 'utf8')).get('localhost') : undefined
+const NO_LOCALHOST = localhost?.[0] !== undefined && formatIp(localhost[0]) === '127.0.0.1' ? false : '/etc/hosts has no "127.0.0.1 localhost" line first'
+
+t.test('check: without dns.servers, names in /etc/hosts resolve from it and still meet the guard', { skip: NO_LOCALHOST }, async (t) => {
+  const allowed = await runCli(['check', 'localhost:8080', '--rules', rulesFile({ allow: ['localhost:8080', '127.0.0.1/32:8080'] })])
+  t.equal(allowed.code, 0, allowed.stdout)
+  t.match(allowed.stdout, /resolved: 127\.0\.0\.1.* \(from \/etc\/hosts\)/)
+  t.match(allowed.stdout, /guard: +every address passed/)
+  const guarded = await runCli(['check', 'localhost:8080', '--rules', rulesFile({ allow: ['localhost:8080'] })])
+  t.equal(guarded.code, 1, guarded.stdout)
+  t.match(guarded.stdout, /guard: +refused \(localhost resolves to 127\.0\.0\.1:8080, a loopback address/)
+})
+
 t.test('check: allow, deny with the fix, resolved addresses and the guard, errors', async (t) => {
   const dns = await startDns({ 'api.allowed.test': { A: ['127.0.0.1'] }, 'inside.allowed.test': { A: ['127.0.0.1'] } })
   t.teardown(() => dns.close())
@@ -88,7 +104,7 @@ t.test('check: allow, deny with the fix, resolved addresses and the guard, error
   })
   const allowed = await runCli(['check', 'https://api.allowed.test:8443/x', '--rules', file])
   t.equal(allowed.code, 0, allowed.stdout)
-  t.match(allowed.stdout, /resolved: 127\.0\.0\.1/)
+  t.match(allowed.stdout, /resolved: 127\.0\.0\.1 \(from DNS\)/)
   t.match(allowed.stdout, /guard: +every address passed/)
   t.match(allowed.stdout, /decision: allow/)
   t.match(allowed.stdout, /rule: +allow\[0\] api\.allowed\.test:8443/)

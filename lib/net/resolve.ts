@@ -1,10 +1,12 @@
-// DNS for allowed names: one query per family to the configured servers (or the system's),
-// as a fully qualified name, bounded in time, answers cached within their TTL.
+// DNS for allowed names: one query per family to the configured servers (or the system's, after
+// the hosts file), as a fully qualified name, bounded in time, answers cached within their TTL,
+// and one query at a time per name (concurrent lookups of a name share it).
 import { Resolver } from 'node:dns/promises'
 import { LRUCache } from 'lru-cache'
 import type { DnsConfig } from '../rules/config.js'
 import { parseIp, type Ip } from '../policy/ip.js'
 import { formatTarget } from '../policy/target.js'
+import { DEFAULT_HOSTS_FILE, hostsTable } from './hosts.js'
 
 export type DnsErrorType = 'dns_timeout' | 'dns_error'
 
@@ -42,12 +44,38 @@ function failure(name: string, codes: string[], timeoutMs: number): DnsFailure {
   return new DnsFailure('dns_error', code, `DNS: ${name} ${what}`)
 }
 
-export function createLookup(config: DnsConfig): Lookup {
+/** Where addresses came from: the hosts file (its path) or DNS (a query or the cache). */
+export type AnswerSource = { readonly kind: 'hosts'; readonly path: string } | { readonly kind: 'dns' }
+
+export interface Resolution {
+  readonly addresses: Ip[]
+  readonly from: AnswerSource
+}
+
+export interface LookupOptions {
+  /** read when `dns.servers` is empty, before DNS; default /etc/hosts */
+  readonly hostsFile?: string
+}
+
+/** Like Lookup, and says where the answer came from. */
+export type Resolve = (name: string) => Promise<Resolution>
+
+export function createLookup(config: DnsConfig, options: LookupOptions = {}): Lookup {
+  const resolve = createResolve(config, options)
+  return async (name) => (await resolve(name)).addresses
+}
+
+export function createResolve(config: DnsConfig, options: LookupOptions = {}): Resolve {
   const resolver = new Resolver({ timeout: config.timeoutMs, tries: 1 })
   if (config.servers.length > 0) {
     resolver.setServers(config.servers.map(({ ip, port }) => formatTarget({ host: { kind: 'ip', ip }, port })))
   }
   const cache = new LRUCache<string, Ip[]>({ max: config.cacheSize })
+  const inFlight = new Map<string, Promise<Ip[]>>()
+  const hostsFile = options.hostsFile ?? DEFAULT_HOSTS_FILE
+  const hosts = config.servers.length === 0 ? hostsTable(hostsFile) : undefined
+  const fromHosts: AnswerSource = { kind: 'hosts', path: hostsFile }
+  const fromDns: AnswerSource = { kind: 'dns' }
 
   async function query(name: string): Promise<{ addresses: Ip[]; ttl: number }> {
     const fqdn = `${name}.`
@@ -67,11 +95,22 @@ export function createLookup(config: DnsConfig): Lookup {
     return { addresses, ttl: Math.min(...answers.map((a) => a.ttl)) }
   }
 
-  return async (name) => {
-    const cached = cache.get(name)
-    if (cached) return cached
+  async function queryAndCache(name: string): Promise<Ip[]> {
     const { addresses, ttl } = await query(name)
     if (ttl > 0) cache.set(name, addresses, { ttl: ttl * 1000 })
     return addresses
+  }
+
+  return async (name) => {
+    const listed = (await hosts?.())?.get(name)
+    if (listed) return { addresses: [...listed], from: fromHosts }
+    const cached = cache.get(name)
+    if (cached) return { addresses: cached, from: fromDns }
+    let pending = inFlight.get(name)
+    if (!pending) {
+      pending = queryAndCache(name).finally(() => inFlight.delete(name))
+      inFlight.set(name, pending)
+    }
+    return { addresses: await pending, from: fromDns }
   }
 }

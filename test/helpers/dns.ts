@@ -24,6 +24,10 @@ export interface TestDns {
   /** questions asked per name (lower case, no trailing dot), A and AAAA together */
   queries(name: string): number
   totalQueries(): number
+  /** resolves once this name has had `count` questions (A and AAAA together) */
+  asked(name: string, count: number): Promise<void>
+  /** answers for this name wait until `release` (questions are still counted as they arrive) */
+  hold(name: string): { release(): void }
   close(): Promise<void>
 }
 
@@ -33,6 +37,8 @@ export async function startDns(zone: Zone, at: { host: string; port: number } = 
   const counts = new Map<string, number>()
   const aCounts = new Map<string, number>()
   let total = 0
+  const held = new Map<string, Array<() => void>>()
+  const waiters = new Set<() => void>()
   socket.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
     const query = packet.decode(msg)
     const question = query.questions?.[0]
@@ -41,6 +47,7 @@ export async function startDns(zone: Zone, at: { host: string; port: number } = 
     total++
     counts.set(name, (counts.get(name) ?? 0) + 1)
     if (question.type === 'A') aCounts.set(name, (aCounts.get(name) ?? 0) + 1)
+    for (const wake of [...waiters]) wake()
     const entry = zone[name]
     const answer: DnsAnswer = typeof entry === 'function' ? entry(aCounts.get(name) ?? 0) : (entry ?? { rcode: 'NXDOMAIN' })
     if (answer.silent) return
@@ -52,7 +59,10 @@ export async function startDns(zone: Zone, at: { host: string; port: number } = 
       questions: [question],
       answers: records.map((data) => ({ type: question.type as 'A' | 'AAAA', name: question.name, ttl: answer.ttl ?? 0, class: 'IN' as const, data })),
     })
-    socket.send(response, rinfo.port, rinfo.address)
+    const send = (): void => socket.send(response, rinfo.port, rinfo.address)
+    const queue = held.get(name)
+    if (queue) queue.push(send)
+    else send()
   })
   await new Promise<void>((resolve) => socket.bind(at.port, at.host, resolve))
   const port = socket.address().port
@@ -61,6 +71,26 @@ export async function startDns(zone: Zone, at: { host: string; port: number } = 
     server: `${at.host}:${port}`,
     queries: (name) => counts.get(name) ?? 0,
     totalQueries: () => total,
+    asked: (name, count) =>
+      new Promise<void>((resolve) => {
+        const wake = (): void => {
+          if ((counts.get(name) ?? 0) < count) return
+          waiters.delete(wake)
+          resolve()
+        }
+        waiters.add(wake)
+        wake()
+      }),
+    hold: (name) => {
+      held.set(name, [])
+      return {
+        release: () => {
+          const queue = held.get(name) ?? []
+          held.delete(name)
+          for (const send of queue) send()
+        },
+      }
+    },
     close: () => new Promise((resolve) => socket.close(() => resolve())),
   }
 }
