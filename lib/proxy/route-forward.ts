@@ -9,7 +9,7 @@ import { hasBody } from './checks.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import { DialFailure, upstreamFailure } from '../net/dial.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js'
-import { formatIp, type Ip } from '../policy/ip.js'
+import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { replyOnResponse } from './respond.js'
 import { logClosed, type OpenConnection, type Runtime } from './runtime.js'
@@ -22,7 +22,7 @@ export async function forwardRoute(rt: Runtime, agent: Agent, who: ClientIdentit
   if (expectsContinue) res.writeContinue()
   const { id, target, resolved, ip, path } = allowed
   const origin = `http://${formatHost({ kind: 'ip', ip })}:${target.port}`
-  const up = { id, kind: 'forward' as const, who, target, resolved, origin, authority: hostHeader(target), chosen: formatIp(ip), path }
+  const up = { id, kind: 'forward' as const, who, target, resolved, origin, authority: hostHeader(target), chosen: ip, path }
   // with "upstream": absolute-form to the parent proxy, unless upstreamBypass sends it direct
   const parent = parentFor(rt.upstream?.(), target)
   await relayRequest(rt, parent ? parent.dispatcher : agent, parent ? throughParent(up, parent) : up, req, res)
@@ -38,8 +38,8 @@ export interface UpstreamRequest {
   readonly origin: string
   /** the Host header: the checked authority */
   readonly authority: string
-  /** the checked address, for logs */
-  readonly chosen: string
+  /** the checked address: logs and failure texts */
+  readonly chosen: Ip
   readonly path: string
   /** the parent proxy (`host:port`) the dispatcher sends it to, when "upstream" is set */
   readonly via?: string
@@ -82,14 +82,14 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
       if (error === stopped) return { code: error.message, failure: reply(403, 'http_request_denied', error.message) }
       if (error instanceof DialFailure) return { code: error.reply.type, failure: error.reply }
       const code = (error as NodeJS.ErrnoException).code ?? error.name
-      return { code, failure: up.via !== undefined ? parentFailure(code, up.via) : upstreamFailure(code, `${up.chosen}:${up.target.port}`) }
+      return { code, failure: up.via !== undefined ? parentFailure(code, up.via) : upstreamFailure(code, formatIpPort(up.chosen, up.target.port)) }
     }
     const fail = (error: Error): void => {
       if (settled) return
       settle()
       const { code, failure } = outcome(error)
       const answered = !res.headersSent && !res.destroyed
-      logClosed(rt, { id: up.id, kind: up.kind, method, chosen: up.chosen, via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - started })
+      logClosed(rt, { id: up.id, kind: up.kind, method, chosen: formatIp(up.chosen), via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - started })
       if (answered) replyOnResponse(res, failure, true)
       else res.destroy()
       resolve()
@@ -113,7 +113,7 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
       onResponseEnd() {
         settle()
         res.end()
-        logClosed(rt, { id: up.id, kind: up.kind, method, chosen: up.chosen, via: up.via, status, durationMs: Date.now() - started })
+        logClosed(rt, { id: up.id, kind: up.kind, method, chosen: formatIp(up.chosen), via: up.via, status, durationMs: Date.now() - started })
         resolve()
       },
       onResponseError: (_c, error) => fail(error),
