@@ -515,7 +515,7 @@ t.test('every CONNECT denial: 403, Proxy-Status, the rules.json line, close, no 
       what: 'IPv6 loopback literal',
       target: `[::1]:${forbidden6.port}`,
       error: 'destination_ip_prohibited',
-      details: new RegExp(`^::1:${forbidden6.port}, a loopback \\(::1\\) address`),
+      details: new RegExp(`^\\[::1\\]:${forbidden6.port}, a loopback \\(::1\\) address`),
       body: new RegExp(`\\n {2}"\\[::1\\]:${forbidden6.port}"\\n$`),
       reason: 'address-prohibited',
       queries: 0,
@@ -813,6 +813,20 @@ t.test('a refused upstream connection is a 502 connection_refused', async (t) =>
   t.match(failed, { status: 502, error: 'connection_refused' })
   t.equal(proxy.proxy.open.size, 0)
   await assertServed(t, proxy, `127.0.0.1:${served.port}`, 'after a refused dial')
+})
+
+t.test('a refused IPv6 upstream is named in brackets, for a name and for a literal', { skip: NETNS_SKIP }, async (t) => {
+  const port = await closedPort() // bound on 127.0.0.1: nothing listens there on 2600:1f00::10 either
+  const dns = await startDns({ 'v6.public.test': { AAAA: ['2600:1f00::10'] } })
+  const proxy = await startProxy({ allow: [`v6.public.test:${port}`, `[2600:1f00::10]:${port}`], dns: { servers: [dns.server], timeoutMs: 2000 } })
+  t.teardown(async () => {
+    await proxy.close()
+    await dns.close()
+  })
+  for (const target of [`v6.public.test:${port}`, `[2600:1f00::10]:${port}`]) {
+    const res = await rawExchange(proxy.port, connectHead(target))
+    assertRefused(t, res, { status: 502, error: 'connection_refused', details: new RegExp(`^\\[2600:1f00::10\\]:${port} refused the connection$`) }, target)
+  }
 })
 
 const PYTHON = spawnSync('python3', ['-c', 'pass']).status === 0

@@ -608,6 +608,70 @@ t.test('an upstream that refuses the connection is 502 connection_refused; a nam
   t.ok(f.dns.queries('nx.allowed.test') > 0)
 })
 
+// ---- several checked addresses ---------------------------------------------------------------
+
+/** A proxy allowing `NAME:PORT` for each name, resolving through a test DNS server with `zone`. */
+async function multiAddressProxy(t: Teardown, zone: Record<string, { A: string[] }>, port: number): Promise<TestProxy> {
+  const dns = await startDns(zone)
+  const proxy = await startProxy({ allow: Object.keys(zone).map((name) => `${name}:${port}`), dns: { servers: [dns.server], timeoutMs: 2000 } })
+  t.teardown(async () => {
+    await proxy.close()
+    await dns.close()
+  })
+  return proxy
+}
+
+t.test('each checked address is tried in order while connecting fails, as CONNECT does: chosen is the one that answered', { skip: NETNS_SKIP }, async (t) => {
+  const up = await startHttpUpstream('11.22.33.45') // nothing listens on 11.22.33.44 at this port
+  t.teardown(() => up.close())
+  const proxy = await multiAddressProxy(t, { 'two.public.test': { A: ['11.22.33.44', '11.22.33.45'] } }, up.port)
+  const agent = plainAgent(t, proxy)
+  const target = `two.public.test:${up.port}`
+  for (const [method, body] of [['GET', undefined], ['POST', 'the body, sent once']] as const) {
+    const res = await request(`http://${target}/second`, { method, body, dispatcher: agent })
+    t.equal(res.statusCode, 200, `${method}: served by the second address`)
+    t.equal(await res.body.text(), `hello ${method} /second`)
+    const decision = await proxy.waitForLog((l) => l.message === 'decision' && l.method === method && l.target === target)
+    t.same(decision.resolved, ['11.22.33.44', '11.22.33.45'])
+    t.match(await proxy.waitForLog((l) => l.message === 'closed' && l.id === decision.id), { chosen: '11.22.33.45', status: 200, error: undefined }, `${method}: chosen names the address that answered`)
+  }
+  t.same(
+    up.requests.map((r) => [r.method, r.headers.host, r.body]),
+    [
+      ['GET', target, ''],
+      ['POST', target, 'the body, sent once'],
+    ],
+    'each request reached the origin once, Host the checked authority, the body whole',
+  )
+})
+
+t.test('every checked address refusing is 502 connection_refused naming them all', { skip: NETNS_SKIP }, async (t) => {
+  const port = await closedPort() // bound on 127.0.0.1 only: nothing listens on the stand-in addresses either
+  const proxy = await multiAddressProxy(t, { 'dead.public.test': { A: ['11.22.33.44', '11.22.33.46'] } }, port)
+  const res = await request(`http://dead.public.test:${port}/`, { dispatcher: plainAgent(t, proxy) })
+  t.equal(res.statusCode, 502)
+  t.equal(res.headers['proxy-status'], `proxy-gate; error=connection_refused; details="11.22.33.44:${port}, 11.22.33.46:${port} refused the connection"`)
+  t.match(await res.body.text(), /refused/)
+  const decision = await decisionFor(proxy, 'GET', `dead.public.test:${port}`)
+  t.match(await proxy.waitForLog((l) => l.message === 'closed' && l.id === decision.id), { error: 'ECONNREFUSED', status: 502, chosen: '11.22.33.46' })
+})
+
+t.test('no next address once the request went out: a first address that takes it and hangs up is 502, the second never dialled', { skip: NETNS_SKIP }, async (t) => {
+  const first = await startCanary('11.22.33.44', 0, (s) => s.once('data', () => s.destroy()))
+  const second = await startCanary('11.22.33.45', first.port)
+  t.teardown(async () => {
+    await first.close()
+    await second.close()
+  })
+  const proxy = await multiAddressProxy(t, { 'flaky.public.test': { A: ['11.22.33.44', '11.22.33.45'] } }, first.port)
+  const res = await request(`http://flaky.public.test:${first.port}/once`, { method: 'POST', body: 'may have been acted on', dispatcher: plainAgent(t, proxy) })
+  t.equal(res.statusCode, 502)
+  t.match(res.headers['proxy-status'], new RegExp(`^proxy-gate; error=connection_terminated; details="11\\.22\\.33\\.44:${first.port} closed the connection"`))
+  await res.body.text()
+  t.match(first.received(), /^POST \/once HTTP\/1\.1\r\n/, 'the first address got the request')
+  t.equal(second.connections(), 0, 'the request was not sent again elsewhere')
+})
+
 t.test('case 104: a 17 KB header is 431, nothing forwarded, proxy keeps serving', async (t) => {
   const f = await fixture(t)
   const r = await rawExchange(f.proxy.port, head([`GET http://${f.api}/ HTTP/1.1`, `Host: ${f.api}`, `X-Big: ${'a'.repeat(17 * 1024)}`]))

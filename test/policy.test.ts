@@ -402,6 +402,8 @@ t.test("the proxy's own address is refused even when an IP rule covers it (case 
   const d = decide(p, '127.0.0.1:3128', [], ctx)
   t.match(d.detail, /127\.0\.0\.1:3128 is proxy-gate's own listener/)
   t.equal(denyErrorType(d.reason), 'destination_ip_prohibited')
+  t.match(decide(policy(['*.test:443']), 'v6.test:443', ['fd00::10']).detail, /^v6\.test resolves to \[fd00::10\]:443, a unique local address/, 'IPv6 in brackets in a guard detail')
+  t.equal(decide(policy(['[::1]:3128']), '[::1]:3128', [], { ...ctx, self: [{ ip: ip('::1'), port: 3128 }] }).detail, "[::1]:3128 is proxy-gate's own listener", 'and in a self-connection detail')
   t.equal(outcome(decide(p, '127.0.0.1:3128', [], { mode: 'report', self: ctx.self, tls: DEFAULT_TLS })), 'deny/self-connection', 'report mode keeps it')
 })
 

@@ -1,7 +1,7 @@
 // Opens the upstream TCP connection to an address the gate checked: IP literals only, so the
 // name is never resolved again (no rebinding window), each try bounded by the connect timeout.
 import { connect, type Socket } from 'node:net'
-import { formatIp, type Ip } from '../policy/ip.js'
+import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 
 export class DialFailure extends Error {
@@ -60,6 +60,6 @@ export async function dial(addresses: readonly Ip[], port: number, timeoutMs: nu
       last = (error as NodeJS.ErrnoException).code ?? 'EUNKNOWN'
     }
   }
-  const where = addresses.map((ip) => `${formatIp(ip)}:${port}`).join(', ')
+  const where = addresses.map((ip) => formatIpPort(ip, port)).join(', ')
   throw new DialFailure(upstreamFailure(last, where))
 }

@@ -1,7 +1,7 @@
 // The egress decision: a value (verdict, reason, matched rule, suggested fix) made from the
 // compiled rules for a target, its resolved addresses, its TLS ClientHello and its requests.
 // Every wire path consumes it. Pure: no files, no DNS, no sockets.
-import { PRIVATE_KINDS, classifyIp, formatIp, type Ip } from './ip.js'
+import { PRIVATE_KINDS, classifyIp, formatIp, formatIpPort, type Ip } from './ip.js'
 import { allowCandidates, allowRuleOnAnyPort, coversEveryPort, hasRequestLimits, matchIp, matchName, matchNameOnAnyPort, ruleLabel, specialRuleCovers, type Mode, type Policy, type PortRange, type Rule } from './rules.js'
 import { formatTarget, hostText, normaliseName, normalisePath, type Result, type Target } from './target.js'
 
@@ -87,8 +87,7 @@ function quote(text: string): string {
 }
 
 function ipEntry(ip: Ip, port: number): string {
-  const text = formatIp(ip)
-  return quote(`${ip.family === 6 ? `[${text}]` : text}:${port}`)
+  return quote(formatIpPort(ip, port))
 }
 
 /** In report mode a rule denial becomes an allow that remembers it would have been denied. */
@@ -112,13 +111,13 @@ function isSelf(ctx: DecisionContext, ip: Ip, port: number, loopback: boolean): 
 function guardAddress(policy: Policy, ctx: DecisionContext, ip: Ip, port: number, nameRule: Rule | undefined, name: string | undefined): Decision | undefined {
   const special = classifyIp(ip) // once per address: every allowed request passes here
   if (isSelf(ctx, ip, port, special?.kind === 'loopback')) {
-    return decision({ verdict: 'deny', reason: 'self-connection', address: ip, detail: `${formatIp(ip)}:${port} is proxy-gate's own listener` })
+    return decision({ verdict: 'deny', reason: 'self-connection', address: ip, detail: `${formatIpPort(ip, port)} is proxy-gate's own listener` })
   }
   if (!special) return undefined
   if (specialRuleCovers(policy, ip, port)) return undefined
   if (nameRule?.private && PRIVATE_KINDS.has(special.kind)) return undefined
   const via = name === undefined ? '' : `${name} resolves to `
-  const where = `${formatIp(ip)}:${port}`
+  const where = formatIpPort(ip, port)
   const suggestion =
     name !== undefined && PRIVATE_KINDS.has(special.kind)
       ? JSON.stringify({ host: name, ports: [port], private: true })

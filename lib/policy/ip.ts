@@ -80,6 +80,12 @@ export function parseIp(text: string): Ip | undefined {
   return { family: 6, value }
 }
 
+/** `ADDRESS:PORT`, IPv6 in brackets (`[2001:db8::1]:443`): how an address and port appear in messages. */
+export function formatIpPort(ip: Ip, port: number): string {
+  const text = formatIp(ip)
+  return ip.family === 6 ? `[${text}]:${port}` : `${text}:${port}`
+}
+
 export function formatIp(ip: Ip): string {
   if (ip.family === 4) {
     const v = Number(ip.value) // every request logs its address: plain numbers, not BigInt shifts

@@ -18,8 +18,10 @@ export interface Forwardable {
   /** the origin-form path and query */
   readonly path: string
   readonly resolved: readonly Ip[] | undefined
-  /** the checked address to dial */
+  /** the checked address to dial first */
   readonly ip: Ip
+  /** every checked address, in the order to try them (`ip` is the first) */
+  readonly dial: readonly Ip[]
 }
 
 /**
@@ -68,5 +70,5 @@ export async function decideHttp(rt: Runtime, who: ClientIdentity, req: Incoming
   }
   const ip = decision.dial[0]
   if (ip === undefined) throw new Error('allowed decision without an address')
-  return { id, target, path, resolved, ip }
+  return { id, target, path, resolved, ip, dial: decision.dial }
 }

@@ -12,7 +12,7 @@ import { Client } from 'undici'
 import { hasBody } from './checks.js'
 import { upgradeRequestHeaders } from './headers.js'
 import type { ClientIdentity } from '../policy/clients.js'
-import { formatIp, type Ip } from '../policy/ip.js'
+import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import type { LeafMinter } from '../certs/leaf.js'
 import { checkInnerHost, decideRequest, type Decision } from '../policy/decide.js'
 import { denial, destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
@@ -99,7 +99,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
     if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, `${formatTarget(tunnel.target)}${(req.url ?? '').split('?')[0]}`, decision), hasBody(req))
     const origin = `${tunnel.tls ? 'https' : 'http'}://${formatHost(tunnel.target.host)}:${tunnel.target.port}`
     const authority = req.headers.host ?? formatTarget(tunnel.target)
-    const up = { id: tunnel.id, kind: 'forward' as const, who: tunnel.who, target: tunnel.target, resolved: tunnel.resolved, origin, authority, chosen: formatIp(tunnel.ip), path: req.url ?? '/' }
+    const up = { id: tunnel.id, kind: 'forward' as const, who: tunnel.who, target: tunnel.target, resolved: tunnel.resolved, origin, authority, chosen: tunnel.ip, path: req.url ?? '/' }
     relayRequest(rt, tunnel.client, up, req, res).catch(() => res.destroy())
   })
 
@@ -115,7 +115,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
     const agent = tunnel.tls ? new HttpsAgent({ secureContext: originTls, lookup: pinnedLookup(tunnel.ip), servername: host }) : undefined
     const target = { protocol: tunnel.tls ? 'https:' : 'http:', host, hostname: host, port: String(tunnel.target.port) }
     wsProxy.ws(req, socket, head, { target, ...(agent ? { agent, secure: true } : {}), changeOrigin: false }, (error: NodeJS.ErrnoException) => {
-      replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', `${formatIp(tunnel.ip)}:${tunnel.target.port}`))
+      replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', formatIpPort(tunnel.ip, tunnel.target.port)))
     })
   })
 

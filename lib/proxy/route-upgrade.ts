@@ -8,7 +8,7 @@ import { decideHttp, type RequestForm } from './absolute-form.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import { upstreamFailure } from '../net/dial.js'
 import { clientResponseHeaders, upgradeRequestHeaders } from './headers.js'
-import { formatIp } from '../policy/ip.js'
+import { formatIp, formatIpPort } from '../policy/ip.js'
 import { replyOnSocket } from './respond.js'
 import { logClosed, type OpenConnection, type Runtime } from './runtime.js'
 import { hostHeader } from '../policy/target.js'
@@ -32,7 +32,7 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIde
     logClosed(rt, { id, kind: 'upgrade', chosen: ipText, bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
   })
   proxy.ws(req, socket, head, { target: { protocol: 'http:', host: ipText, hostname: ipText, port: String(target.port) } }, (error: NodeJS.ErrnoException) => {
-    replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', `${ipText}:${target.port}`))
+    replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', formatIpPort(ip, target.port)))
   })
 }
 

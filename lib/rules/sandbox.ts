@@ -1,6 +1,6 @@
 // The "sandbox" section of rules.json: proxy-gate as the only way out of a container network,
 // with its own DNS server and transparent listeners on its address there. Validated once at load.
-import { formatIp, parseIp, type Ip } from '../policy/ip.js'
+import { formatIpPort, parseIp, type Ip } from '../policy/ip.js'
 import { entryText, type RuleError } from '../policy/rules.js'
 
 export interface SandboxSettings {
@@ -77,6 +77,5 @@ export function parseSandbox(errors: RuleError[], value: unknown): SandboxSettin
 
 /** `ADDRESS:PORT` of one sandbox listener, IPv6 in brackets. */
 export function sandboxListener(sandbox: SandboxSettings, port: number): string {
-  const text = formatIp(sandbox.address)
-  return `${sandbox.address.family === 6 ? `[${text}]` : text}:${port}`
+  return formatIpPort(sandbox.address, port)
 }
