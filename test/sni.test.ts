@@ -12,7 +12,7 @@ import { ProxyAgent, request } from 'undici'
 import { parseClientHello } from '../lib/policy/tls-hello.js'
 import { startDns } from './helpers/dns.js'
 import { connectHead } from './helpers/http.js'
-import { NETNS_SKIP, startCanary, startHttpsUpstream } from './helpers/net.js'
+import { NETNS_SKIP, startBannerUpstream, startCanary, startHttpsUpstream } from './helpers/net.js'
 import { startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
 
 const run = promisify(execFile)
@@ -214,6 +214,70 @@ t.test('real clients: undici ProxyAgent and curl send the right SNI; openssl -se
   t.not((fronting as { code?: number }).code, 0, 'openssl s_client fails')
   t.equal(upstream.connections(), before, 'the upstream never saw the fronted connection')
   t.match(await lastDecision(proxy, (l) => l.reason === 'sni-mismatch'), { sni: 'evil.test' })
+})
+
+t.test('ports not listed as TLS: a ClientHello is held until its SNI matches; server-first protocols still work', async (t) => {
+  const upstream = await startHttpsUpstream('127.0.0.1', ['api.allowed.test', 'evil.test'])
+  const sink = await startCanary('127.0.0.1')
+  const ssh = await startBannerUpstream('127.0.0.1', 'SSH-2.0-OpenSSH_9.6\r\n')
+  const dns = await startDns({ 'api.allowed.test': { A: ['127.0.0.1'] } })
+  // tls.ports stays the default (443): none of these ports is a TLS port
+  const proxy = await startProxy({ allow: [`api.allowed.test:${upstream.port}`, `api.allowed.test:${sink.port}`, `api.allowed.test:${ssh.port}`, `127.0.0.1:${upstream.port}`, `127.0.0.1:${sink.port}`, `127.0.0.1:${ssh.port}`], dns: { servers: [dns.server] }, tls: { helloTimeoutMs: 300 } })
+  t.teardown(async () => {
+    await proxy.close()
+    await Promise.all([upstream.close(), sink.close(), ssh.close(), dns.close()])
+  })
+
+  const fronted = await connectTunnel(proxy, `api.allowed.test:${sink.port}`)
+  t.equal(fronted.status, 'HTTP/1.1 200 Connection established', 'dialled first, as before')
+  t.equal(await handshake(fronted.socket, 'evil.test', upstream.tls.cert), 'closed', 'a different SNI closes the tunnel')
+  t.match(await lastDecision(proxy, (l) => l.reason === 'sni-mismatch'), { decision: 'deny', target: `api.allowed.test:${sink.port}`, sni: 'evil.test', detail: /evil\.test is not the CONNECT host api\.allowed\.test \(domain fronting\)/ })
+  const bare = await connectTunnel(proxy, `api.allowed.test:${sink.port}`)
+  t.equal(await handshake(bare.socket, undefined, upstream.tls.cert), 'closed', 'no SNI closes it too (tls.requireSni)')
+  t.match(await lastDecision(proxy, (l) => l.reason === 'sni-missing'), { decision: 'deny' })
+  t.equal(sink.received(), '', 'no refused ClientHello reached the upstream')
+
+  // the ClientHello sent along with the CONNECT line, before the 200
+  const hello = await captureHello('evil.test')
+  const early = netConnect({ host: '127.0.0.1', port: proxy.port })
+  early.on('error', () => early.destroy())
+  early.write(Buffer.concat([Buffer.from(connectHead(`api.allowed.test:${sink.port}`)), hello]))
+  await closed(early)
+  t.equal(sink.received(), '', 'nor one that came with the CONNECT')
+
+  const good = await connectTunnel(proxy, `api.allowed.test:${upstream.port}`)
+  t.equal(await handshake(good.socket, 'api.allowed.test', upstream.tls.cert), 'ok', 'the CONNECT host as SNI gets through')
+  const viaCurl = await run('bash', ['-c', `curl -s --max-time 10 --cacert <(printf '%s' "$CA") -x ${proxy.url} https://api.allowed.test:${upstream.port}/curl`], { env: { ...process.env, CA: upstream.tls.cert } })
+  t.equal(viaCurl.stdout, 'hello GET /curl', 'curl to https on a port not listed as TLS')
+
+  if (existsSync('/usr/bin/openssl')) {
+    const fronting = await run('openssl', ['s_client', '-proxy', `127.0.0.1:${proxy.port}`, '-connect', `api.allowed.test:${upstream.port}`, '-servername', 'evil.test', '-brief'], { timeout: 10_000 }).catch((e: unknown) => e as { code: number })
+    t.not((fronting as { code?: number }).code, 0, 'openssl s_client -servername evil.test fails')
+    t.match(await lastDecision(proxy, (l) => l.reason === 'sni-mismatch' && l.target === `api.allowed.test:${upstream.port}`), { sni: 'evil.test' })
+  } else t.comment('openssl not installed: fronting via s_client not checked')
+
+  // server-first: the banner reaches the client before it sends a byte, and plain bytes pass as before
+  const session = netConnect({ host: '127.0.0.1', port: proxy.port })
+  let seen = ''
+  let arrived = (): void => undefined
+  session.on('data', (d: Buffer) => {
+    seen += d.toString('latin1')
+    arrived()
+  })
+  const waitFor = (text: string) =>
+    new Promise<void>((resolve) => {
+      arrived = () => {
+        if (seen.includes(text)) resolve()
+      }
+      arrived()
+    })
+  session.write(connectHead(`api.allowed.test:${ssh.port}`))
+  await waitFor('SSH-2.0-OpenSSH_9.6\r\n')
+  t.match(seen, /^HTTP\/1\.1 200 Connection established\r\n\r\nSSH-2\.0-OpenSSH_9\.6\r\n$/, 'the banner came before the client sent anything')
+  session.write('SSH-2.0-client\r\n')
+  await waitFor('got: SSH-2.0-client\r\n')
+  t.pass('the client\'s (non-TLS) first bytes reached the origin')
+  session.destroy()
 })
 
 t.test('IP-literal CONNECTs on TLS ports are decided by the SNI name and its checked addresses', { skip: NETNS_SKIP }, async (t) => {

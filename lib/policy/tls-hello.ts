@@ -99,6 +99,14 @@ function parseBody(body: Buffer): HelloResult {
 }
 
 /**
+ * Whether a client's first bytes may open a TLS ClientHello (a handshake record, version 3.x): the
+ * cheap test for tunnels on ports not listed as TLS, which look at their first chunk only.
+ */
+export function startsLikeTls(first: Buffer): boolean {
+  return first.length > 0 && first[0] === HANDSHAKE && (first.length === 1 || first[1] === 0x03)
+}
+
+/**
  * Looks at the first bytes a client sent into a tunnel. `maxBytes` bounds how much the caller
  * will buffer: a ClientHello that is not complete within it is malformed.
  */

@@ -149,6 +149,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
         logClosed(rt, { id, kind: 'tunnel', intercepted: true, chosen: formatIp(ip), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
       })
       server.emit('connection', inner)
+      if (!tls) socket.resume() // read up to the first bytes with the socket paused behind them; the HTTP parser now listens
     },
     close() {
       server.close()

@@ -20,6 +20,19 @@ export interface Relay {
   close(reason: string): void
 }
 
+/** A tunnel whose client bytes are held (see Screen): pass them on, or close it. */
+export interface Held extends Relay {
+  /** sends `bytes` (what was held) upstream and relays the client's bytes again */
+  pass(bytes: Buffer): void
+}
+
+/**
+ * Sees the client's first chunk, and only that one. Returning true holds it: nothing more from the
+ * client is relayed (the upstream's bytes still are) until `held.pass` or `held.close`; meanwhile
+ * the caller may read the client socket itself.
+ */
+export type Screen = (first: Buffer, held: Held) => boolean
+
 /** Set on both sockets: the listeners below are shared by all tunnels and find theirs through it. */
 const TUNNEL = Symbol('tunnel')
 
@@ -27,11 +40,12 @@ interface Wired extends Socket {
   readonly [TUNNEL]: Tunnel
 }
 
-class Tunnel implements Relay {
+class Tunnel implements Held {
   readonly started = Date.now()
   lastActive = this.started
   error: string | undefined
   closed = 0
+  screen: Screen | undefined
 
   constructor(
     readonly client: Socket,
@@ -48,6 +62,14 @@ class Tunnel implements Relay {
     this.error ??= reason
     this.client.destroy()
     this.upstream.destroy()
+  }
+
+  pass(bytes: Buffer): void {
+    if (this.client.destroyed || this.upstream.destroyed) return
+    this.lastActive = Date.now()
+    const more = this.upstream.writableEnded || bytes.length === 0 || this.upstream.write(bytes)
+    this.client.on('data', onData)
+    if (more) this.client.resume() // else the upstream's 'drain' resumes it
   }
 
   failed(socket: Socket, e: NodeJS.ErrnoException): void {
@@ -69,8 +91,9 @@ class Tunnel implements Relay {
   }
 }
 
-export function relay(client: Socket, upstream: Socket, limits: RelayLimits, done: (stats: RelayStats) => void): Relay {
+export function relay(client: Socket, upstream: Socket, limits: RelayLimits, done: (stats: RelayStats) => void, screen?: Screen): Relay {
   const tunnel = new Tunnel(client, upstream, limits, done)
+  tunnel.screen = screen
   wire(Object.assign(client, { [TUNNEL]: tunnel }))
   wire(Object.assign(upstream, { [TUNNEL]: tunnel }))
   watch(tunnel)
@@ -93,6 +116,15 @@ function wire(from: Wired): void {
 function onData(this: Wired, chunk: Buffer): void {
   const tunnel = this[TUNNEL]
   tunnel.lastActive = Date.now()
+  if (tunnel.screen !== undefined && this === tunnel.client) {
+    const screen = tunnel.screen
+    tunnel.screen = undefined
+    if (screen(chunk, tunnel)) {
+      this.off('data', onData)
+      this.pause()
+      return
+    }
+  }
   if (!tunnel.peer(this).write(chunk)) this.pause()
 }
 

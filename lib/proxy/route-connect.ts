@@ -1,7 +1,9 @@
 // CONNECT tunnels.
 //   other ports: client --CONNECT host:port--> check head -> parse -> admit -> dial checked IP -> 200 -> relay
+//                (the client's first chunk opens a ClientHello? held until its SNI is checked as on TLS ports)
 //   TLS ports:   client --CONNECT host:port--> check head -> parse -> admit -> 200 -> ClientHello (SNI) -> admit again -> dial -> relay
-//   rules with methods/paths: ... -> 200 [-> ClientHello] -> interceptor (intercept.ts)
+//   rules with methods/paths: ... -> 200 [-> ClientHello] -> interceptor (intercept.ts); on other ports
+//                the first byte tells TLS from plain HTTP
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
@@ -11,13 +13,13 @@ import { formatIp, type Ip } from '../policy/ip.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import type { Interceptor } from './intercept.js'
 import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from '../policy/decide.js'
-import { relay } from './relay.js'
+import { relay, type Held, type Screen } from './relay.js'
 import { denial, destroySocket, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from '../policy/target.js'
 import { parentFor } from '../net/upstream.js'
-import { parseClientHello } from '../policy/tls-hello.js'
+import { parseClientHello, startsLikeTls } from '../policy/tls-hello.js'
 
 const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
 /** far above any real ClientHello (post-quantum key shares included) */
@@ -49,9 +51,43 @@ export async function connectRoute(rt: Runtime, interceptor: Interceptor | undef
   const opened = interceptor && needsInterception(gate.policy, target) ? interceptor : undefined
   if (!isTlsPort(gate.ctx, target.port)) {
     log({ decision, resolved })
-    if (!opened) return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true, who)
+    // TLS on a port not listed as TLS gets the same SNI check, on the client's first bytes
+    const checkSni = async (bytes: Buffer): Promise<Hello | undefined> => {
+      const hello = await readHello(socket, bytes, gate.ctx.tls.helloTimeoutMs)
+      if (hello === undefined) return undefined
+      const sni = hello.view.kind === 'hello' ? hello.view.sni : undefined
+      const second = await admitHello(gate, target, decision, hello.view)
+      if (second.kind === 'failed') {
+        log({ reply: second.reply, ...(sni ? { sni } : {}) })
+        return undefined
+      }
+      // logged again only when the ClientHello changed the decision (a denial, or report mode's wouldDeny)
+      if (second.decision !== decision) log({ decision: second.decision, resolved, ...(sni ? { sni } : {}) })
+      return second.decision.verdict === 'deny' ? undefined : hello
+    }
+    if (!opened) {
+      if (head.length > 0 && startsLikeTls(head)) {
+        // a ClientHello sent along with the CONNECT: checked before dialling
+        const hello = await checkSni(head)
+        if (hello === undefined) return void socket.destroy()
+        return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, hello.bytes, true, who)
+      }
+      // the upstream is dialled first and relayed at once (server-first protocols: SSH, SMTP); only the client's first chunk is looked at
+      const screen: Screen | undefined = head.length > 0 ? undefined : (first, held) => {
+        if (!startsLikeTls(first)) return false
+        holdForSni(socket, first, held, checkSni)
+        return true
+      }
+      return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true, who, screen)
+    }
     socket.write(ESTABLISHED)
-    return openTunnelFor(opened, id, socket, head, target, decision, resolved, false, who)
+    // an opened tunnel carries HTTP, whose client speaks first: its first byte tells TLS from plain HTTP
+    const first = await firstChunk(socket, head, rt.limits().tunnelIdleTimeoutMs)
+    if (first === undefined) return void socket.destroy()
+    if (!startsLikeTls(first)) return openTunnelFor(opened, id, socket, first, target, decision, resolved, false, who)
+    const hello = await checkSni(first)
+    if (hello === undefined) return void socket.destroy()
+    return openTunnelFor(opened, id, socket, hello.bytes, target, decision, resolved, true, who)
   }
 
   // TLS port: answer first, then decide on the ClientHello the client sends next
@@ -75,6 +111,35 @@ export async function connectRoute(rt: Runtime, interceptor: Interceptor | undef
 interface Hello {
   readonly bytes: Buffer
   readonly view: HelloView
+}
+
+/** A relayed tunnel's held first chunk: the rest of the ClientHello is read, then passed on or the tunnel closed. */
+function holdForSni(socket: Socket, first: Buffer, held: Held, check: (bytes: Buffer) => Promise<Hello | undefined>): void {
+  socket.resume() // before readHello: it may finish at once and pause the socket again
+  check(first).then(
+    (hello) => (hello === undefined ? held.close('TLS server name refused') : held.pass(hello.bytes)),
+    () => held.close('TLS server name check failed'),
+  )
+}
+
+/** The client's first bytes in a tunnel (what came with the CONNECT, else its next chunk), the socket paused behind them. */
+function firstChunk(socket: Socket, head: Buffer, timeoutMs: number): Promise<Buffer | undefined> {
+  if (head.length > 0) return Promise.resolve(head)
+  return new Promise((resolve) => {
+    const finish = (chunk: Buffer | undefined): void => {
+      clearTimeout(timer)
+      socket.off('data', onData)
+      socket.off('close', onClose)
+      socket.pause()
+      resolve(chunk)
+    }
+    const onData = (chunk: Buffer): void => finish(chunk)
+    const onClose = (): void => finish(undefined)
+    const timer = setTimeout(() => finish(undefined), timeoutMs)
+    socket.on('data', onData)
+    socket.once('close', onClose)
+    socket.resume()
+  })
 }
 
 /** Buffers what the client sends until a whole ClientHello (or proof there is none) is in. */
@@ -112,7 +177,7 @@ export function readHello(socket: Socket, head: Buffer, timeoutMs: number): Prom
  * Dials the checked addresses (or the parent proxy, for the name), sends what the client already sent, and relays. `answer` says
  * whether the 200 is still to be written (or, on failure, an error status can still be sent).
  */
-export async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Target, addresses: readonly Ip[], resolved: readonly Ip[], first: Buffer, answer: boolean, who: ClientIdentity): Promise<void> {
+export async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Target, addresses: readonly Ip[], resolved: readonly Ip[], first: Buffer, answer: boolean, who: ClientIdentity, screen?: Screen): Promise<void> {
   const limits = rt.limits()
   let upstream: Socket
   // with "upstream": through the parent (CONNECT, its 2xx before any tunnel byte), unless upstreamBypass
@@ -140,7 +205,7 @@ export async function openTunnel(rt: Runtime, id: string, socket: Socket, target
     const viaParent = parent ? { via: parent.hop, bytesFromClient: stats.bytesFromClient - handshake.sent, bytesToClient: stats.bytesToClient - handshake.received } : {}
     // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life
     logClosed(rt, { id, kind: 'tunnel', chosen: dialed && formatIp(dialed), ...stats, ...viaParent })
-  })
+  }, screen)
   rt.open.add(open)
 }
 

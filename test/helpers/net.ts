@@ -176,6 +176,17 @@ export async function startCanary(host: string, port = 0, onSocket?: (s: Socket)
   }
 }
 
+/**
+ * A server-first origin, like SSH or SMTP: it sends `banner` as soon as a connection is accepted,
+ * before the client says anything, then answers each chunk with `got: ` and what came.
+ */
+export async function startBannerUpstream(host: string, banner: string): Promise<Canary> {
+  return startCanary(host, 0, (socket) => {
+    socket.write(banner)
+    socket.on('data', (d: Buffer) => socket.write(`got: ${d.toString('latin1')}`))
+  })
+}
+
 export interface RawResult {
   /** everything the proxy sent, latin1 */
   readonly text: string
