@@ -55,6 +55,8 @@ export async function connectRoute(rt: Runtime, interceptor: Interceptor | undef
     const checkSni = async (bytes: Buffer): Promise<Hello | undefined> => {
       const hello = await readHello(socket, bytes, gate.ctx.tls.helloTimeoutMs)
       if (hello === undefined) return undefined
+      // not a ClientHello after all (a TLS server would refuse it too): passed on as non-TLS bytes, as before; an oversized one is not
+      if (hello.view.kind === 'malformed' && hello.bytes.length < MAX_HELLO_BYTES) return hello
       const sni = hello.view.kind === 'hello' ? hello.view.sni : undefined
       const second = await admitHello(gate, target, decision, hello.view)
       if (second.kind === 'failed') {
