@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// `npm run bench`: proxy-gate side by side with a direct connection and, when installed, Squid
-// and tinyproxy. A benchmark tool, not a test (tap only runs test/**/*.test.ts). Method:
+// `npm run bench`: proxy-gate side by side with a direct connection, the floor (a bare Node
+// CONNECT relay, test/bench/floor.mjs: no policy, no logs) and, when installed, Squid and tinyproxy. A benchmark tool, not a test (tap only runs test/**/*.test.ts). Method:
 // every figure is a ratio measured in one run, targets interleaved over several rounds (the order
 // rotates each round), median shown with min-max. Traffic stays on loopback; every process this
 // starts is stopped by PID when it ends (and by the origin process if this one dies).
@@ -56,7 +56,8 @@ if (opts.help) {
   --rounds N          interleaved rounds per workload (default 3; 1 with --quick)
   --seconds S         length of each timed run (default 5; 2 with --quick)
   --only LIST         workloads: http,bulk,tunnels,latency,memory,policy,leaf (default: all)
-  --peers LIST        peers to race when installed: squid,tinyproxy (default both; "" for none)
+  --peers LIST        peers to race when installed: squid,tinyproxy (default both; "" for none);
+                      the floor (test/bench/floor.mjs, a bare Node CONNECT relay) always runs
   --connections N     wrk connections for http (default 50)
   --bulk-mib N        one-tunnel transfer size in MiB (default 256; 32 with --quick)
   --parallel-mib N    per-tunnel size for the 8-tunnel transfer in MiB (default 64; 8 with --quick)
@@ -256,6 +257,13 @@ function benchRules(ports) {
     // the default maxConnections (4096) would refuse the memory workload's ~10,000 tunnels
     limits: { maxConnections: 25_000 },
   }
+}
+
+/** The bare Node relay (CONNECT only): what proxy-gate's tunnels cost above Node itself. @returns {Promise<Peer>} */
+async function startFloor() {
+  const port = await freePort()
+  const args = [join(HERE, 'floor.mjs'), String(port)]
+  return startPeer('floor', process.execPath, args, port, { describe: () => `node ${args.join(' ')} (CONNECT only: no policy, no logs)` })
 }
 
 /** @param {OriginPorts} ports @returns {Promise<Peer>} */
@@ -849,6 +857,7 @@ async function main() {
     const peers = {}
     const startAll = async () => {
       peers['proxy-gate'] = await startProxyGate(ports)
+      peers.floor = await startFloor()
       if (peersAvailable.squid) peers.squid = await startSquid()
       if (peersAvailable.tinyproxy) peers.tinyproxy = await startTinyproxy(tunnels + 200)
     }
@@ -859,19 +868,20 @@ async function main() {
     for (const p of Object.values(peers)) note(`  ${p.name} pid ${p.pid} on 127.0.0.1:${p.port}: ${p.describe()}`)
     /** @type {Target[]} */
     const targets = [{ name: 'direct', route: { kind: 'direct' } }, ...Object.values(peers).map((peer) => ({ name: peer.name, route: /** @type {Route} */ ({ kind: 'proxy', peer }) }))]
-    const proxies = targets.filter((t) => t.route.kind === 'proxy')
+    // the floor relays CONNECT only: it races in the tunnel workloads, not in plain HTTP
+    const httpTargets = targets.filter((t) => t.name !== 'floor')
 
     // warm-up: JIT, upstream pools, squid's memory pools; not recorded
     note('warm-up')
     for (const t of targets) {
-      if (wrkAvailable) await runWrk(t, ports.http, 1)
+      if (wrkAvailable && t.name !== 'floor') await runWrk(t, ports.http, 1)
       await runTunnels(t, ports.echo, 0.5, 10)
       await runBulk(t, ports.bulk, 8 << 20, 1)
     }
 
     if (ONLY.has('http') && wrkAvailable) {
       note(`http: wrk -t1 -c${CONNS} -d${SECONDS}s, absolute-form through proxies`)
-      const r = await interleave('http', targets, (t) => runWrk(t, ports.http, SECONDS))
+      const r = await interleave('http', httpTargets, (t) => runWrk(t, ports.http, SECONDS))
       raw.http = Object.fromEntries(r)
       sections.push({
         title: `1. Plain-HTTP forwarding: wrk -t1 -c${CONNS} -d${SECONDS}s, keep-alive, 18-byte responses`,
@@ -920,7 +930,7 @@ async function main() {
 
     if (ONLY.has('latency')) {
       note(`latency: ${RATE} requests/s for ${SECONDS} s over keep-alive connections`)
-      const r = await interleave('latency', targets, (t) => runLatency(t, ports.http, SECONDS, RATE))
+      const r = await interleave('latency', httpTargets, (t) => runLatency(t, ports.http, SECONDS, RATE))
       raw.latency = Object.fromEntries(r)
       const direct = r.get('direct') ?? []
       const added = (/** @type {'p50Ms' | 'p99Ms'} */ key) =>
@@ -941,10 +951,12 @@ async function main() {
     if (ONLY.has('memory')) {
       note(`memory: ${tunnels} idle tunnels per proxy, each proxy freshly started; RSS 2 s after opening and ${SETTLE_S} s after`)
       await stopAll()
+      /** @param {string} name */
+      const restart = (name) => (name === 'proxy-gate' ? startProxyGate(ports) : name === 'floor' ? startFloor() : name === 'squid' ? startSquid() : startTinyproxy(tunnels + 200))
       /** @type {Map<string, any[]>} */
       const r = new Map()
       for (const name of Object.keys(peers)) {
-        const peer = name === 'proxy-gate' ? await startProxyGate(ports) : name === 'squid' ? await startSquid() : await startTinyproxy(tunnels + 200)
+        const peer = await restart(name)
         peers[name] = peer
         const result = await runIdleTunnels(peer, ports.echo, tunnels)
         r.set(name, [result])
@@ -1033,7 +1045,9 @@ function errorNotes(r) {
   return notes
 }
 
-const COLUMNS = ['direct', 'proxy-gate', 'squid', 'tinyproxy']
+const COLUMNS = ['direct', 'proxy-gate', 'floor', 'squid', 'tinyproxy']
+/** The ratio columns: proxy-gate's median over each of these. */
+const RATIO_OF = ['direct', 'floor', 'squid']
 
 /** @param {number} x @param {number} digits */
 function fmt(x, digits) {
@@ -1078,13 +1092,12 @@ function printReport(machine) {
   for (const s of sections) {
     const used = COLUMNS.filter((c) => s.rows.some((r) => r.cells[c]?.length))
     const withRatios = used.includes('proxy-gate') && used.length > 1
-    const header = ['metric', ...used, ...(withRatios && used.includes('direct') ? ['pg/direct'] : []), ...(withRatios && used.includes('squid') ? ['pg/squid'] : [])]
+    const ratios = withRatios ? RATIO_OF.filter((c) => used.includes(c)) : []
+    const header = ['metric', ...used, ...ratios.map((c) => `pg/${c}`)]
     lines.push('', `### ${s.title}`, '', `| ${header.join(' | ')} |`, `|${header.map((h, i) => (i === 0 ? ' --- ' : ' ---: ')).join('|')}|`)
     for (const row of s.rows) {
       const cells = used.map((c) => cell(row.cells[c], row.digits ?? 1))
-      const extra = []
-      if (withRatios && used.includes('direct')) extra.push(ratio(row.cells['proxy-gate'], row.cells.direct))
-      if (withRatios && used.includes('squid')) extra.push(ratio(row.cells['proxy-gate'], row.cells.squid))
+      const extra = ratios.map((c) => ratio(row.cells['proxy-gate'], row.cells[c]))
       lines.push(`| ${row.metric} (${row.better === 'higher' ? 'higher' : 'lower'} is better) | ${[...cells, ...extra].join(' | ')} |`)
     }
     for (const n of s.notes) lines.push('', `- ${n}`)
