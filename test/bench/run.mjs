@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npm run bench`: proxy-gate side by side with a direct connection, the floor (a bare Node
-// CONNECT relay, test/bench/floor.mjs: no policy, no logs) and, when installed, Squid and tinyproxy. A benchmark tool, not a test (tap only runs test/**/*.test.ts). Method:
+// CONNECT relay, test/bench/floor.mjs: no policy, no logs) and, when installed, Squid and
+// tinyproxy. A benchmark tool, not a test (tap only runs test/**/*.test.ts). Method:
 // every figure is a ratio measured in one run, targets interleaved over several rounds (the order
 // rotates each round), median shown with min-max. Traffic stays on loopback; every process this
 // starts is stopped by PID when it ends (and by the origin process if this one dies).
