@@ -3,7 +3,6 @@
 // "sandbox", transparent listeners too (transparent.ts), whose HTTP connections it also parses.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
-import { networkInterfaces } from 'node:os'
 import httpProxy from 'http-proxy'
 import { Agent } from 'undici'
 import type { Config } from '../rules/config.js'
@@ -13,7 +12,7 @@ import type { Ca } from '../certs/ca.js'
 import { hasBody } from './checks.js'
 import { DEFAULT_POLICY, type ClientIdentity } from '../policy/clients.js'
 import { createInterceptor, upstreamTrust } from './intercept.js'
-import { parseIp, type Ip } from '../policy/ip.js'
+import { parseIp } from '../policy/ip.js'
 import { createLeafMinter } from '../certs/leaf.js'
 import { LinkedSet } from './linked-set.js'
 import { generatePac, pacEtag, type PacFlavor } from '../wiring/pac.js'
@@ -21,6 +20,7 @@ import type { Logger } from '../core/log.js'
 import type { SandboxSettings } from '../rules/sandbox.js'
 import type { SelfAddress } from '../policy/decide.js'
 import { createLookup, type Lookup } from '../net/resolve.js'
+import { selfAddresses } from '../net/self.js'
 import { destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { connectRoute } from './route-connect.js'
@@ -75,19 +75,6 @@ export interface Proxy {
 /** The sandbox DNS server's address: never a destination either (a tunnel to it would bypass its rate limit and log). */
 function dnsSelf(sandbox: SandboxSettings | undefined): SelfAddress[] {
   return sandbox?.dnsPort === undefined ? [] : [{ ip: sandbox.address, port: sandbox.dnsPort }]
-}
-
-/** The addresses a client could use to reach this listener: a destination never allowed. */
-export function selfAddresses(address: { address: string; port: number }): SelfAddress[] {
-  const listen = parseIp(address.address)
-  if (!listen) return []
-  const unspecified = listen.value === 0n
-  const local = unspecified
-    ? Object.values(networkInterfaces())
-        .flat()
-        .map((i) => (i ? parseIp(i.address.split('%')[0] ?? '') : undefined))
-    : []
-  return [listen, ...local].filter((ip): ip is Ip => ip !== undefined).map((ip) => ({ ip, port: address.port }))
 }
 
 function clientErrorReply(error: NodeJS.ErrnoException): ProxyReply {
