@@ -25,6 +25,12 @@ const WIRE = {
   containerEnv: 'npx proxy-gate docker --target cli --write',
 }
 
+function cyclic(): object {
+  const o: Record<string, unknown> = {}
+  o.self = o
+  return o
+}
+
 /** record(s) fed in order -> the lines the last one gives */
 const TABLE: Array<[string, LogRecord[], string[]]> = [
   ['an allowed request names its rule', [at('decision', ALLOWED)], ['01:57:47 ALLOW GET x.test:80  allow[0] x.test']],
@@ -81,6 +87,7 @@ const TABLE: Array<[string, LogRecord[], string[]]> = [
   ['...tagged when a warning, values with spaces quoted', [at('sandbox DNS address or port changed: restart proxy-gate to apply it', { running: '10.9.0.1:53', configured: 'none' }, 'warn')], ['01:57:47 WARN  sandbox DNS address or port changed: restart proxy-gate to apply it running=10.9.0.1:53 configured=none']],
   ['...an array as JSON', [at('bypass lets clients through', { bypass: ['a.test', '*.b.test'] }, 'warn')], ['01:57:47 WARN  bypass lets clients through bypass="[\\"a.test\\",\\"*.b.test\\"]"']],
   ['...a stack below its line', [at('internal error', { where: 'connect', error: 'Error: boom\n    at f (x.js:1:1)' }, 'error')], ['01:57:47 ERROR internal error where=connect', '           Error: boom', '           at f (x.js:1:1)']],
+  ['...and what JSON cannot write, as text', [at('odd', { big: 12n, cycle: cyclic() })], ['01:57:47 odd big=12 cycle="[object Object]"']],
   ['...a message that names an Object method is still just a message', [at('constructor', { a: 1 })], ['01:57:47 constructor a=1']],
 ]
 

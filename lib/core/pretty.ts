@@ -169,8 +169,17 @@ function fieldsOf(r: LogRecord): Record<string, unknown> {
   return fields
 }
 
+/** JSON, or String() for what JSON cannot write (a BigInt, a cycle): a log line must never throw. */
+function asJson(v: unknown): string {
+  try {
+    return JSON.stringify(v)
+  } catch {
+    return String(v)
+  }
+}
+
 function valueText(v: unknown): string {
-  const text = typeof v === 'string' ? v : JSON.stringify(v)
+  const text = typeof v === 'string' ? v : asJson(v)
   return /^[^\s"=]+$/.test(text) ? text : JSON.stringify(text)
 }
 
