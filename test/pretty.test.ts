@@ -103,6 +103,8 @@ t.test('colour: the verdict, the fix and the time are coloured; nothing else', a
   const format = prettyFormatter(true)
   t.same(format(at('decision', DENIED)), ['\x1b[2m01:57:47\x1b[22m \x1b[31mDENY \x1b[39m CONNECT evil.test:443  no allow rule  \x1b[36m-> add "evil.test:443"\x1b[39m'])
   t.same(format(at('decision', ALLOWED)), ['\x1b[2m01:57:47\x1b[22m \x1b[32mALLOW\x1b[39m GET x.test:80  allow[0] x.test'])
+  const waived = format(at('decision', { ...DENIED, decision: 'allow', mode: 'report', wouldDeny: true, suggestion: undefined }))
+  t.same(waived, ['\x1b[2m01:57:47\x1b[22m \x1b[33mALLOW\x1b[39m CONNECT evil.test:443  report mode: would deny: no allow rule'], 'what enforce mode would deny is yellow')
 })
 
 t.test('when to colour: FORCE_COLOR, then NO_COLOR (non-empty), then a terminal that has colours', async (t) => {

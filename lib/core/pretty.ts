@@ -69,7 +69,7 @@ const decision: Render = (r, { paint, open }) => {
   const what = `${str(r, 'method') ?? '?'} ${str(r, 'target') ?? '?'}${str(r, 'path') ?? ''}`
   const id = str(r, 'id')
   if (verdict === 'allow' && id !== undefined) remember(open, id, what)
-  const tag = verdict === 'allow' ? paint('green', 'ALLOW') : verdict === 'deny' ? paint('red', 'DENY ') : paint('red', 'ERROR')
+  const tag = verdict === 'allow' ? paint(r.wouldDeny === true ? 'yellow' : 'green', 'ALLOW') : verdict === 'deny' ? paint('red', 'DENY ') : paint('red', 'ERROR')
   const policy = str(r, 'policy')
   const status = num(r, 'status')
   const notes = parenthesised([
