@@ -14,9 +14,8 @@ export interface LogOptions {
   readonly level: LogLevel
   /** 'json' for machines, 'pretty' for a person at a terminal */
   readonly format: 'json' | 'pretty'
+  /** default stdout, coloured when wantsColour says so; a given stream gets no colour */
   readonly stream?: NodeJS.WritableStream
-  /** colour in the pretty format; default: whether stdout wants it (see wantsColour), none on a given stream */
-  readonly colour?: boolean
 }
 
 const MESSAGE = Symbol.for('message') // where winston's formats leave the finished line (triple-beam)
@@ -86,7 +85,7 @@ const jsonLines = new WeakMap<Logger, LineBatch>()
 
 export function createLogger(options: LogOptions): Logger {
   const { combine, timestamp, json } = winston.format
-  const format = options.format === 'json' ? combine(timestamp(), json()) : combine(timestamp(), pretty(options.colour ?? (!options.stream && wantsColour(process.env, process.stdout))))
+  const format = options.format === 'json' ? combine(timestamp(), json()) : combine(timestamp(), pretty(!options.stream && wantsColour(process.env, process.stdout)))
   const transport = new LineBatch(options.stream ?? process.stdout)
   if (!options.stream) {
     atExit.add(transport)
