@@ -45,7 +45,8 @@ reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
   --listen HOST:PORT   listener address, overrides "listen" (default 127.0.0.1:3128)
   --mode MODE          enforce (deny what the rules do not allow) or report (allow, log wouldDeny)
   --log-level L        error, warn, info (default), debug or silent
-  --log-format F       json (default when stdout is not a terminal) or pretty
+  --log-format F       json (default when stdout is not a terminal) or pretty: a line per decision,
+                       in colour on a terminal unless NO_COLOR is set (FORCE_COLOR forces it)
   --insecure-open      allow listening on a non-loopback address (anyone who can reach it can use the proxy)
   --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)
   --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: as for "ca")

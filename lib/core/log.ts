@@ -3,6 +3,7 @@
 import { EOL } from 'node:os'
 import winston from 'winston'
 import TransportStream from 'winston-transport'
+import { prettyFormatter, wantsColour } from './pretty.js'
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'silent'
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'silent']
@@ -13,19 +14,21 @@ export interface LogOptions {
   readonly level: LogLevel
   /** 'json' for machines, 'pretty' for a person at a terminal */
   readonly format: 'json' | 'pretty'
+  /** default stdout, coloured when wantsColour says so; a given stream gets no colour */
   readonly stream?: NodeJS.WritableStream
 }
 
-const pretty = winston.format.printf((info) => {
-  const { level, message, timestamp, ...rest } = info
-  const fields = Object.entries(rest)
-    .filter(([, v]) => v !== undefined)
-    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
-    .join(' ')
-  return `${String(timestamp)} ${level} ${String(message)}${fields ? ` ${fields}` : ''}`
-})
-
 const MESSAGE = Symbol.for('message') // where winston's formats leave the finished line (triple-beam)
+
+/** The readable lines of lib/core/pretty.ts; a record it shows nothing for is dropped. */
+function pretty(colour: boolean): winston.Logform.Format {
+  const format = prettyFormatter(colour)
+  return winston.format((info) => {
+    const lines = format(info)
+    if (lines.length === 0) return false
+    return Object.assign(info, { [MESSAGE]: lines.join(EOL) })
+  })()
+}
 // winston exports its transport base class as `Transport`; its typings call it `transport`
 
 /** Transports writing to stdout, whose last lines are written out when the process exits. */
@@ -81,8 +84,8 @@ class LineBatch extends TransportStream {
 const jsonLines = new WeakMap<Logger, LineBatch>()
 
 export function createLogger(options: LogOptions): Logger {
-  const { combine, timestamp, json, colorize } = winston.format
-  const format = options.format === 'json' ? combine(timestamp(), json()) : combine(timestamp(), colorize(), pretty)
+  const { combine, timestamp, json } = winston.format
+  const format = options.format === 'json' ? combine(timestamp(), json()) : combine(timestamp(), pretty(!options.stream && wantsColour(process.env, process.stdout)))
   const transport = new LineBatch(options.stream ?? process.stdout)
   if (!options.stream) {
     atExit.add(transport)

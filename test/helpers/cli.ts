@@ -107,3 +107,54 @@ export async function startCli(args: readonly string[], options: SpawnOptions = 
     },
   }
 }
+
+/** proxy-gate running on a pseudo-terminal, as a person at a terminal runs it. */
+export interface TerminalCli {
+  /** everything it has written to the terminal so far */
+  output(): string
+  /** resolves with the output once it matches (rejects if proxy-gate exits first) */
+  waitFor(match: RegExp): Promise<string>
+  /** Ctrl-C typed at the terminal, then the exit code */
+  interrupt(): Promise<number | null>
+}
+
+function shellQuote(word: string): string {
+  return `'${word.replaceAll("'", `'\\''`)}'`
+}
+
+/**
+ * Runs `node dist/cli.js ARGS` under util-linux `script`, which gives it a pseudo-terminal as
+ * stdin and stdout. `env` is its whole environment apart from PATH (so colour variables are unset
+ * unless given).
+ */
+export function startCliOnTerminal(args: readonly string[], env: Readonly<Record<string, string>>): TerminalCli {
+  // exec: the shell that `script` starts would take Ctrl-C's SIGINT as its own and exit 130
+  const command = `exec ${[process.execPath, CLI_PATH, ...args].map(shellQuote).join(' ')}`
+  const child = spawn('script', ['-qfec', command, '/dev/null'], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env } })
+  let output = ''
+  const waiters = new Set<() => void>()
+  child.stdout.on('data', (d: Buffer) => {
+    output += d.toString()
+    for (const w of [...waiters]) w()
+  })
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
+  const waitFor = (match: RegExp): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        if (!match.test(output)) return
+        waiters.delete(check)
+        resolve(output)
+      }
+      waiters.add(check)
+      check()
+      void exited.then(() => waiters.has(check) && reject(new Error(`proxy-gate exited before printing ${String(match)}:\n${output}`)))
+    })
+  return {
+    output: () => output,
+    waitFor,
+    interrupt: () => {
+      child.stdin.write('\x03')
+      return exited
+    },
+  }
+}
