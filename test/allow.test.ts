@@ -92,7 +92,7 @@ function allowPost(gate: Gate, id: string, headers: Record<string, string> = {})
 
 const message = (a: Answer) => (JSON.parse(a.body) as { message: string }).message
 
-t.test('Allow in Chromium: the token is pasted once, the rule lands in rules.json with a backup, and the request goes through', { skip: existsSync(CHROMIUM) ? false : `needs ${CHROMIUM}` }, async (t) => {
+t.test('Allow in Chromium: the page asks for the token (again after a wrong one), the rule lands in rules.json with a backup, and the request goes through', { skip: existsSync(CHROMIUM) ? false : `needs ${CHROMIUM}` }, async (t) => {
   const gate = await startGate(t, defaultRules)
   const original = readFileSync(gate.rulesFile, 'utf8')
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] })
@@ -111,6 +111,11 @@ t.test('Allow in Chromium: the token is pasted once, the rule lands in rules.jso
   await page.locator('#token-row').waitFor()
   t.match(await page.locator('#allow-status').textContent(), 'paste the admin token', 'without a token the page asks for it')
   t.match(await page.locator('#token-file').textContent(), 'admin-token', 'and says where it is')
+  await page.fill('#token', 'not-the-token-0123456789abcdef')
+  await page.click('#token-save')
+  await row.locator('button', { hasText: 'allow' }).click()
+  await page.locator('#allow-status.failed', { hasText: 'the admin token was not accepted' }).waitFor()
+  t.ok(await page.locator('#token-row').isVisible(), 'a wrong token is dropped and asked for again')
   t.equal(readFileSync(gate.rulesFile, 'utf8'), original, 'nothing written yet')
   await page.fill('#token', gate.token)
   await page.click('#token-save')
