@@ -201,6 +201,7 @@ t.test('POST /allow refuses, with a clear status, what is not the dashboard with
   t.equal((await allowPost(gate, id, { Origin: 'null' })).status, 403, 'an opaque Origin')
   t.equal((await allowPost(gate, id, { 'Sec-Fetch-Site': 'same-site' })).status, 403, 'Sec-Fetch-Site other than same-origin')
   t.equal((await allowPost(gate, id, { Host: 'evil.test' })).status, 421, 'a Host that is not the listener (DNS rebinding)')
+  t.equal((await send(gate.admin, 'POST', '/reload', { Authorization: `Bearer ${gate.token}`, Origin: 'http://evil.test' })).status, 403, 'POST /reload from another origin too')
   const noToken = await send(gate.admin, 'POST', '/allow', json, body)
   t.equal(noToken.status, 401, 'no token')
   t.match(message(noToken), 'Authorization: Bearer TOKEN')

@@ -139,7 +139,7 @@ async function allow(sources: AdminSources, req: IncomingMessage, res: ServerRes
   if (type !== 'application/json') return refuse(res, 415, 'the body must be JSON (Content-Type: application/json)')
   const body = Number(req.headers['content-length'] ?? 0) > MAX_ALLOW_BODY ? undefined : await readBody(req, MAX_ALLOW_BODY)
   if (!body) {
-    // a body not read to its end cannot leave a connection to reuse
+    // the body may not have been read: the connection cannot be reused
     res.setHeader('Connection', 'close')
     return refuse(res, 413, `the body is limited to ${MAX_ALLOW_BODY} bytes`)
   }
