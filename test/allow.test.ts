@@ -2,7 +2,7 @@
 // rules.json (key order kept, a backup beside it) and is in force at once; in Chromium, and as raw
 // HTTP. Everything that could let another site, another Host or a client without the token change
 // the rules is refused with a clear status, and the file stays as it was.
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { join } from 'node:path'
 import { chromium } from 'playwright-core'
@@ -223,10 +223,13 @@ t.test('POST /allow refuses, with a clear status, what is not the dashboard with
   t.equal(readFileSync(gate.rulesFile, 'utf8'), original, 'none of them wrote anything')
   t.notOk(existsSync(`${gate.rulesFile}.proxy-gate-backup`))
 
+  chmodSync(gate.rulesFile, 0o600) // as it would be with password hashes in "auth"
   const added = await allowPost(gate, id)
   t.equal(added.status, 200)
   t.match(JSON.parse(added.body), { ok: true, added: true, backup: `${gate.rulesFile}.proxy-gate-backup` })
   t.equal(await gate.fetchThrough('allowme.test'), 200)
+  t.equal(statSync(gate.rulesFile).mode & 0o777, 0o600, 'the rewritten file keeps its permissions')
+  t.equal(statSync(`${gate.rulesFile}.proxy-gate-backup`).mode & 0o777, 0o600, 'and so does the backup')
 })
 
 t.test('Allow puts the entry into the policy that denied it; an entry already there is not written again', async (t) => {
