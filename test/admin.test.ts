@@ -80,7 +80,9 @@ async function setup(t: Test) {
         proxy.proxy.noteReload({ ok: true, trigger: 'admin' })
         return { ok: true }
       },
+      allow: () => ({ status: 409, body: { ok: false, message: 'not in this test' } }),
       token: TOKEN,
+      tokenFile: '/etc/proxy-gate/admin-token',
     },
   )
   const port = (await admin.listen()).port
@@ -185,7 +187,7 @@ t.test('dashboard in Chromium: a denial shows up live with its reason and rule; 
   const suggestion = page.locator('#denied tbody tr', { hasText: 'denied.example.test:443' })
   await suggestion.waitFor()
   t.equal(await suggestion.locator('td.rule').textContent(), '"denied.example.test:443"', 'the exact line to add')
-  await suggestion.locator('button').click()
+  await suggestion.locator('button', { hasText: 'copy' }).click()
   await page.locator('#denied button', { hasText: 'copied' }).waitFor()
   t.equal(await page.evaluate('navigator.clipboard.readText()'), '"denied.example.test:443"', 'copy puts the rule on the clipboard')
 

@@ -406,7 +406,7 @@ t.test('the dashboard\'s activity shows DNS queries live, and denied names among
   t.match(watchers.activity.topDenied(5), [{ target: 'denied.test (DNS)', count: 2, reason: 'no-rule', suggestion: '"denied.test:443"' }])
   t.same(watchers.activity.counters(), { allow: 0, deny: 0, error: 0 }, 'the counters stay those of connections')
 
-  const admin = createAdmin({ host: '127.0.0.1', port: 0 }, { activity: watchers.activity, metrics: watchers.metrics, open: () => new Set(), ready: () => true, mode: () => 'enforce', rulesFile: 'rules.json', reload: () => ({ ok: true }), token: 'x'.repeat(16) })
+  const admin = createAdmin({ host: '127.0.0.1', port: 0 }, { activity: watchers.activity, metrics: watchers.metrics, open: () => new Set(), ready: () => true, mode: () => 'enforce', rulesFile: 'rules.json', reload: () => ({ ok: true }), allow: () => ({ status: 409, body: { ok: false, message: 'not here' } }), token: 'x'.repeat(16), tokenFile: 'admin-token' })
   const { port } = await admin.listen()
   t.teardown(() => admin.close())
   const stream = await new Promise<string>((resolve, reject) => {

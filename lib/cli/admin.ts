@@ -5,6 +5,7 @@ import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { createActivity, type Activity } from '../observe/activity.js'
 import { createAdmin, type Admin } from '../observe/admin.js'
+import { allowEntry, type ReloadResult } from '../observe/allow.js'
 import { parseListen } from '../rules/config.js'
 import { isLoopback } from './common.js'
 import type { Logger } from '../core/log.js'
@@ -12,6 +13,7 @@ import { createMetrics, type Metrics } from '../observe/metrics.js'
 import type { OpenView, ProxyEvent } from '../proxy/runtime.js'
 import type { Proxy } from '../proxy/server.js'
 import type { Result } from '../policy/target.js'
+import type { JsonObject } from '../wiring/docker.js'
 
 export interface Watchers {
   readonly activity: Activity
@@ -57,10 +59,14 @@ export interface AdminStart {
   readonly insecureOpen: boolean
   readonly tokenFile: string
   readonly rulesFile: string
+  /** the rules that ship in the package, which the dashboard's Allow does not edit */
+  readonly packaged: boolean
   readonly proxy: Proxy
   readonly watchers: Watchers
   readonly mode: () => string
-  readonly reload: () => { ok: boolean; errors?: readonly string[] }
+  readonly reload: () => ReloadResult
+  /** what a reload would refuse in a rules document */
+  readonly problems: (document: JsonObject) => readonly string[]
   readonly log: Logger
 }
 
@@ -74,16 +80,23 @@ export async function startAdmin(options: AdminStart): Promise<Result<Admin | un
   }
   const token = adminToken(options.tokenFile)
   if (!token.ok) return token
-  const { watchers, proxy } = options
+  const { watchers, proxy, rulesFile } = options
+  const rules = { file: rulesFile, packaged: options.packaged, problems: options.problems, reload: options.reload }
   const admin = createAdmin(listen.value, {
     activity: watchers.activity,
     metrics: watchers.metrics,
     open: () => proxy.open,
     ready: () => proxy.ready(),
     mode: options.mode,
-    rulesFile: options.rulesFile,
+    rulesFile,
     reload: options.reload,
+    allow: (suggestion, policy) => {
+      const answer = allowEntry(rules, suggestion, policy)
+      options.log.info('allow from the dashboard', { rules: rulesFile, entry: suggestion, policy, result: answer.body.message })
+      return answer
+    },
     token: token.value,
+    tokenFile: options.tokenFile,
   })
   try {
     const address = await admin.listen()

@@ -9,7 +9,7 @@ import { caCertToServe, caDir } from './ca.js'
 import { isLoopback, printErrors, usageError } from './common.js'
 import type { StartHooks } from './learn.js'
 import { advertisedAddress, openBypass } from './wiring.js'
-import { parseListen, type Config } from '../rules/config.js'
+import { parseConfig, parseListen, type Config } from '../rules/config.js'
 import { parseIp } from '../policy/ip.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
 import { describePattern, formatRuleErrors, rulesWithRequestLimits, type Mode, type RuleError } from '../policy/rules.js'
@@ -161,6 +161,14 @@ function announce(log: Logger, setup: Setup, address: AddressInfo): void {
 
 type ReloadResult = { ok: boolean; errors?: string[] }
 
+/** What a reload would refuse in this rules document (the dashboard's Allow checks before it writes). */
+function problemsIn(setup: Setup, document: unknown): string[] {
+  const parsed = parseConfig(document)
+  if (!parsed.ok) return formatRuleErrors(parsed.errors).split('\n')
+  const caNeeded = needsCa(parsed.value, setup.ca)
+  return caNeeded ? [caNeeded] : []
+}
+
 /** Loads the rules file again; a bad file is reported and the running rules stay. */
 function reloader(setup: Setup, proxy: Proxy, log: Logger, onMode: (mode: Mode) => void): (trigger: string) => ReloadResult {
   const { file } = setup
@@ -221,10 +229,12 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
     insecureOpen: flags['insecure-open'],
     tokenFile: resolve(flags['admin-token-file'] ?? join(caDir(flags.dir), 'admin-token')),
     rulesFile: setup.file,
+    packaged: setup.packaged,
     proxy,
     watchers,
     mode: () => mode,
     reload: () => reload('admin'),
+    problems: (document) => problemsIn(setup, document),
     log,
   })
   if (!admin.ok) {

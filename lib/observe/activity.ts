@@ -2,14 +2,19 @@
 // would allow them, counters and the last reload. Bounded: old entries fall off.
 import { LRUCache } from 'lru-cache'
 import type { DnsRecord } from '../dns/answer.js'
+import { DEFAULT_POLICY } from '../policy/clients.js'
 import type { DecisionRecord, ProxyEvent, ReloadRecord } from '../proxy/runtime.js'
 
 export interface DeniedTarget {
+  /** names this row for POST /allow */
+  readonly id: string
   readonly target: string
   readonly count: number
   readonly reason: string | undefined
   readonly detail: string | undefined
   readonly suggestion: string | undefined
+  /** the policy that denied it, whose "allow" the suggestion belongs in */
+  readonly policy: string
   readonly lastSeen: string
 }
 
@@ -20,6 +25,9 @@ export interface Activity {
   observe(event: ProxyEvent): void
   recent(): readonly LiveEntry[]
   topDenied(limit: number): DeniedTarget[]
+  denied(id: string): DeniedTarget | undefined
+  /** drops a row from the most denied, once its rule is allowed */
+  forgetDenied(id: string): void
   counters(): Readonly<Record<'allow' | 'deny' | 'error', number>>
   lastReload(): (ReloadRecord & { at: string }) | undefined
   /** live decisions and DNS queries for server-sent events; returns the unsubscribe function */
@@ -39,20 +47,22 @@ export function createActivity(options: { recent?: number; targets?: number } = 
     if (recent.length > keep) recent.shift()
     for (const listener of listeners) listener(entry)
   }
-  /** `key` tells a name denied by DNS from the same text denied as a connection target. */
-  const noteDenied = (key: string, target: string, fields: Pick<DeniedTarget, 'reason' | 'detail' | 'suggestion'>): void => {
-    const count = (denied.get(key)?.count ?? 0) + 1
-    denied.set(key, { target, ...fields, count, lastSeen: new Date().toISOString() })
+  /** `kind` tells a name denied by DNS from the same text denied as a connection target. */
+  const noteDenied = (kind: string, target: string, fields: Pick<DeniedTarget, 'reason' | 'detail' | 'suggestion'> & { policy: string | undefined }): void => {
+    const policy = fields.policy ?? DEFAULT_POLICY
+    const id = `${kind} ${policy} ${target} ${fields.reason ?? ''}`
+    const count = (denied.get(id)?.count ?? 0) + 1
+    denied.set(id, { id, target, ...fields, policy, count, lastSeen: new Date().toISOString() })
   }
   const onDecision = (record: DecisionRecord): void => {
     counters[record.decision]++
-    const { target, reason, detail, suggestion } = record
-    if (record.decision === 'deny' || record.wouldDeny) noteDenied(`${target} ${reason ?? ''}`, target, { reason, detail, suggestion })
+    const { target, reason, detail, suggestion, policy } = record
+    if (record.decision === 'deny' || record.wouldDeny) noteDenied('connect', target, { reason, detail, suggestion, policy })
     live({ kind: 'decision', record })
   }
   const onDns = (record: DnsRecord): void => {
-    const { name, reason, detail, suggestion } = record
-    if (name !== undefined && (record.answer === 'deny' || record.wouldDeny)) noteDenied(`dns ${name} ${reason}`, `${name} (DNS)`, { reason, detail, suggestion })
+    const { name, reason, detail, suggestion, policy } = record
+    if (name !== undefined && (record.answer === 'deny' || record.wouldDeny)) noteDenied('dns', `${name} (DNS)`, { reason, detail, suggestion, policy })
     live({ kind: 'dns', record })
   }
   return {
@@ -67,6 +77,8 @@ export function createActivity(options: { recent?: number; targets?: number } = 
     },
     recent: () => recent,
     topDenied: (limit) => [...denied.values()].sort((a, b) => b.count - a.count).slice(0, limit),
+    denied: (id) => denied.get(id),
+    forgetDenied: (id) => void denied.delete(id),
     counters: () => counters,
     lastReload: () => reload,
     subscribe(listener) {

@@ -1,11 +1,13 @@
 // The admin listener: dashboard, live decisions and DNS queries (server-sent events), Prometheus metrics and
 // health, on its own port (loopback by default), never on the proxy port that containers reach.
 // It answers only requests addressed to its own host names (a browser tricked by DNS rebinding
-// sends a foreign Host), and state-changing requests need the admin token.
+// sends a foreign Host), and state-changing requests need the admin token and must not come from
+// another site. The token is never served: the page gets it from the person (the token file).
 import { timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Activity, LiveEntry } from './activity.js'
+import type { AllowAnswer, ReloadResult } from './allow.js'
 import type { Listen } from '../rules/config.js'
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from './dashboard-page.js'
 import type { Metrics } from './metrics.js'
@@ -20,8 +22,12 @@ export interface AdminSources {
   readonly mode: () => string
   readonly rulesFile: string
   /** reloads the rules file; resolves with whether the new rules are in force */
-  readonly reload: () => { ok: boolean; errors?: readonly string[] }
+  readonly reload: () => ReloadResult
+  /** adds a suggested entry to the "allow" of the named policy in the rules file, and reloads */
+  readonly allow: (suggestion: string, policy: string) => AllowAnswer
   readonly token: string
+  /** where the token is, for the page to tell the person */
+  readonly tokenFile: string
 }
 
 export interface Admin {
@@ -56,6 +62,15 @@ function allowedHosts(listen: Listen, port: number): Set<string> {
   return new Set(['localhost', '127.0.0.1', '[::1]', own].map((h) => `${h}:${port}`))
 }
 
+/** Why a state-changing request is refused before its token is looked at: another site sent it. */
+function crossSite(req: IncomingMessage, hosts: ReadonlySet<string>): string | undefined {
+  const site = req.headers['sec-fetch-site']
+  if (site !== undefined && site !== 'same-origin') return `refused: the request came from another site (Sec-Fetch-Site: ${site})`
+  const origin = req.headers.origin
+  if (origin !== undefined && !(origin.startsWith('http://') && hosts.has(origin.slice(7).toLowerCase()))) return `refused: the request came from another origin (${origin.slice(0, 200)})`
+  return undefined
+}
+
 function tokenMatches(req: IncomingMessage, token: string): boolean {
   const header = req.headers.authorization ?? ''
   const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '')
@@ -72,6 +87,7 @@ function state(sources: AdminSources): unknown {
     // the list is capped; the count is not
     open: [...sources.open()].slice(0, 200).map((c) => ({ id: c.id, kind: c.kind, target: formatTarget(c.target) })),
     rulesFile: sources.rulesFile,
+    tokenFile: sources.tokenFile,
     lastReload: sources.activity.lastReload(),
   }
 }
@@ -89,13 +105,71 @@ function events(req: IncomingMessage, res: ServerResponse, activity: Activity): 
   })
 }
 
-function route(sources: AdminSources, req: IncomingMessage, res: ServerResponse): void {
-  const path = (req.url ?? '/').split('?')[0] ?? '/'
-  if (req.method === 'POST' && path === '/reload') {
-    if (!tokenMatches(req, sources.token)) return text(res, 401, 'the admin token is required (Authorization: Bearer TOKEN)')
-    const result = sources.reload()
-    return json(res, result.ok ? 200 : 422, result)
+const MAX_ALLOW_BODY = 4096
+const TOKEN_REQUIRED = 'the admin token is required (Authorization: Bearer TOKEN)'
+
+/** The body, or undefined when it is larger than `limit` (the rest is read and dropped). */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefined> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length
+      if (size <= limit) chunks.push(chunk)
+    })
+    req.on('end', () => resolve(size <= limit ? Buffer.concat(chunks) : undefined))
+    req.on('error', () => resolve(undefined))
+  })
+}
+
+function rowId(body: Buffer): unknown {
+  try {
+    const value = JSON.parse(body.toString('utf8')) as unknown
+    return typeof value === 'object' && value !== null ? (value as { id?: unknown }).id : undefined
+  } catch {
+    return undefined
   }
+}
+
+const refuse = (res: ServerResponse, status: number, message: string) => json(res, status, { ok: false, message })
+
+/** POST /allow {"id": ROW}: adds the rule suggested for that row of the most denied. */
+async function allow(sources: AdminSources, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase()
+  if (type !== 'application/json') return refuse(res, 415, 'the body must be JSON (Content-Type: application/json)')
+  const body = Number(req.headers['content-length'] ?? 0) > MAX_ALLOW_BODY ? undefined : await readBody(req, MAX_ALLOW_BODY)
+  if (!body) {
+    // the body may not have been read: the connection cannot be reused
+    res.setHeader('Connection', 'close')
+    return refuse(res, 413, `the body is limited to ${MAX_ALLOW_BODY} bytes`)
+  }
+  const id = rowId(body)
+  if (typeof id !== 'string') return refuse(res, 400, 'the body must be {"id": "..."} with the id of a row of the most denied (/api/state)')
+  const row = sources.activity.denied(id)
+  if (!row) return refuse(res, 404, 'that destination is no longer among the most denied: reload the page')
+  if (row.suggestion === undefined) return refuse(res, 409, `no rule can allow ${row.target}: ${row.detail ?? 'it is denied'}`)
+  const answer = sources.allow(row.suggestion, row.policy)
+  if (answer.body.ok) sources.activity.forgetDenied(id)
+  json(res, answer.status, answer.body)
+}
+
+function post(sources: AdminSources, hosts: ReadonlySet<string>, path: string, req: IncomingMessage, res: ServerResponse): void {
+  const reason = crossSite(req, hosts)
+  const authorised = reason === undefined && tokenMatches(req, sources.token)
+  if (path === '/allow') {
+    if (reason) return refuse(res, 403, reason)
+    if (!authorised) return refuse(res, 401, TOKEN_REQUIRED)
+    return void allow(sources, req, res).catch((error: unknown) => refuse(res, 500, `allow failed: ${(error as Error).message}`))
+  }
+  if (reason) return text(res, 403, reason)
+  if (!authorised) return text(res, 401, TOKEN_REQUIRED)
+  const result = sources.reload()
+  json(res, result.ok ? 200 : 422, result)
+}
+
+function route(sources: AdminSources, hosts: ReadonlySet<string>, req: IncomingMessage, res: ServerResponse): void {
+  const path = (req.url ?? '/').split('?')[0] ?? '/'
+  if (req.method === 'POST' && (path === '/reload' || path === '/allow')) return post(sources, hosts, path, req, res)
   if (req.method !== 'GET' && req.method !== 'HEAD') return text(res, 405, `${req.method ?? ''} is not allowed on ${path}`)
   const file = STATIC[path]
   if (file) return send(res, 200, file[0], file[1])
@@ -114,7 +188,7 @@ export function createAdmin(listen: Listen, sources: AdminSources): Admin {
   let hosts = new Set<string>()
   const server: Server = createServer((req, res) => {
     if (!hosts.has((req.headers.host ?? '').toLowerCase())) return text(res, 421, 'this admin listener answers only to its own address (Host header)')
-    route(sources, req, res)
+    route(sources, hosts, req, res)
   })
   server.on('clientError', (_error, socket) => socket.destroy())
   return {

@@ -1,6 +1,7 @@
 // The dashboard's static files: one page, one stylesheet, one script, no external assets. The
 // script builds every cell with textContent, so hostnames and paths (attacker-controlled) are
-// shown as text, never parsed as HTML.
+// shown as text, never parsed as HTML. Allow sends the admin token, which the page never fetches:
+// the person pastes it (or opens the page as /#token=...) and it stays in this origin's storage.
 
 export const DASHBOARD_HTML = `<!doctype html>
 <html lang="en">
@@ -25,7 +26,9 @@ export const DASHBOARD_HTML = `<!doctype html>
 </section>
 <section>
   <h2>Most denied</h2>
-  <p class="hint">Add the rule to <code>allow</code> in <span id="rules-file"></span> to let it through.</p>
+  <p class="hint">Add the rule to <code>allow</code> in <span id="rules-file"></span> to let it through, or press allow to have proxy-gate add it and reload.</p>
+  <p id="token-row" hidden><label>Allow needs the admin token, from <code id="token-file"></code>: <input id="token" type="password" autocomplete="off" spellcheck="false"></label> <button id="token-save">save</button></p>
+  <p id="allow-status" role="status"></p>
   <table id="denied"><thead><tr><th>destination</th><th>times</th><th>why</th><th>rule to add</th><th></th></tr></thead><tbody></tbody></table>
 </section>
 <section>
@@ -63,6 +66,9 @@ tr.error td.decision { color: #8a5a00; }
 code, td.rule { font-family: ui-monospace, monospace; font-size: 12px; }
 button { font-size: 12px; }
 .hint { color: #5b6672; margin: 0 0 8px; }
+#allow-status.ok { color: #1e7b34; }
+#allow-status.failed { color: #b3261e; }
+td.actions button { margin-right: 4px; }
 `
 
 export const DASHBOARD_JS = `'use strict'
@@ -119,12 +125,75 @@ async function copy(text, button) {
   }
 }
 
+const TOKEN_KEY = 'proxy-gate-admin-token'
+
+// /#token=TOKEN: kept in this origin's storage, then taken out of the address bar (and history)
+function takeTokenFromUrl() {
+  if (!location.hash.startsWith('#token=')) return
+  try {
+    localStorage.setItem(TOKEN_KEY, decodeURIComponent(location.hash.slice(7)))
+  } catch {
+    // a malformed escape: Allow asks for the token instead
+  }
+  history.replaceState(null, '', location.pathname)
+}
+
+function allowStatus(text, ok) {
+  $('allow-status').textContent = text
+  $('allow-status').className = ok ? 'ok' : 'failed'
+}
+
+function askToken(why) {
+  $('token-row').hidden = false
+  $('token').focus()
+  allowStatus(why, false)
+}
+
+function saveToken() {
+  const token = $('token').value.trim()
+  if (!token) return
+  localStorage.setItem(TOKEN_KEY, token)
+  $('token').value = ''
+  $('token-row').hidden = true
+  allowStatus('token saved: press allow again', true)
+}
+
+async function allow(d, button) {
+  const token = localStorage.getItem(TOKEN_KEY)
+  if (!token) return askToken('paste the admin token to allow ' + d.target)
+  button.disabled = true
+  try {
+    const res = await fetch('/allow', { method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + token }, body: JSON.stringify({ id: d.id }) })
+    const answer = await res.json().catch(() => ({ message: res.status + ' ' + res.statusText }))
+    if (res.status === 401) {
+      localStorage.removeItem(TOKEN_KEY)
+      return askToken('the admin token was not accepted: paste the one in the token file')
+    }
+    allowStatus(answer.message + (answer.errors ? ': ' + answer.errors.join('; ') : ''), res.ok)
+    if (res.ok) button.textContent = 'allowed'
+  } catch (error) {
+    allowStatus('allow failed: ' + error.message, false)
+  } finally {
+    button.disabled = false
+  }
+  refreshSoon()
+}
+
+function button(text, title, onClick) {
+  const b = document.createElement('button')
+  b.textContent = text
+  if (title) b.title = title
+  b.addEventListener('click', () => onClick(b))
+  return b
+}
+
 function render(state) {
   for (const k of ['allow', 'deny', 'error']) $('count-' + k).textContent = String(state.counters[k])
   $('count-open').textContent = String(state.openCount)
   $('mode').textContent = state.mode
   $('rules-file').textContent = state.rulesFile
   $('rules-path').textContent = state.rulesFile
+  $('token-file').textContent = state.tokenFile
   $('reload').textContent = state.lastReload ? (state.lastReload.ok ? 'ok' : 'failed: ' + (state.lastReload.errors || []).join('; ')) + ' at ' + state.lastReload.at : 'none since start'
   const denied = $('denied').tBodies[0]
   denied.replaceChildren()
@@ -134,12 +203,10 @@ function render(state) {
     cell(row, d.count)
     cell(row, d.detail, 'detail')
     cell(row, d.suggestion || '', 'rule')
-    const td = cell(row, '')
+    const td = cell(row, '', 'actions')
     if (d.suggestion) {
-      const button = document.createElement('button')
-      button.textContent = 'copy'
-      button.addEventListener('click', () => copy(d.suggestion, button))
-      td.appendChild(button)
+      td.appendChild(button('copy', '', (b) => copy(d.suggestion, b)))
+      td.appendChild(button('allow', 'add it to "allow" of the policy "' + d.policy + '" and reload', (b) => allow(d, b)))
     }
     denied.appendChild(row)
   }
@@ -189,6 +256,9 @@ function connect() {
   })
 }
 
+takeTokenFromUrl()
+$('token-save').addEventListener('click', saveToken)
+$('token').addEventListener('keydown', (e) => { if (e.key === 'Enter') saveToken() })
 refresh()
 connect()
 setInterval(refresh, 5000)

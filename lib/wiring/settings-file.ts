@@ -1,6 +1,6 @@
 // Merging proxy-gate's keys into someone else's JSON settings file: every other key kept, a
 // backup beside it, written atomically as UTF-8 without BOM, and a revert from that backup.
-import { existsSync, readFileSync, unlinkSync } from 'node:fs'
+import { existsSync, readFileSync, statSync, unlinkSync } from 'node:fs'
 import { writeFileAtomic } from '../core/atomic-file.js'
 import type { Json, JsonObject } from './docker.js'
 import type { Result } from '../policy/target.js'
@@ -80,10 +80,19 @@ export function readJsonFile(path: string): Result<JsonFile> {
   }
 }
 
+/** An existing file's permission bits, which a rewrite keeps (rules.json may hold password hashes). */
+function modeOf(path: string): number | undefined {
+  try {
+    return statSync(path).mode & 0o777
+  } catch {
+    return undefined
+  }
+}
+
 /** Writes the JSON text atomically (core/atomic-file.ts): readers see the old file or the new one, never half. */
-export function writeJsonAtomic(path: string, value: JsonObject): void {
+export function writeJsonAtomic(path: string, value: JsonObject, mode = modeOf(path)): void {
   writeFileAtomic(path, `${JSON.stringify(value, null, 2)}
-`)
+`, mode)
 }
 
 export function backupPath(path: string): string {
@@ -111,8 +120,10 @@ export function planWrite(current: JsonObject | undefined, fragment: JsonObject)
 export type BackupRule = 'first' | 'latest'
 
 export function applyWrite(path: string, plan: WritePlan, backup: BackupRule): void {
-  if ((backup === 'latest' && plan.changes.length > 0) || !existsSync(backupPath(path))) writeJsonAtomic(backupPath(path), plan.before)
-  writeJsonAtomic(path, plan.after)
+  // the backup holds what the file held: it gets the file's permissions, not wider ones
+  const mode = modeOf(path)
+  if ((backup === 'latest' && plan.changes.length > 0) || !existsSync(backupPath(path))) writeJsonAtomic(backupPath(path), plan.before, mode)
+  writeJsonAtomic(path, plan.after, mode)
 }
 
 /** Restores the managed keys from the backup and removes it. */
