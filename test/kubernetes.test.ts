@@ -92,11 +92,15 @@ function kubectl(args: readonly string[], input?: string): string {
   return run.stdout
 }
 
-/** `kubectl kustomize DIR`, decoded by kubectl itself (a no-op label removal prints each object as JSON). */
-function render(dir: string): K8sObject[] {
-  const yaml = kubectl(['kustomize', dir])
+/** Manifests decoded by kubectl itself: a no-op label removal prints each object as JSON. */
+function decode(yaml: string): K8sObject[] {
   const lines = kubectl(['label', '--local', '-f', '-', 'proxy-gate-none-', '-o', 'jsonpath={@}{"\\n"}'], yaml)
   return lines.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as K8sObject)
+}
+
+/** `kubectl kustomize DIR`, decoded. */
+function render(dir: string): K8sObject[] {
+  return decode(kubectl(['kustomize', dir]))
 }
 
 /** The spec of each kind, as far as these checks read it. */
@@ -113,6 +117,7 @@ interface Specs {
     readonly metrics: Array<{ readonly resource: { readonly name: string } }>
   }
   readonly NetworkPolicy: PolicySpec
+  readonly PodMonitor: { readonly selector: { readonly matchLabels: Record<string, string> }; readonly podMetricsEndpoints: Array<{ readonly port: string; readonly path: string }> }
 }
 
 function one<K extends keyof Specs>(objects: readonly K8sObject[], kind: K, name?: string): K8sObject & { spec: Specs[K] } {
@@ -324,6 +329,18 @@ t.test('proxy-gate started as the pod starts it answers the probes and the scrap
   const denied = await get(portOf(container, 'proxy'), 'http://example.com/', 'example.com')
   t.equal(denied.status, 403, 'the proxy port is the proxy')
   t.equal(await cli.stop(), 0)
+})
+
+t.test('the PodMonitor example scrapes the pods where the annotations do', { skip: KUBECTL_MISSING }, async (t) => {
+  const { deployment, container } = workload()
+  const monitor = one(decode(readFileSync(join(EXAMPLE, '../podmonitor.yaml'), 'utf8')), 'PodMonitor')
+  t.equal(monitor.metadata.namespace, deployment.metadata.namespace)
+  t.same(monitor.spec.selector.matchLabels, deployment.spec.template.metadata.labels)
+  const annotations = deployment.spec.template.metadata.annotations ?? {}
+  t.same(
+    monitor.spec.podMetricsEndpoints.map((e) => [portOf(container, e.port), e.path]),
+    [[Number(annotations['prometheus.io/port']), annotations['prometheus.io/path']]],
+  )
 })
 
 t.test('CLI_PATH is the entrypoint the Dockerfile runs', async (t) => {
