@@ -261,7 +261,9 @@ t.test('the workload example: labelled for proxy-gate, out only through its pods
   t.same(toDns?.ports, [{ port: 53, protocol: 'UDP' }, { port: 53, protocol: 'TCP' }])
   const service = one(base, 'Service', 'proxy-gate')
   const client = one(example, 'Deployment').spec.template.spec.containers[0]
-  const proxyUrl = `http://proxy-gate.proxy-gate.svc:${service.spec.ports[0]?.port ?? 0}`
+  const serviceAddress = `${service.metadata.name}.${service.metadata.namespace ?? ''}.svc:${service.spec.ports[0]?.port ?? 0}`
+  t.equal(container.args[container.args.indexOf('--advertise') + 1], serviceAddress, 'the PAC file names the Service')
+  const proxyUrl = `http://${serviceAddress}`
   for (const name of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy']) t.equal(client?.env?.find((e) => e.name === name)?.value, proxyUrl, name)
 })
 
