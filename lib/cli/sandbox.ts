@@ -10,10 +10,13 @@ import { loadRulesFile, rulesPath } from '../rules/file.js'
 import { printErrors, usageError } from './common.js'
 import { prepareContext } from './sandbox-image.js'
 
+/** The image `sandbox build` tags and `up` runs; deploy/kubernetes names it too. */
+export const DEFAULT_IMAGE = `proxy-gate:${VERSION}`
+
 const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|down|compose> [options]
 
   build   [--base IMAGE] [--tag TAG]       build the proxy-gate image with no network access
-                                           (base default node:22-slim; tag default proxy-gate:${VERSION})
+                                           (base default node:22-slim; tag default ${DEFAULT_IMAGE})
   up      [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR (default 10.250.0.0/24)]
                                            create the internal network N (default proxy-gate), its egress
                                            network and the proxy-gate container on both (rules mounted
@@ -29,8 +32,8 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|down|compose> [opt
 const OPTIONS = {
   name: { type: 'string', default: 'proxy-gate' },
   rules: { type: 'string' },
-  image: { type: 'string', default: `proxy-gate:${VERSION}` },
-  tag: { type: 'string', default: `proxy-gate:${VERSION}` },
+  image: { type: 'string', default: DEFAULT_IMAGE },
+  tag: { type: 'string', default: DEFAULT_IMAGE },
   base: { type: 'string', default: 'node:22-slim' },
   subnet: { type: 'string' },
   engine: { type: 'string', default: 'docker' },
