@@ -231,7 +231,9 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
     await proxy.shutdown()
     return refuse(admin.error).code
   }
-  const watcher = setup.packaged ? undefined : watchRulesFile(setup.file, () => reload('file changed'))
+  const watcher = setup.packaged
+    ? undefined
+    : watchRulesFile(setup.file, () => reload('file changed'), { onSame: () => log.debug('rules file touched, its content is unchanged: not reloading', { rules: setup.file }) })
   process.on('SIGHUP', () => reload('SIGHUP'))
   await new Promise<void>((done) => {
     const stop = (signal: string): void => {
