@@ -6,11 +6,13 @@ import { connect } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { Client } from 'undici'
+import type { ServerResponse } from 'node:http'
 import { startCli, type RunningCli } from './helpers/cli.js'
+import { logLine, startProxy } from './helpers/proxy.js'
 import { tempDir, writeJson } from './helpers/files.js'
 import { HAPROXY_SKIP, stablePort, startHaproxy, type Backend } from './helpers/haproxy.js'
 import { connectHead } from './helpers/http.js'
-import { NETNS_SKIP, rawExchange, startHttpUpstream, statusOf } from './helpers/net.js'
+import { NETNS_SKIP, rawExchange, rawSession, startHttpUpstream, statusOf } from './helpers/net.js'
 
 interface Load {
   readonly ok: () => number
@@ -136,4 +138,76 @@ t.test('a rolling restart of three instances behind HAProxy loses no request', {
   t.ok(load.ok() > 300, `${load.ok()} requests succeeded`)
   const counts = everyInstance.map((cli) => cli.lines.filter((l) => l.message === 'decision').length)
   t.ok(counts.every((n) => n > 0), `every instance served requests: ${counts.join(', ')}`)
+})
+
+const get = (target: string, path: string, keepAlive = true): string => `GET http://${target}${path} HTTP/1.1\r\nHost: ${target}\r\n${keepAlive ? '' : 'Connection: close\r\n'}\r\n`
+
+t.test('drain phases: 503 at once, still accepting with Connection: close, idle keep-alive closed after the delay', async (t) => {
+  let held: ServerResponse | undefined
+  let arrived = (): void => undefined
+  const heldArrived = new Promise<void>((resolve) => (arrived = resolve))
+  const origin = await startHttpUpstream('127.0.0.1', (req, res) => {
+    if (req.url !== '/held') return void res.end(`hello ${req.url ?? ''}`)
+    held = res
+    arrived()
+  })
+  t.teardown(() => origin.close())
+  const target = `127.0.0.1:${origin.port}`
+  const proxy = await startProxy({ allow: [target], limits: { drainDelayMs: 400, shutdownGraceMs: 5_000 } })
+
+  const idle = await rawSession(proxy.port)
+  await idle.send(get(target, '/first'))
+  t.match(await idle.waitFor((x) => x.endsWith('hello /first')), /Connection: keep-alive/i, 'keep-alive before the drain')
+  const inFlight = await rawSession(proxy.port)
+  await inFlight.send(get(target, '/held'))
+  await heldArrived
+
+  const began = Date.now()
+  const stopped = proxy.proxy.shutdown()
+  t.notOk(proxy.proxy.ready())
+  const ready = await rawExchange(proxy.port, 'GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+  t.equal(statusOf(ready.text), 503, '/readyz says 503 at once, on a connection accepted while draining')
+  const during = await rawSession(proxy.port)
+  await during.send(get(target, '/during'))
+  await during.closed
+  t.equal(statusOf(during.text()), 200, 'served while draining')
+  t.match(during.text(), /Connection: close/i, 'and told to go elsewhere next time')
+
+  held?.end('late')
+  await inFlight.closed
+  t.match(inFlight.text(), /Connection: close[\s\S]*late$/i, 'a response still unsent when the drain began carries Connection: close')
+
+  await idle.closed
+  t.ok(Date.now() - began >= 350, `the idle keep-alive connection closed after the drain delay (${Date.now() - began} ms)`)
+  await logLine(proxy, (l) => l.message === 'stopped accepting', 'stopped accepting')
+  await stopped
+  t.match(proxy.logs().find((l) => l.message === 'draining: not ready, still accepting'), { drainDelayMs: 400 })
+  const refused = await rawExchange(proxy.port, get(target, '/after', false))
+  t.equal(refused.text, '', 'no longer accepting')
+})
+
+t.test('a second SIGTERM during the drain stops at once; the admin /readyz says 503 while draining', async (t) => {
+  const upstream = await startHttpUpstream()
+  t.teardown(() => upstream.close())
+  const target = `127.0.0.1:${upstream.port}`
+  const dir = tempDir('drain-twice')
+  const rules = writeJson(dir, 'rules.json', { allow: [target], limits: { drainDelayMs: 60_000, shutdownGraceMs: 60_000 } })
+  const cli = await startCli(['start', '--rules', rules, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--admin-token-file', join(dir, 'token'), '--log-format', 'json'])
+  t.teardown(() => cli.child.kill('SIGKILL'))
+  const admin = Number(/:(\d+)\/$/.exec(String((await cli.waitFor((l) => l.message === 'admin listening')).url))?.[1])
+  const tunnel = await rawSession(cli.port)
+  await tunnel.send(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`)
+  await tunnel.waitFor((x) => x.includes('\r\n\r\n'))
+
+  cli.child.kill('SIGTERM')
+  await cli.waitFor((l) => l.message === 'draining: not ready, still accepting')
+  const probe = await rawExchange(admin, 'GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n')
+  t.equal(statusOf(probe.text), 503, 'admin /readyz: 503 while draining')
+  const began = Date.now()
+  cli.child.kill('SIGTERM')
+  t.equal(await cli.exited, 0)
+  t.ok(Date.now() - began < 5_000, `stopped at once (${Date.now() - began} ms), not after a minute`)
+  await tunnel.closed
+  t.ok(cli.lines.some((l) => l.message === 'stopping now: a second signal skips the rest of the drain and grace period'))
+  t.match(cli.lines.find((l) => l.message === 'closing what is still open'), { tunnels: 1 })
 })
