@@ -138,6 +138,8 @@ t.test('the admin listener answers only its own Host names and wants the token t
   const { port, reloads } = await setup(t)
   t.equal((await get(port, '/metrics', { host: `evil.test:${port}` })).status, 421, 'a foreign Host (DNS rebinding) is refused')
   t.equal((await get(port, '/', { host: 'evil.test' })).status, 421)
+  t.equal((await get(port, '/readyz', { host: `10.1.2.3:${port}` })).status, 200, 'probes answer whatever the Host (kubelet sends the pod address)')
+  t.equal((await get(port, '/healthz', { host: 'evil.test' })).body, 'ok\n')
   t.equal((await get(port, '/', { host: `localhost:${port}` })).status, 200)
   t.equal((await get(port, '/reload', { method: 'POST' })).status, 401, 'no token')
   t.equal((await get(port, '/reload', { method: 'POST', token: 'wrong-token-0123456789abcd' })).status, 401, 'wrong token')

@@ -219,10 +219,16 @@ t.test('limits: known keys, positive whole numbers, defaults for the rest', asyn
   t.equal(c.limits.maxConnections, 10)
   t.equal(c.limits.tunnelIdleTimeoutMs, DEFAULT_LIMITS.tunnelIdleTimeoutMs, 'unset keys keep their defaults')
   t.equal(c.limits.maxHeaderCount, DEFAULT_LIMITS.maxHeaderCount)
-  for (const key of Object.keys(DEFAULT_LIMITS)) {
+  for (const key of Object.keys(DEFAULT_LIMITS).filter((k) => k !== 'drainDelayMs')) {
     for (const value of [0, -5, 2.5, '100', true, null]) {
       t.same(errorsOf({ limits: { [key]: value } }), [[`limits.${key}`, 'must be a positive whole number']], `${key}: ${JSON.stringify(value)}`)
     }
+  }
+  t.equal(DEFAULT_LIMITS.drainDelayMs, 0, 'no drain delay unless asked: Ctrl-C stops at once')
+  t.equal(config({ limits: { drainDelayMs: 0 } }).limits.drainDelayMs, 0)
+  t.equal(config({ limits: { drainDelayMs: 5000 } }).limits.drainDelayMs, 5000)
+  for (const value of [-1, 2.5, '100', true, null]) {
+    t.same(errorsOf({ limits: { drainDelayMs: value } }), [['limits.drainDelayMs', 'must be a whole number, 0 or more']], `drainDelayMs: ${JSON.stringify(value)}`)
   }
   t.same(errorsOf({ limits: 5 }), [['limits', '"limits" must be an object']])
   t.same(errorsOf({ limits: [] }), [['limits', '"limits" must be an object']])

@@ -241,19 +241,28 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
     await proxy.shutdown()
     return refuse(admin.error).code
   }
-  const watcher = setup.packaged ? undefined : watchRulesFile(setup.file, () => reload('file changed'))
+  const watcher = setup.packaged
+    ? undefined
+    : watchRulesFile(setup.file, () => reload('file changed'), { onSame: () => log.debug('rules file touched, its content is unchanged: not reloading', { rules: setup.file }) })
   process.on('SIGHUP', () => reload('SIGHUP'))
   await new Promise<void>((done) => {
+    let stopping = false
     const stop = (signal: string): void => {
       clearTimeout(timer)
+      if (stopping) {
+        log.info('stopping now: a second signal skips the rest of the drain and grace period', { signal })
+        return proxy.hurry()
+      }
+      stopping = true
       log.info('shutting down', { signal, open: proxy.open.size })
       watcher?.close()
-      void Promise.all([proxy.shutdown(), admin.value?.close()]).then(() => done())
+      // the admin listener's /readyz says 503 for as long as the proxy drains
+      void proxy.shutdown().then(() => admin.value?.close()).then(() => done())
     }
-    process.once('SIGINT', () => stop('SIGINT'))
-    process.once('SIGTERM', () => stop('SIGTERM'))
+    process.on('SIGINT', () => stop('SIGINT'))
+    process.on('SIGTERM', () => stop('SIGTERM'))
     const timer = hooks.durationMs === undefined ? undefined : setTimeout(() => stop('duration elapsed'), hooks.durationMs)
   })
-  log.info('stopped')
+  log.info('stopped', { code: 0 })
   return 0
 }

@@ -57,6 +57,8 @@ const text = (res: ServerResponse, status: number, body: string) => send(res, st
 const json = (res: ServerResponse, status: number, value: unknown) => send(res, status, 'application/json', JSON.stringify(value))
 
 /** The Host names this listener answers to: loopback names and its own address, with its port. */
+const PROBES = new Set(['/healthz', '/readyz'])
+
 function allowedHosts(listen: Listen, port: number): Set<string> {
   const own = listen.host.includes(':') ? `[${listen.host}]` : listen.host
   return new Set(['localhost', '127.0.0.1', '[::1]', own].map((h) => `${h}:${port}`))
@@ -187,7 +189,9 @@ function route(sources: AdminSources, hosts: ReadonlySet<string>, req: IncomingM
 export function createAdmin(listen: Listen, sources: AdminSources): Admin {
   let hosts = new Set<string>()
   const server: Server = createServer((req, res) => {
-    if (!hosts.has((req.headers.host ?? '').toLowerCase())) return text(res, 421, 'this admin listener answers only to its own address (Host header)')
+    // probes (kubelet, HAProxy) name the pod's address or no Host at all; the answer tells a rebinding page nothing
+    const probe = PROBES.has((req.url ?? '').split('?')[0] ?? '')
+    if (!probe && !hosts.has((req.headers.host ?? '').toLowerCase())) return text(res, 421, 'this admin listener answers only to its own address (Host header)')
     route(sources, hosts, req, res)
   })
   server.on('clientError', (_error, socket) => socket.destroy())

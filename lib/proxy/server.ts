@@ -63,8 +63,13 @@ export interface Proxy {
   address(): AddressInfo
   /** swaps in new rules; open connections the new rules deny are closed */
   reload(config: Config): ReloadOutcome
-  /** stops accepting, lets open connections finish until the grace period, then closes the rest */
+  /**
+   * not ready at once; keeps accepting (answering with Connection: close) for limits.drainDelayMs,
+   * then stops accepting, lets open connections finish until limits.shutdownGraceMs, closes the rest
+   */
   shutdown(): Promise<void>
+  /** during shutdown: skips what is left of the drain delay and the grace period */
+  hurry(): void
   /** listening with rules loaded, and not shutting down */
   ready(): boolean
   /** tells observers (metrics, dashboard) how a reload went */
@@ -108,6 +113,12 @@ export function createProxy(options: ProxyOptions): Proxy {
   const open = new LinkedSet<OpenConnection>()
   let ready = false
   let stopping: Promise<void> | undefined
+  let draining = false
+  // every client socket of the HTTP listener (tunnels included), for the count closed at the deadline
+  const sockets = new Set<Socket>()
+  // responses not yet finished: those whose head is still unsent learn about a drain in time
+  const responses = new Set<ServerResponse>()
+  const hurried = new AbortController()
   const authenticator = createAuthenticator(() => config.auth)
   // the parent proxy ("upstream"): a new one on reload when its URL or credentials change
   const upstreamOptions = (): UpstreamOptions => ({ connectTimeoutMs: config.limits.connectTimeoutMs, self: () => self })
@@ -200,10 +211,20 @@ export function createProxy(options: ProxyOptions): Proxy {
     })
   }
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
+    // draining: send the client elsewhere for its next request (Node adds Connection: close)
+    if (draining) res.shouldKeepAlive = false
+    else {
+      responses.add(res)
+      res.once('close', () => responses.delete(res))
+    }
     const form = formOf(req.socket)
     if (form === ABSOLUTE_FORM && req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
     authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), (who) => forwardRoute(rt, agent, who, req, res, expectsContinue, form))
   }
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+  })
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
@@ -280,20 +301,50 @@ export function createProxy(options: ProxyOptions): Proxy {
     ready: () => ready,
     noteReload: (r) => record({ type: 'reload', ...r }),
     shutdown: () => (stopping ??= stop()),
+    hurry: () => hurried.abort(),
+  }
+
+  /** Resolves after `ms`, or at once when hurried. */
+  function pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      if (hurried.signal.aborted) return resolve()
+      const timer = setTimeout(resolve, ms)
+      hurried.signal.addEventListener('abort', () => {
+        clearTimeout(timer)
+        resolve()
+      })
+    })
+  }
+
+  /** Load balancers see /readyz say 503 and move away while the listener still takes what they send. */
+  async function drain(): Promise<void> {
+    ready = false
+    draining = true
+    for (const res of responses) if (!res.headersSent) res.shouldKeepAlive = false
+    responses.clear()
+    const { drainDelayMs } = config.limits
+    log.info('draining: not ready, still accepting', { drainDelayMs, connections: sockets.size })
+    if (drainDelayMs > 0) await pause(drainDelayMs)
   }
 
   async function stop(): Promise<void> {
-    ready = false
+    await drain()
     const closedServer = new Promise<void>((resolve) => server.close(() => resolve()))
     const closedTransparent = transparent?.close()
     server.closeIdleConnections()
-    const deadline = setTimeout(() => {
+    log.info('stopped accepting', { connections: sockets.size, graceMs: config.limits.shutdownGraceMs })
+    let stopped = false
+    void pause(config.limits.shutdownGraceMs).then(() => {
+      if (stopped) return
+      log.info('closing what is still open', { connections: sockets.size, tunnels: open.size })
       for (const conn of open) conn.close('proxy shutting down')
       server.closeAllConnections()
+      for (const socket of sockets) socket.destroy()
       transparent?.destroyAll()
-    }, config.limits.shutdownGraceMs)
+    })
     await Promise.all([closedServer, closedTransparent, sandboxDns?.close()])
-    clearTimeout(deadline)
+    stopped = true
+    hurried.abort() // ends the grace period's timer
     upgradeProxy.close()
     await interceptor?.close()
     await agent.close()

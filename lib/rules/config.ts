@@ -24,6 +24,8 @@ export interface Limits {
   readonly maxHeaderBytes: number
   readonly maxHeaderCount: number
   readonly shutdownGraceMs: number
+  /** after SIGTERM, how long to keep accepting while not ready, so load balancers move away first */
+  readonly drainDelayMs: number
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -38,6 +40,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxHeaderBytes: 16_384,
   maxHeaderCount: 200,
   shutdownGraceMs: 10_000,
+  drainDelayMs: 0,
 }
 
 export interface DnsServer {
@@ -262,6 +265,15 @@ function positiveInt(errors: Errors, path: string, value: unknown, fallback: num
   return value
 }
 
+function wholeNumber(errors: Errors, path: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
+    err(errors, path, value, 'must be a whole number, 0 or more')
+    return fallback
+  }
+  return value
+}
+
 function parseLimits(errors: Errors, value: unknown): Limits {
   if (value === undefined) return DEFAULT_LIMITS
   if (!isObject(value)) {
@@ -271,7 +283,7 @@ function parseLimits(errors: Errors, value: unknown): Limits {
   const keys = Object.keys(DEFAULT_LIMITS) as Array<keyof Limits>
   unknownKeys(errors, 'limits', value, keys)
   const limits = { ...DEFAULT_LIMITS }
-  for (const key of keys) limits[key] = positiveInt(errors, `limits.${key}`, value[key], DEFAULT_LIMITS[key])
+  for (const key of keys) limits[key] = (key === 'drainDelayMs' ? wholeNumber : positiveInt)(errors, `limits.${key}`, value[key], DEFAULT_LIMITS[key])
   if (limits.headerTimeoutMs > limits.requestTimeoutMs) {
     err(errors, 'limits.headerTimeoutMs', limits.headerTimeoutMs, `must not be longer than limits.requestTimeoutMs (${limits.requestTimeoutMs})`)
   }

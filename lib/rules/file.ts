@@ -1,7 +1,8 @@
 // Reading rules.json from disk, choosing which one, and noticing when it changes. Validation
 // itself is config.ts.
-import { existsSync, readFileSync, watch, type FSWatcher } from 'node:fs'
-import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path'
+import { createHash } from 'node:crypto'
+import { existsSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs'
+import { dirname, isAbsolute, relative, resolve, sep } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import type { SandboxSettings } from './sandbox.js'
 import { parseConfig, type Config, type ConfigResult, type Listen } from './config.js'
@@ -76,19 +77,74 @@ function definedOnly(overrides: Overrides): Partial<Config> {
   return Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined))
 }
 
+export interface RulesWatch {
+  close(): void
+}
+
+export interface WatchOptions {
+  /** quiet time after the last event in the folder before the file is looked at */
+  readonly debounceMs?: number
+  /** how often the file is stat()ed anyway, for filesystems whose events never arrive (NFS, some overlays) */
+  readonly pollMs?: number
+  /** the folder changed, or the file was touched, but what it says did not: no reload */
+  readonly onSame?: () => void
+}
+
+function errorKey(error: unknown): string {
+  return `error:${(error as NodeJS.ErrnoException).code ?? 'unknown'}`
+}
+
+/** Cheap: which file the path resolves to now (through any symlinks) and when it last changed. */
+function statKey(path: string): string {
+  try {
+    const s = statSync(path, { bigint: true })
+    return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`
+  } catch (error) {
+    return errorKey(error)
+  }
+}
+
+function contentKey(path: string): string {
+  try {
+    return createHash('sha256').update(readFileSync(path)).digest('hex')
+  } catch (error) {
+    return errorKey(error)
+  }
+}
+
 /**
- * Calls `onChange` (debounced) when the file is written or replaced. Watches the folder, since
- * editors often save by writing a new file and renaming it over the old one.
+ * Calls `onChange` when what the path resolves to says something new. Any event in the file's
+ * folder counts, not only events named after the file: editors rename a new file over the old
+ * one, and a Kubernetes ConfigMap volume swaps its `..data` symlink while `rules.json ->
+ * ..data/rules.json` itself never changes. A slow stat() poll catches what the events miss (a
+ * symlink into another folder, filesystems without inotify). Only a new content hash reloads, so a
+ * rewrite with the same text, or a burst of events, is not a reload storm.
  */
-export function watchRulesFile(path: string, onChange: () => void, debounceMs = 100): FSWatcher {
+export function watchRulesFile(path: string, onChange: () => void, options: WatchOptions = {}): RulesWatch {
   const full = resolve(path)
-  const name = basename(full)
+  let seen = { stat: statKey(full), content: contentKey(full) }
+  const check = (always: boolean): void => {
+    const stat = statKey(full)
+    if (!always && stat === seen.stat) return
+    const content = contentKey(full)
+    const same = content === seen.content
+    seen = { stat, content }
+    if (same) options.onSame?.()
+    else onChange()
+  }
   let timer: NodeJS.Timeout | undefined
-  const watcher = watch(dirname(full), (_event, changed) => {
-    if (changed !== null && changed !== name) return
+  const watcher: FSWatcher = watch(dirname(full), () => {
     clearTimeout(timer)
-    timer = setTimeout(onChange, debounceMs)
+    timer = setTimeout(() => check(true), options.debounceMs ?? 100)
   })
-  watcher.on('error', () => watcher.close())
-  return watcher
+  watcher.on('error', () => watcher.close()) // the folder went away: the poll carries on
+  const poll = setInterval(() => check(false), options.pollMs ?? 2_000)
+  poll.unref()
+  return {
+    close: () => {
+      watcher.close()
+      clearTimeout(timer)
+      clearInterval(poll)
+    },
+  }
 }
