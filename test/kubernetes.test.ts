@@ -220,8 +220,8 @@ t.test('terminationGracePeriodSeconds outlasts the drain and the shutdown grace'
   const parsed = parseConfig(JSON.parse(configMap.data?.['rules.json'] ?? '{}'))
   if (!parsed.ok) throw new Error('rules.json is invalid')
   const { limits } = parsed.value
-  // limits.drainDelayMs is new: 0 where this proxy-gate has none yet
-  const drainMs = 'drainDelayMs' in limits && typeof limits.drainDelayMs === 'number' ? limits.drainDelayMs : 0
+  const drainMs = limits.drainDelayMs
+  t.ok(drainMs >= 5000, 'a drain delay long enough for the Service endpoints to drop the pod')
   t.ok(pod.terminationGracePeriodSeconds > (drainMs + limits.shutdownGraceMs) / 1000, `${pod.terminationGracePeriodSeconds}s > ${drainMs} + ${limits.shutdownGraceMs} ms`)
 })
 
