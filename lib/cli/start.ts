@@ -161,23 +161,32 @@ function announce(log: Logger, setup: Setup, address: AddressInfo): void {
 
 type ReloadResult = { ok: boolean; errors?: string[] }
 
-/** Loads the rules file again; a bad file is reported and the running rules stay. */
+/** The rules file again, with the files it names: what to run, or why it cannot run. */
+function loadNext(setup: Setup): { ok: true; config: Config; upstreamCa: string[] } | { ok: false; errors: string[] } {
+  const next = loadRulesFile(setup.file, setup.overrides)
+  if (!next.ok) return { ok: false, errors: formatRuleErrors(next.errors).split('\n') }
+  const caNeeded = needsCa(next.value, setup.ca)
+  if (caNeeded) return { ok: false, errors: [caNeeded] }
+  const upstreamCa = readUpstreamCa(setup.file, next.value)
+  return upstreamCa.ok ? { ok: true, config: next.value, upstreamCa: upstreamCa.value } : { ok: false, errors: [upstreamCa.error] }
+}
+
+/** Loads the rules file again; a bad file (or an unreadable tls.upstreamCaFiles) is reported and the running rules stay. */
 function reloader(setup: Setup, proxy: Proxy, log: Logger, onMode: (mode: Mode) => void): (trigger: string) => ReloadResult {
   const { file } = setup
   return (trigger) => {
-    const next = loadRulesFile(file, setup.overrides)
-    const caNeeded = next.ok ? needsCa(next.value, setup.ca) : undefined
-    if (!next.ok || caNeeded) {
-      const errors = next.ok ? [caNeeded ?? ''] : formatRuleErrors(next.errors).split('\n')
+    const next = loadNext(setup)
+    if (!next.ok) {
+      const { errors } = next
       log.error('reload failed: keeping the previous rules', { rules: file, trigger, errors })
       proxy.noteReload({ ok: false, trigger, errors })
       return { ok: false, errors }
     }
-    const { listen } = next.value
+    const { listen } = next.config
     if (listen.host !== setup.config.listen.host || listen.port !== setup.config.listen.port) log.warn('"listen" changed: restart proxy-gate to apply it')
-    const outcome = proxy.reload(next.value)
-    onMode(next.value.mode)
-    log.info('reloaded', { rules: file, trigger, allow: next.value.policy.allow.length, deny: next.value.policy.deny.length, ...outcome })
+    const outcome = proxy.reload(next.config, next.upstreamCa)
+    onMode(next.config.mode)
+    log.info('reloaded', { rules: file, trigger, allow: next.config.policy.allow.length, deny: next.config.policy.deny.length, ...outcome })
     proxy.noteReload({ ok: true, trigger })
     return { ok: true }
   }
