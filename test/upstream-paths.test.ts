@@ -8,9 +8,11 @@ import { createServer as createHttpsServer } from 'node:https'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { ProxyAgent, request } from 'undici'
-import { WebSocketServer } from 'ws'
+import { connect as tlsConnect, type TLSSocket } from 'node:tls'
+import { WebSocket, WebSocketServer } from 'ws'
 import { createCa, type Ca } from '../lib/certs/ca.js'
 import { startDns, type TestDns } from './helpers/dns.js'
+import { connectHead } from './helpers/http.js'
 import { closedPort, NETNS_SKIP, parseResponses, rawSession, selfSigned, startWsUpstream, type TlsMaterial } from './helpers/net.js'
 import { logLine, startProxy, type TestProxy } from './helpers/proxy.js'
 
@@ -104,11 +106,12 @@ async function httpsOrigin(t: Test, tls: TlsMaterial): Promise<Origin> {
   return { port: await listening(t, createHttpsServer({ cert: tls.cert, key: tls.key }, recorder(peers, paths))), peers, paths }
 }
 
-/** A WebSocket echo origin recording the peer port of each upgrade it accepted. */
-async function wsOrigin(t: Test): Promise<Origin> {
+/** A WebSocket echo origin (wss with `tls`) recording the peer port of each upgrade it accepted. */
+async function wsOrigin(t: Test, tls?: TlsMaterial): Promise<Origin> {
   const peers: number[] = []
   const paths: string[] = []
-  const server = createHttpServer((_req, res) => res.writeHead(426).end())
+  const refuse = (_req: IncomingMessage, res: ServerResponse): void => void res.writeHead(426).end()
+  const server = tls ? createHttpsServer({ cert: tls.cert, key: tls.key }, refuse) : createHttpServer(refuse)
   const wss = new WebSocketServer({ server })
   wss.on('connection', (ws, req) => {
     peers.push(req.socket.remotePort ?? 0)
@@ -308,4 +311,46 @@ t.test('ws:// upgrades try each checked address while connecting fails, as CONNE
   const answer = parseResponses(await r.waitFor((text) => text.includes('\r\n\r\n')))[0]
   t.equal(answer?.status, 502)
   t.equal(answer?.headers['proxy-status']?.[0], `proxy-gate; error=connection_refused; details="11.22.33.44:${dead}, 11.22.33.46:${dead} refused the connection"`)
+})
+
+t.test('wss inside an opened tunnel goes through the parent too, the origin verified', async (t) => {
+  const w = await world(t)
+  const wss = await wsOrigin(t, w.tls)
+  const parent = await startParent(t)
+  const proxy = await startProxy(
+    {
+      allow: [{ host: 'api.allowed.test', ports: [wss.port], methods: ['GET'], paths: ['/ok/**'] }, `127.0.0.1:${wss.port}`],
+      dns: { servers: [w.dns.server], timeoutMs: 2000 },
+      tls: { ports: [wss.port] },
+      upstream: `http://${parent.hop}`,
+    },
+    { ca: w.ca, upstreamCa: [w.tls.cert] },
+  )
+  t.teardown(() => proxy.close())
+  const target = `api.allowed.test:${wss.port}`
+  // CONNECT, then TLS to the leaf proxy-gate mints, then the WebSocket over it
+  const inner = await new Promise<TLSSocket>((resolve, reject) => {
+    const raw = connect({ host: '127.0.0.1', port: proxy.port })
+    raw.once('error', reject)
+    raw.once('data', () => {
+      const tls = tlsConnect({ socket: raw, servername: 'api.allowed.test', ca: w.ca.certPem })
+      tls.once('secureConnect', () => resolve(tls))
+      tls.once('error', reject)
+    })
+    raw.write(connectHead(target))
+  })
+  t.teardown(() => inner.destroy())
+  const echoed = await new Promise<string>((resolve) => {
+    const ws = new WebSocket(`wss://${target}/ok/socket`, { createConnection: () => inner })
+    ws.on('open', () => ws.send('hi'))
+    ws.on('message', (m) => {
+      resolve((m as Buffer).toString())
+      ws.close()
+    })
+    ws.on('unexpected-response', (_req, res) => resolve(`status ${res.statusCode ?? 0}`))
+    ws.on('error', (error) => resolve(`error ${error.message}`))
+  })
+  t.equal(echoed, 'echo: hi')
+  t.same(parent.asked, [`CONNECT ${target} HTTP/1.1`])
+  t.ok(parent.outgoing.includes(wss.peers[0] ?? -1), "the origin's peer is the parent's connection")
 })
