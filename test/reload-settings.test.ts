@@ -2,10 +2,14 @@
 // proxy port and opened tunnels), limits.connectTimeoutMs for plain HTTP (direct and through the
 // parent: undici fixes it per agent/pool, so new ones are made) and tls.upstreamCaFiles (the roots
 // that verify origins behind opened tunnels).
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { ProxyAgent, request } from 'undici'
 import { createCa } from '../lib/certs/ca.js'
+import { startCli } from './helpers/cli.js'
 import { startDns } from './helpers/dns.js'
+import { tempDir, writeJson } from './helpers/files.js'
 import { connectHead } from './helpers/http.js'
 import { PYTHON, rawExchange, startBlackhole, startHttpsUpstream, startHttpUpstream, statusOf } from './helpers/net.js'
 import { configFrom, logLine, startProxy, type TestProxy } from './helpers/proxy.js'
@@ -103,4 +107,25 @@ t.test('tls.upstreamCaFiles follows a reload: origins of opened tunnels are veri
   const removed = await request(url, { dispatcher: again })
   t.equal(removed.statusCode, 502, 'and no longer once it is removed')
   await removed.body.text()
+})
+
+t.test('proxy-gate start reads tls.upstreamCaFiles again on reload; one it cannot read fails the reload', async (t) => {
+  const dir = tempDir('reload-ca')
+  const https = await startHttpsUpstream('127.0.0.1', ['api.allowed.test'])
+  t.teardown(() => https.close())
+  const rules = (files: string[]): Record<string, unknown> => ({ allow: [`127.0.0.1:${https.port}`], tls: { upstreamCaFiles: files } })
+  const file = writeJson(dir, 'rules.json', rules([]))
+  const cli = await startCli(['start', '--log-format', 'json', '--rules', file, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--admin-token-file', join(dir, 'admin-token'), '--dir', dir])
+  t.teardown(() => cli.stop())
+  writeFileSync(join(dir, 'origin.pem'), https.tls.cert)
+  writeJson(dir, 'rules.json', rules(['origin.pem']))
+  cli.child.kill('SIGHUP')
+  await cli.waitFor((l) => typeof l.message === 'string' && l.message.startsWith('tls.upstreamCaFiles changed'))
+  await cli.waitFor((l) => l.message === 'reloaded' && l.trigger === 'SIGHUP')
+  t.pass('the file named on reload is read, relative to the rules file')
+
+  writeJson(dir, 'rules.json', rules(['missing.pem']))
+  cli.child.kill('SIGHUP')
+  const failed = await cli.waitFor((l) => l.message === 'reload failed: keeping the previous rules')
+  t.match(JSON.stringify(failed.errors), /tls\.upstreamCaFiles: cannot read .*missing\.pem/)
 })
