@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { ProxyAgent, request } from 'undici'
 import { createCa } from '../lib/certs/ca.js'
-import { startCli } from './helpers/cli.js'
+import { runCli, startCli } from './helpers/cli.js'
 import { startDns } from './helpers/dns.js'
 import { tempDir, writeJson } from './helpers/files.js'
 import { connectHead } from './helpers/http.js'
@@ -128,4 +128,19 @@ t.test('proxy-gate start reads tls.upstreamCaFiles again on reload; one it canno
   cli.child.kill('SIGHUP')
   const failed = await cli.waitFor((l) => l.message === 'reload failed: keeping the previous rules')
   t.match(JSON.stringify(failed.errors), /tls\.upstreamCaFiles: cannot read .*missing\.pem/)
+})
+
+t.test('a local CA that changed on disk is named in the reload line as needing a restart', async (t) => {
+  const dir = tempDir('reload-localca')
+  const file = writeJson(dir, 'rules.json', { allow: ['127.0.0.1:1'] })
+  const cli = await startCli(['start', '--log-format', 'json', '--rules', file, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--admin-token-file', join(dir, 'admin-token'), '--dir', dir])
+  t.teardown(() => cli.stop())
+  cli.child.kill('SIGHUP')
+  const same = await cli.waitFor((l) => l.message === 'reloaded')
+  t.equal(same.restartNeeded, undefined, 'nothing to restart for')
+  t.equal((await runCli(['ca', 'init', '--dir', dir])).code, 0)
+  cli.child.kill('SIGHUP')
+  const changed = await cli.waitFor((l) => l.message === 'reloaded' && l !== same)
+  t.same(changed.restartNeeded, ['ca'])
+  t.ok(cli.lines.some((l) => typeof l.message === 'string' && l.message.startsWith('the local CA changed on disk')))
 })
