@@ -2,18 +2,16 @@
 // tunnel, the CONNECT corpus (section E) as raw bytes, every kind of denial with its Proxy-Status,
 // body and suggested rules.json line, half-close, reset, idle and lifetime limits, upstream
 // failures, and the decision/closed log lines.
-import { spawn, spawnSync } from 'node:child_process'
 import { rmSync, writeFileSync } from 'node:fs'
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import t, { type Test } from 'tap'
 import { ProxyAgent, request } from 'undici'
 import { curl } from './helpers/curl.js'
 import { startDns } from './helpers/dns.js'
 import { tempDir } from './helpers/files.js'
 import { connectHead, parseResponse, proxyStatus } from './helpers/http.js'
-import { closedPort, NETNS_SKIP, rawExchange, startCanary, startHttpsUpstream, startHttpUpstream, statusOf, type RawResult } from './helpers/net.js'
+import { closedPort, NETNS_SKIP, PYTHON, rawExchange, startBlackhole, startCanary, startHttpsUpstream, startHttpUpstream, statusOf, type RawResult } from './helpers/net.js'
 import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -828,41 +826,6 @@ t.test('a refused IPv6 upstream is named in brackets, for a name and for a liter
     assertRefused(t, res, { status: 502, error: 'connection_refused', details: new RegExp(`^\\[2600:1f00::10\\]:${port} refused the connection$`) }, target)
   }
 })
-
-const PYTHON = spawnSync('python3', ['-c', 'pass']).status === 0
-
-/**
- * An address whose SYNs are dropped: a listener with backlog 0 that never accepts, its accept
- * queue filled by one connection. (No iptables/nft in the namespace.)
- */
-async function startBlackhole(): Promise<{ port: number; close(): Promise<void> }> {
-  const script = [
-    'import socket, sys',
-    's = socket.socket()',
-    "s.bind(('127.0.0.1', 0))",
-    's.listen(0)',
-    'print(s.getsockname()[1], flush=True)',
-    'sys.stdin.read()',
-  ].join('\n')
-  const child = spawn('python3', ['-c', script], { stdio: ['pipe', 'pipe', 'inherit'] })
-  const lines = createInterface({ input: child.stdout })
-  const port = await new Promise<number>((resolve, reject) => {
-    lines.once('line', (line) => resolve(Number(line)))
-    child.once('exit', (code) => reject(new Error(`python3 exited ${String(code)}`)))
-  })
-  const fillers = [connect({ host: '127.0.0.1', port }), connect({ host: '127.0.0.1', port })]
-  for (const f of fillers) f.on('error', () => undefined)
-  await new Promise<void>((resolve) => fillers[0]?.once('connect', () => resolve()))
-  return {
-    port,
-    close: async () => {
-      for (const f of fillers) f.destroy()
-      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-      child.kill()
-      await exited
-    },
-  }
-}
 
 t.test('an upstream that drops SYNs is a 504 connection_timeout at connectTimeoutMs (corpus K 103)', { skip: PYTHON ? false : 'needs python3 for a listener that never accepts' }, async (t) => {
   const hole = await startBlackhole()

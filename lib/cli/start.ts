@@ -45,6 +45,8 @@ interface Setup {
   readonly format: 'json' | 'pretty'
   readonly advertise: string | undefined
   readonly ca: LoadedCa
+  /** where the local CA lives (--dir) */
+  readonly caDir: string
   readonly upstreamCa: string[]
 }
 
@@ -133,12 +135,13 @@ function check(flags: StartFlags): Checked<Setup> {
   if (!advertise.ok) return { ok: false, code: usageError(advertise.error) }
   const problem = listenProblem(config, flags['insecure-open'])
   if (problem) return refuse(problem)
-  const ca = loadCa(caDir(flags.dir))
+  const dir = caDir(flags.dir)
+  const ca = loadCa(dir)
   const caMissing = needsCa(config, ca)
   if (caMissing) return refuse(caMissing)
   const upstreamCa = readUpstreamCa(file, config)
   if (!upstreamCa.ok) return refuse(upstreamCa.error)
-  return { ok: true, value: { file, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, upstreamCa: upstreamCa.value } }
+  return { ok: true, value: { file, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, caDir: dir, upstreamCa: upstreamCa.value } }
 }
 
 /** Where it listens, where the PAC file is, and the commands that wire clients to it. */
@@ -169,23 +172,43 @@ function problemsIn(setup: Setup, document: unknown): string[] {
   return caNeeded ? [caNeeded] : []
 }
 
-/** Loads the rules file again; a bad file is reported and the running rules stay. */
+/** The rules file again, with the files it names: what to run, or why it cannot run. */
+function loadNext(setup: Setup): { ok: true; config: Config; upstreamCa: string[] } | { ok: false; errors: string[] } {
+  const next = loadRulesFile(setup.file, setup.overrides)
+  if (!next.ok) return { ok: false, errors: formatRuleErrors(next.errors).split('\n') }
+  const caNeeded = needsCa(next.value, setup.ca)
+  if (caNeeded) return { ok: false, errors: [caNeeded] }
+  const upstreamCa = readUpstreamCa(setup.file, next.value)
+  return upstreamCa.ok ? { ok: true, config: next.value, upstreamCa: upstreamCa.value } : { ok: false, errors: [upstreamCa.error] }
+}
+
+/**
+ * Whether the local CA on disk is no longer the one running (created, replaced or removed since
+ * start): leaves are minted and /ca.crt served from the CA loaded at start, so this takes a restart.
+ */
+function caChanged(setup: Setup): boolean {
+  const onDisk = loadCa(setup.caDir)
+  return (onDisk.ok ? onDisk.value.certPem : undefined) !== (setup.ca.ok ? setup.ca.value.certPem : undefined)
+}
+
+/** Loads the rules file again; a bad file (or an unreadable tls.upstreamCaFiles) is reported and the running rules stay. */
 function reloader(setup: Setup, proxy: Proxy, log: Logger, onMode: (mode: Mode) => void): (trigger: string) => ReloadResult {
   const { file } = setup
   return (trigger) => {
-    const next = loadRulesFile(file, setup.overrides)
-    const caNeeded = next.ok ? needsCa(next.value, setup.ca) : undefined
-    if (!next.ok || caNeeded) {
-      const errors = next.ok ? [caNeeded ?? ''] : formatRuleErrors(next.errors).split('\n')
+    const next = loadNext(setup)
+    if (!next.ok) {
+      const { errors } = next
       log.error('reload failed: keeping the previous rules', { rules: file, trigger, errors })
       proxy.noteReload({ ok: false, trigger, errors })
       return { ok: false, errors }
     }
-    const { listen } = next.value
+    const { listen } = next.config
     if (listen.host !== setup.config.listen.host || listen.port !== setup.config.listen.port) log.warn('"listen" changed: restart proxy-gate to apply it')
-    const outcome = proxy.reload(next.value)
-    onMode(next.value.mode)
-    log.info('reloaded', { rules: file, trigger, allow: next.value.policy.allow.length, deny: next.value.policy.deny.length, ...outcome })
+    const outcome = proxy.reload(next.config, next.upstreamCa)
+    onMode(next.config.mode)
+    const restartNeeded = caChanged(setup) ? ['ca'] : []
+    if (restartNeeded.length > 0) log.warn('the local CA changed on disk: restart proxy-gate to mint leaves with it and serve it at /ca.crt', { dir: setup.caDir })
+    log.info('reloaded', { rules: file, trigger, allow: next.config.policy.allow.length, deny: next.config.policy.deny.length, ...outcome, ...(restartNeeded.length > 0 ? { restartNeeded } : {}) })
     proxy.noteReload({ ok: true, trigger })
     return { ok: true }
   }

@@ -4,11 +4,14 @@
 //               -> strict, bounded response head -> 2xx -> the socket goes to the relay
 //   plain HTTP: absolute-form requests on a pool of connections to the parent, with the
 //               configured Proxy-Authorization (the client's own never crosses: proxy/headers.ts)
+//   opened tunnels and ws:// upgrades: a CONNECT tunnel as above (TLS to the origin over it for
+//               https/wss, verified as a direct connection would be), and their requests inside it
 // Nothing of the tunnel (the ClientHello or anything else the client sent) is written to the
 // parent before its 2xx: a parent that refuses the CONNECT could read it as a request (corpus 92).
 // The parent's failures become 502/504 replies whose Proxy-Status names it as next-hop.
 import { STATUS_CODES } from 'node:http'
 import { connect, type Socket } from 'node:net'
+import { connect as tlsConnect, type SecureContext, type TLSSocket } from 'node:tls'
 import { buildConnector, Pool, type Dispatcher } from 'undici'
 import type { UpstreamProxy } from '../rules/config.js'
 import { DialFailure, upstreamFailure } from './dial.js'
@@ -16,10 +19,10 @@ import { parseIp } from '../policy/ip.js'
 import { patternMatches, type HostPattern } from '../policy/rules.js'
 import type { SelfAddress } from '../policy/decide.js'
 import { reply, type ProxyReply } from '../core/reply.js'
-import { formatTarget, type Target } from '../policy/target.js'
+import { formatTarget, hostText, type Target } from '../policy/target.js'
 
 export interface UpstreamOptions {
-  /** TCP connect timeout for the pool that carries plain HTTP (fixed when the pool is made) */
+  /** TCP connect timeout for the pool that carries plain HTTP (fixed when the pool is made: a change makes a new one) */
   readonly connectTimeoutMs: number
   /** where proxy-gate itself listens: a parent that turns out to be one of these is a loop */
   readonly self: () => readonly SelfAddress[]
@@ -43,6 +46,8 @@ export interface Upstream {
   readonly proxy: UpstreamProxy
   /** `host:port` of the parent: the Proxy-Status next-hop */
   readonly hop: string
+  /** the pool's TCP connect timeout */
+  readonly connectTimeoutMs: number
   /** whether traffic to this destination goes through the parent (false: upstreamBypass) */
   routes(target: Target): boolean
   /** CONNECT through the parent; rejects with a DialFailure whose reply names the parent */
@@ -187,6 +192,7 @@ function createUpstream(proxy: UpstreamProxy, bypass: readonly HostPattern[], op
   return {
     proxy,
     hop,
+    connectTimeoutMs: options.connectTimeoutMs,
     routes: routesFor(bypass),
     tunnel: (target, limits) => openParentTunnel(proxy, target, limits, options.self),
     dispatcher,
@@ -195,13 +201,13 @@ function createUpstream(proxy: UpstreamProxy, bypass: readonly HostPattern[], op
 }
 
 /**
- * The upstream for a (re)loaded config: the current one when the parent and its credentials are
- * unchanged (its connections are kept; only upstreamBypass is refreshed), otherwise a new one,
+ * The upstream for a (re)loaded config: the current one when the parent, its credentials and the
+ * connect timeout are unchanged (its connections are kept; only upstreamBypass is refreshed), otherwise a new one,
  * and the replaced one closes once its requests finish. Open tunnels keep the parent they have.
  */
 export function nextUpstream(current: Upstream | undefined, config: { readonly upstream: UpstreamProxy | undefined; readonly upstreamBypass: readonly HostPattern[] }, options: UpstreamOptions): Upstream | undefined {
   const proxy = config.upstream
-  if (proxy && proxy.sameAs(current?.proxy) && current) return { ...current, routes: routesFor(config.upstreamBypass) }
+  if (proxy && current && proxy.sameAs(current.proxy) && current.connectTimeoutMs === options.connectTimeoutMs) return { ...current, routes: routesFor(config.upstreamBypass) }
   if (current) void current.close().catch(() => undefined)
   return proxy ? createUpstream(proxy, config.upstreamBypass, options) : undefined
 }
@@ -220,4 +226,49 @@ export function parentFor(upstream: Upstream | undefined, target: Target): Upstr
 /** A plain-HTTP request rewritten for the parent: absolute-form, to the parent's address. */
 export function throughParent<T extends { readonly origin: string; readonly authority: string; readonly path: string }>(up: T, parent: Upstream): T & { readonly via: string } {
   return { ...up, origin: `http://${parent.hop}`, path: `http://${up.authority}${up.path}`, via: parent.hop }
+}
+
+/** TLS to the origin over a tunnel the parent opened, verified for the name against `secureContext`, bounded like a connect. */
+function originTls(socket: Socket, target: Target, secureContext: SecureContext, hop: string, timeoutMs: number): Promise<TLSSocket> {
+  const name = hostText(target.host)
+  return new Promise((resolve, reject) => {
+    const tls = tlsConnect({ socket, host: name, ...(target.host.kind === 'name' ? { servername: name } : {}), secureContext, ALPNProtocols: ['http/1.1'] })
+    const fail = (code: string): void => {
+      clearTimeout(timer)
+      tls.destroy()
+      reject(new DialFailure(upstreamFailure(code, `${formatTarget(target)} (through upstream proxy ${hop})`)))
+    }
+    const timer = setTimeout(() => fail('ETIMEDOUT'), timeoutMs)
+    const onError = (error: NodeJS.ErrnoException): void => fail(error.code ?? 'EUNKNOWN')
+    tls.once('error', onError)
+    tls.once('secureConnect', () => {
+      clearTimeout(timer)
+      tls.off('error', onError)
+      resolve(tls)
+    })
+  })
+}
+
+/**
+ * A connection to the destination through the parent, for a client that speaks HTTP over it:
+ * the parent's CONNECT tunnel, with TLS to the origin when `tls` is given. Rejects with a DialFailure.
+ */
+export async function connectThrough(parent: Upstream, target: Target, limits: TunnelLimits, tls: SecureContext | undefined): Promise<Socket> {
+  const { socket } = await parent.tunnel(target, limits)
+  return tls ? originTls(socket, target, tls, parent.hop, limits.connectTimeoutMs) : resumeOnRead(socket)
+}
+
+/**
+ * The tunnel is paused after the parent's 2xx, and an HTTP client only adds a 'data' listener,
+ * which does not resume a paused stream. Resumed once it does: resumed earlier, what followed
+ * the 2xx would be emitted to no one.
+ */
+function resumeOnRead(socket: Socket): Socket {
+  const onListener = (event: string | symbol): void => {
+    if (event !== 'data') return
+    socket.off('newListener', onListener)
+    process.nextTick(() => socket.resume()) // 'newListener' comes before the listener is added
+  }
+  socket.on('newListener', onListener)
+  return socket
 }

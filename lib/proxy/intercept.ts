@@ -1,13 +1,14 @@
 // Opened tunnels, for rules that limit methods and paths: proxy-gate terminates the client's TLS
 // with a leaf for the server name, reads each request, and sends the allowed ones on over a new,
-// verified TLS connection to the address it checked.
+// verified TLS connection to the address it checked (with "upstream": through the parent's CONNECT tunnel).
 //   tunnel --TLS (leaf for the SNI)--> inner HTTP -> Host == SNI -> decideRequest -> undici (verified, pinned IP) -> client
+//   with "upstream": ... -> decideRequest -> undici over CONNECT name:port to the parent, TLS to the origin inside (verified) -> client
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { Agent as HttpsAgent } from 'node:https'
 import type { LookupFunction, Socket } from 'node:net'
 import { readFileSync } from 'node:fs'
-import { createSecureContext, rootCertificates, TLSSocket } from 'node:tls'
+import { rootCertificates, TLSSocket, type SecureContext } from 'node:tls'
 import type httpProxy from 'http-proxy'
+import { Agent as HttpsAgent } from 'node:https'
 import { Client } from 'undici'
 import { hasBody } from './checks.js'
 import { upgradeRequestHeaders } from './headers.js'
@@ -18,7 +19,8 @@ import { checkInnerHost, decideRequest, type Decision } from '../policy/decide.j
 import { denial, destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
 import { reply } from '../core/reply.js'
 import { relayRequest } from './route-forward.js'
-import { upstreamFailure } from '../net/dial.js'
+import { connectThrough, parentFor, type Upstream } from '../net/upstream.js'
+import { agentFor, upgradeFailure } from './route-upgrade.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { formatHost, formatTarget, hostText, normalisePath, type Target } from '../policy/target.js'
 
@@ -46,6 +48,8 @@ interface OpenedTunnel {
   readonly resolved: readonly Ip[]
   readonly client: Client
   readonly tls: boolean
+  /** the parent proxy the tunnel's requests go through (fixed when it opens), or undefined: direct */
+  readonly parent: Upstream | undefined
 }
 
 export interface Interceptor {
@@ -71,9 +75,11 @@ function pinnedLookup(ip: Ip): LookupFunction {
   }
 }
 
-export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readonly string[], wsProxy: httpProxy): Interceptor {
-  // built once: a `ca` list on each connection makes Node build a context per origin connection (~16 ms for the bundled roots)
-  const originTls = createSecureContext({ ca: [...trust] })
+/**
+ * `originTls` verifies origins: built once per trust list (a `ca` list on each connection makes Node
+ * build a context per origin connection, ~16 ms for the bundled roots), swapped when it changes.
+ */
+export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: () => SecureContext, wsProxy: httpProxy): Interceptor {
   const tunnels = new WeakMap<Socket, OpenedTunnel>()
   const server: Server = createServer({ maxHeaderSize: rt.limits().maxHeaderBytes, insecureHTTPParser: false })
   server.maxHeadersCount = 0
@@ -99,7 +105,8 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
     if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, `${formatTarget(tunnel.target)}${(req.url ?? '').split('?')[0]}`, decision), hasBody(req))
     const origin = `${tunnel.tls ? 'https' : 'http'}://${formatHost(tunnel.target.host)}:${tunnel.target.port}`
     const authority = req.headers.host ?? formatTarget(tunnel.target)
-    const up = { id: tunnel.id, kind: 'forward' as const, who: tunnel.who, target: tunnel.target, resolved: tunnel.resolved, origin, authority, chosen: tunnel.ip, path: req.url ?? '/' }
+    const via = tunnel.parent ? { via: tunnel.parent.hop, tunnelled: true } : {}
+    const up = { id: tunnel.id, kind: 'forward' as const, who: tunnel.who, target: tunnel.target, resolved: tunnel.resolved, origin, authority, chosen: tunnel.ip, path: req.url ?? '/', ...via }
     relayRequest(rt, tunnel.client, up, req, res).catch(() => res.destroy())
   })
 
@@ -112,10 +119,16 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
     if (decision.verdict === 'deny') return replyOnSocket(socket, denial(req.method ?? 'GET', formatTarget(tunnel.target), decision))
     const host = hostText(tunnel.target.host)
     req.headers = { ...upgradeRequestHeaders(req.headers), host: req.headers.host } // Host was checked against the server name
-    const agent = tunnel.tls ? new HttpsAgent({ secureContext: originTls, lookup: pinnedLookup(tunnel.ip), servername: host }) : undefined
+    const { parent } = tunnel
+    const agent = parent
+      ? agentFor(() => connectThrough(parent, tunnel.target, rt.limits(), tunnel.tls ? originTls() : undefined), tunnel.tls)
+      : tunnel.tls
+        ? new HttpsAgent({ secureContext: originTls(), lookup: pinnedLookup(tunnel.ip), servername: host })
+        : undefined
     const target = { protocol: tunnel.tls ? 'https:' : 'http:', host, hostname: host, port: String(tunnel.target.port) }
+    const where = parent ? `${formatTarget(tunnel.target)} (through upstream proxy ${parent.hop})` : formatIpPort(tunnel.ip, tunnel.target.port)
     wsProxy.ws(req, socket, head, { target, ...(agent ? { agent, secure: true } : {}), changeOrigin: false }, (error: NodeJS.ErrnoException) => {
-      replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', formatIpPort(tunnel.ip, tunnel.target.port)))
+      replyOnSocket(socket, upgradeFailure(error, where))
     })
   })
 
@@ -123,18 +136,22 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
 
   return {
     async open({ id, socket, first, target, ip, resolved, tls, who }) {
-      const lookup = pinnedLookup(ip)
+      // with "upstream": through the parent, unless upstreamBypass; the tunnel keeps the parent it opened with
+      const parent = parentFor(rt.upstream?.(), target)
+      const secureContext = tls ? originTls() : undefined
       const client = new Client(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
-        connect: { lookup, timeout: rt.limits().connectTimeoutMs, ...(tls ? { secureContext: originTls, servername: hostText(target.host) } : {}) },
+        connect: parent
+          ? (_options, callback) => void connectThrough(parent, target, rt.limits(), secureContext).then((s) => callback(null, s), (error: unknown) => callback(error as Error, null))
+          : { lookup: pinnedLookup(ip), timeout: rt.limits().connectTimeoutMs, ...(secureContext ? { secureContext, servername: hostText(target.host) } : {}) },
       })
       socket.unshift(first)
       let inner: Socket = socket
       if (tls) {
-        const secureContext = await minter.contextFor(hostText(target.host))
-        inner = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] })
+        const leaf = await minter.contextFor(hostText(target.host))
+        inner = new TLSSocket(socket, { isServer: true, secureContext: leaf, ALPNProtocols: ['http/1.1'] })
         inner.on('error', destroySocket)
       }
-      const tunnel: OpenedTunnel = { id, who, target, ip, resolved, client, tls }
+      const tunnel: OpenedTunnel = { id, who, target, ip, resolved, client, tls, parent }
       tunnels.set(inner, tunnel)
       const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: () => socket.destroy() }
       rt.open.add(open)
@@ -146,8 +163,9 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, trust: readon
         clearTimeout(lifetime)
         rt.open.delete(open)
         void client.close().catch(() => undefined)
-        logClosed(rt, { id, kind: 'tunnel', intercepted: true, chosen: formatIp(ip), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
+        logClosed(rt, { id, kind: 'tunnel', intercepted: true, ...(parent ? { via: parent.hop } : { chosen: formatIp(ip) }), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
       })
+      Object.assign(server, { maxHeaderSize: limits.maxHeaderBytes }) // read per connection: follows reloads (server.ts)
       server.emit('connection', inner)
       if (!tls) socket.resume() // read up to the first bytes with the socket paused behind them; the HTTP parser now listens
     },

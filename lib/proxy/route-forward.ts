@@ -49,6 +49,11 @@ export interface UpstreamRequest {
   readonly path: string
   /** the parent proxy (`host:port`) the dispatcher sends it to, when "upstream" is set */
   readonly via?: string
+  /**
+   * Inside the parent's CONNECT tunnel (opened tunnels): what answers is the origin, not the parent
+   * (its 407 is the origin's, its failures name the destination); `via` then only names the parent.
+   */
+  readonly tunnelled?: boolean
 }
 
 /** Errors of a connection attempt that never opened: the request was not sent, so the next address may be tried. */
@@ -96,6 +101,7 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
       if (error === stopped) return { code: error.message, failure: reply(403, 'http_request_denied', error.message) }
       if (error instanceof DialFailure) return { code: error.reply.type, failure: error.reply }
       const code = (error as NodeJS.ErrnoException).code ?? error.name
+      if (up.via !== undefined && up.tunnelled) return { code, failure: upstreamFailure(code, `${formatTarget(up.target)} (through upstream proxy ${up.via})`) }
       if (up.via !== undefined) return { code, failure: parentFailure(code, up.via) }
       const where = tried > 1 && up.dial ? up.dial.slice(0, tried).map((ip) => formatIpPort(ip, up.target.port)).join(', ') : formatIpPort(chosen, up.target.port)
       return { code, failure: upstreamFailure(code, where) }
@@ -105,7 +111,7 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
       settle()
       const { code, failure } = outcome(error)
       const answered = !res.headersSent && !res.destroyed
-      logClosed(rt, { id: up.id, kind: up.kind, method, chosen: formatIp(chosen), via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - started })
+      logClosed(rt, { id: up.id, kind: up.kind, method, chosen: up.tunnelled ? undefined : formatIp(chosen), via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - started })
       if (answered) replyOnResponse(res, failure, true)
       else res.destroy()
       resolve()
@@ -117,7 +123,7 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
       },
       onResponseStart(c, statusCode, headers) {
         if (statusCode < 200) return // 1xx (103 Early Hints, 102): the final response follows
-        if (up.via !== undefined && statusCode === 407) return c.abort(new DialFailure(parentRefused(407, up.via, `${method} ${formatTarget(up.target)}`)))
+        if (up.via !== undefined && !up.tunnelled && statusCode === 407) return c.abort(new DialFailure(parentRefused(407, up.via, `${method} ${formatTarget(up.target)}`)))
         status = statusCode
         res.writeHead(statusCode, clientResponseHeaders(headers))
       },
@@ -129,7 +135,7 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
       onResponseEnd() {
         settle()
         res.end()
-        logClosed(rt, { id: up.id, kind: up.kind, method, chosen: formatIp(chosen), via: up.via, status, durationMs: Date.now() - started })
+        logClosed(rt, { id: up.id, kind: up.kind, method, chosen: up.tunnelled ? undefined : formatIp(chosen), via: up.via, status, durationMs: Date.now() - started })
         resolve()
       },
       onResponseError: (_c, error) => {

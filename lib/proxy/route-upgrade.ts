@@ -1,38 +1,70 @@
 // WebSocket and other Upgrade requests, relayed by http-proxy once the gate allows them.
-//   client --GET http://host/ws Upgrade--> decideHttp (absolute-form.ts) -> http-proxy ws to checked IP -> 101 -> relay
+//   client --GET http://host/ws Upgrade--> decideHttp (absolute-form.ts) -> http-proxy ws to a checked IP (each in turn) -> 101 -> relay
+//   with "upstream": ... -> decideHttp -> CONNECT host:port to the parent (upstream.ts) -> the upgrade request inside it -> 101 -> relay
 //   transparent listener: client --GET /ws Upgrade, Host: host--> decideHttp (port = the listener's) -> as above
-import type { IncomingMessage } from 'node:http'
+// Through a parent the upgrade travels in a CONNECT tunnel, as browsers send ws:// through a proxy
+// (RFC 6455 4.1): parents commonly pass no Upgrade on forwarded requests (Squid: not before
+// http_upgrade_request_protocols, and then only where configured).
+import { Agent as HttpAgent, type IncomingMessage } from 'node:http'
+import { Agent as HttpsAgent } from 'node:https'
 import type { Socket } from 'node:net'
 import type httpProxy from 'http-proxy'
 import { decideHttp, type RequestForm } from './absolute-form.js'
 import type { ClientIdentity } from '../policy/clients.js'
-import { upstreamFailure } from '../net/dial.js'
+import { dial, DialFailure, upstreamFailure } from '../net/dial.js'
+import { connectThrough, parentFor } from '../net/upstream.js'
 import { clientResponseHeaders, upgradeRequestHeaders } from './headers.js'
-import { formatIp, formatIpPort } from '../policy/ip.js'
+import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import { replyOnSocket } from './respond.js'
 import { logClosed, type OpenConnection, type Runtime } from './runtime.js'
-import { hostHeader } from '../policy/target.js'
+import { formatTarget, hostHeader } from '../policy/target.js'
+
+/** An agent for one upgrade whose connection is `open`'s (a dialled address, or a tunnel through the parent). */
+export function agentFor(open: () => Promise<Socket>, secure: boolean): HttpAgent {
+  const agent = secure ? new HttpsAgent() : new HttpAgent()
+  agent.createConnection = (_options, callback) => {
+    const done = callback as (error: Error | null, socket?: Socket) => void
+    open().then((socket) => done(null, socket), (error: unknown) => done(error as Error))
+    return undefined
+  }
+  return agent
+}
+
+/** What the client is told when the upgrade fails: a dial or parent failure as it is, else who failed. */
+export function upgradeFailure(error: NodeJS.ErrnoException, where: string): ReturnType<typeof upstreamFailure> {
+  return error instanceof DialFailure ? error.reply : upstreamFailure(error.code ?? 'EUNKNOWN', where)
+}
 
 export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer, form: RequestForm): Promise<void> {
   const allowed = await decideHttp(rt, who, req, form, (r) => replyOnSocket(socket, r))
   if (!allowed || socket.destroyed) return
   const { id, target, path, resolved, ip } = allowed
-  const ipText = formatIp(ip)
+  let chosen: Ip | undefined
   req.headers = upgradeRequestHeaders(req.headers)
   req.headers.host = hostHeader(target)
   req.url = path
   const limits = rt.limits()
+  const parent = parentFor(rt.upstream?.(), target)
+  const open = parent
+    ? () => connectThrough(parent, target, limits, undefined)
+    : async () => {
+        const dialled = await dial(allowed.dial, target.port, limits.connectTimeoutMs)
+        chosen = dialled.ip
+        return dialled.socket
+      }
   const started = Date.now()
-  const open: OpenConnection = { id, kind: 'upgrade', target, resolved, who, close: () => socket.destroy() }
-  rt.open.add(open)
+  const entry: OpenConnection = { id, kind: 'upgrade', target, resolved, who, close: () => socket.destroy() }
+  rt.open.add(entry)
   const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
   socket.once('close', () => {
     clearTimeout(lifetime)
-    rt.open.delete(open)
-    logClosed(rt, { id, kind: 'upgrade', chosen: ipText, bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
+    rt.open.delete(entry)
+    logClosed(rt, { id, kind: 'upgrade', chosen: chosen && formatIp(chosen), via: parent?.hop, bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
   })
-  proxy.ws(req, socket, head, { target: { protocol: 'http:', host: ipText, hostname: ipText, port: String(target.port) } }, (error: NodeJS.ErrnoException) => {
-    replyOnSocket(socket, upstreamFailure(error.code ?? 'EUNKNOWN', formatIpPort(ip, target.port)))
+  const ipText = formatIp(ip) // the connection is the agent's: this only completes the URL
+  const where = (): string => (parent ? `${formatTarget(target)} (through upstream proxy ${parent.hop})` : formatIpPort(chosen ?? ip, target.port))
+  proxy.ws(req, socket, head, { target: { protocol: 'http:', host: ipText, hostname: ipText, port: String(target.port) }, agent: agentFor(open, false) }, (error: NodeJS.ErrnoException) => {
+    replyOnSocket(socket, upgradeFailure(error, where()))
   })
 }
 

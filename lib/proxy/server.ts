@@ -4,6 +4,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import httpProxy from 'http-proxy'
+import { createSecureContext, type SecureContext } from 'node:tls'
 import { Agent } from 'undici'
 import type { Config } from '../rules/config.js'
 import { gateFor, redecide, type Gate } from '../net/gate.js'
@@ -62,7 +63,8 @@ export interface Proxy {
   listen(): Promise<AddressInfo>
   address(): AddressInfo
   /** swaps in new rules; open connections the new rules deny are closed */
-  reload(config: Config): ReloadOutcome
+  /** `upstreamCa`: the tls.upstreamCaFiles contents as now read (absent: unchanged) */
+  reload(config: Config, upstreamCa?: readonly string[]): ReloadOutcome
   /**
    * not ready at once; keeps accepting (answering with Connection: close) for limits.drainDelayMs,
    * then stops accepting, lets open connections finish until limits.shutdownGraceMs, closes the rest
@@ -142,9 +144,26 @@ export function createProxy(options: ProxyOptions): Proxy {
     log,
   })
   const limits = config.limits
-  const agent = new Agent({ connect: { timeout: limits.connectTimeoutMs }, keepAliveTimeout: 4_000, connections: 256 })
+  // direct plain HTTP; a new one when connectTimeoutMs changes (undici fixes it per agent), the old one closes once idle
+  const newAgent = (timeout: number): Agent => new Agent({ connect: { timeout }, keepAliveTimeout: 4_000, connections: 256 })
+  let agent = newAgent(limits.connectTimeoutMs)
+  let agentTimeout = limits.connectTimeoutMs
+  const followConnectTimeout = (timeout: number): void => {
+    if (timeout === agentTimeout) return
+    void agent.close().catch(() => undefined)
+    agent = newAgent(timeout)
+    agentTimeout = timeout
+  }
+  // roots for origins behind opened tunnels: rebuilt when tls.upstreamCaFiles' contents change, built on first use
+  let trust: { readonly pems: readonly string[]; context?: SecureContext } = { pems: options.upstreamCa ?? [] }
+  const originTls = (): SecureContext => (trust.context ??= createSecureContext({ ca: upstreamTrust(trust.pems) }))
+  const followUpstreamCa = (pems: readonly string[] | undefined): void => {
+    if (pems === undefined || (pems.length === trust.pems.length && pems.every((pem, i) => pem === trust.pems[i]))) return
+    trust = { pems }
+    log.info('tls.upstreamCaFiles changed: origins of opened tunnels are verified against the new roots', { files: config.tls.upstreamCaFiles.length })
+  }
   const upgradeProxy = createUpgradeProxy(rt, httpProxy)
-  const interceptor = options.ca ? createInterceptor(rt, createLeafMinter(options.ca), upstreamTrust(options.upstreamCa ?? []), upgradeProxy) : undefined
+  const interceptor = options.ca ? createInterceptor(rt, createLeafMinter(options.ca), originTls, upgradeProxy) : undefined
   const pacCache = new Map<PacFlavor, PacFile>()
   const pacFile = (flavor: PacFlavor): PacFile => {
     const cached = pacCache.get(flavor)
@@ -180,8 +199,9 @@ export function createProxy(options: ProxyOptions): Proxy {
     requireHostHeader: false, // checkRequestHead answers a missing Host with Proxy-Status
   })
   server.maxHeadersCount = 0 // count them ourselves: Node would otherwise drop headers past 2000 silently
-  // maxHeaderBytes and the upstream connect timeout are fixed at start; these follow reloads.
   const applyLimits = (l: Config['limits']): void => {
+    // read for each new connection (Node 20 _http_server: server.maxHeaderSize); undocumented, so test/reload covers it
+    Object.assign(server, { maxHeaderSize: l.maxHeaderBytes })
     server.headersTimeout = l.headerTimeoutMs
     server.requestTimeout = l.requestTimeoutMs
     server.keepAliveTimeout = l.keepAliveTimeoutMs
@@ -273,14 +293,16 @@ export function createProxy(options: ProxyOptions): Proxy {
       ready = true
       return address
     },
-    reload(next: Config): ReloadOutcome {
+    reload(next: Config, upstreamCa?: readonly string[]): ReloadOutcome {
       if (!sameListeners(sandbox, next.sandbox)) log.warn('"sandbox" listeners changed (address, http or tls ports): restart proxy-gate to apply it')
       config = { ...next, listen: config.listen }
       gate = makeGate(config)
       applyLimits(config.limits)
+      followConnectTimeout(config.limits.connectTimeoutMs)
+      followUpstreamCa(upstreamCa)
       const parentBefore = upstream?.proxy
       upstream = nextUpstream(upstream, config, upstreamOptions())
-      if (upstream?.proxy !== parentBefore) log.info('upstream changed', { upstream: upstream?.proxy.display ?? 'none: direct' })
+      if (upstream ? !upstream.proxy.sameAs(parentBefore) : parentBefore) log.info('upstream changed', { upstream: upstream?.proxy.display ?? 'none: direct' })
       const dnsNext = dnsListener(config.sandbox)
       if (dnsNext !== dnsAt) log.warn('sandbox DNS address or port changed: restart proxy-gate to apply it', { running: dnsAt ?? 'none', configured: dnsNext ?? 'none' })
       pacCache.clear()

@@ -1,9 +1,11 @@
 // Real sockets for tests: recording HTTP/HTTPS/WebSocket upstreams, TCP canaries that count
 // every connection (a forbidden sink must see zero), and a raw client for malformed input.
+import { spawn, spawnSync } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import { connect, createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { createInterface } from 'node:readline'
 import forge from 'node-forge'
 import { WebSocketServer } from 'ws'
 
@@ -371,4 +373,39 @@ export function rawSession(port: number, host = '127.0.0.1'): Promise<RawSession
     })
     socket.once('error', reject)
   })
+}
+
+export const PYTHON = spawnSync('python3', ['-c', 'pass']).status === 0
+
+/**
+ * An address whose SYNs are dropped: a listener with backlog 0 that never accepts, its accept
+ * queue filled by one connection. (No iptables/nft in the namespace.)
+ */
+export async function startBlackhole(): Promise<{ port: number; close(): Promise<void> }> {
+  const script = [
+    'import socket, sys',
+    's = socket.socket()',
+    "s.bind(('127.0.0.1', 0))",
+    's.listen(0)',
+    'print(s.getsockname()[1], flush=True)',
+    'sys.stdin.read()',
+  ].join('\n')
+  const child = spawn('python3', ['-c', script], { stdio: ['pipe', 'pipe', 'inherit'] })
+  const lines = createInterface({ input: child.stdout })
+  const port = await new Promise<number>((resolve, reject) => {
+    lines.once('line', (line) => resolve(Number(line)))
+    child.once('exit', (code) => reject(new Error(`python3 exited ${String(code)}`)))
+  })
+  const fillers = [connect({ host: '127.0.0.1', port }), connect({ host: '127.0.0.1', port })]
+  for (const f of fillers) f.on('error', () => undefined)
+  await new Promise<void>((resolve) => fillers[0]?.once('connect', () => resolve()))
+  return {
+    port,
+    close: async () => {
+      for (const f of fillers) f.destroy()
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+      child.kill()
+      await exited
+    },
+  }
 }
