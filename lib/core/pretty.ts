@@ -148,6 +148,24 @@ const reloadFailed: Render = (r, { paint }) => {
 
 const shuttingDown: Render = (r) => [`shutting down (${str(r, 'signal') ?? '?'}): ${num(r, 'open') ?? 0} open connections`]
 
+const plural = (n: number, what: string): string => `${n} ${what}${n === 1 ? '' : 's'}`
+const seconds = (ms: number): string => `${ms / 1000} s`
+
+// the drain's phases: a line only for a phase that has something to say (no delay, nothing open: silent)
+const draining: Render = (r) => {
+  const delay = num(r, 'drainDelayMs') ?? 0
+  return delay > 0 ? [`draining for ${seconds(delay)}: not ready, still accepting (${plural(num(r, 'connections') ?? 0, 'connection')})`] : []
+}
+const stoppedAccepting: Render = (r) => {
+  const open = num(r, 'connections') ?? 0
+  return open > 0 ? [`stopped accepting; ${plural(open, 'connection')} may finish within ${seconds(num(r, 'graceMs') ?? 0)}`] : []
+}
+const closingRest: Render = (r) => [`grace period over: closing ${plural(num(r, 'connections') ?? 0, 'connection')} still open`]
+const stopped: Render = (r) => {
+  const code = num(r, 'code') ?? 0
+  return [code === 0 ? 'stopped' : `stopped (exit code ${code})`]
+}
+
 const admin: Render = (r) => [`dashboard ${str(r, 'url') ?? '?'}  (metrics ${str(r, 'metrics') ?? '?'}, token in ${str(r, 'tokenFile') ?? '?'})`]
 
 const RENDERERS: Readonly<Record<string, Render>> = {
@@ -161,6 +179,10 @@ const RENDERERS: Readonly<Record<string, Render>> = {
   'wire it up': block,
   'reload failed: keeping the previous rules': reloadFailed,
   'shutting down': shuttingDown,
+  'draining: not ready, still accepting': draining,
+  'stopped accepting': stoppedAccepting,
+  'closing what is still open': closingRest,
+  stopped,
   'admin listening': admin,
 }
 
