@@ -23,6 +23,8 @@ export interface TestDns {
   readonly server: string
   /** questions asked per name (lower case, no trailing dot), A and AAAA together */
   queries(name: string): number
+  /** A questions asked for a name (the answer the rebinding zones count) */
+  aQueries(name: string): number
   totalQueries(): number
   /** resolves once this name has had `count` questions (A and AAAA together) */
   asked(name: string, count: number): Promise<void>
@@ -70,6 +72,7 @@ export async function startDns(zone: Zone, at: { host: string; port: number } = 
     port,
     server: `${at.host}:${port}`,
     queries: (name) => counts.get(name) ?? 0,
+    aQueries: (name) => aCounts.get(name) ?? 0,
     totalQueries: () => total,
     asked: (name, count) =>
       new Promise<void>((resolve) => {
