@@ -5,6 +5,7 @@ import { printErrors, usageError } from './cli/common.js'
 import { advertisedAddress, type WiringArgs } from './cli/wiring.js'
 import { DEFAULT_POLICY } from './policy/clients.js'
 import type { Config } from './rules/config.js'
+import { rulesWithRequestLimits } from './policy/rules.js'
 import { admit, gateFor } from './net/gate.js'
 import { formatIp, parseIp, type Ip } from './policy/ip.js'
 import { generatePac } from './wiring/pac.js'
@@ -130,9 +131,11 @@ Writes a starter rules file (default: ./rules.json): a copy of the rules that sh
 each entry with a "note" saying what it allows, and "$schema" pointing at the packaged
 rules.schema.json so editors check and complete it. It never replaces an existing file without
 --force. Edit it, run "proxy-gate validate", then "proxy-gate start" (which picks ./rules.json).`,
-  validate: `usage: proxy-gate validate [--rules FILE]
+  validate: `usage: proxy-gate validate [--rules FILE] [--dir DIR]
 
-Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.`,
+Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.
+Rules that limit methods or paths need the local CA (in --dir DIR, default as for "ca"): without
+it, a warning says so, since "start" would refuse them.`,
 }
 
 const OPTIONS = {
@@ -264,13 +267,19 @@ function wiringArgs(values: Values): WiringArgs {
   }
 }
 
-function validate(values: Values): number {
+async function validate(values: Values): Promise<number> {
   const config = loadOrReport(values)
   if (!config) return 1
   const { policy, bypass } = config
   console.log(`${rulesPath(values.rules).file}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
   const { upstream, upstreamBypass } = config
   if (upstream) console.log(`upstream: ${upstream.display} (${upstreamBypass.length} upstreamBypass)`)
+  // rules that limit methods or paths can never match without the local CA: "start" refuses them
+  if (rulesWithRequestLimits(policy).length > 0) {
+    const [{ caDir, needsCa }, { loadCa }] = await Promise.all([import('./cli/ca.js'), import('./certs/ca.js')])
+    const problem = needsCa(config, loadCa(caDir(values.dir)))
+    if (problem) console.log(`warning: ${problem}; "proxy-gate start" refuses these rules until "proxy-gate ca init" has made it`)
+  }
   return 0
 }
 

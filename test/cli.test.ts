@@ -81,6 +81,18 @@ t.test('validate: every problem is listed with its place and why, exit 1', async
   t.match(missing.stderr, /cannot read/)
 })
 
+t.test('validate: rules that limit methods or paths are valid, with a warning while there is no local CA', async (t) => {
+  const file = rulesFile({ allow: [{ host: 'api.test', ports: [443], methods: ['GET'], paths: ['/x/**'] }] })
+  const dir = tempDir('validate-ca')
+  const without = await runCli(['validate', '--rules', file, '--dir', dir])
+  t.equal(without.code, 0, without.stderr)
+  t.match(without.stdout, /warning: allow\[0\] limits methods or paths, which needs the local CA .*"proxy-gate start" refuses these rules until "proxy-gate ca init"/)
+  t.equal((await runCli(['ca', 'init', '--dir', dir])).code, 0)
+  const withCa = await runCli(['validate', '--rules', file, '--dir', dir])
+  t.equal(withCa.code, 0)
+  t.notMatch(withCa.stdout, /warning/, 'with the CA there, no warning')
+})
+
 // reads the real /etc/hosts (never writes it); lib/net/hosts.ts is tested with temp files in resolve.test.ts
 const localhost = existsSync('/etc/hosts') ? parseHosts(readFileSync('/etc/hosts', 'utf8')).get('localhost') : undefined
 const NO_LOCALHOST = localhost?.[0] !== undefined && formatIp(localhost[0]) === '127.0.0.1' ? false : '/etc/hosts has no "127.0.0.1 localhost" line first'

@@ -4,7 +4,9 @@ import { statSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { isAbsolute, join, resolve, sep } from 'node:path'
 import { fail } from './common.js'
-import { caInfo, caPaths, createCa, defaultCaDir, loadCa, readCaCertificate, writeCa, type CaInfo } from '../certs/ca.js'
+import { caInfo, caPaths, createCa, defaultCaDir, loadCa, readCaCertificate, writeCa, type CaInfo, type LoadedCa } from '../certs/ca.js'
+import type { Config } from '../rules/config.js'
+import { rulesWithRequestLimits } from '../policy/rules.js'
 
 export interface CaArgs {
   readonly dir: string | undefined
@@ -81,4 +83,12 @@ export function caCertToServe(dir: string | undefined, warn: (message: string, m
   if (read.ok) return read.value
   warn('not serving /ca.crt', { error: read.error })
   return undefined
+}
+
+/** Why these rules cannot run with this CA (rules that limit methods or paths need one), or undefined. */
+export function needsCa(config: Config, ca: LoadedCa): string | undefined {
+  const rules = rulesWithRequestLimits(config.policy)
+  if (rules.length === 0 || ca.ok) return undefined
+  const which = rules.map((r) => `allow[${r.index}]`).join(', ')
+  return `${which} limit${rules.length === 1 ? 's' : ''} methods or paths, which needs the local CA to open TLS tunnels: ${ca.error}${ca.missing ? '' : ' (see "proxy-gate ca show")'}`
 }

@@ -5,14 +5,14 @@ import type { AddressInfo } from 'node:net'
 import { dirname, join, resolve } from 'node:path'
 import { loadCa, type LoadedCa } from '../certs/ca.js'
 import { createWatchers, startAdmin } from './admin.js'
-import { caCertToServe, caDir } from './ca.js'
+import { caCertToServe, caDir, needsCa } from './ca.js'
 import { isLoopback, printErrors, usageError } from './common.js'
 import type { StartHooks } from './learn.js'
 import { advertisedAddress, openBypass } from './wiring.js'
 import { parseConfig, parseListen, type Config } from '../rules/config.js'
 import { parseIp } from '../policy/ip.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
-import { describePattern, formatRuleErrors, rulesWithRequestLimits, type Mode, type RuleError } from '../policy/rules.js'
+import { describePattern, formatRuleErrors, type Mode, type RuleError } from '../policy/rules.js'
 import { parseSandbox, type SandboxSettings } from '../rules/sandbox.js'
 import { loadRulesFile, rulesPath, watchRulesFile, type Overrides } from '../rules/file.js'
 import { createProxy, type Proxy } from '../proxy/server.js'
@@ -84,13 +84,6 @@ function overridesFrom(flags: StartFlags): Result<Overrides> {
 }
 
 /** Rules that limit methods or paths open TLS tunnels, which takes the local CA. */
-function needsCa(config: Config, ca: LoadedCa): string | undefined {
-  const rules = rulesWithRequestLimits(config.policy)
-  if (rules.length === 0 || ca.ok) return undefined
-  const which = rules.map((r) => `allow[${r.index}]`).join(', ')
-  return `${which} limit${rules.length === 1 ? 's' : ''} methods or paths, which needs the local CA to open TLS tunnels: ${ca.error}${ca.missing ? '' : ' (see "proxy-gate ca show")'}`
-}
-
 /** tls.upstreamCaFiles, read relative to the rules file. */
 function readUpstreamCa(rulesFile: string, config: Config): Result<string[]> {
   const pems: string[] = []
