@@ -1,7 +1,8 @@
 // Moves bytes both ways between two sockets until both directions end.
 //   'data' -> other.write (source paused until the other's 'drain') | 'end' -> other.end() | reset -> reset | error -> both destroyed
+// An upstream dialled with `upstreamReads` is read through it instead of 'data' (larger reads, one shared buffer).
 // Idle and over-age tunnels are closed by one shared sweep timer rather than timers of their own.
-import type { Socket } from 'node:net'
+import type { OnReadOpts, Socket } from 'node:net'
 import type { Limits } from '../rules/config.js'
 import { LinkedSet } from './linked-set.js'
 
@@ -126,6 +127,20 @@ function onData(this: Wired, chunk: Buffer): void {
     }
   }
   if (!tunnel.peer(this).write(chunk)) this.pause()
+}
+
+/**
+ * For `dial`: the upstream's reads land in one buffer shared by every tunnel, and each is copied out (exactly the
+ * bytes read) before the next read reuses it. Reads are larger than 'data' chunks (64 KiB) at no cost per tunnel; a
+ * slow client holds at most one read beyond its socket's high-water mark.
+ */
+export const upstreamReads: OnReadOpts = { buffer: Buffer.allocUnsafe(256 * 1024), callback: onRead }
+
+function onRead(this: Wired, bytes: number, buffer: Uint8Array): boolean {
+  const tunnel = this[TUNNEL]
+  tunnel.lastActive = Date.now()
+  // false stops the reads until the client's 'drain' resumes this socket
+  return tunnel.client.write(Buffer.from(buffer.subarray(0, bytes)))
 }
 
 /** the other side may send again once this one has written out what it had (a slow reader is not idle) */
