@@ -849,7 +849,9 @@ t.test('tunnels sharing the upstream read buffer, their clients reading at diffe
 t.test('a client that stops reading stops its upstream: the proxy holds no more than the socket buffers and a read', async (t) => {
   const down = pattern(128 << 20, 3)
   let origin!: Promise<{ stalled: boolean; written: number }>
-  const upstream = await startTcpUpstream((s) => (origin = pumpUntilStalled(s, down, 500)))
+  const upstream = await startTcpUpstream((s) => {
+    origin = pumpUntilStalled(s, down, 500)
+  })
   const proxy = await startProxy({ allow: [`127.0.0.1:${upstream.port}`] })
   t.teardown(async () => {
     await proxy.close()
