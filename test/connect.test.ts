@@ -792,6 +792,85 @@ t.test('backpressure: 32 MiB each way through a tunnel whose client holds off re
   t.equal(line.bytesToClient, down.length)
 })
 
+/** Writes `bytes` in 64 KiB pieces, honouring backpressure, until all are written or no 'drain' has come for `quietMs`. */
+function pumpUntilStalled(socket: Socket, bytes: Buffer, quietMs: number): Promise<{ stalled: boolean; written: number }> {
+  return new Promise((resolve) => {
+    let at = 0
+    const more = (): void => {
+      while (at < bytes.length) {
+        const piece = bytes.subarray(at, at + 65_536)
+        at += piece.length
+        if (!socket.write(piece)) {
+          const quiet = setTimeout(() => resolve({ stalled: true, written: at }), quietMs)
+          return void socket.once('drain', () => (clearTimeout(quiet), more()))
+        }
+      }
+      socket.end()
+      resolve({ stalled: false, written: at })
+    }
+    more()
+  })
+}
+
+t.test('tunnels sharing the upstream read buffer, their clients reading at different paces, each get their own bytes whole and in order', async (t) => {
+  const SIZE = 8 << 20
+  const seeds = [1, 2, 3, 4, 5, 6, 7, 8]
+  const expected = new Map(seeds.map((seed) => [seed, pattern(SIZE, seed)]))
+  const sent = new Map<number, Promise<void>>()
+  // each client names its pattern in its first byte; the origin answers with that pattern
+  const answer = (s: Socket, seed: number): Promise<void> => Promise.race([pump(s, expected.get(seed) ?? Buffer.alloc(0)), new Promise<void>((r) => s.once('finish', r))])
+  const upstream = await startTcpUpstream((s) => s.once('data', (d: Buffer) => sent.set(d[0] ?? 0, answer(s, d[0] ?? 0))))
+  const proxy = await startProxy({ allow: [`127.0.0.1:${upstream.port}`] })
+  t.teardown(async () => {
+    await proxy.close()
+    await upstream.close()
+  })
+  const clients = await Promise.all(seeds.map(() => openTunnel(t, proxy.port, `127.0.0.1:${upstream.port}`)))
+  const got = clients.map((c) => {
+    c.socket.pause()
+    c.socket.removeAllListeners('data') // the helper's own collector copies all it has on every chunk
+    const chunks: Buffer[] = [c.received()]
+    c.socket.on('data', (d: Buffer) => chunks.push(d))
+    return c.ended.then(() => Buffer.concat(chunks))
+  })
+  clients.forEach((c, i) => c.socket.write(Buffer.of(seeds[i] ?? 0)))
+  await upstream.socket(seeds.length - 1)
+  await Promise.all([...sent.values()])
+  // every path is full and the proxy holds copies of reads for each client: now drain them half at a time
+  const odd = clients.filter((_, i) => i % 2 === 1)
+  const even = clients.filter((_, i) => i % 2 === 0)
+  for (const c of odd) c.socket.resume()
+  await Promise.all(odd.map((c) => c.ended))
+  for (const c of even) c.socket.resume()
+  const all = await Promise.all(got)
+  all.forEach((bytes, i) => t.ok(bytes.equals(expected.get(seeds[i] ?? 0) ?? Buffer.alloc(0)), `tunnel ${String(i)}: ${String(bytes.length)} bytes, its own, whole and in order`))
+})
+
+t.test('a client that stops reading stops its upstream: the proxy holds no more than the socket buffers and a read', async (t) => {
+  const down = pattern(128 << 20, 3)
+  let origin!: Promise<{ stalled: boolean; written: number }>
+  const upstream = await startTcpUpstream((s) => {
+    origin = pumpUntilStalled(s, down, 500)
+  })
+  const proxy = await startProxy({ allow: [`127.0.0.1:${upstream.port}`] })
+  t.teardown(async () => {
+    await proxy.close()
+    await upstream.close()
+  })
+  const client = await openTunnel(t, proxy.port, `127.0.0.1:${upstream.port}`)
+  client.socket.pause()
+  await upstream.socket(0)
+  const { stalled, written } = await origin
+  t.ok(stalled, `the origin was held back (after ${String(written >> 20)} MiB of ${String(down.length >> 20)})`)
+  t.ok(written < down.length / 2, 'no more than the sockets\' buffers hold')
+  client.socket.removeAllListeners('data')
+  const chunks: Buffer[] = [client.received()]
+  client.socket.on('data', (d: Buffer) => chunks.push(d))
+  client.socket.resume()
+  await client.ended
+  t.ok(Buffer.concat(chunks).equals(down), 'then every byte arrives, in order')
+})
+
 // ---- upstream failures ----------------------------------------------------------------------
 
 t.test('a refused upstream connection is a 502 connection_refused', async (t) => {

@@ -1,6 +1,6 @@
 // Opens the upstream TCP connection to an address the gate checked: IP literals only, so the
 // name is never resolved again (no rebinding window), each try bounded by the connect timeout.
-import { connect, type Socket } from 'node:net'
+import { connect, type OnReadOpts, type Socket } from 'node:net'
 import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 
@@ -10,9 +10,11 @@ export class DialFailure extends Error {
   }
 }
 
-function dialOne(ip: Ip, port: number, timeoutMs: number): Promise<Socket> {
+function dialOne(ip: Ip, port: number, timeoutMs: number, onread: OnReadOpts | undefined): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: formatIp(ip), port, allowHalfOpen: true, noDelay: true })
+    const socket = connect({ host: formatIp(ip), port, allowHalfOpen: true, noDelay: true, onread })
+    // onread bytes are handed over as read, never buffered: nothing is read before its owner resumes the socket
+    if (onread) socket.pause()
     const timer = setTimeout(() => {
       socket.destroy()
       reject(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }))
@@ -50,12 +52,15 @@ export function upstreamFailure(code: string, where: string): ProxyReply {
   return reply(502, 'destination_unavailable', `${where} is unreachable (${code})`)
 }
 
-/** Tries each checked address in order until one accepts. */
-export async function dial(addresses: readonly Ip[], port: number, timeoutMs: number): Promise<{ socket: Socket; ip: Ip }> {
+/**
+ * Tries each checked address in order until one accepts. With `onread` the socket is read into its buffer
+ * (no 'data' events) and comes back paused: the caller resumes it once it is ready for the callback.
+ */
+export async function dial(addresses: readonly Ip[], port: number, timeoutMs: number, onread?: OnReadOpts): Promise<{ socket: Socket; ip: Ip }> {
   let last = 'ENOTCONN'
   for (const ip of addresses) {
     try {
-      return { socket: await dialOne(ip, port, timeoutMs), ip }
+      return { socket: await dialOne(ip, port, timeoutMs, onread), ip }
     } catch (error) {
       last = (error as NodeJS.ErrnoException).code ?? 'EUNKNOWN'
     }

@@ -1,7 +1,8 @@
 // Moves bytes both ways between two sockets until both directions end.
 //   'data' -> other.write (source paused until the other's 'drain') | 'end' -> other.end() | reset -> reset | error -> both destroyed
+// An upstream dialled with `upstreamReads` is read through it instead of 'data' (larger reads, one shared buffer).
 // Idle and over-age tunnels are closed by one shared sweep timer rather than timers of their own.
-import type { Socket } from 'node:net'
+import type { OnReadOpts, Socket } from 'node:net'
 import type { Limits } from '../rules/config.js'
 import { LinkedSet } from './linked-set.js'
 
@@ -126,6 +127,36 @@ function onData(this: Wired, chunk: Buffer): void {
     }
   }
   if (!tunnel.peer(this).write(chunk)) this.pause()
+}
+
+const READ_BYTES = 256 * 1024
+
+/**
+ * For `dial`: the upstream's reads land in one buffer shared by every tunnel, and each is copied out (exactly the
+ * bytes read) before the next read reuses it. Reads are larger than 'data' chunks (64 KiB) at no cost per tunnel; a
+ * slow client holds at most one read beyond its socket's high-water mark.
+ */
+export const upstreamReads: OnReadOpts = { buffer: Buffer.allocUnsafe(READ_BYTES), callback: onRead }
+
+/**
+ * Large reads are copied into slabs that come back once written: at bulk rates a fresh buffer per read costs page
+ * faults and garbage collections. Small reads get buffers of their own size (a slab held by a slow client for a
+ * few bytes would waste it).
+ */
+const SLAB_FROM = 64 * 1024
+const SPARE_SLABS = 16
+const spareSlabs: Buffer[] = []
+
+function onRead(this: Wired, bytes: number, buffer: Uint8Array): boolean {
+  const tunnel = this[TUNNEL]
+  tunnel.lastActive = Date.now()
+  const read = buffer.subarray(0, bytes)
+  // false stops the reads until the client's 'drain' resumes this socket
+  if (bytes < SLAB_FROM) return tunnel.client.write(Buffer.from(read))
+  const slab = spareSlabs.pop() ?? Buffer.allocUnsafeSlow(READ_BYTES)
+  slab.set(read)
+  // the callback runs once the socket is done with the bytes (written, or the write failed)
+  return tunnel.client.write(slab.subarray(0, bytes), () => spareSlabs.length < SPARE_SLABS && spareSlabs.push(slab))
 }
 
 /** the other side may send again once this one has written out what it had (a slow reader is not idle) */

@@ -13,7 +13,7 @@ import { formatIp, type Ip } from '../policy/ip.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import type { Interceptor } from './intercept.js'
 import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from '../policy/decide.js'
-import { relay, type Held, type Screen } from './relay.js'
+import { relay, upstreamReads, type Held, type Screen } from './relay.js'
 import { denial, destroySocket, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
@@ -189,7 +189,7 @@ export async function openTunnel(rt: Runtime, id: string, socket: Socket, target
   const dialStarted = performance.now()
   try {
     if (parent) ({ socket: upstream, ...handshake } = await parent.tunnel(target, limits))
-    else ({ socket: upstream, ip: dialed } = await dial(addresses, target.port, limits.connectTimeoutMs))
+    else ({ socket: upstream, ip: dialed } = await dial(addresses, target.port, limits.connectTimeoutMs, upstreamReads))
     rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: true })
   } catch (error) {
     rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: false })
