@@ -42,20 +42,21 @@ const status = (s: number | undefined): string => (s !== undefined && s >= 100 &
  * scraped: prom-client's inc() hashes and validates its labels on every call, several per tunnel.
  */
 class Tally {
-  private readonly counts = new Map<string, { readonly labels: Labels; value: number; reported: number }>()
+  /** `reported` undefined: not yet in the counter (a first count of 0 is shown too, as inc(0) shows it) */
+  private readonly counts = new Map<string, { readonly labels: Labels; value: number; reported: number | undefined }>()
 
   /** `key` names the label set; `labels` makes it, the first time that key is seen */
   add(key: string, labels: () => Labels, n = 1): void {
     const count = this.counts.get(key)
     if (count) count.value += n
-    else this.counts.set(key, { labels: labels(), value: n, reported: 0 })
+    else this.counts.set(key, { labels: labels(), value: n, reported: undefined })
   }
 
   /** for the counter's collect(): what was counted since the last scrape */
   report(counter: Counter): void {
     for (const count of this.counts.values()) {
       if (count.value === count.reported) continue
-      counter.inc(count.labels, count.value - count.reported)
+      counter.inc(count.labels, count.value - (count.reported ?? 0))
       count.reported = count.value
     }
   }
