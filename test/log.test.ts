@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import t from 'tap'
-import { createLogger, logEvent, type LogLevel } from '../lib/core/log.js'
+import { createLogger, logEvent, logTypedEvent, type LogLevel } from '../lib/core/log.js'
 import { startCli } from './helpers/cli.js'
 
 /** A logger on a stream, and what it wrote once the batch of this event-loop turn is out. */
@@ -38,6 +38,28 @@ t.test('a JSON event line carries what winston would write: level, message, time
   const { timestamp: _b, ...eventLine } = b
   t.same(eventLine, winstonLine)
   t.notOk('rule' in eventLine, 'undefined fields are left out')
+})
+
+t.test('an event logged with its type as the message gives the same line as logEvent with the rest: fields, order, bytes', async (t) => {
+  const { log, written } = capture('info', 'json')
+  logEvent(log, 'decision', FIELDS)
+  logTypedEvent(log, { type: 'decision', ...FIELDS })
+  logEvent(log, 'closed', {})
+  logTypedEvent(log, { type: 'closed' })
+  // `type` not first (no event is built so): still the same line, by the copy
+  logTypedEvent(log, { ...FIELDS, type: 'decision' })
+  const lines = await written()
+  t.equal(lines.length, 5)
+  const bare = (line: string | undefined): string => (line ?? '').replace(/"timestamp":"[^"]+"/, '')
+  t.equal(bare(lines[1]), bare(lines[0]))
+  t.equal(bare(lines[3]), bare(lines[2]))
+  t.equal(bare(lines[4]), bare(lines[0]))
+  t.notMatch(lines[1], /"type"/)
+  for (const level of ['warn', 'silent'] as const) {
+    const quiet = capture(level, 'json')
+    logTypedEvent(quiet.log, { type: 'decision', ...FIELDS })
+    t.same(await quiet.written(), [], `${level}: nothing`)
+  }
 })
 
 t.test('the level and format still decide: warn and silent write no info events; pretty goes through winston', async (t) => {

@@ -130,3 +130,19 @@ export function logEvent(log: Logger, message: string, fields: object): void {
   const head = `{"level":"info","message":${JSON.stringify(message)},"timestamp":"${timestampNow()}"`
   out.add(rest === '{}' ? `${head}}` : `${head},${rest.slice(1)}`)
 }
+
+/**
+ * logEvent for an event whose first field, `type`, is the message: the same line, without a copy
+ * of the event minus `type` (two objects of ~20 fields less per tunnel).
+ */
+export function logTypedEvent(log: Logger, event: { readonly type: string }): void {
+  const out = jsonLines.get(log)
+  if (out !== undefined && !log.isInfoEnabled()) return
+  const message = JSON.stringify(event.type)
+  const text = out === undefined ? '' : JSON.stringify(event)
+  if (out === undefined || !text.startsWith(`{"type":${message}`)) {
+    const { type, ...fields } = event
+    return logEvent(log, type, fields)
+  }
+  out.add(`{"level":"info","message":${message},"timestamp":"${timestampNow()}"${text.slice(message.length + 8)}`)
+}

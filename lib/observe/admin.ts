@@ -97,7 +97,11 @@ function state(sources: AdminSources): unknown {
 function events(req: IncomingMessage, res: ServerResponse, activity: Activity): void {
   res.writeHead(200, { ...SECURITY_HEADERS, 'Content-Type': 'text/event-stream', Connection: 'keep-alive' })
   res.write(': proxy-gate decisions\n\n')
-  const send = (entry: LiveEntry): boolean => res.write(`event: ${entry.kind}\ndata: ${JSON.stringify(entry.record)}\n\n`)
+  const send = (entry: LiveEntry): boolean => {
+    // activity.ts keeps the events as they came: their `type` is the SSE event name here
+    const { type: _type, ...record } = entry.record as LiveEntry['record'] & { readonly type?: string }
+    return res.write(`event: ${entry.kind}\ndata: ${JSON.stringify(record)}\n\n`)
+  }
   for (const entry of activity.recent().slice(-50)) send(entry)
   const unsubscribe = activity.subscribe(send)
   const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), 15_000)

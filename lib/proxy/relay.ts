@@ -95,10 +95,17 @@ class Tunnel implements Held {
 export function relay(client: Socket, upstream: Socket, limits: RelayLimits, done: (stats: RelayStats) => void, screen?: Screen): Relay {
   const tunnel = new Tunnel(client, upstream, limits, done)
   tunnel.screen = screen
-  wire(Object.assign(client, { [TUNNEL]: tunnel }))
-  wire(Object.assign(upstream, { [TUNNEL]: tunnel }))
+  wire(tag(client, tunnel))
+  wire(tag(upstream, tunnel))
   watch(tunnel)
   return tunnel
+}
+
+function tag(socket: Socket, tunnel: Tunnel): Wired {
+  // set in place: Object.assign would build an object per socket to copy it from
+  const tagged = socket as Socket & { [TUNNEL]?: Tunnel }
+  tagged[TUNNEL] = tunnel
+  return tagged as Wired
 }
 
 // Module-level listeners (`this` is the socket that emitted): per-tunnel closures would cost

@@ -16,7 +16,7 @@ import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloVie
 import { relay, upstreamReads, type Held, type Screen } from './relay.js'
 import { denial, destroySocket, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
-import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from '../policy/target.js'
 import { parentFor } from '../net/upstream.js'
 import { parseClientHello, startsLikeTls } from '../policy/tls-hello.js'
@@ -204,9 +204,10 @@ export async function openTunnel(rt: Runtime, id: string, socket: Socket, target
   const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: (reason) => tunnel.close(reason) }
   const tunnel = relay(socket, upstream, limits, (stats) => {
     rt.open.delete(open)
-    const viaParent = parent ? { via: parent.hop, bytesFromClient: stats.bytesFromClient - handshake.sent, bytesToClient: stats.bytesToClient - handshake.received } : {}
-    // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life
-    logClosed(rt, { id, kind: 'tunnel', chosen: dialed && formatIp(dialed), ...stats, ...viaParent })
+    // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life;
+    // the event built at once (logClosed would copy it), without the parent's handshake bytes
+    const { bytesFromClient, bytesToClient, durationMs, error } = stats
+    rt.record({ type: 'closed', id, kind: 'tunnel', chosen: dialed && formatIp(dialed), bytesFromClient: bytesFromClient - handshake.sent, bytesToClient: bytesToClient - handshake.received, durationMs, error, via: parent?.hop })
   }, screen)
   rt.open.add(open)
 }

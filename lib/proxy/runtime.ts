@@ -6,7 +6,7 @@ import type { ClientIdentity } from '../policy/clients.js'
 import type { Gate } from '../net/gate.js'
 import { formatIp, type Ip } from '../policy/ip.js'
 import type { LinkedSet } from './linked-set.js'
-import { logEvent, type Logger } from '../core/log.js'
+import { logTypedEvent, type Logger } from '../core/log.js'
 import type { Lookup } from '../net/resolve.js'
 import { ruleLabel } from '../policy/rules.js'
 import type { Decision } from '../policy/decide.js'
@@ -170,10 +170,7 @@ export function logClosed(rt: Runtime, record: ClosedRecord): void {
 /** Logs decisions, closes and DNS queries, and hands every event to the observer (timings and reloads only go there). */
 export function createRecorder(log: Logger, observe: ((event: ProxyEvent) => void) | undefined): (event: ProxyEvent) => void {
   return (event) => {
-    if (event.type === 'decision' || event.type === 'closed' || event.type === 'dns') {
-      const { type, ...fields } = event
-      logEvent(log, type, fields)
-    }
+    if (event.type === 'decision' || event.type === 'closed' || event.type === 'dns') logTypedEvent(log, event)
     observe?.(event)
   }
 }

@@ -118,6 +118,10 @@ export function createProxy(options: ProxyOptions): Proxy {
   let draining = false
   // every client socket of the HTTP listener (tunnels included), for the count closed at the deadline
   const sockets = new Set<Socket>()
+  /** one listener for every socket (`this`), not a closure each */
+  function untrack(this: Socket): void {
+    sockets.delete(this)
+  }
   // responses not yet finished: those whose head is still unsent learn about a drain in time
   const responses = new Set<ServerResponse>()
   const hurried = new AbortController()
@@ -243,7 +247,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   }
   server.on('connection', (socket: Socket) => {
     sockets.add(socket)
-    socket.once('close', () => sockets.delete(socket))
+    socket.once('close', untrack)
   })
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))

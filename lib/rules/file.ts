@@ -133,9 +133,14 @@ export function watchRulesFile(path: string, onChange: () => void, options: Watc
     else onChange()
   }
   let timer: NodeJS.Timeout | undefined
+  const settled = (): void => {
+    timer = undefined
+    check(true)
+  }
+  // one timer, pushed back by each event: the folder may hold a busy log file too (an event per write)
   const watcher: FSWatcher = watch(dirname(full), () => {
-    clearTimeout(timer)
-    timer = setTimeout(() => check(true), options.debounceMs ?? 100)
+    if (timer) timer.refresh()
+    else timer = setTimeout(settled, options.debounceMs ?? 100)
   })
   watcher.on('error', () => watcher.close()) // the folder went away: the poll carries on
   const poll = setInterval(() => check(false), options.pollMs ?? 2_000)
