@@ -154,6 +154,7 @@ async function setup(t: Test) {
 async function session(t: Test, env: Record<string, string>) {
   const { upstream, rules, args, token } = await setup(t)
   const terminal = startCliOnTerminal(args, { TERM: 'xterm-256color', ...env })
+  t.teardown(() => terminal.kill())
   const started = await terminal.waitFor(/dashboard .*\r\n/)
   const plain = started.replace(new RegExp(`${ESC}\\[\\d+m`, 'g'), '')
   const port = Number(/listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(plain)?.[1])

@@ -15,8 +15,8 @@ import { parseArgs } from 'node:util'
 const dist = new URL('../../dist/', import.meta.url)
 /** @type {typeof import('../../lib/rules/config.js')} */
 const config = await import(new URL('rules/config.js', dist).href)
-/** @type {typeof import('../../lib/policy/rules.js')} */
-const policyLib = await import(new URL('policy/rules.js', dist).href)
+/** @type {typeof import('../../lib/policy/decide.js')} */
+const policyLib = await import(new URL('policy/decide.js', dist).href)
 /** @type {typeof import('../../lib/policy/ip.js')} */
 const ipLib = await import(new URL('policy/ip.js', dist).href)
 

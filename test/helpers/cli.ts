@@ -1,6 +1,7 @@
 // The command line as a user runs it: dist/cli.js in its own process, once (exit code and
 // output) or long-running (`start`, `learn`) with its JSON log lines read as they come.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 
 /** The built command line, dist/cli.js. */
@@ -116,6 +117,16 @@ export interface TerminalCli {
   waitFor(match: RegExp): Promise<string>
   /** Ctrl-C typed at the terminal, then the exit code */
   interrupt(): Promise<number | null>
+  /** for teardown: kills `script` and proxy-gate if they still run (a failed test must not leave them) */
+  kill(): void
+}
+
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${String(pid)}/task/${String(pid)}/children`, 'utf8').split(' ').filter(Boolean).map(Number)
+  } catch {
+    return []
+  }
 }
 
 function shellQuote(word: string): string {
@@ -131,13 +142,19 @@ export function startCliOnTerminal(args: readonly string[], env: Readonly<Record
   // exec: the shell that `script` starts would take Ctrl-C's SIGINT as its own and exit 130
   const command = `exec ${[process.execPath, CLI_PATH, ...args].map(shellQuote).join(' ')}`
   const child = spawn('script', ['-qfec', command, '/dev/null'], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env } })
+  let running = true
   let output = ''
   const waiters = new Set<() => void>()
   child.stdout.on('data', (d: Buffer) => {
     output += d.toString()
     for (const w of [...waiters]) w()
   })
-  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('close', (code) => {
+      running = false
+      resolve(code)
+    }),
+  )
   const waitFor = (match: RegExp): Promise<string> =>
     new Promise((resolve, reject) => {
       const check = (): void => {
@@ -155,6 +172,13 @@ export function startCliOnTerminal(args: readonly string[], env: Readonly<Record
     interrupt: () => {
       child.stdin.write('\x03')
       return exited
+    },
+    kill: () => {
+      if (!running || child.pid === undefined) return
+      // proxy-gate runs in the terminal's own session: killing `script` alone would hang up the
+      // terminal, which proxy-gate takes as SIGHUP (reload) and outlives
+      for (const pid of childrenOf(child.pid)) process.kill(pid, 'SIGKILL')
+      child.kill('SIGKILL')
     },
   }
 }
