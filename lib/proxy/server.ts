@@ -116,14 +116,18 @@ export function createProxy(options: ProxyOptions): Proxy {
   let ready = false
   let stopping: Promise<void> | undefined
   let draining = false
-  // every client socket of the HTTP listener (tunnels included), for the count closed at the deadline
-  const sockets = new Set<Socket>()
+  // every client socket of the HTTP listener (tunnels included), for the count closed at the deadline;
+  // linked sets, as each request or tunnel joins and leaves (see linked-set.ts)
+  const sockets = new LinkedSet<Socket>()
   /** one listener for every socket (`this`), not a closure each */
   function untrack(this: Socket): void {
     sockets.delete(this)
   }
   // responses not yet finished: those whose head is still unsent learn about a drain in time
-  const responses = new Set<ServerResponse>()
+  const responses = new LinkedSet<ServerResponse>()
+  function forget(this: ServerResponse): void {
+    responses.delete(this)
+  }
   const hurried = new AbortController()
   const authenticator = createAuthenticator(() => config.auth)
   // the parent proxy ("upstream"): a new one on reload when its URL or credentials change
@@ -239,7 +243,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     if (draining) res.shouldKeepAlive = false
     else {
       responses.add(res)
-      res.once('close', () => responses.delete(res))
+      res.once('close', forget)
     }
     const form = formOf(req.socket)
     if (form === ABSOLUTE_FORM && req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
@@ -346,8 +350,10 @@ export function createProxy(options: ProxyOptions): Proxy {
   async function drain(): Promise<void> {
     ready = false
     draining = true
-    for (const res of responses) if (!res.headersSent) res.shouldKeepAlive = false
-    responses.clear()
+    for (const res of responses) {
+      if (!res.headersSent) res.shouldKeepAlive = false
+      responses.delete(res)
+    }
     const { drainDelayMs } = config.limits
     log.info('draining: not ready, still accepting', { drainDelayMs, connections: sockets.size })
     if (drainDelayMs > 0) await pause(drainDelayMs)
