@@ -21,7 +21,7 @@ import { reply } from '../core/reply.js'
 import { relayRequest } from './route-forward.js'
 import { connectThrough, parentFor, type Upstream } from '../net/upstream.js'
 import { agentFor, upgradeFailure } from './route-upgrade.js'
-import { logClosed, logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
 import { formatHost, formatTarget, hostText, normalisePath, type Target } from '../policy/target.js'
 
 /** A tunnel handed over for opening: what was already read, where it goes, and whose it is. */
@@ -163,7 +163,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
         clearTimeout(lifetime)
         rt.open.delete(open)
         void client.close().catch(() => undefined)
-        logClosed(rt, { id, kind: 'tunnel', intercepted: true, ...(parent ? { via: parent.hop } : { chosen: formatIp(ip) }), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
+        rt.record({ type: 'closed', id, kind: 'tunnel', intercepted: true, ...(parent ? { via: parent.hop } : { chosen: formatIp(ip) }), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
       })
       Object.assign(server, { maxHeaderSize: limits.maxHeaderBytes }) // read per connection: follows reloads (server.ts)
       server.emit('connection', inner)

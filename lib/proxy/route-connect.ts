@@ -205,7 +205,7 @@ export async function openTunnel(rt: Runtime, id: string, socket: Socket, target
   const tunnel = relay(socket, upstream, limits, (stats) => {
     rt.open.delete(open)
     // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life;
-    // the event built at once (logClosed would copy it), without the parent's handshake bytes
+    // without the parent's handshake bytes
     const { bytesFromClient, bytesToClient, durationMs, error } = stats
     rt.record({ type: 'closed', id, kind: 'tunnel', chosen: dialed && formatIp(dialed), bytesFromClient: bytesFromClient - handshake.sent, bytesToClient: bytesToClient - handshake.received, durationMs, error, via: parent?.hop })
   }, screen)

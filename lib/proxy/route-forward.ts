@@ -13,7 +13,7 @@ import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { replyOnResponse } from './respond.js'
-import { logClosed, type OpenConnection, type Runtime } from './runtime.js'
+import { type OpenConnection, type Runtime } from './runtime.js'
 import { formatTarget, hostHeader, type Target } from '../policy/target.js'
 import { parentFailure, parentFor, parentRefused, throughParent } from '../net/upstream.js'
 
@@ -111,7 +111,7 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
       settle()
       const { code, failure } = outcome(error)
       const answered = !res.headersSent && !res.destroyed
-      logClosed(rt, { id: up.id, kind: up.kind, method, chosen: up.tunnelled ? undefined : formatIp(chosen), via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - started })
+      rt.record({ type: 'closed', id: up.id, kind: up.kind, method, chosen: up.tunnelled ? undefined : formatIp(chosen), via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - started })
       if (answered) replyOnResponse(res, failure, true)
       else res.destroy()
       resolve()
@@ -135,7 +135,7 @@ export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRe
       onResponseEnd() {
         settle()
         res.end()
-        logClosed(rt, { id: up.id, kind: up.kind, method, chosen: up.tunnelled ? undefined : formatIp(chosen), via: up.via, status, durationMs: Date.now() - started })
+        rt.record({ type: 'closed', id: up.id, kind: up.kind, method, chosen: up.tunnelled ? undefined : formatIp(chosen), via: up.via, status, durationMs: Date.now() - started })
         resolve()
       },
       onResponseError: (_c, error) => {

@@ -16,7 +16,7 @@ import { connectThrough, parentFor } from '../net/upstream.js'
 import { clientResponseHeaders, upgradeRequestHeaders } from './headers.js'
 import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import { replyOnSocket } from './respond.js'
-import { logClosed, type OpenConnection, type Runtime } from './runtime.js'
+import { type OpenConnection, type Runtime } from './runtime.js'
 import { formatTarget, hostHeader } from '../policy/target.js'
 
 /** An agent for one upgrade whose connection is `open`'s (a dialled address, or a tunnel through the parent). */
@@ -59,7 +59,7 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIde
   socket.once('close', () => {
     clearTimeout(lifetime)
     rt.open.delete(entry)
-    logClosed(rt, { id, kind: 'upgrade', chosen: chosen && formatIp(chosen), via: parent?.hop, bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
+    rt.record({ type: 'closed', id, kind: 'upgrade', chosen: chosen && formatIp(chosen), via: parent?.hop, bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
   })
   const ipText = formatIp(ip) // the connection is the agent's: this only completes the URL
   const where = (): string => (parent ? `${formatTarget(target)} (through upstream proxy ${parent.hop})` : formatIpPort(chosen ?? ip, target.port))

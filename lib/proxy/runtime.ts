@@ -163,10 +163,6 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
   })
 }
 
-export function logClosed(rt: Runtime, record: ClosedRecord): void {
-  rt.record({ type: 'closed', ...record })
-}
-
 /** Logs decisions, closes and DNS queries, and hands every event to the observer (timings and reloads only go there). */
 export function createRecorder(log: Logger, observe: ((event: ProxyEvent) => void) | undefined): (event: ProxyEvent) => void {
   return (event) => {
