@@ -129,7 +129,7 @@ t.test('Allow in Chromium: the page asks for the token (again after a wrong one)
   const before = JSON.parse(original) as Record<string, unknown>
   t.same(Object.keys(written), Object.keys(before), 'key order kept')
   t.same(written, { ...before, allow: [...(before.allow as string[]), target] }, 'only the entry was added')
-  t.equal(readFileSync(`${gate.rulesFile}.proxy-gate-backup`, 'utf8'), `${JSON.stringify(before, null, 2)}\n`, 'the backup holds the file as it was')
+  t.equal(readFileSync(`${gate.rulesFile}.proxy-gate-backup`, 'utf8'), original, 'the backup holds the file as it was, byte for byte')
   await page.locator('#denied tbody tr', { hasText: target }).waitFor({ state: 'detached' })
 
   // the other way in: /#token=..., which the page keeps and takes out of the address bar
@@ -224,12 +224,16 @@ t.test('POST /allow refuses, with a clear status, what is not the dashboard with
   t.notOk(existsSync(`${gate.rulesFile}.proxy-gate-backup`))
 
   chmodSync(gate.rulesFile, 0o600) // as it would be with password hashes in "auth"
+  const tabbed = `${JSON.stringify(JSON.parse(original), null, '\t')}\n` // someone's own indentation, kept by the rewrite
+  writeFileSync(gate.rulesFile, tabbed)
   const added = await allowPost(gate, id)
   t.equal(added.status, 200)
   t.match(JSON.parse(added.body), { ok: true, added: true, backup: `${gate.rulesFile}.proxy-gate-backup` })
   t.equal(await gate.fetchThrough('allowme.test'), 200)
   t.equal(statSync(gate.rulesFile).mode & 0o777, 0o600, 'the rewritten file keeps its permissions')
   t.equal(statSync(`${gate.rulesFile}.proxy-gate-backup`).mode & 0o777, 0o600, 'and so does the backup')
+  t.equal(readFileSync(`${gate.rulesFile}.proxy-gate-backup`, 'utf8'), tabbed, 'the backup holds the file byte for byte')
+  t.match(readFileSync(gate.rulesFile, 'utf8'), /^\{\n\t"/, 'the rewrite keeps its tab indentation')
 })
 
 t.test('Allow puts the entry into the policy that denied it; an entry already there is not written again', async (t) => {

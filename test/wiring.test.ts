@@ -96,23 +96,25 @@ t.test('--write merges into a realistic file, keeps every other key, backs it up
     t.equal(wrote.code, 0, `${target} write: ${wrote.stderr}`)
     const text = readFileSync(file, 'utf8')
     t.not(text.charCodeAt(0), 0xfeff, `${target}: no BOM written`)
+    t.match(text, /^\{\n {4}"/, `${target}: the file's own 4-space indentation kept`)
     const after = JSON.parse(text) as Record<string, unknown>
     for (const [key, value] of Object.entries(EXISTING[target])) {
       if (typeof value !== 'object' && !/proxy/i.test(key)) t.same(after[key], value, `${target}: ${key} kept`)
     }
     t.ok(existsSync(`${file}.proxy-gate-backup`), `${target}: backup beside the file`)
-    t.same(JSON.parse(readFileSync(`${file}.proxy-gate-backup`, 'utf8')), EXISTING[target], `${target}: backup holds the original values`)
+    t.equal(readFileSync(`${file}.proxy-gate-backup`, 'utf8'), original, `${target}: backup holds the file byte for byte`)
 
     const again = await runCli(['docker', '--target', target, '--write', '--file', file, '--rules', rules(dir)])
     t.match(again.stdout, /no change/, `${target}: a re-run changes nothing`)
-    t.same(JSON.parse(readFileSync(`${file}.proxy-gate-backup`, 'utf8')), EXISTING[target], `${target}: a re-run keeps the first backup`)
+    t.equal(readFileSync(`${file}.proxy-gate-backup`, 'utf8'), original, `${target}: a re-run keeps the first backup`)
     const changed = await runCli(['docker', '--target', target, '--write', '--file', file, '--rules', rules(dir), '--advertise', '127.0.0.9:3128'])
     t.equal(changed.code, 0, `${target} write with other settings: ${changed.stderr}`)
-    t.same(JSON.parse(readFileSync(`${file}.proxy-gate-backup`, 'utf8')), EXISTING[target], `${target}: a write that changes the settings keeps the first backup too`)
+    t.equal(readFileSync(`${file}.proxy-gate-backup`, 'utf8'), original, `${target}: a write that changes the settings keeps the first backup too`)
 
     const reverted = await runCli(['docker', '--target', target, '--revert', '--file', file, '--rules', rules(dir)])
     t.equal(reverted.code, 0, `${target} revert: ${reverted.stderr}`)
     t.same(JSON.parse(readFileSync(file, 'utf8')), EXISTING[target], `${target}: revert restores the original values`)
+    t.match(readFileSync(file, 'utf8'), /^\{\n {4}"/, `${target}: and keeps the indentation`)
     t.notOk(existsSync(`${file}.proxy-gate-backup`), `${target}: backup removed after revert`)
   }
 })

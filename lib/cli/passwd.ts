@@ -56,7 +56,7 @@ export async function passwdCommand(rules: RulesPath, user: string | undefined):
     console.error('proxy-gate: use a password of at least 8 characters')
     return 1
   }
-  const plan = planWrite(current.value.value, { auth: { users: { [user]: await hashPassword(password) } } })
+  const plan = planWrite(current.value, { auth: { users: { [user]: await hashPassword(password) } } })
   applyWrite(rulesFile, plan, 'latest')
   console.log(`set the password of ${user} in ${rulesFile} (backup: ${backupPath(rulesFile)}); a running proxy-gate reloads it`)
   return 0

@@ -98,7 +98,7 @@ export function dockerCommand(config: Config, args: WiringArgs): number {
   }
   const current = readJsonFile(path)
   if (!current.ok) return fail(current.error, 1)
-  const plan = planWrite(current.value.value, fragment)
+  const plan = planWrite(current.value, fragment)
   if (args.dryRun) {
     console.log(`dry run: would change ${path}:`)
     printChanges(plan.changes)

@@ -85,7 +85,7 @@ export function allowEntry(rules: RulesFile, suggestion: string, policy: string)
   if (entry === undefined) return refuse(409, `${suggestion} is not an entry that can be added`)
   const { list, where } = place.value
   if (list.some((e) => JSON.stringify(e) === JSON.stringify(entry))) return { status: 200, body: { ok: true, added: false, message: `${suggestion} is already in "${where}" of ${file}: nothing was written` } }
-  const plan = planWrite(document, place.value.set([...list, entry]))
+  const plan = planWrite(current.value, place.value.set([...list, entry]))
   const problems = rules.problems(plan.after)
   if (problems.length > 0) return refuse(422, `with ${suggestion} added, ${file} would not load: nothing was written`, problems)
   try {

@@ -60,6 +60,8 @@ function changesBetween(before: JsonObject, after: JsonObject, fragment: JsonObj
 export interface JsonFile {
   /** undefined when the file does not exist yet */
   readonly value: JsonObject | undefined
+  /** the file's text as read (undefined when it does not exist) */
+  readonly text?: string
 }
 
 /** Reads a JSON object file. A file that is not a JSON object is an error: it will not be touched. */
@@ -74,7 +76,7 @@ export function readJsonFile(path: string): Result<JsonFile> {
   try {
     const value = JSON.parse(text.replace(/^\uFEFF/, '')) as Json
     if (!isObject(value)) return { ok: false, error: `${path} does not hold a JSON object; it was left untouched` }
-    return { ok: true, value: { value } }
+    return { ok: true, value: { value, text } }
   } catch (error) {
     return { ok: false, error: `${path} is not valid JSON (${(error as Error).message}); it was left untouched` }
   }
@@ -89,9 +91,14 @@ function modeOf(path: string): number | undefined {
   }
 }
 
+/** The indentation a JSON text uses (that of its first indented line), so a rewrite keeps it; 2 spaces if none. */
+export function indentOf(text: string | undefined): string {
+  return /^([ \t]+)\S/m.exec(text ?? '')?.[1] ?? '  '
+}
+
 /** Writes the JSON text atomically (core/atomic-file.ts): readers see the old file or the new one, never half. */
-export function writeJsonAtomic(path: string, value: JsonObject, mode = modeOf(path)): void {
-  writeFileAtomic(path, `${JSON.stringify(value, null, 2)}
+export function writeJsonAtomic(path: string, value: JsonObject, mode = modeOf(path), indent = '  '): void {
+  writeFileAtomic(path, `${JSON.stringify(value, null, indent)}
 `, mode)
 }
 
@@ -101,15 +108,17 @@ export function backupPath(path: string): string {
 
 export interface WritePlan {
   readonly before: JsonObject
+  /** the file's text before: what the backup holds, byte for byte */
+  readonly text: string | undefined
   readonly after: JsonObject
   readonly changes: readonly Change[]
 }
 
-export function planWrite(current: JsonObject | undefined, fragment: JsonObject): WritePlan {
-  const before = current ?? {}
+export function planWrite(current: JsonFile, fragment: JsonObject): WritePlan {
+  const before = current.value ?? {}
   const after = mergeFragment(before, fragment)
   const changes = changesBetween(before, after, fragment)
-  return { before, after, changes }
+  return { before, text: current.text, after, changes }
 }
 
 /**
@@ -122,8 +131,11 @@ export type BackupRule = 'first' | 'latest'
 export function applyWrite(path: string, plan: WritePlan, backup: BackupRule): void {
   // the backup holds what the file held: it gets the file's permissions, not wider ones
   const mode = modeOf(path)
-  if ((backup === 'latest' && plan.changes.length > 0) || !existsSync(backupPath(path))) writeJsonAtomic(backupPath(path), plan.before, mode)
-  writeJsonAtomic(path, plan.after, mode)
+  if ((backup === 'latest' && plan.changes.length > 0) || !existsSync(backupPath(path))) {
+    if (plan.text === undefined) writeJsonAtomic(backupPath(path), plan.before, mode)
+    else writeFileAtomic(backupPath(path), plan.text, mode)
+  }
+  writeJsonAtomic(path, plan.after, mode, indentOf(plan.text))
 }
 
 /** Restores the managed keys from the backup and removes it. */
@@ -135,7 +147,7 @@ export function applyRevert(path: string, fragment: JsonObject): Result<readonly
   if (!current.ok) return current
   const before = current.value.value ?? {}
   const after = revertFragment(before, backup.value.value, fragment)
-  writeJsonAtomic(path, after)
+  writeJsonAtomic(path, after, undefined, indentOf(current.value.text))
   unlinkSync(backupPath(path))
   return { ok: true, value: changesBetween(before, after, fragment) }
 }
