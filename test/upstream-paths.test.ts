@@ -3,6 +3,7 @@
 // loopback relays to the origin and records what it was asked and the local port of each
 // connection it made, so the origin's peer port shows the connection came from the parent.
 import { createHash } from 'node:crypto'
+import { EventEmitter, once } from 'node:events'
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
@@ -28,16 +29,23 @@ interface Parent {
   readonly asked: string[]
   /** the local port of every connection it opened to an origin */
   readonly outgoing: number[]
+  /** emits 'asked' for each CONNECT head and 'gone' when a client's connection closes */
+  readonly events: EventEmitter
 }
 
-/** Relays CONNECT name:port to 127.0.0.1:port (every test name lives there); `refuse` answers 403 instead. */
-async function startParent(t: Test, refuse = false): Promise<Parent> {
+/**
+ * Relays CONNECT name:port to 127.0.0.1:port (every test name lives there); `refuse` answers 403 instead.
+ * With `hold`, it connects to the origin only once that promise settles.
+ */
+async function startParent(t: Test, refuse = false, hold: Promise<void> = Promise.resolve()): Promise<Parent> {
   const asked: string[] = []
   const outgoing: number[] = []
+  const events = new EventEmitter()
   const sockets = new Set<Socket>()
   const server: Server = createServer((client) => {
     sockets.add(client)
     client.on('error', () => client.destroy())
+    client.on('close', () => events.emit('gone'))
     let head = ''
     const onData = (chunk: Buffer): void => {
       head += chunk.toString('latin1')
@@ -46,12 +54,14 @@ async function startParent(t: Test, refuse = false): Promise<Parent> {
       client.off('data', onData)
       const line = head.slice(0, head.indexOf('\r\n'))
       asked.push(line)
+      events.emit('asked')
       if (refuse) return void client.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n')
-      const port = Number(/^CONNECT \S+:(\d+) HTTP\/1\.1$/.exec(line)?.[1])
+      void hold.then(() => relay(Number(/^CONNECT \S+:(\d+) HTTP\/1\.1$/.exec(line)?.[1]), head.slice(end + 4)))
+    }
+    const relay = (port: number, early: string): void => {
       const origin = connect({ host: '127.0.0.1', port }, () => {
         outgoing.push(origin.localPort ?? 0)
         client.write('HTTP/1.1 200 Connection established\r\n\r\n')
-        const early = head.slice(end + 4)
         if (early !== '') origin.write(Buffer.from(early, 'latin1'))
         client.pipe(origin).pipe(client)
       })
@@ -70,7 +80,7 @@ async function startParent(t: Test, refuse = false): Promise<Parent> {
         server.close(() => resolve())
       }),
   )
-  return { port, hop: `127.0.0.1:${port}`, asked, outgoing }
+  return { port, hop: `127.0.0.1:${port}`, asked, outgoing, events }
 }
 
 interface Origin {
@@ -270,6 +280,25 @@ t.test('ws:// upgrades go in a CONNECT tunnel to the parent; a refusing parent i
   t.equal(answer?.status, 502)
   t.match(answer?.headers['proxy-status']?.[0], `error=destination_unavailable; next-hop="${refusing.hop}"; received-status=403`)
   t.equal(w.ws.peers.length, 1, 'nothing reached the origin through the refusing parent')
+})
+
+t.test('a client gone while its upgrade waits for the parent: the tunnel to the parent is closed once it opens, not left idle', async (t) => {
+  const w = await world(t)
+  let release = (): void => undefined
+  const parent = await startParent(t, false, new Promise<void>((resolve) => (release = resolve)))
+  const proxy = await gate(t, w, `http://${parent.hop}`)
+  const s = await rawSession(proxy.port)
+  const asked = once(parent.events, 'asked')
+  await s.send(upgradeHead(`api.allowed.test:${w.ws.port}`))
+  await asked
+  s.destroy()
+  const gone = once(parent.events, 'gone')
+  release()
+  const bound = setTimeout(() => parent.events.emit('error', new Error('the tunnel through the parent stayed open')), 5_000)
+  t.teardown(() => clearTimeout(bound))
+  await gone
+  t.pass('proxy-gate closed its connection to the parent')
+  await logLine(proxy, (l) => l.message === 'closed' && l.kind === 'upgrade', 'the closed upgrade')
 })
 
 t.test('without upstream both go direct, as before', async (t) => {
