@@ -92,7 +92,7 @@ function modeOf(path: string): number | undefined {
 }
 
 /** The indentation a JSON text uses (that of its first indented line), so a rewrite keeps it; 2 spaces if none. */
-export function indentOf(text: string | undefined): string {
+function indentOf(text: string | undefined): string {
   return /^([ \t]+)\S/m.exec(text ?? '')?.[1] ?? '  '
 }
 
