@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `npm run bench`: proxy-gate side by side with a direct connection, the floor (a bare Node
-// CONNECT relay, test/bench/floor.mjs: no policy, no logs) and, when installed, Squid and
-// tinyproxy. A benchmark tool, not a test (tap only runs test/**/*.test.ts). Method:
+// CONNECT relay, test/bench/floor.mjs, and for plain HTTP a bare node:http + undici forwarder,
+// test/bench/floor-http.mjs: no policy, no logs) and, when installed, Squid and tinyproxy. A benchmark tool, not a test (tap only runs test/**/*.test.ts). Method:
 // every figure is a ratio measured in one run, targets interleaved over several rounds (the order
 // rotates each round), median shown with min-max. Traffic stays on loopback; every process this
 // starts is stopped by PID when it ends (and by the origin process if this one dies).
@@ -15,6 +15,7 @@
 //   bulk     CONNECT bulk download through one tunnel and through 8 at once: MB/s, CPU per GB
 //   tunnels  new tunnels per second: connect, CONNECT, one small round trip, close
 //   latency  fixed moderate request rate over keep-alive connections: p50/p99 and the added latency vs direct
+//            (with taskset, the proxy under test alone on CPU 1, the generator and origin on CPU 0)
 //   memory   RSS of each (freshly started) proxy with ~10,000 idle open tunnels: 2 s after opening, and settled
 //   policy   load time and decisions/s for 100,000 rules vs 1,000 (lib functions, in a child process)
 //   leaf     leaf certificate minting, uncached and cached (lib/certs/leaf.ts createLeafMinter)
@@ -58,7 +59,8 @@ if (opts.help) {
   --seconds S         length of each timed run (default 5; 2 with --quick)
   --only LIST         workloads: http,bulk,tunnels,latency,memory,policy,leaf (default: all)
   --peers LIST        peers to race when installed: squid,tinyproxy (default both; "" for none);
-                      the floor (test/bench/floor.mjs, a bare Node CONNECT relay) always runs
+                      the floor always runs: test/bench/floor.mjs (a bare Node CONNECT relay) and,
+                      for http and latency, test/bench/floor-http.mjs (node:http + undici)
   --connections N     wrk connections for http (default 50)
   --bulk-mib N        one-tunnel transfer size in MiB (default 256; 32 with --quick)
   --parallel-mib N    per-tunnel size for the 8-tunnel transfer in MiB (default 64; 8 with --quick)
@@ -109,6 +111,7 @@ function percentile(xs, p) {
   return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]
 }
 const has = (/** @type {string} */ cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0
+const TASKSET = has('taskset')
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout?.trim()) || 100
 
 /** utime+stime of a process (all its threads), in seconds; NaN when unreadable. */
@@ -267,6 +270,13 @@ async function startFloor() {
   return startPeer('floor', process.execPath, args, port, { describe: () => `node ${args.join(' ')} (CONNECT only: no policy, no logs)` })
 }
 
+/** The bare plain-HTTP forwarder (node:http + undici): the floor of the HTTP and latency workloads. @returns {Promise<Peer>} */
+async function startHttpFloor() {
+  const port = await freePort()
+  const args = [join(HERE, 'floor-http.mjs'), String(port)]
+  return startPeer('floor-http', process.execPath, args, port, { cwd: ROOT, describe: () => `node ${args.join(' ')} (plain HTTP only: node:http + undici, no policy, no logs)` })
+}
+
 /** @param {OriginPorts} ports @returns {Promise<Peer>} */
 async function startProxyGate(ports) {
   if (!existsSync(CLI)) fail(`${CLI} is missing: run "npm run build" first (npm run bench does)`)
@@ -276,7 +286,8 @@ async function startProxyGate(ports) {
   const rulesFile = join(dir, 'rules.json')
   const rules = benchRules(ports)
   writeFileSync(rulesFile, JSON.stringify(rules, null, 2))
-  const logFile = join(dir, 'proxy-gate.log')
+  // not in the rules folder: its watcher would wake on every write
+  const logFile = join(runDir, 'proxy-gate.log')
   // default log level (info), JSON lines to a file: the counterpart of Squid's access log
   const args = [CLI, 'start', '--rules', rulesFile, '--listen', `127.0.0.1:${port}`, '--log-format', 'json']
   // builds with the admin listener (metrics, dashboard) get it on a free port, as it runs by default
@@ -539,6 +550,38 @@ async function runTunnels(target, echoPort, seconds, concurrency = 50) {
  * @param {Target} target @param {number} httpPort @param {number} seconds @param {number} rate
  */
 async function runLatency(target, httpPort, seconds, rate) {
+  const pinned = pinForLatency(target)
+  try {
+    return await sendAtRate(target, httpPort, seconds, rate)
+  } finally {
+    pinned.undo()
+  }
+}
+
+/**
+ * Latency at a low rate is mostly scheduling: with the generator, the origin and the proxy on two
+ * cores, any of them waits for a core now and then, and that wait lands in p99. When taskset is
+ * there, the proxy under test gets CPU 1 to itself (all its threads) and the rest shares CPU 0,
+ * the same for every target (direct too), for this workload only.
+ * @param {Target} target
+ */
+function pinForLatency(target) {
+  const all = `0-${cpus().length - 1}`
+  const pids = [process.pid, /** @type {number} */ (origin.pid)]
+  const proxy = target.route.kind === 'proxy' ? target.route.peer.pid : undefined
+  const set = (/** @type {number} */ pid, /** @type {string} */ cpu) => spawnSync('taskset', ['-a', '-p', '-c', cpu, String(pid)], { stdio: 'ignore' }).status === 0
+  if (cpus().length < 2 || !TASKSET) return { undo: () => {} }
+  for (const pid of pids) set(pid, '0')
+  if (proxy) set(proxy, '1')
+  return {
+    undo: () => {
+      for (const pid of [...pids, ...(proxy ? [proxy] : [])]) set(pid, all)
+    },
+  }
+}
+
+/** @param {Target} target @param {number} httpPort @param {number} seconds @param {number} rate */
+async function sendAtRate(target, httpPort, seconds, rate) {
   const origin = `127.0.0.1:${httpPort}`
   const proxied = target.route.kind === 'proxy'
   const port = target.route.kind === 'proxy' ? target.route.peer.port : httpPort
@@ -874,16 +917,18 @@ async function main() {
     for (const p of Object.values(peers)) note(`  ${p.name} pid ${p.pid} on 127.0.0.1:${p.port}: ${p.describe()}`)
     /** @type {Target[]} */
     const targets = [{ name: 'direct', route: { kind: 'direct' } }, ...Object.values(peers).map((peer) => ({ name: peer.name, route: /** @type {Route} */ ({ kind: 'proxy', peer }) }))]
-    // the floor relays CONNECT only: it races in the tunnel workloads, not in plain HTTP
-    const httpTargets = targets.filter((t) => t.name !== 'floor')
+    // the floor relays CONNECT only; in the plain-HTTP workloads its column is the HTTP floor's
+    const httpFloor = wrkAvailable || ONLY.has('latency') ? await startHttpFloor() : undefined
+    if (httpFloor) note(`  ${httpFloor.name} pid ${httpFloor.pid} on 127.0.0.1:${httpFloor.port}: ${httpFloor.describe()}`)
+    const httpTargets = targets.map((t) => (t.name === 'floor' && httpFloor ? { name: 'floor', route: /** @type {Route} */ ({ kind: 'proxy', peer: httpFloor }) } : t)).filter((t) => t.name !== 'floor' || httpFloor)
 
     // warm-up: JIT, upstream pools, squid's memory pools; not recorded
     note('warm-up')
     for (const t of targets) {
-      if (wrkAvailable && t.name !== 'floor') await runWrk(t, ports.http, 1)
       await runTunnels(t, ports.echo, 0.5, 10)
       await runBulk(t, ports.bulk, 8 << 20, 1)
     }
+    if (wrkAvailable) for (const t of httpTargets) await runWrk(t, ports.http, 1)
 
     if (ONLY.has('http') && wrkAvailable) {
       note(`http: wrk -t1 -c${CONNS} -d${SECONDS}s, absolute-form through proxies`)
@@ -954,6 +999,7 @@ async function main() {
       })
     }
 
+    await httpFloor?.stop()
     if (ONLY.has('memory')) {
       note(`memory: ${tunnels} idle tunnels per proxy, each proxy freshly started; RSS 2 s after opening and ${SETTLE_S} s after`)
       await stopAll()
