@@ -8,6 +8,11 @@ export function tempDir(name: string): string {
   return mkdtempSync(join(tmpdir(), `proxy-gate-${name}-`))
 }
 
+/** A rules.json holding `rules`, in a new temporary directory. */
+export function rulesFile(rules: unknown): string {
+  return writeJson(tempDir('rules'), 'rules.json', rules)
+}
+
 /** Writes `value` as indented JSON to DIR/NAME and returns the file's path. */
 export function writeJson(dir: string, name: string, value: unknown): string {
   const file = join(dir, name)
