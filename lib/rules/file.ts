@@ -2,7 +2,7 @@
 // itself is config.ts.
 import { createHash } from 'node:crypto'
 import { existsSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs'
-import { dirname, isAbsolute, relative, resolve, sep } from 'node:path'
+import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import type { SandboxSettings } from './sandbox.js'
 import { parseConfig, type Config, type ConfigResult, type Listen } from './config.js'
@@ -113,12 +113,21 @@ function contentKey(path: string): string {
 }
 
 /**
- * Calls `onChange` when what the path resolves to says something new. Any event in the file's
- * folder counts, not only events named after the file: editors rename a new file over the old
- * one, and a Kubernetes ConfigMap volume swaps its `..data` symlink while `rules.json ->
- * ..data/rules.json` itself never changes. A slow stat() poll catches what the events miss (a
- * symlink into another folder, filesystems without inotify). Only a new content hash reloads, so a
- * rewrite with the same text, or a burst of events, is not a reload storm.
+ * Whether an event in the rules file's folder may be about the file: one named after it (editors
+ * rename a new file over the old one), a `..` name (a Kubernetes ConfigMap volume swaps its `..data`
+ * symlink while `rules.json -> ..data/rules.json` itself never changes), or one without a name.
+ * Other names are not: a log file written beside rules.json would have the rules re-read and
+ * hashed after every lull in traffic.
+ */
+export function mayConcern(filename: string | null, rulesName: string): boolean {
+  return filename === null || filename === rulesName || filename.startsWith('..')
+}
+
+/**
+ * Calls `onChange` when what the path resolves to says something new: on folder events that
+ * mayConcern it, and through a slow stat() poll, which catches what the events miss (a symlink to
+ * another file, filesystems without inotify). Only a new content hash reloads, so a rewrite with
+ * the same text, or a burst of events, is not a reload storm.
  */
 export function watchRulesFile(path: string, onChange: () => void, options: WatchOptions = {}): RulesWatch {
   const full = resolve(path)
@@ -137,8 +146,10 @@ export function watchRulesFile(path: string, onChange: () => void, options: Watc
     timer = undefined
     check(true)
   }
-  // one timer, pushed back by each event: the folder may hold a busy log file too (an event per write)
-  const watcher: FSWatcher = watch(dirname(full), () => {
+  const name = basename(full)
+  // one timer, pushed back by each event: a burst of them is one check
+  const watcher: FSWatcher = watch(dirname(full), (_event, filename) => {
+    if (!mayConcern(filename, name)) return
     if (timer) timer.refresh()
     else timer = setTimeout(settled, options.debounceMs ?? 100)
   })
