@@ -1,7 +1,7 @@
 // The command line as a user runs it: dist/cli.js in its own process, once (exit code and
 // output) or long-running (`start`, `learn`) with its JSON log lines read as they come.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 
 /** The built command line, dist/cli.js. */
@@ -30,8 +30,15 @@ export interface RunOptions extends SpawnOptions {
   readonly input?: string
 }
 
+/**
+ * Through setpriv --pdeathsig where it is there (util-linux): proxy-gate is killed when the test
+ * process dies. tap kills a file that times out with SIGKILL, skipping its teardowns, and the
+ * proxy-gate it started would outlive the suite. setpriv execs node: the PID stays the same.
+ */
+const DEFAULT_COMMAND: readonly [string, ...string[]] = existsSync('/usr/bin/setpriv') ? ['/usr/bin/setpriv', '--pdeathsig', 'KILL', process.execPath, CLI_PATH] : [process.execPath, CLI_PATH]
+
 function spawnCli(args: readonly string[], options: SpawnOptions): ChildProcessWithoutNullStreams {
-  const [program, ...first] = options.command ?? [process.execPath, CLI_PATH]
+  const [program, ...first] = options.command ?? DEFAULT_COMMAND
   return spawn(program, [...first, ...args], { cwd: options.cwd, env: { ...process.env, ...options.env } })
 }
 
