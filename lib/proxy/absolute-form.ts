@@ -32,12 +32,26 @@ export type RequestForm = { readonly kind: 'absolute' } | { readonly kind: 'tran
 
 export const ABSOLUTE_FORM: RequestForm = { kind: 'absolute' }
 
-function locate(req: IncomingMessage, form: RequestForm): { rawTarget: string; parsed: Result<AbsoluteUrl> } {
-  const url = req.url ?? ''
-  if (form.kind === 'transparent') return { rawTarget: `${req.headers.host ?? ''}${url}`, parsed: parseOriginRequest(url, req.headers.host, form.port) }
-  const parsed = parseAbsoluteUrl(url)
-  return { rawTarget: url, parsed: parsed.ok ? parsed : { ok: false, error: `bad request-target: ${parsed.error}` } }
+/** The request-target as logged when it cannot be parsed: the URL, or on a transparent listener Host and path. */
+function rawTargetOf(req: IncomingMessage, form: RequestForm): string {
+  return form.kind === 'transparent' ? `${req.headers.host ?? ''}${req.url ?? ''}` : (req.url ?? '')
 }
+
+function locate(req: IncomingMessage, form: RequestForm): Result<AbsoluteUrl> {
+  const url = req.url ?? ''
+  if (form.kind === 'transparent') return parseOriginRequest(url, req.headers.host, form.port)
+  const parsed = parseAbsoluteUrl(url)
+  return parsed.ok ? parsed : { ok: false, error: `bad request-target: ${parsed.error}` }
+}
+
+/** Logs a refusal and hands it to `answer`. */
+function refuse(rt: Runtime, req: IncomingMessage, form: RequestForm, id: string, policy: string, r: ProxyReply, target: Target | undefined, answer: (r: ProxyReply, unreadable: boolean) => void, unreadable: boolean): undefined {
+  logDecision(rt, { id, req, method: req.method ?? 'GET', target, rawTarget: rawTargetOf(req, form), reply: r, policy, listener: listenerOf(form) })
+  answer(r, unreadable)
+  return undefined
+}
+
+const listenerOf = (form: RequestForm): 'transparent' | undefined => (form.kind === 'transparent' ? 'transparent' : undefined)
 
 /**
  * Decides a plain-HTTP request and logs the decision. A refusal is handed to `answer`, with
@@ -46,24 +60,19 @@ function locate(req: IncomingMessage, form: RequestForm): { rawTarget: string; p
 export async function decideHttp(rt: Runtime, who: ClientIdentity, req: IncomingMessage, form: RequestForm, answer: (r: ProxyReply, unreadable: boolean) => void): Promise<Forwardable | undefined> {
   const id = rt.nextId()
   const method = req.method ?? 'GET'
-  const { rawTarget, parsed } = locate(req, form)
+  const parsed = locate(req, form)
   const gate = rt.gate(who)
-  const listener = form.kind === 'transparent' ? ({ listener: 'transparent' } as const) : {}
-  const refuse = (r: ProxyReply, unreadable: boolean): undefined => {
-    logDecision(rt, { id, req, method, target: parsed.ok ? parsed.value.target : undefined, rawTarget, reply: r, policy: gate.policyName, ...listener })
-    answer(r, unreadable)
-    return undefined
-  }
   const problem = checkRequestHead(req, rt.limits())
-  if (problem) return refuse(problem, true)
-  if (!parsed.ok) return refuse(reply(400, 'http_request_error', parsed.error), true)
+  if (problem) return refuse(rt, req, form, id, gate.policyName, problem, parsed.ok ? parsed.value.target : undefined, answer, true)
+  if (!parsed.ok) return refuse(rt, req, form, id, gate.policyName, reply(400, 'http_request_error', parsed.error), undefined, answer, true)
   const { target, path } = parsed.value
   const admission = await admit(gate, target)
-  if (admission.kind === 'failed') return refuse(admission.reply, false)
+  if (admission.kind === 'failed') return refuse(rt, req, form, id, gate.policyName, admission.reply, target, answer, false)
   const { resolved } = admission
   const decision = decideForwarded(gate.policy, gate.ctx, admission.decision, target, method, path)
   const pathLimited = decision.rule?.paths || decision.reason === 'request-not-allowed' || decision.reason === 'bad-path'
-  logDecision(rt, { id, req, method, target, rawTarget, decision, resolved, policy: gate.policyName, ...listener, ...(pathLimited ? { path: path.split('?')[0] } : {}) })
+  // rawTarget is logged only when there is no target
+  logDecision(rt, { id, req, method, target, rawTarget: '', decision, resolved, policy: gate.policyName, listener: listenerOf(form), path: pathLimited ? path.split('?')[0] : undefined })
   if (decision.verdict === 'deny') {
     answer(denial(method, formatTarget(target), decision), false)
     return undefined

@@ -15,25 +15,43 @@ const HOP_BY_HOP = new Set([
 ])
 
 // Routing and identity hints from the client: dropped so that only the checked target matters.
-const CLIENT_ROUTING = new Set(['host', 'forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', 'x-real-ip'])
+const CLIENT_ROUTING = ['host', 'forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', 'x-real-ip']
+
+// what never goes upstream whatever Connection says: one lookup per request header
+const NOT_UPSTREAM = new Set([...HOP_BY_HOP, ...CLIENT_ROUTING])
 
 // A Connection token cannot remove framing or routing: those headers are decided by the proxy.
 const NOT_REMOVABLE = new Set(['host', 'content-length', 'content-type'])
 
-/** Header names listed in Connection values, lower-cased, minus those the proxy must keep. */
-function connectionListed(values: readonly string[]): Set<string> {
-  const listed = new Set<string>()
+/**
+ * Header names listed in Connection values, lower-cased, minus those the proxy must keep and the
+ * hop-by-hop ones it drops anyway: usually none ("keep-alive"), so no second pass is needed.
+ */
+function connectionListed(values: readonly string[]): string[] {
+  const listed: string[] = []
   for (const value of values) {
     for (const token of value.split(',')) {
       const name = token.trim().toLowerCase()
-      if (name !== '' && !NOT_REMOVABLE.has(name)) listed.add(name)
+      if (name !== '' && !NOT_REMOVABLE.has(name) && !HOP_BY_HOP.has(name)) listed.push(name)
     }
   }
   return listed
 }
 
-function isDropped(name: string, listed: Set<string>): boolean {
-  return HOP_BY_HOP.has(name) || listed.has(name) || name.startsWith('proxy-')
+function isDropped(name: string, listed: readonly string[]): boolean {
+  return HOP_BY_HOP.has(name) || listed.includes(name) || name.startsWith('proxy-')
+}
+
+/** A flat [name, value, ...] list without the pairs whose name Connection listed. */
+function withoutListed(lines: string[], values: readonly string[] | undefined): string[] {
+  const listed = values ? connectionListed(values) : []
+  if (listed.length === 0) return lines
+  const out: string[] = []
+  for (let i = 0; i < lines.length; i += 2) {
+    const name = lines[i] as string
+    if (!listed.includes(name.toLowerCase())) out.push(name, lines[i + 1] as string)
+  }
+  return out
 }
 
 /**
@@ -41,17 +59,31 @@ function isDropped(name: string, listed: Set<string>): boolean {
  * repeats. `host` is the checked authority, written first.
  */
 export function upstreamRequestHeaders(rawHeaders: readonly string[], host: string): string[] {
-  const connection: string[] = []
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    if (rawHeaders[i]?.toLowerCase() === 'connection') connection.push(rawHeaders[i + 1] ?? '')
-  }
-  const listed = connectionListed(connection)
   const out = ['host', host]
+  let connection: string[] | undefined
   for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = (rawHeaders[i] as string).toLowerCase()
-    if (!isDropped(name, listed) && !CLIENT_ROUTING.has(name)) out.push(rawHeaders[i] as string, rawHeaders[i + 1] as string)
+    const name = rawHeaders[i] as string
+    const lower = name.toLowerCase()
+    if (lower === 'connection') (connection ??= []).push(rawHeaders[i + 1] as string)
+    else if (!NOT_UPSTREAM.has(lower) && !lower.startsWith('proxy-')) out.push(name, rawHeaders[i + 1] as string)
   }
-  return out
+  return withoutListed(out, connection)
+}
+
+/**
+ * Response headers for the client from undici's raw list, flat as writeHead takes them: names
+ * lower-cased (as undici's parsed headers have them), hop-by-hop and Connection-listed ones removed.
+ */
+export function clientResponseLines(rawHeaders: readonly Buffer[]): string[] {
+  const out: string[] = []
+  let connection: string[] | undefined
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as Buffer).toString('latin1').toLowerCase()
+    const value = (rawHeaders[i + 1] as Buffer).toString('latin1')
+    if (name === 'connection') (connection ??= []).push(value)
+    else if (!HOP_BY_HOP.has(name) && !name.startsWith('proxy-')) out.push(name, value)
+  }
+  return withoutListed(out, connection)
 }
 
 export type HeaderMap = Record<string, string | string[] | undefined>
@@ -64,7 +96,7 @@ export function upgradeRequestHeaders(headers: HeaderMap): HeaderMap {
   const listed = connectionListed(listValues(headers.connection))
   const out: HeaderMap = Object.create(null) as HeaderMap
   for (const [name, value] of Object.entries(headers)) {
-    if (name === 'connection' || name === 'upgrade' || (!isDropped(name, listed) && !CLIENT_ROUTING.has(name))) out[name] = value
+    if (name === 'connection' || name === 'upgrade' || (!isDropped(name, listed) && !CLIENT_ROUTING.includes(name))) out[name] = value
   }
   return out
 }

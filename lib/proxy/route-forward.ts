@@ -9,7 +9,7 @@ import { decideHttp, type RequestForm } from './absolute-form.js'
 import { hasBody } from './checks.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import { DialFailure, upstreamFailure } from '../net/dial.js'
-import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js'
+import { clientResponseLines, upstreamRequestHeaders } from './headers.js'
 import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { replyOnResponse } from './respond.js'
@@ -65,97 +65,160 @@ const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH',
  * AbortSignal per request; the response is written to the client as it arrives, with
  * backpressure (the upstream read pauses while the client is slow). Resolves once done, either way.
  * With `up.dial`, a failure to connect moves on to the next address: undici starts the request
- * (onRequestStart) only on a connected socket, so an error before it means no byte was sent.
+ * (onConnect) only on a connected socket, so an error before it means no byte was sent.
  */
 export function relayRequest(rt: Runtime, dispatcher: Dispatcher, up: UpstreamRequest, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const method = req.method ?? 'GET'
-  const started = Date.now()
-  const limits = rt.limits()
-  let controller: Dispatcher.DispatchController | undefined
-  /** the address being tried, and how many of up.dial have been */
-  let chosen = up.chosen
-  let tried = 1
-  let stopped: Error | undefined
-  let settled = false
-  const abort = (error: Error): void => {
-    if (settled) return
-    stopped ??= error
-    controller?.abort(error)
-  }
-  const open: OpenConnection = { id: up.id, kind: up.kind, target: up.target, resolved: up.resolved, who: up.who, close: (reason) => abort(new Error(reason)) }
-  rt.open.add(open)
-  res.on('close', () => {
-    if (!res.writableFinished) abort(new Error('client went away'))
-  })
-  // gone while the request was being decided: its 'close' came before the listener above
-  if (res.destroyed || req.socket.destroyed) abort(new Error('client went away'))
-  const settle = (): void => {
-    settled = true
-    rt.open.delete(open)
-  }
   return new Promise((resolve) => {
-    let status = 0
-    /** what went wrong, for the log, and what the client is told if it can still be told */
-    const outcome = (error: Error): { code: string; failure: ProxyReply } => {
-      // stopped here (client gone, rules changed, shutdown): the reason says it
-      if (error === stopped) return { code: error.message, failure: reply(403, 'http_request_denied', error.message) }
-      if (error instanceof DialFailure) return { code: error.reply.type, failure: error.reply }
-      const code = (error as NodeJS.ErrnoException).code ?? error.name
-      if (up.via !== undefined && up.tunnelled) return { code, failure: upstreamFailure(code, `${formatTarget(up.target)} (through upstream proxy ${up.via})`) }
-      if (up.via !== undefined) return { code, failure: parentFailure(code, up.via) }
-      const where = tried > 1 && up.dial ? up.dial.slice(0, tried).map((ip) => formatIpPort(ip, up.target.port)).join(', ') : formatIpPort(chosen, up.target.port)
-      return { code, failure: upstreamFailure(code, where) }
-    }
-    const fail = (error: Error): void => {
-      if (settled) return
-      settle()
-      const { code, failure } = outcome(error)
-      const answered = !res.headersSent && !res.destroyed
-      rt.record({ type: 'closed', id: up.id, kind: up.kind, method, chosen: up.tunnelled ? undefined : formatIp(chosen), via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - started })
-      if (answered) replyOnResponse(res, failure, true)
-      else res.destroy()
-      resolve()
-    }
-    const handler: Dispatcher.DispatchHandler = {
-      onRequestStart(c) {
-        controller = c
-        if (stopped) c.abort(stopped)
-      },
-      onResponseStart(c, statusCode, headers) {
-        if (statusCode < 200) return // 1xx (103 Early Hints, 102): the final response follows
-        if (up.via !== undefined && !up.tunnelled && statusCode === 407) return c.abort(new DialFailure(parentRefused(407, up.via, `${method} ${formatTarget(up.target)}`)))
-        status = statusCode
-        res.writeHead(statusCode, clientResponseHeaders(headers))
-      },
-      onResponseData(c, chunk) {
-        if (res.write(chunk)) return
-        c.pause()
-        res.once('drain', () => c.resume())
-      },
-      onResponseEnd() {
-        settle()
-        res.end()
-        rt.record({ type: 'closed', id: up.id, kind: up.kind, method, chosen: up.tunnelled ? undefined : formatIp(chosen), via: up.via, status, durationMs: Date.now() - started })
-        resolve()
-      },
-      onResponseError: (_c, error) => {
-        // through a parent the dispatcher connects to the parent, not to these addresses
-        const next = controller === undefined && up.via === undefined && !stopped && !settled ? up.dial?.[tried] : undefined
-        if (next === undefined || !CONNECT_FAILURES.has((error as NodeJS.ErrnoException).code ?? '')) return fail(error)
-        chosen = next
-        tried++
-        dispatcher.dispatch({ ...options, origin: `http://${formatIpPort(next, up.target.port)}` }, handler)
-      },
-    }
-    const options: Dispatcher.DispatchOptions = {
+    new Relay(rt, dispatcher, up, req, res, resolve).start()
+  })
+}
+
+/**
+ * One forwarded request: the open connection that reload and shutdown see and undici's handler
+ * for its answer, one object instead of a dozen closures. It has undici's original handler
+ * methods (onConnect, onHeaders, ...), which undici runs on inside: the onRequestStart kind goes
+ * through an adapter, two more objects and a parsed header object per response.
+ */
+class Relay implements OpenConnection {
+  readonly kind: OpenConnection['kind']
+  private readonly method: string
+  private readonly started = Date.now()
+  private readonly options: Dispatcher.DispatchOptions
+  /** set once the request is on a connected socket */
+  private abortUpstream: ((error: Error) => void) | undefined
+  private resumeUpstream: (() => void) | undefined
+  /** the address being tried, and how many of up.dial have been */
+  private chosen: Ip
+  private tried = 1
+  private stopped: Error | undefined
+  private settled = false
+  private status = 0
+
+  constructor(
+    private readonly rt: Runtime,
+    private readonly dispatcher: Dispatcher,
+    private readonly up: UpstreamRequest,
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+    private readonly resolve: () => void,
+  ) {
+    this.kind = up.kind
+    this.method = req.method ?? 'GET'
+    this.chosen = up.chosen
+    const limits = rt.limits()
+    this.options = {
       origin: up.origin,
       path: up.path,
-      method: method,
+      method: this.method,
       headers: upstreamRequestHeaders(req.rawHeaders, up.authority),
       body: hasBody(req) ? req : null,
       headersTimeout: limits.upstreamHeadersTimeoutMs,
       bodyTimeout: limits.tunnelIdleTimeoutMs,
     }
-    dispatcher.dispatch(options, handler)
-  })
+  }
+
+  get id(): string {
+    return this.up.id
+  }
+  get target(): Target {
+    return this.up.target
+  }
+  get resolved(): readonly Ip[] | undefined {
+    return this.up.resolved
+  }
+  get who(): ClientIdentity {
+    return this.up.who
+  }
+
+  start(): void {
+    this.rt.open.add(this)
+    this.res.on('close', () => {
+      if (!this.res.writableFinished) this.abort(new Error('client went away'))
+    })
+    // gone while the request was being decided: its 'close' came before the listener above
+    if (this.res.destroyed || this.req.socket.destroyed) this.abort(new Error('client went away'))
+    this.dispatcher.dispatch(this.options, this)
+  }
+
+  close(reason: string): void {
+    this.abort(new Error(reason))
+  }
+
+  private abort(error: Error): void {
+    if (this.settled || this.stopped) return
+    this.stopped = error
+    this.abortUpstream?.(error)
+  }
+
+  private settle(): void {
+    this.settled = true
+    this.rt.open.delete(this)
+  }
+
+  onConnect(abort: (error: Error) => void): void {
+    this.abortUpstream = abort
+    if (this.stopped) abort(this.stopped)
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    if (statusCode < 200) return true // 1xx (103 Early Hints, 102): the final response follows
+    const { up } = this
+    if (up.via !== undefined && !up.tunnelled && statusCode === 407) {
+      this.abortUpstream?.(new DialFailure(parentRefused(407, up.via, `${this.method} ${formatTarget(up.target)}`)))
+      return true
+    }
+    this.status = statusCode
+    this.resumeUpstream = resume
+    this.res.writeHead(statusCode, clientResponseLines(rawHeaders))
+    return true
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.res.write(chunk)) return true
+    if (this.resumeUpstream) this.res.once('drain', this.resumeUpstream)
+    return false
+  }
+
+  onComplete(): void {
+    this.settle()
+    this.res.end()
+    const { up } = this
+    this.rt.record({ type: 'closed', id: up.id, kind: up.kind, method: this.method, chosen: up.tunnelled ? undefined : formatIp(this.chosen), via: up.via, status: this.status, durationMs: Date.now() - this.started })
+    this.resolve()
+  }
+
+  onError(error: Error): void {
+    const { up } = this
+    // through a parent the dispatcher connects to the parent, not to these addresses
+    const next = this.abortUpstream === undefined && up.via === undefined && !this.stopped && !this.settled ? up.dial?.[this.tried] : undefined
+    if (next === undefined || !CONNECT_FAILURES.has((error as NodeJS.ErrnoException).code ?? '')) return this.fail(error)
+    this.chosen = next
+    this.tried++
+    this.dispatcher.dispatch({ ...this.options, origin: `http://${formatIpPort(next, up.target.port)}` }, this)
+  }
+
+  private fail(error: Error): void {
+    if (this.settled) return
+    this.settle()
+    const { up, res } = this
+    const { code, failure } = this.outcome(error)
+    const answered = !res.headersSent && !res.destroyed
+    this.rt.record({ type: 'closed', id: up.id, kind: up.kind, method: this.method, chosen: up.tunnelled ? undefined : formatIp(this.chosen), via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - this.started })
+    if (answered) replyOnResponse(res, failure, true)
+    else res.destroy()
+    this.resolve()
+  }
+
+  /** what went wrong, for the log, and what the client is told if it can still be told */
+  private outcome(error: Error): { code: string; failure: ProxyReply } {
+    const { up } = this
+    // stopped here (client gone, rules changed, shutdown): the reason says it
+    if (error === this.stopped) return { code: error.message, failure: reply(403, 'http_request_denied', error.message) }
+    if (error instanceof DialFailure) return { code: error.reply.type, failure: error.reply }
+    const code = (error as NodeJS.ErrnoException).code ?? error.name
+    if (up.via !== undefined && up.tunnelled) return { code, failure: upstreamFailure(code, `${formatTarget(up.target)} (through upstream proxy ${up.via})`) }
+    if (up.via !== undefined) return { code, failure: parentFailure(code, up.via) }
+    const where = this.tried > 1 && up.dial ? up.dial.slice(0, this.tried).map((ip) => formatIpPort(ip, up.target.port)).join(', ') : formatIpPort(this.chosen, up.target.port)
+    return { code, failure: upstreamFailure(code, where) }
+  }
 }

@@ -1,7 +1,7 @@
 // The running proxy: one HTTP listener that routes CONNECT, Upgrade and absolute-form requests,
 // answers its own health check, swaps rules atomically on reload and shuts down gracefully; with
 // "sandbox", transparent listeners too (transparent.ts), whose HTTP connections it also parses.
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer, ServerResponse, type IncomingMessage, type OutgoingHttpHeader, type OutgoingHttpHeaders, type Server } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import httpProxy from 'http-proxy'
 import { createSecureContext, type SecureContext } from 'node:tls'
@@ -84,6 +84,8 @@ function dnsSelf(sandbox: SandboxSettings | undefined): SelfAddress[] {
   return sandbox?.dnsPort === undefined ? [] : [{ ip: sandbox.address, port: sandbox.dnsPort }]
 }
 
+type HeadLines = OutgoingHttpHeaders | OutgoingHttpHeader[]
+
 function clientErrorReply(error: NodeJS.ErrnoException): ProxyReply {
   if (error.code === 'HPE_HEADER_OVERFLOW') return reply(431, 'http_request_error', 'request head is larger than the limit')
   if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return reply(408, 'http_request_error', 'request was not received in time')
@@ -123,10 +125,17 @@ export function createProxy(options: ProxyOptions): Proxy {
   function untrack(this: Socket): void {
     sockets.delete(this)
   }
-  // responses not yet finished: those whose head is still unsent learn about a drain in time
-  const responses = new LinkedSet<ServerResponse>()
-  function forget(this: ServerResponse): void {
-    responses.delete(this)
+  /**
+   * Draining: a response whose head is not yet written sends its client elsewhere for the next
+   * request (Node adds Connection: close). Read as the head is written, instead of a registry of
+   * open responses with a 'close' listener each.
+   */
+  class DrainAwareResponse extends ServerResponse {
+    override writeHead(status: number, message?: string | HeadLines, headers?: HeadLines): this {
+      if (draining) this.shouldKeepAlive = false
+      // as Node reads the arguments: headers in the second place when the first is not a status message
+      return typeof message === 'object' ? super.writeHead(status, headers ?? message) : super.writeHead(status, message, headers)
+    }
   }
   const hurried = new AbortController()
   const authenticator = createAuthenticator(() => config.auth)
@@ -198,6 +207,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   }
 
   const server: Server = createServer({
+    ServerResponse: DrainAwareResponse,
     maxHeaderSize: limits.maxHeaderBytes,
     headersTimeout: limits.headerTimeoutMs,
     requestTimeout: limits.requestTimeoutMs,
@@ -239,12 +249,6 @@ export function createProxy(options: ProxyOptions): Proxy {
     })
   }
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
-    // draining: send the client elsewhere for its next request (Node adds Connection: close)
-    if (draining) res.shouldKeepAlive = false
-    else {
-      responses.add(res)
-      res.once('close', forget)
-    }
     const form = formOf(req.socket)
     if (form === ABSOLUTE_FORM && req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
     authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), (who) => forwardRoute(rt, agent, who, req, res, expectsContinue, form))
@@ -350,10 +354,6 @@ export function createProxy(options: ProxyOptions): Proxy {
   async function drain(): Promise<void> {
     ready = false
     draining = true
-    for (const res of responses) {
-      if (!res.headersSent) res.shouldKeepAlive = false
-      responses.delete(res)
-    }
     const { drainDelayMs } = config.limits
     log.info('draining: not ready, still accepting', { drainDelayMs, connections: sockets.size })
     if (drainDelayMs > 0) await pause(drainDelayMs)
