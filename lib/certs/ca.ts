@@ -6,10 +6,10 @@ import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
-import forge from 'node-forge'
+import type forge from 'node-forge'
 import { writeFileAtomic } from '../core/atomic-file.js'
 import type { Result } from '../policy/target.js'
-import { forgePublicKey, randomSerial, setValidity, signCertificate } from './x509.js'
+import { forgeLibrary, forgePublicKey, randomSerial, setValidity, signCertificate } from './x509.js'
 
 const CA_CERT_FILE = 'ca.crt'
 const CA_KEY_FILE = 'ca.key'
@@ -57,11 +57,11 @@ function defaultCommonName(now: number): string {
 export async function createCa(options: { commonName?: string; now?: number } = {}): Promise<Ca> {
   const now = options.now ?? Date.now()
   const { privateKey, publicKey } = await promisify(generateKeyPair)('rsa', { modulusLength: 2048 })
-  const cert = forge.pki.createCertificate()
+  const cert = forgeLibrary().pki.createCertificate()
   cert.publicKey = forgePublicKey(publicKey)
   cert.serialNumber = randomSerial()
   setValidity(cert, CA_DAYS, now)
-  const utf8 = forge.asn1.Type.UTF8 as unknown as forge.asn1.Class
+  const utf8 = forgeLibrary().asn1.Type.UTF8 as unknown as forge.asn1.Class
   const subject = [
     { name: 'organizationName', value: 'proxy-gate', valueTagClass: utf8 },
     { name: 'commonName', value: (options.commonName ?? defaultCommonName(now)).slice(0, 64), valueTagClass: utf8 },
@@ -75,7 +75,7 @@ export async function createCa(options: { commonName?: string; now?: number } = 
     { name: 'subjectKeyIdentifier' },
   ])
   signCertificate(cert, privateKey)
-  return { certPem: toLf(forge.pki.certificateToPem(cert)), cert, key: privateKey }
+  return { certPem: toLf(forgeLibrary().pki.certificateToPem(cert)), cert, key: privateKey }
 }
 
 export function caInfo(certPem: string): CaInfo {
@@ -168,7 +168,7 @@ export function loadCa(dir: string, now = Date.now()): LoadedCa {
   if (notAfter.getTime() <= now) return { ok: false, missing: false, error: `the CA in ${paths.cert} expired on ${notAfter.toISOString()}: run "proxy-gate ca init --force" and trust the new ca.crt` }
   let cert
   try {
-    cert = forge.pki.certificateFromPem(certText.value)
+    cert = forgeLibrary().pki.certificateFromPem(certText.value)
   } catch (error) {
     return { ok: false, missing: false, error: `${paths.cert} cannot be used to sign (${(error as Error).message})` }
   }

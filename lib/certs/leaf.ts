@@ -4,11 +4,11 @@ import { generateKeyPair, type KeyObject } from 'node:crypto'
 import { createSecureContext, type SecureContext } from 'node:tls'
 import { promisify } from 'node:util'
 import { LRUCache } from 'lru-cache'
-import forge from 'node-forge'
+import type forge from 'node-forge'
 import type { Ca } from './ca.js'
 import { formatIp, parseIp } from '../policy/ip.js'
 import { normaliseName, type Result } from '../policy/target.js'
-import { DAY_MS, forgePublicKey, randomSerial, setValidity, signCertificate } from './x509.js'
+import { DAY_MS, forgeLibrary, forgePublicKey, randomSerial, setValidity, signCertificate } from './x509.js'
 
 export interface LeafKey {
   readonly privateKey: KeyObject
@@ -62,14 +62,15 @@ function hostText(host: LeafHost): string {
 
 /** The CA's subject as attributes forge can encode again (it would re-encode parsed UTF-8 bytes). */
 function issuerAttributes(ca: Ca): forge.pki.CertificateField[] {
+  const { asn1, util } = forgeLibrary()
   return ca.cert.subject.attributes.map((a: forge.pki.CertificateField) =>
-    a.valueTagClass === (forge.asn1.Type.UTF8 as unknown as forge.asn1.Class) && typeof a.value === 'string' ? { ...a, value: forge.util.decodeUtf8(a.value) } : a,
+    a.valueTagClass === (asn1.Type.UTF8 as unknown as forge.asn1.Class) && typeof a.value === 'string' ? { ...a, value: util.decodeUtf8(a.value) } : a,
   )
 }
 
 function authorityKeyId(ca: Ca): string {
   const ski: { subjectKeyIdentifier?: string } | undefined = ca.cert.getExtension('subjectKeyIdentifier')
-  return ski?.subjectKeyIdentifier ? forge.util.hexToBytes(ski.subjectKeyIdentifier) : ca.cert.generateSubjectKeyIdentifier().getBytes()
+  return ski?.subjectKeyIdentifier ? forgeLibrary().util.hexToBytes(ski.subjectKeyIdentifier) : ca.cert.generateSubjectKeyIdentifier().getBytes()
 }
 
 interface Issuer {
@@ -83,7 +84,7 @@ function issuerOf(ca: Ca): Issuer {
 }
 
 function buildLeaf(issuer: Issuer, key: LeafKey, host: LeafHost, days: number): string {
-  const cert = forge.pki.createCertificate()
+  const cert = forgeLibrary().pki.createCertificate()
   cert.publicKey = key.publicKey
   cert.serialNumber = randomSerial()
   setValidity(cert, days)
@@ -99,7 +100,7 @@ function buildLeaf(issuer: Issuer, key: LeafKey, host: LeafHost, days: number): 
     { name: 'authorityKeyIdentifier', keyIdentifier: issuer.keyId },
   ])
   signCertificate(cert, issuer.ca.key)
-  return forge.pki.certificateToPem(cert)
+  return forgeLibrary().pki.certificateToPem(cert)
 }
 
 /** One leaf certificate (PEM) for `host`, signed by `ca`, for `key`. */

@@ -1,7 +1,13 @@
 // Certificates the fast way: node-forge builds the X.509 structure, Node's crypto signs it.
 // forge's own RSA signing is pure JavaScript (~30 ms, blocking); OpenSSL's takes ~0.4 ms.
 import { constants, privateEncrypt, randomBytes, type KeyObject } from 'node:crypto'
-import forge from 'node-forge'
+import type forge from 'node-forge'
+import { createRequire } from 'node:module'
+
+// loaded by the first certificate built or parsed, not at start (~5 MB of RSS a proxy without a CA never needs)
+const load = createRequire(import.meta.url)
+let forgeModule: typeof forge | undefined
+export const forgeLibrary = (): typeof forge => (forgeModule ??= load('node-forge') as typeof forge)
 
 const HOUR_MS = 3_600_000
 export const DAY_MS = 24 * HOUR_MS
@@ -26,7 +32,7 @@ export function setValidity(cert: forge.pki.Certificate, days: number, now = Dat
 }
 
 export function forgePublicKey(key: KeyObject): forge.pki.PublicKey {
-  return forge.pki.publicKeyFromPem(key.export({ type: 'spki', format: 'pem' }).toString())
+  return forgeLibrary().pki.publicKeyFromPem(key.export({ type: 'spki', format: 'pem' }).toString())
 }
 
 /** Signs `cert` (sha256WithRSAEncryption) with an RSA key held by Node's crypto. */
@@ -38,5 +44,5 @@ export function signCertificate(cert: forge.pki.Certificate, key: KeyObject): vo
       return privateEncrypt(padded, Buffer.concat([SHA256_DIGESTINFO, digest])).toString('binary')
     },
   }
-  cert.sign(signer as unknown as forge.pki.rsa.PrivateKey, forge.md.sha256.create())
+  cert.sign(signer as unknown as forge.pki.rsa.PrivateKey, forgeLibrary().md.sha256.create())
 }

@@ -12,7 +12,8 @@
 import { STATUS_CODES } from 'node:http'
 import { connect, type Socket } from 'node:net'
 import { connect as tlsConnect, type SecureContext, type TLSSocket } from 'node:tls'
-import { buildConnector, Pool, type Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
+import { undici } from '../core/lazy.js'
 import type { UpstreamProxy } from '../rules/config.js'
 import { DialFailure, upstreamFailure } from './dial.js'
 import { parseIp } from '../policy/ip.js'
@@ -175,6 +176,7 @@ function routesFor(bypass: readonly HostPattern[]): (target: Target) => boolean 
 
 function createUpstream(proxy: UpstreamProxy, bypass: readonly HostPattern[], options: UpstreamOptions): Upstream {
   const hop = proxy.hop
+  const { buildConnector, Pool } = undici() // loaded when a parent is configured, not before
   const connector = buildConnector({ timeout: options.connectTimeoutMs })
   const pool = new Pool(`http://${hop}`, {
     connections: 64,

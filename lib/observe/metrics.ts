@@ -1,6 +1,11 @@
-// Prometheus metrics (prom-client) built from the same events the log shows. Every label has a
-// small, fixed set of values: no per-host labels, so cardinality stays bounded.
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+// Prometheus metrics built from the same events the log shows. Every label has a small, fixed
+// set of values: no per-host labels, so cardinality stays bounded. Events are counted in plain
+// numbers (tallies; histogram buckets in arrays), and prom-client is loaded, with its process
+// metrics started, at the first scrape: ~3 MB of RSS and label hashing on every event a proxy
+// nobody scrapes never pays.
+import { createRequire } from 'node:module'
+import type { Counter, Registry } from 'prom-client'
+import type * as Prom from 'prom-client'
 import { REASONS as POLICY_REASONS } from '../policy/decide.js'
 import { PROXY_ERROR_TYPES } from '../core/reply.js'
 import type { OpenView, ProxyEvent } from '../proxy/runtime.js'
@@ -62,37 +67,102 @@ class Tally {
   }
 }
 
-/** A counter whose values come from a Tally at scrape time. */
-function tallied(registers: Registry[], name: string, help: string, labelNames: string[]): Tally {
-  const tally = new Tally()
-  new Counter({ name, help, labelNames, registers, collect: function (this: Counter) { tally.report(this) } })
-  return tally
+const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+/** One line of a histogram's exposition: `name_bucket{le,...}`, `name_sum{...}` or `name_count{...}`. */
+interface HistogramValue {
+  readonly metricName: string
+  readonly labels: Readonly<Record<string, string | number>>
+  readonly value: number
 }
 
-export function createMetrics(open: () => OpenView): Metrics {
-  const registry = new Registry()
-  collectDefaultMetrics({ register: registry, prefix: 'proxygate_' })
+/** A histogram's observations, one series per label set, as prom-client's Histogram keeps them. */
+class Buckets {
+  private readonly series = new Map<string, { readonly labels: Labels; readonly counts: number[]; sum: number; count: number }>()
+
+  constructor(
+    private readonly name: string,
+    private readonly help: string,
+  ) {}
+
+  observe(key: string, labels: () => Labels, value: number): void {
+    let series = this.series.get(key)
+    if (!series) this.series.set(key, (series = { labels: labels(), counts: BUCKETS.map(() => 0), sum: 0, count: 0 }))
+    series.sum += value
+    series.count++
+    const i = BUCKETS.findIndex((bound) => value <= bound)
+    if (i >= 0) series.counts[i] = (series.counts[i] ?? 0) + 1
+  }
+
+  /** the values prom-client's Histogram exposes: cumulative buckets (le first), +Inf, sum and count */
+  get(): Promise<{ name: string; help: string; type: 'histogram'; aggregator: 'sum'; values: HistogramValue[] }> {
+    const values: HistogramValue[] = []
+    for (const { labels, counts, sum, count } of this.series.values()) {
+      let below = 0
+      BUCKETS.forEach((le, i) => values.push({ metricName: `${this.name}_bucket`, labels: { le, ...labels }, value: (below += counts[i] ?? 0) }))
+      values.push({ metricName: `${this.name}_bucket`, labels: { le: '+Inf', ...labels }, value: count })
+      values.push({ metricName: `${this.name}_sum`, labels, value: sum }, { metricName: `${this.name}_count`, labels, value: count })
+    }
+    return Promise.resolve({ name: this.name, help: this.help, type: 'histogram', aggregator: 'sum', values })
+  }
+}
+
+interface Counts {
+  readonly decisions: Tally
+  readonly requests: Tally
+  readonly bytes: Tally
+  readonly errors: Tally
+  readonly dnsQueries: Tally
+  readonly reloads: Tally
+  readonly dns: Buckets
+  readonly connect: Buckets
+}
+
+const load = createRequire(import.meta.url)
+
+/** The registry, made at the first scrape: the counters read their tallies when collected. */
+function createRegistry(counts: Counts, open: () => OpenView): Registry {
+  const prom = load('prom-client') as typeof Prom
+  const registry = new prom.Registry()
+  prom.collectDefaultMetrics({ register: registry, prefix: 'proxygate_' })
   const registers = [registry]
-  const decisions = tallied(registers, 'proxygate_decisions_total', 'Decisions by result and reason', ['decision', 'reason', 'would_deny'])
-  const requests = tallied(registers, 'proxygate_requests_total', 'Requests by method and the status the client got', ['method', 'status'])
-  const bytes = tallied(registers, 'proxygate_tunnel_bytes_total', 'Bytes relayed through tunnels and upgraded connections', ['direction'])
-  const errors = tallied(registers, 'proxygate_errors_total', 'Errors by type: refused requests and how connections ended badly', ['type'])
-  const dnsQueries = new Counter({ name: 'proxygate_dns_queries_total', help: 'Queries to the sandbox DNS server by answer and reason', labelNames: ['answer', 'reason'], registers })
-  const reloads = new Counter({ name: 'proxygate_reloads_total', help: 'Rules reloads by result', labelNames: ['result'], registers })
-  const buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
-  const dns = new Histogram({ name: 'proxygate_dns_lookup_seconds', help: 'DNS lookups of allowed names', labelNames: ['result'], buckets, registers })
-  const connect = new Histogram({ name: 'proxygate_upstream_connect_seconds', help: 'TCP connects to upstreams for tunnels', labelNames: ['result'], buckets, registers })
-  new Gauge({
+  const tallied = (tally: Tally, name: string, help: string, labelNames: string[]): Counter =>
+    new prom.Counter({ name, help, labelNames, registers, collect: function (this: Counter) { tally.report(this) } })
+  tallied(counts.decisions, 'proxygate_decisions_total', 'Decisions by result and reason', ['decision', 'reason', 'would_deny'])
+  tallied(counts.requests, 'proxygate_requests_total', 'Requests by method and the status the client got', ['method', 'status'])
+  tallied(counts.bytes, 'proxygate_tunnel_bytes_total', 'Bytes relayed through tunnels and upgraded connections', ['direction'])
+  tallied(counts.errors, 'proxygate_errors_total', 'Errors by type: refused requests and how connections ended badly', ['type'])
+  tallied(counts.dnsQueries, 'proxygate_dns_queries_total', 'Queries to the sandbox DNS server by answer and reason', ['answer', 'reason'])
+  tallied(counts.reloads, 'proxygate_reloads_total', 'Rules reloads by result', ['result'])
+  // not prom-client Histograms: those take no counts from outside, and observing into them per event is what this avoids
+  for (const buckets of [counts.dns, counts.connect]) registry.registerMetric(buckets as unknown as Prom.Histogram)
+  new prom.Gauge({
     name: 'proxygate_open_connections',
     help: 'Open tunnels, forwarded requests and upgraded connections',
     labelNames: ['kind'],
     registers,
     collect() {
-      const counts = { tunnel: 0, forward: 0, upgrade: 0 }
-      for (const conn of open()) counts[conn.kind]++
-      for (const [kind, n] of Object.entries(counts)) this.set({ kind }, n)
+      const byKind = { tunnel: 0, forward: 0, upgrade: 0 }
+      for (const conn of open()) byKind[conn.kind]++
+      for (const [kind, n] of Object.entries(byKind)) this.set({ kind }, n)
     },
   })
+  return registry
+}
+
+export function createMetrics(open: () => OpenView): Metrics {
+  const counts: Counts = {
+    decisions: new Tally(),
+    requests: new Tally(),
+    bytes: new Tally(),
+    errors: new Tally(),
+    dnsQueries: new Tally(),
+    reloads: new Tally(),
+    dns: new Buckets('proxygate_dns_lookup_seconds', 'DNS lookups of allowed names'),
+    connect: new Buckets('proxygate_upstream_connect_seconds', 'TCP connects to upstreams for tunnels'),
+  }
+  const { decisions, requests, bytes, errors } = counts
+  let registry: Registry | undefined
 
   const request = (m: string, s: string): void => requests.add(`${m} ${s}`, () => ({ method: m, status: s }))
   const error = (type: string): void => errors.add(type, () => ({ type }))
@@ -112,14 +182,24 @@ export function createMetrics(open: () => OpenView): Metrics {
     if (e.bytesToClient !== undefined) bytes.add('to_client', TO_CLIENT, e.bytesToClient)
     if (e.error !== undefined) error(ending(e.error))
   }
+  const onTiming = (e: Extract<ProxyEvent, { type: 'timing' }>): void => {
+    const result = e.ok ? 'ok' : 'failed'
+    ;(e.what === 'dns' ? counts.dns : counts.connect).observe(result, () => ({ result }), e.ms / 1000)
+  }
   return {
     observe(event) {
       if (event.type === 'decision') onDecision(event)
       else if (event.type === 'closed') onClosed(event)
-      else if (event.type === 'timing') (event.what === 'dns' ? dns : connect).observe({ result: event.ok ? 'ok' : 'failed' }, event.ms / 1000)
-      else if (event.type === 'dns') dnsQueries.inc({ answer: event.answer, reason: event.reason }) // both from fixed lists (DnsRecord)
-      else reloads.inc({ result: event.ok ? 'ok' : 'failed' })
+      else if (event.type === 'timing') onTiming(event)
+      else if (event.type === 'dns') counts.dnsQueries.add(`${event.answer} ${event.reason}`, () => ({ answer: event.answer, reason: event.reason })) // both from fixed lists (DnsRecord)
+      else {
+        const result = event.ok ? 'ok' : 'failed'
+        counts.reloads.add(result, () => ({ result }))
+      }
     },
-    render: async () => ({ text: await registry.metrics(), contentType: registry.contentType }),
+    render: async () => {
+      registry ??= createRegistry(counts, open)
+      return { text: await registry.metrics(), contentType: registry.contentType }
+    },
   }
 }

@@ -9,7 +9,8 @@ import { readFileSync } from 'node:fs'
 import { rootCertificates, TLSSocket, type SecureContext } from 'node:tls'
 import type httpProxy from 'http-proxy'
 import { Agent as HttpsAgent } from 'node:https'
-import { Client } from 'undici'
+import type { Client } from 'undici'
+import { undici } from '../core/lazy.js'
 import { hasBody } from './checks.js'
 import { upgradeRequestHeaders } from './headers.js'
 import type { ClientIdentity } from '../policy/clients.js'
@@ -79,7 +80,7 @@ function pinnedLookup(ip: Ip): LookupFunction {
  * `originTls` verifies origins: built once per trust list (a `ca` list on each connection makes Node
  * build a context per origin connection, ~16 ms for the bundled roots), swapped when it changes.
  */
-export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: () => SecureContext, wsProxy: httpProxy): Interceptor {
+export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: () => SecureContext, wsProxy: () => httpProxy): Interceptor {
   const tunnels = new WeakMap<Socket, OpenedTunnel>()
   const server: Server = createServer({ maxHeaderSize: rt.limits().maxHeaderBytes, insecureHTTPParser: false })
   server.maxHeadersCount = 0
@@ -127,7 +128,14 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
         : undefined
     const target = { protocol: tunnel.tls ? 'https:' : 'http:', host, hostname: host, port: String(tunnel.target.port) }
     const where = parent ? `${formatTarget(tunnel.target)} (through upstream proxy ${parent.hop})` : formatIpPort(tunnel.ip, tunnel.target.port)
-    wsProxy.ws(req, socket, head, { target, ...(agent ? { agent, secure: true } : {}), changeOrigin: false }, (error: NodeJS.ErrnoException) => {
+    let proxy: httpProxy
+    try {
+      proxy = wsProxy()
+    } catch (error) {
+      rt.log.error('internal error', { where: 'intercepted-upgrade', error: error instanceof Error ? error.stack : String(error) })
+      return replyOnSocket(socket, reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
+    }
+    proxy.ws(req, socket, head, { target, ...(agent ? { agent, secure: true } : {}), changeOrigin: false }, (error: NodeJS.ErrnoException) => {
       replyOnSocket(socket, upgradeFailure(error, where))
     })
   })
@@ -139,7 +147,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
       // with "upstream": through the parent, unless upstreamBypass; the tunnel keeps the parent it opened with
       const parent = parentFor(rt.upstream?.(), target)
       const secureContext = tls ? originTls() : undefined
-      const client = new Client(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
+      const client = new (undici().Client)(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
         connect: parent
           ? (_options, callback) => void connectThrough(parent, target, rt.limits(), secureContext).then((s) => callback(null, s), (error: unknown) => callback(error as Error, null))
           : { lookup: pinnedLookup(ip), timeout: rt.limits().connectTimeoutMs, ...(secureContext ? { secureContext, servername: hostText(target.host) } : {}) },

@@ -3,9 +3,10 @@
 // "sandbox", transparent listeners too (transparent.ts), whose HTTP connections it also parses.
 import { createServer, ServerResponse, type IncomingMessage, type OutgoingHttpHeader, type OutgoingHttpHeaders, type Server } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
-import httpProxy from 'http-proxy'
+import type httpProxy from 'http-proxy'
 import { createSecureContext, type SecureContext } from 'node:tls'
-import { Agent } from 'undici'
+import type { Agent } from 'undici'
+import { httpProxy as loadHttpProxy, undici } from '../core/lazy.js'
 import type { Config } from '../rules/config.js'
 import { gateFor, redecide, type Gate } from '../net/gate.js'
 import { createAuthenticator } from './auth.js'
@@ -162,13 +163,14 @@ export function createProxy(options: ProxyOptions): Proxy {
   })
   const limits = config.limits
   // direct plain HTTP; a new one when connectTimeoutMs changes (undici fixes it per agent), the old one closes once idle
-  const newAgent = (timeout: number): Agent => new Agent({ connect: { timeout }, keepAliveTimeout: 4_000, connections: 256 })
-  let agent = newAgent(limits.connectTimeoutMs)
+  // made (and undici loaded) by the first plain-HTTP request: a proxy that only tunnels never needs it
+  let agent: Agent | undefined
   let agentTimeout = limits.connectTimeoutMs
+  const currentAgent = (): Agent => (agent ??= new (undici().Agent)({ connect: { timeout: agentTimeout }, keepAliveTimeout: 4_000, connections: 256 }))
   const followConnectTimeout = (timeout: number): void => {
     if (timeout === agentTimeout) return
-    void agent.close().catch(() => undefined)
-    agent = newAgent(timeout)
+    void agent?.close().catch(() => undefined)
+    agent = undefined
     agentTimeout = timeout
   }
   // roots for origins behind opened tunnels: rebuilt when tls.upstreamCaFiles' contents change, built on first use
@@ -179,8 +181,10 @@ export function createProxy(options: ProxyOptions): Proxy {
     trust = { pems }
     log.info('tls.upstreamCaFiles changed: origins of opened tunnels are verified against the new roots', { files: config.tls.upstreamCaFiles.length })
   }
-  const upgradeProxy = createUpgradeProxy(rt, httpProxy)
-  const interceptor = options.ca ? createInterceptor(rt, createLeafMinter(options.ca), originTls, upgradeProxy) : undefined
+  // made (and http-proxy loaded) by the first upgrade
+  let upgradeProxy: httpProxy | undefined
+  const wsProxy = (): httpProxy => (upgradeProxy ??= createUpgradeProxy(rt, loadHttpProxy()))
+  const interceptor = options.ca ? createInterceptor(rt, createLeafMinter(options.ca), originTls, wsProxy) : undefined
   const pacCache = new Map<PacFlavor, PacFile>()
   const pacFile = (flavor: PacFlavor): PacFile => {
     const cached = pacCache.get(flavor)
@@ -251,7 +255,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
     const form = formOf(req.socket)
     if (form === ABSOLUTE_FORM && req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
-    authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), (who) => forwardRoute(rt, agent, who, req, res, expectsContinue, form))
+    authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), async (who) => forwardRoute(rt, currentAgent(), who, req, res, expectsContinue, form))
   }
   server.on('connection', (socket: Socket) => {
     sockets.add(socket)
@@ -266,7 +270,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
-    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), (who) => upgradeRoute(rt, upgradeProxy, who, req, socket, head, formOf(socket)))
+    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), async (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
   })
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
@@ -377,9 +381,9 @@ export function createProxy(options: ProxyOptions): Proxy {
     await Promise.all([closedServer, closedTransparent, sandboxDns?.close()])
     stopped = true
     hurried.abort() // ends the grace period's timer
-    upgradeProxy.close()
+    upgradeProxy?.close()
     await interceptor?.close()
-    await agent.close()
+    await agent?.close()
     await upstream?.close()
   }
 }
