@@ -893,6 +893,32 @@ t.test('a refused upstream connection is a 502 connection_refused', async (t) =>
   await assertServed(t, proxy, `127.0.0.1:${served.port}`, 'after a refused dial')
 })
 
+t.test('a route that throws, at once (IP literal) or after a lookup, is a 500 and the proxy keeps serving', async (t) => {
+  const served = await startCanary('127.0.0.1')
+  const broken = await closedPort()
+  const proxy = await startProxy(
+    { allow: [`127.0.0.1:${broken}`, `127.0.0.1:${served.port}`, 'broken.example:443'] },
+    {
+      observe: (event) => {
+        if (event.type === 'decision' && event.target === `127.0.0.1:${broken}`) throw new Error('observer failed')
+      },
+      lookup: (name) => (name === 'broken.example' ? Promise.reject(new Error('resolver failed')) : Promise.resolve([])),
+    },
+  )
+  t.teardown(async () => {
+    await proxy.close()
+    await served.close()
+  })
+  for (const target of [`127.0.0.1:${broken}`, 'broken.example:443']) {
+    const res = await rawExchange(proxy.port, connectHead(target))
+    assertRefused(t, res, { status: 500, error: 'proxy_internal_error' }, target)
+  }
+  const errors = proxy.logs().filter((l) => l.message === 'internal error')
+  t.equal(errors.length, 2, 'each logged as an internal error')
+  t.match(errors, [{ where: 'connect', error: /observer failed/ }, { where: 'connect', error: /resolver failed/ }])
+  await assertServed(t, proxy, `127.0.0.1:${served.port}`, 'after routes that threw')
+})
+
 t.test('a refused IPv6 upstream is named in brackets, for a name and for a literal', { skip: NETNS_SKIP }, async (t) => {
   const port = await closedPort() // bound on 127.0.0.1: nothing listens there on 2600:1f00::10 either
   const dns = await startDns({ 'v6.public.test': { AAAA: ['2600:1f00::10'] } })

@@ -218,14 +218,22 @@ export function createProxy(options: ProxyOptions): Proxy {
   }
   applyLimits(limits)
 
-  const guarded = (what: string, fallback: (r: ProxyReply) => void, work: () => Promise<void>): void => {
-    work().catch((error: unknown) => {
-      log.error('internal error', { where: what, error: error instanceof Error ? error.stack : String(error) })
-      fallback(reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
-    })
+  const failed = (what: string, fallback: (r: ProxyReply) => void, error: unknown): void => {
+    log.error('internal error', { where: what, error: error instanceof Error ? error.stack : String(error) })
+    fallback(reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
+  }
+  /** Runs a route whose work may finish at once (undefined) or go on (a promise): an error in either is a 500, never a crash. */
+  const guarded = (what: string, fallback: (r: ProxyReply) => void, work: () => Promise<void> | undefined): void => {
+    let running: Promise<void> | undefined
+    try {
+      running = work()
+    } catch (error) {
+      return failed(what, fallback, error)
+    }
+    running?.catch((error: unknown) => failed(what, fallback, error))
   }
   /** Proxy authentication comes first: a client it refuses never reaches a route, which learns who the client is. */
-  const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void>): void => {
+  const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void> | undefined): void => {
     const source = req.socket.remoteAddress ?? ''
     // without proxy authentication (none on transparent listeners: clients there know no proxy), straight to the route
     if (!config.auth || transparent?.httpListener(req.socket)) return guarded(what, refuse, () => route({ source: parseIp(source), user: undefined }))
@@ -238,6 +246,17 @@ export function createProxy(options: ProxyOptions): Proxy {
       await route({ source: parseIp(source), user: result.user })
     })
   }
+  /** A tunnel without proxy authentication: the route is called as is, with no closure or promise of its own. */
+  const connectDirect = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
+    let running: Promise<void> | undefined
+    try {
+      running = connectRoute(rt, interceptor, { source: parseIp(req.socket.remoteAddress ?? ''), user: undefined }, req, socket, head)
+    } catch (error) {
+      return connectFailed(socket, error)
+    }
+    running?.catch((error: unknown) => connectFailed(socket, error))
+  }
+  const connectFailed = (socket: Socket, error: unknown): void => failed('connect', (r) => replyOnSocket(socket, r), error)
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
     // draining: send the client elsewhere for its next request (Node adds Connection: close)
     if (draining) res.shouldKeepAlive = false
@@ -258,6 +277,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
     if (transparent?.httpListener(socket)) return transparentConnect(rt, req, socket)
+    if (!config.auth) return connectDirect(req, socket, head)
     authenticated('connect', req, (r) => replyOnSocket(socket, r), (who) => connectRoute(rt, interceptor, who, req, socket, head))
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
