@@ -141,13 +141,14 @@ export function logEvent(log: Logger, message: string, fields: object): void {
 
 /**
  * logEvent for an event whose first field, `type`, is the message: the same line, without a copy
- * of the event minus `type` (two objects of ~20 fields less per tunnel).
+ * of the event minus `type` (two objects of ~20 fields less per tunnel). `json` is JSON.stringify
+ * or a serialiser that writes the same text for the events it is given.
  */
-export function logTypedEvent(log: Logger, event: { readonly type: string }): void {
+export function logTypedEvent<E extends { readonly type: string }>(log: Logger, event: E, json: (event: E) => string = JSON.stringify): void {
   const out = jsonLines.get(log)
   if (out !== undefined && !log.isInfoEnabled()) return
   const message = JSON.stringify(event.type)
-  const text = out === undefined ? '' : JSON.stringify(event)
+  const text = out === undefined ? '' : json(event)
   if (out === undefined || !text.startsWith(`{"type":${message}`)) {
     const { type, ...fields } = event
     return logEvent(log, type, fields)

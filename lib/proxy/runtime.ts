@@ -136,10 +136,14 @@ interface DecisionLog {
   readonly listener?: 'transparent'
 }
 
+/** Marks the decision events logDecision builds: their keys are in decisionJson's order. */
+const IN_ORDER = Symbol('decision fields in order')
+type DecisionEvent = Extract<ProxyEvent, { type: 'decision' }>
+
 /** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
 export function logDecision(rt: Runtime, entry: DecisionLog): void {
   const { decision, reply } = entry
-  rt.record({
+  const event: DecisionEvent & { [IN_ORDER]: true } = {
     type: 'decision',
     id: entry.id,
     client: clientAddress(entry.req),
@@ -160,13 +164,50 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     policy: entry.policy,
     listener: entry.listener,
     wouldDeny: decision?.wouldDeny ?? false,
-  })
+    [IN_ORDER]: true, // JSON.stringify and decisionJson leave symbol keys out
+  }
+  rt.record(event)
+}
+
+/** True when JSON.stringify would escape nothing in `text`: no quote, backslash, control character or surrogate (lone ones are escaped). */
+function plainText(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return false
+  }
+  return true
+}
+
+function jsonString(text: string): string {
+  return plainText(text) ? `"${text}"` : JSON.stringify(text)
+}
+
+function jsonField(name: string, value: string | undefined): string {
+  return value === undefined ? '' : `,"${name}":${jsonString(value)}`
+}
+
+/**
+ * JSON.stringify(event) for a decision event logDecision built, written field by field: the generic
+ * one serialises each of ~20 keys as a string and looks them all up (~13k instructions per line).
+ */
+export function decisionJson(e: DecisionEvent): string {
+  if (!(IN_ORDER in e)) return JSON.stringify(e)
+  const resolved = e.resolved === undefined ? '' : `,"resolved":[${e.resolved.map(jsonString).join(',')}]`
+  const intercepted = e.intercepted === undefined ? '' : `,"intercepted":${String(e.intercepted)}`
+  const status = e.status === undefined ? '' : `,"status":${JSON.stringify(e.status)}`
+  return (
+    `{"type":"decision","id":${jsonString(e.id)},"client":${jsonString(e.client)},"method":${jsonString(e.method)},"target":${jsonString(e.target)}` +
+    `${resolved}${jsonField('chosen', e.chosen)}${jsonField('sni', e.sni)}${jsonField('path', e.path)}${intercepted},"decision":${jsonString(e.decision)}` +
+    `${jsonField('rule', e.rule)}${jsonField('reason', e.reason)}${jsonField('detail', e.detail)}${jsonField('suggestion', e.suggestion)}${status}` +
+    `,"mode":${jsonString(e.mode)}${jsonField('policy', e.policy)}${jsonField('listener', e.listener)},"wouldDeny":${String(e.wouldDeny)}}`
+  )
 }
 
 /** Logs decisions, closes and DNS queries, and hands every event to the observer (timings and reloads only go there). */
 export function createRecorder(log: Logger, observe: ((event: ProxyEvent) => void) | undefined): (event: ProxyEvent) => void {
   return (event) => {
-    if (event.type === 'decision' || event.type === 'closed' || event.type === 'dns') logTypedEvent(log, event)
+    if (event.type === 'decision') logTypedEvent(log, event, decisionJson)
+    else if (event.type === 'closed' || event.type === 'dns') logTypedEvent(log, event)
     observe?.(event)
   }
 }
