@@ -1,5 +1,6 @@
 // lib/proxy/runtime.ts: the decision line decisionJson writes field by field is, byte for byte,
-// what JSON.stringify writes for the same event (escapes, lone surrogates, absent fields included).
+// what JSON.stringify writes for the same event (escapes, lone surrogates, absent fields included);
+// closedJson likewise for a tunnel's closed event.
 import { Socket } from 'node:net'
 import t from 'tap'
 import { decideTarget, type Decision } from '../lib/policy/decide.js'
@@ -7,7 +8,7 @@ import { parseIp } from '../lib/policy/ip.js'
 import { compilePolicy } from '../lib/policy/rules.js'
 import { parseAuthority } from '../lib/policy/target.js'
 import { reply } from '../lib/core/reply.js'
-import { decisionJson, logDecision, type ProxyEvent, type Runtime } from '../lib/proxy/runtime.js'
+import { closedJson, decisionJson, logDecision, tunnelClosed, type ProxyEvent, type Runtime } from '../lib/proxy/runtime.js'
 
 type DecisionEvent = Extract<ProxyEvent, { type: 'decision' }>
 
@@ -61,4 +62,15 @@ t.test('decisionJson writes what JSON.stringify writes for every kind of decisio
   // a decision event built elsewhere (its fields in another order) is left to JSON.stringify
   const other: DecisionEvent = { type: 'decision', id: 'b-1', client: '?', method: '', target: '', decision: 'error', reason: 'x', status: 400, detail: 'y', mode: 'enforce', wouldDeny: false }
   t.equal(decisionJson(other), JSON.stringify(other), 'another order: the same text')
+})
+
+t.test('closedJson writes what JSON.stringify writes for a tunnel closed event', async (t) => {
+  const events = [
+    tunnelClosed('c-1', '192.0.2.1', 5, 1_048_576, 2, undefined, undefined),
+    tunnelClosed('c-2', undefined, 0, 0, 0.5, 'upstream reset "ECONNRESET"\n', 'parent.example:3128'),
+    tunnelClosed('c-3', '2001:db8::1', -0, Number.NaN, Number.POSITIVE_INFINITY, '\ud800', undefined),
+  ]
+  for (const event of events) t.equal(closedJson(event), JSON.stringify(event), `${event.id}: the same text`)
+  const other = { type: 'closed' as const, id: 'd-1', kind: 'forward' as const, method: 'GET', status: 200, durationMs: 3 }
+  t.equal(closedJson(other), JSON.stringify(other), 'built elsewhere: the same text')
 })

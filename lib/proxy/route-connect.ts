@@ -16,7 +16,7 @@ import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloVie
 import { relay, upstreamReads, type Held, type Screen } from './relay.js'
 import { denial, destroySocket, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
-import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { logDecision, tunnelClosed, type OpenConnection, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from '../policy/target.js'
 import { parentFor } from '../net/upstream.js'
 import { parseClientHello, startsLikeTls } from '../policy/tls-hello.js'
@@ -254,7 +254,7 @@ export async function openTunnel(rt: Runtime, id: string, socket: Socket, target
     // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life;
     // without the parent's handshake bytes
     const { bytesFromClient, bytesToClient, durationMs, error } = stats
-    rt.record({ type: 'closed', id, kind: 'tunnel', chosen: dialed && formatIp(dialed), bytesFromClient: bytesFromClient - handshake.sent, bytesToClient: bytesToClient - handshake.received, durationMs, error, via: parent?.hop })
+    rt.record(tunnelClosed(id, dialed && formatIp(dialed), bytesFromClient - handshake.sent, bytesToClient - handshake.received, durationMs, error, parent?.hop))
   }, screen)
   rt.open.add(open)
 }

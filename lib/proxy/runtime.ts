@@ -136,9 +136,10 @@ interface DecisionLog {
   readonly listener?: 'transparent'
 }
 
-/** Marks the decision events logDecision builds: their keys are in decisionJson's order. */
-const IN_ORDER = Symbol('decision fields in order')
+/** Marks the events built here (logDecision, tunnelClosed): their keys are in decisionJson's or closedJson's order. */
+const IN_ORDER = Symbol('fields in order')
 type DecisionEvent = Extract<ProxyEvent, { type: 'decision' }>
+type ClosedEvent = Extract<ProxyEvent, { type: 'closed' }>
 
 /** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
 export function logDecision(rt: Runtime, entry: DecisionLog): void {
@@ -203,11 +204,32 @@ export function decisionJson(e: DecisionEvent): string {
   )
 }
 
+/** A relayed tunnel's closed event (route-connect.ts), in closedJson's key order. */
+export function tunnelClosed(id: string, chosen: string | undefined, bytesFromClient: number, bytesToClient: number, durationMs: number, error: string | undefined, via: string | undefined): ClosedEvent {
+  const event: ClosedEvent & { [IN_ORDER]: true } = { type: 'closed', id, kind: 'tunnel', chosen, bytesFromClient, bytesToClient, durationMs, error, via, [IN_ORDER]: true }
+  return event
+}
+
+function jsonNumber(name: string, value: number | undefined): string {
+  if (value === undefined) return ''
+  return `,"${name}":${Number.isFinite(value) ? String(value) : 'null'}`
+}
+
+/** JSON.stringify(event) for a closed event tunnelClosed built, field by field (see decisionJson). */
+export function closedJson(e: ClosedEvent): string {
+  if (!(IN_ORDER in e)) return JSON.stringify(e)
+  return (
+    `{"type":"closed","id":${jsonString(e.id)},"kind":${jsonString(e.kind)}${jsonField('chosen', e.chosen)}${jsonNumber('bytesFromClient', e.bytesFromClient)}` +
+    `${jsonNumber('bytesToClient', e.bytesToClient)}${jsonNumber('durationMs', e.durationMs)}${jsonField('error', e.error)}${jsonField('via', e.via)}}`
+  )
+}
+
 /** Logs decisions, closes and DNS queries, and hands every event to the observer (timings and reloads only go there). */
 export function createRecorder(log: Logger, observe: ((event: ProxyEvent) => void) | undefined): (event: ProxyEvent) => void {
   return (event) => {
     if (event.type === 'decision') logTypedEvent(log, event, decisionJson)
-    else if (event.type === 'closed' || event.type === 'dns') logTypedEvent(log, event)
+    else if (event.type === 'closed') logTypedEvent(log, event, closedJson)
+    else if (event.type === 'dns') logTypedEvent(log, event)
     observe?.(event)
   }
 }

@@ -270,7 +270,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   }
   server.on('connection', (socket: Socket) => {
     sockets.add(socket)
-    socket.once('close', untrack)
+    socket.on('close', untrack) // 'close' comes once: `once` would wrap the listener in a closure per socket
   })
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
