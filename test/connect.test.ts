@@ -320,6 +320,25 @@ t.test('malformed CONNECT request lines and authorities are a 400 (corpus E 50-5
   t.equal(served.connections(), cases.length, 'the follow-ups, and only they, were dialled')
 })
 
+t.test('a CONNECT that announces a body is a 400, whatever the case of the header; Content-Length: 0 is none', async (t) => {
+  const canary = await startCanary('127.0.0.1')
+  const proxy = await startProxy({ allow: [`127.0.0.1:${canary.port}`] })
+  t.teardown(async () => {
+    await proxy.close()
+    await canary.close()
+  })
+  const target = `127.0.0.1:${canary.port}`
+  for (const extra of ['Content-Length: 5\r\n', 'content-LENGTH: 1\r\n', 'Transfer-Encoding: chunked\r\n']) {
+    const res = await rawExchange(proxy.port, connectHead(target, extra))
+    assertRefused(t, res, { status: 400, error: 'http_request_error', details: /^a CONNECT request has no body$/ }, JSON.stringify(extra))
+  }
+  t.equal(canary.connections(), 0, 'nothing dialled')
+  for (const extra of ['Content-Length: 0\r\n', 'X-Content-Length: 5\r\n']) {
+    const res = await rawExchange(proxy.port, connectHead(target, extra), { until: (s) => s.includes('\r\n\r\n') })
+    t.equal(statusOf(res.text), 200, `${JSON.stringify(extra)}: tunnelled`)
+  }
+})
+
 t.test('a double space in the request line is tolerated but the target is still decided (corpus E 59)', async (t) => {
   const dns = await startDns({})
   const proxy = await startProxy({ allow: ['api.allowed.test:443'], dns: { servers: [dns.server], timeoutMs: 2000 } })
