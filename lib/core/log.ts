@@ -139,6 +139,14 @@ export function logEvent(log: Logger, message: string, fields: object): void {
   out.add(rest === '{}' ? `${head}}` : `${head},${rest.slice(1)}`)
 }
 
+/** Event types as JSON strings: a handful of them, each quoted once rather than twice per tunnel. */
+const quotedTypes = new Map<string, string>()
+function quotedType(type: string): string {
+  let quoted = quotedTypes.get(type)
+  if (quoted === undefined) quotedTypes.set(type, (quoted = JSON.stringify(type)))
+  return quoted
+}
+
 /**
  * logEvent for an event whose first field, `type`, is the message: the same line, without a copy
  * of the event minus `type` (two objects of ~20 fields less per tunnel). `json` is JSON.stringify
@@ -147,9 +155,9 @@ export function logEvent(log: Logger, message: string, fields: object): void {
 export function logTypedEvent<E extends { readonly type: string }>(log: Logger, event: E, json: (event: E) => string = JSON.stringify): void {
   const out = jsonLines.get(log)
   if (out !== undefined && !log.isInfoEnabled()) return
-  const message = JSON.stringify(event.type)
+  const message = quotedType(event.type)
   const text = out === undefined ? '' : json(event)
-  if (out === undefined || !text.startsWith(`{"type":${message}`)) {
+  if (out === undefined || !text.startsWith('{"type":') || !text.startsWith(message, 8)) {
     const { type, ...fields } = event
     return logEvent(log, type, fields)
   }
