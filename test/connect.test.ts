@@ -320,6 +320,25 @@ t.test('malformed CONNECT request lines and authorities are a 400 (corpus E 50-5
   t.equal(served.connections(), cases.length, 'the follow-ups, and only they, were dialled')
 })
 
+t.test('a CONNECT that announces a body is a 400, whatever the case of the header; Content-Length: 0 is none', async (t) => {
+  const canary = await startCanary('127.0.0.1')
+  const proxy = await startProxy({ allow: [`127.0.0.1:${canary.port}`] })
+  t.teardown(async () => {
+    await proxy.close()
+    await canary.close()
+  })
+  const target = `127.0.0.1:${canary.port}`
+  for (const extra of ['Content-Length: 5\r\n', 'content-LENGTH: 1\r\n', 'Transfer-Encoding: chunked\r\n']) {
+    const res = await rawExchange(proxy.port, connectHead(target, extra))
+    assertRefused(t, res, { status: 400, error: 'http_request_error', details: /^a CONNECT request has no body$/ }, JSON.stringify(extra))
+  }
+  t.equal(canary.connections(), 0, 'nothing dialled')
+  for (const extra of ['Content-Length: 0\r\n', 'X-Content-Length: 5\r\n']) {
+    const res = await rawExchange(proxy.port, connectHead(target, extra), { until: (s) => s.includes('\r\n\r\n') })
+    t.equal(statusOf(res.text), 200, `${JSON.stringify(extra)}: tunnelled`)
+  }
+})
+
 t.test('a double space in the request line is tolerated but the target is still decided (corpus E 59)', async (t) => {
   const dns = await startDns({})
   const proxy = await startProxy({ allow: ['api.allowed.test:443'], dns: { servers: [dns.server], timeoutMs: 2000 } })
@@ -891,6 +910,32 @@ t.test('a refused upstream connection is a 502 connection_refused', async (t) =>
   t.match(failed, { status: 502, error: 'connection_refused' })
   t.equal(proxy.proxy.open.size, 0)
   await assertServed(t, proxy, `127.0.0.1:${served.port}`, 'after a refused dial')
+})
+
+t.test('a route that throws, at once (IP literal) or after a lookup, is a 500 and the proxy keeps serving', async (t) => {
+  const served = await startCanary('127.0.0.1')
+  const broken = await closedPort()
+  const proxy = await startProxy(
+    { allow: [`127.0.0.1:${broken}`, `127.0.0.1:${served.port}`, 'broken.example:443'] },
+    {
+      observe: (event) => {
+        if (event.type === 'decision' && event.target === `127.0.0.1:${broken}`) throw new Error('observer failed')
+      },
+      lookup: (name) => (name === 'broken.example' ? Promise.reject(new Error('resolver failed')) : Promise.resolve([])),
+    },
+  )
+  t.teardown(async () => {
+    await proxy.close()
+    await served.close()
+  })
+  for (const target of [`127.0.0.1:${broken}`, 'broken.example:443']) {
+    const res = await rawExchange(proxy.port, connectHead(target))
+    assertRefused(t, res, { status: 500, error: 'proxy_internal_error' }, target)
+  }
+  const errors = proxy.logs().filter((l) => l.message === 'internal error')
+  t.equal(errors.length, 2, 'each logged as an internal error')
+  t.match(errors, [{ where: 'connect', error: /observer failed/ }, { where: 'connect', error: /resolver failed/ }])
+  await assertServed(t, proxy, `127.0.0.1:${served.port}`, 'after routes that threw')
 })
 
 t.test('a refused IPv6 upstream is named in brackets, for a name and for a literal', { skip: NETNS_SKIP }, async (t) => {

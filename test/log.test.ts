@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import t from 'tap'
-import { createLogger, logEvent, logTypedEvent, type LogLevel } from '../lib/core/log.js'
+import { createLogger, logEvent, logTypedEvent, timestampAt, type LogLevel } from '../lib/core/log.js'
 import { startCli } from './helpers/cli.js'
 
 /** A logger on a stream, and what it wrote once the batch of this event-loop turn is out. */
@@ -87,4 +87,12 @@ t.test('start keeps serving and stops on SIGTERM after whoever read its stdout h
     t.equal(health.status, 200, `still serves after its log lines hit a closed pipe (${i})`)
   }
   t.equal(await proxy.stop(), 0, 'SIGTERM stops it cleanly')
+})
+
+t.test('the timestamp of an event line is what toISOString gives, from the second it reuses', async (t) => {
+  const base = Date.UTC(2026, 11, 31, 23, 59, 59)
+  for (const now of [base, base + 7, base + 42, base + 999, base + 1000, base + 1001, base + 60_123, 0, 999, 1_000]) {
+    t.equal(timestampAt(now), new Date(now).toISOString(), new Date(now).toISOString())
+  }
+  t.equal(timestampAt(base + 5), new Date(base + 5).toISOString(), 'back to an earlier second')
 })

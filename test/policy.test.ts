@@ -634,3 +634,20 @@ t.test('decideName (sandbox DNS): a name is answered when an allow rule matches 
   t.equal(answer('evil.example', REPORT), 'allow/no-rule', 'report mode answers and remembers it would not')
   t.ok(decideName(p, REPORT, 'evil.example').wouldDeny)
 })
+
+t.test('every decision has the same fields in the same order (one object shape for the routes and logs that read them)', async (t) => {
+  const p = policy(['203.0.113.0/24:443', 'ok.test:443'], ['bad.test:*', '203.0.113.9'])
+  const decisions: Array<[string, Decision]> = [
+    ['IP allowed', decide(p, '203.0.113.1:443')],
+    ['IP denied by rule', decide(p, '203.0.113.9:443')],
+    ['IP no rule', decide(p, '198.51.100.1:443')],
+    ['name allowed', decide(p, 'ok.test:443', ['93.184.216.34'])],
+    ['name guarded', decide(p, 'ok.test:443', ['127.0.0.1'])],
+    ['name denied', decide(p, 'bad.test:443')],
+    ['report mode waiver', decide(p, 'other.test:443', ['93.184.216.34'], REPORT)],
+    ['report mode IP waiver', decide(p, '198.51.100.1:443', [], REPORT)],
+  ]
+  const [first] = decisions
+  for (const [what, d] of decisions) t.same(Object.keys(d), Object.keys(first?.[1] ?? {}), what)
+  t.same(Object.keys(first?.[1] ?? {}), ['verdict', 'reason', 'rule', 'wouldDeny', 'detail', 'suggestion', 'address', 'dial'])
+})

@@ -2,7 +2,7 @@
 // resolution and the address guard. Owns the I/O the pure policy must not do.
 import { choosePolicy, type ClientIdentity, type PolicySet } from '../policy/clients.js'
 import type { Ip } from '../policy/ip.js'
-import { checkHello, confirmSniAddress, decideAddresses, decideTarget, type Decision, type DecisionContext, type HelloView } from '../policy/decide.js'
+import { checkHello, confirmSniAddress, decideAddresses, decideTarget, type Decision, type DecisionContext, type HelloView, type Pending } from '../policy/decide.js'
 import type { Policy } from '../policy/rules.js'
 import { DnsFailure, type Lookup } from './resolve.js'
 import { reply, type ProxyReply } from '../core/reply.js'
@@ -27,9 +27,17 @@ export type Admission =
   | { readonly kind: 'decided'; readonly decision: Decision; readonly resolved: readonly Ip[] | undefined }
   | { readonly kind: 'failed'; readonly reply: ProxyReply }
 
-export async function admit(gate: Gate, target: Target): Promise<Admission> {
+/**
+ * The rules' decision, and for an allowed name the resolution and guard. Synchronous when no DNS is
+ * needed (IP literals, names no rule allows): a promise there would cost a tick per tunnel.
+ */
+export function admit(gate: Gate, target: Target): Admission | Promise<Admission> {
   const first = decideTarget(gate.policy, gate.ctx, target)
   if (first.verdict !== 'resolve') return { kind: 'decided', decision: first, resolved: undefined }
+  return admitResolved(gate, target, first)
+}
+
+async function admitResolved(gate: Gate, target: Target, first: Pending): Promise<Admission> {
   let resolved: Ip[]
   try {
     resolved = await gate.lookup(target.host.kind === 'name' ? target.host.name : '')

@@ -78,9 +78,13 @@ export function denyErrorType(reason: Reason): ErrorType {
   return reason === 'address-prohibited' || reason === 'self-connection' ? 'destination_ip_prohibited' : 'http_request_denied'
 }
 
+/** Every decision built with the same fields in the same order: one shape for all that read them (a spread made several). */
 function decision(fields: Partial<Decision> & Pick<Decision, 'verdict' | 'reason' | 'detail'>): Decision {
-  return { rule: undefined, wouldDeny: false, suggestion: undefined, address: undefined, dial: [], ...fields }
+  const { verdict, reason, rule, wouldDeny = false, detail, suggestion, address, dial = NO_ADDRESSES } = fields
+  return { verdict, reason, rule, wouldDeny, detail, suggestion, address, dial }
 }
+
+const NO_ADDRESSES: readonly Ip[] = []
 
 function quote(text: string): string {
   return JSON.stringify(text)
@@ -93,7 +97,7 @@ function ipEntry(ip: Ip, port: number): string {
 /** In report mode a rule denial becomes an allow that remembers it would have been denied. */
 function waive(denied: Decision, ctx: DecisionContext, dial: readonly Ip[]): Decision {
   if (ctx.mode !== 'report') return denied
-  return { ...denied, verdict: 'allow', wouldDeny: true, dial, detail: `report mode: would deny: ${denied.detail}` }
+  return decision({ ...denied, verdict: 'allow', wouldDeny: true, dial, detail: `report mode: would deny: ${denied.detail}` })
 }
 
 function isSelf(ctx: DecisionContext, ip: Ip, port: number, loopback: boolean): boolean {
@@ -127,16 +131,15 @@ function guardAddress(policy: Policy, ctx: DecisionContext, ip: Ip, port: number
 
 function decideIp(policy: Policy, ctx: DecisionContext, target: Target, ip: Ip): Decision {
   const denyRule = matchIp(policy, 'deny', ip, target.port)
-  const where = formatTarget(target)
   const guard = guardAddress(policy, ctx, ip, target.port, undefined, undefined)
   if (guard) return guard
   if (denyRule) {
-    return waive(decision({ verdict: 'deny', reason: 'deny-rule', rule: denyRule, address: ip, detail: `${where} matches deny rule ${ruleLabel(denyRule)}` }), ctx, [ip])
+    return waive(decision({ verdict: 'deny', reason: 'deny-rule', rule: denyRule, address: ip, detail: `${formatTarget(target)} matches deny rule ${ruleLabel(denyRule)}` }), ctx, [ip])
   }
   const allowRule = matchIp(policy, 'allow', ip, target.port)
   if (allowRule) return decision({ verdict: 'allow', reason: 'allow-rule', rule: allowRule, address: ip, dial: [ip], detail: `allowed by ${ruleLabel(allowRule)}` })
   return waive(
-    decision({ verdict: 'deny', reason: 'no-rule', address: ip, suggestion: ipEntry(ip, target.port), detail: `no allow rule matches ${where} (a host-name rule never matches an IP address)` }),
+    decision({ verdict: 'deny', reason: 'no-rule', address: ip, suggestion: ipEntry(ip, target.port), detail: `no allow rule matches ${formatTarget(target)} (a host-name rule never matches an IP address)` }),
     ctx,
     [ip],
   )
@@ -283,7 +286,7 @@ export function confirmSniAddress(ctx: DecisionContext, target: Target, byName: 
   if (byName.verdict === 'deny' || target.host.kind !== 'ip') return byName
   const ip = target.host.ip
   if (byName.dial.some((a) => a.family === ip.family && a.value === ip.value)) {
-    return { ...byName, address: ip, dial: [ip], detail: `${byName.detail} (TLS server name ${sni} for ${formatTarget(target)})` }
+    return decision({ ...byName, address: ip, dial: [ip], detail: `${byName.detail} (TLS server name ${sni} for ${formatTarget(target)})` })
   }
   return helloDenial(ctx, byName, 'sni-address-mismatch', `${formatTarget(target)} is not an address of ${sni}, the TLS server name`)
 }
@@ -333,7 +336,7 @@ export function decideForwarded(policy: Policy, ctx: DecisionContext, host: Deci
 export function withRequest(host: Decision, request: Decision): Decision {
   if (host.verdict === 'deny') return host
   if (request.verdict === 'deny') return request
-  return request.wouldDeny || hasRequestLimitsOf(request.rule) ? { ...request, dial: host.dial, address: host.address, wouldDeny: request.wouldDeny || host.wouldDeny } : host
+  return request.wouldDeny || hasRequestLimitsOf(request.rule) ? decision({ ...request, dial: host.dial, address: host.address, wouldDeny: request.wouldDeny || host.wouldDeny }) : host
 }
 
 function hasRequestLimitsOf(rule: Rule | undefined): boolean {

@@ -19,10 +19,22 @@ export function checkRequestHead(req: IncomingMessage, limits: Limits): ProxyRep
   if (req.httpVersion === '1.1' && req.method !== 'CONNECT' && req.headers.host === undefined) return reply(400, 'http_request_error', 'no Host header in an HTTP/1.1 request')
   const chunked = countHeader(req.rawHeaders, 'transfer-encoding') > 0
   if (chunked && req.httpVersion === '1.0') return reply(400, 'http_request_error', 'Transfer-Encoding is not allowed in HTTP/1.0')
-  if (req.method === 'CONNECT' && hasBody(req)) {
+  if (req.method === 'CONNECT' && (chunked || Number(firstContentLength(req.rawHeaders) ?? 0) > 0)) {
     return reply(400, 'http_request_error', 'a CONNECT request has no body')
   }
   if (NO_TRACE.has(req.method ?? '')) return reply(405, 'http_request_error', `${req.method} is not allowed through proxy-gate`)
+  return undefined
+}
+
+/**
+ * The Content-Length value req.headers would keep (the first), read from the raw lines: on a CONNECT,
+ * req.headers would be built for this alone.
+ */
+function firstContentLength(rawHeaders: readonly string[]): string | undefined {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] ?? ''
+    if (name.length === 14 && name.toLowerCase() === 'content-length') return rawHeaders[i + 1]
+  }
   return undefined
 }
 

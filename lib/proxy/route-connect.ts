@@ -8,7 +8,7 @@ import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
 import { dial, DialFailure } from '../net/dial.js'
-import { admit, admitHello, type Admission } from '../net/gate.js'
+import { admit, admitHello, type Admission, type Gate } from '../net/gate.js'
 import { formatIp, type Ip } from '../policy/ip.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import type { Interceptor } from './intercept.js'
@@ -16,7 +16,7 @@ import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloVie
 import { relay, upstreamReads, type Held, type Screen } from './relay.js'
 import { denial, destroySocket, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
-import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
+import { logDecision, tunnelClosed, type OpenConnection, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from '../policy/target.js'
 import { parentFor } from '../net/upstream.js'
 import { parseClientHello, startsLikeTls } from '../policy/tls-hello.js'
@@ -25,84 +25,131 @@ const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
 /** far above any real ClientHello (post-quantum key shares included) */
 const MAX_HELLO_BYTES = 32 * 1024
 
-export async function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
-  const id = rt.nextId()
+/** What a tunnel's decision lines share: one object per tunnel instead of a closure for each use. */
+interface Asked {
+  readonly rt: Runtime
+  readonly id: string
+  readonly req: IncomingMessage
+  readonly rawTarget: string
+  readonly policy: string
+}
+
+function logAsked(asked: Asked, target: Target | undefined, decision: Decision | undefined, resolved: readonly Ip[] | undefined, r?: ProxyReply, sni?: string): void {
+  const { rt, id, req, rawTarget, policy } = asked
+  logDecision(rt, { id, req, method: 'CONNECT', target, rawTarget, policy, decision, resolved, reply: r, sni })
+}
+
+function refuse(asked: Asked, socket: Socket, target: Target | undefined, r: ProxyReply): undefined {
+  logAsked(asked, target, undefined, undefined, r)
+  replyOnSocket(socket, r)
+  return undefined
+}
+
+/** A route's work: a promise while it waits for something (DNS, a dial), undefined when it finished at once. */
+type Routed = Promise<void> | undefined
+
+export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Routed {
   const rawTarget = req.url ?? ''
   const parsed = parseAuthority(rawTarget)
   const gate = rt.gate(who)
-  const log = (fields: { decision?: Decision; resolved?: readonly Ip[] | undefined; reply?: ProxyReply; sni?: string }, target = parsed.ok ? parsed.value : undefined) =>
-    logDecision(rt, { id, req, method: 'CONNECT', target, rawTarget, policy: gate.policyName, ...fields })
-  const refuse = (r: ProxyReply): void => {
-    log({ reply: r })
-    replyOnSocket(socket, r)
-  }
+  const asked: Asked = { rt, id: rt.nextId(), req, rawTarget, policy: gate.policyName }
   const problem = checkRequestHead(req, rt.limits())
-  if (problem) return refuse(problem)
-  if (!parsed.ok) return refuse(reply(400, 'http_request_error', `bad CONNECT target: ${parsed.error}`))
+  if (problem) return refuse(asked, socket, parsed.ok ? parsed.value : undefined, problem)
+  if (!parsed.ok) return refuse(asked, socket, undefined, reply(400, 'http_request_error', `bad CONNECT target: ${parsed.error}`))
   const target = parsed.value
-  const admission = await admit(gate, target)
-  if (admission.kind === 'failed') return refuse(admission.reply)
+  const admission = admit(gate, target)
+  // IP literals and names no rule allows are decided at once; only a resolution is waited for
+  if (admission instanceof Promise) return admission.then((a) => admitted(asked, interceptor, who, socket, head, gate, target, a))
+  return admitted(asked, interceptor, who, socket, head, gate, target, admission)
+}
+
+function admitted(asked: Asked, interceptor: Interceptor | undefined, who: ClientIdentity, socket: Socket, head: Buffer, gate: Gate, target: Target, admission: Admission): Routed {
+  if (admission.kind === 'failed') return refuse(asked, socket, target, admission.reply)
   const { decision, resolved } = admission
   const deferred = defersToSni(gate.ctx, target, decision)
   if (decision.verdict === 'deny' && !deferred) {
-    log({ decision, resolved })
-    return replyOnSocket(socket, denial('CONNECT', rawTarget, decision))
+    logAsked(asked, target, decision, resolved)
+    replyOnSocket(socket, denial('CONNECT', asked.rawTarget, decision))
+    return undefined
   }
   const opened = interceptor && needsInterception(gate.policy, target) ? interceptor : undefined
-  if (!isTlsPort(gate.ctx, target.port)) {
-    log({ decision, resolved })
-    // TLS on a port not listed as TLS gets the same SNI check, on the client's first bytes
-    const checkSni = async (bytes: Buffer): Promise<Hello | undefined> => {
-      const hello = await readHello(socket, bytes, gate.ctx.tls.helloTimeoutMs)
-      if (hello === undefined) return undefined
-      // not a ClientHello after all (a TLS server would refuse it too): passed on as non-TLS bytes, as before; an oversized one is not
-      if (hello.view.kind === 'malformed' && hello.bytes.length < MAX_HELLO_BYTES) return hello
-      const sni = hello.view.kind === 'hello' ? hello.view.sni : undefined
-      const second = await admitHello(gate, target, decision, hello.view)
-      if (second.kind === 'failed') {
-        log({ reply: second.reply, ...(sni ? { sni } : {}) })
-        return undefined
-      }
-      // logged again only when the ClientHello changed the decision (a denial, or report mode's wouldDeny)
-      if (second.decision !== decision) log({ decision: second.decision, resolved, ...(sni ? { sni } : {}) })
-      return second.decision.verdict === 'deny' ? undefined : hello
+  if (isTlsPort(gate.ctx, target.port)) return onTlsPort(asked, interceptor, who, socket, head, gate, target, decision, resolved)
+  logAsked(asked, target, decision, resolved)
+  const { rt, id } = asked
+  const sni: SniCheck = { asked, socket, gate, target, decision, resolved }
+  if (!opened) {
+    if (head.length > 0 && startsLikeTls(head)) return openChecked(sni, who, head)
+    // the upstream is dialled first and relayed at once (server-first protocols: SSH, SMTP); only the client's first chunk is looked at
+    const screen: Screen | undefined = head.length > 0 ? undefined : (first, held) => {
+      if (!startsLikeTls(first)) return false
+      holdForSni(socket, first, held, sni)
+      return true
     }
-    if (!opened) {
-      if (head.length > 0 && startsLikeTls(head)) {
-        // a ClientHello sent along with the CONNECT: checked before dialling
-        const hello = await checkSni(head)
-        if (hello === undefined) return void socket.destroy()
-        return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, hello.bytes, true, who)
-      }
-      // the upstream is dialled first and relayed at once (server-first protocols: SSH, SMTP); only the client's first chunk is looked at
-      const screen: Screen | undefined = head.length > 0 ? undefined : (first, held) => {
-        if (!startsLikeTls(first)) return false
-        holdForSni(socket, first, held, checkSni)
-        return true
-      }
-      return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true, who, screen)
-    }
-    socket.write(ESTABLISHED)
-    // an opened tunnel carries HTTP, whose client speaks first: its first byte tells TLS from plain HTTP
-    const first = await firstChunk(socket, head, rt.limits().tunnelIdleTimeoutMs)
-    if (first === undefined) return void socket.destroy()
-    if (!startsLikeTls(first)) return openTunnelFor(opened, id, socket, first, target, decision, resolved, false, who)
-    const hello = await checkSni(first)
-    if (hello === undefined) return void socket.destroy()
-    return openTunnelFor(opened, id, socket, hello.bytes, target, decision, resolved, true, who)
+    return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true, who, screen)
   }
+  return openOpened(sni, opened, who, head)
+}
 
-  // TLS port: answer first, then decide on the ClientHello the client sends next
+/** A ClientHello sent along with the CONNECT: checked before dialling. */
+async function openChecked(sni: SniCheck, who: ClientIdentity, head: Buffer): Promise<void> {
+  const { asked, socket, target, decision, resolved } = sni
+  const hello = await checkSni(sni, head)
+  if (hello === undefined) return void socket.destroy()
+  return openTunnel(asked.rt, asked.id, socket, target, decision.dial, resolved ?? decision.dial, hello.bytes, true, who)
+}
+
+/** An opened tunnel carries HTTP, whose client speaks first: its first byte tells TLS from plain HTTP. */
+async function openOpened(sni: SniCheck, opened: Interceptor, who: ClientIdentity, head: Buffer): Promise<void> {
+  const { asked, socket, target, decision, resolved } = sni
+  socket.write(ESTABLISHED)
+  const first = await firstChunk(socket, head, asked.rt.limits().tunnelIdleTimeoutMs)
+  if (first === undefined) return void socket.destroy()
+  if (!startsLikeTls(first)) return openTunnelFor(opened, asked.id, socket, first, target, decision, resolved, false, who)
+  const hello = await checkSni(sni, first)
+  if (hello === undefined) return void socket.destroy()
+  return openTunnelFor(opened, asked.id, socket, hello.bytes, target, decision, resolved, true, who)
+}
+
+/** A tunnel on a port not listed as TLS, admitted: TLS there gets the same SNI check, on the client's first bytes. */
+interface SniCheck {
+  readonly asked: Asked
+  readonly socket: Socket
+  readonly gate: Gate
+  readonly target: Target
+  readonly decision: Decision
+  readonly resolved: readonly Ip[] | undefined
+}
+
+async function checkSni(check: SniCheck, bytes: Buffer): Promise<Hello | undefined> {
+  const { asked, socket, gate, target, decision, resolved } = check
+  const hello = await readHello(socket, bytes, gate.ctx.tls.helloTimeoutMs)
+  if (hello === undefined) return undefined
+  // not a ClientHello after all (a TLS server would refuse it too): passed on as non-TLS bytes, as before; an oversized one is not
+  if (hello.view.kind === 'malformed' && hello.bytes.length < MAX_HELLO_BYTES) return hello
+  const sni = hello.view.kind === 'hello' ? hello.view.sni : undefined
+  const second = await admitHello(gate, target, decision, hello.view)
+  if (second.kind === 'failed') {
+    logAsked(asked, target, undefined, undefined, second.reply, sni || undefined)
+    return undefined
+  }
+  // logged again only when the ClientHello changed the decision (a denial, or report mode's wouldDeny)
+  if (second.decision !== decision) logAsked(asked, target, second.decision, resolved, undefined, sni || undefined)
+  return second.decision.verdict === 'deny' ? undefined : hello
+}
+
+/** TLS port: answer first, then decide on the ClientHello the client sends next. */
+async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who: ClientIdentity, socket: Socket, head: Buffer, gate: Gate, target: Target, decision: Decision, resolved: readonly Ip[] | undefined): Promise<void> {
+  const { rt, id } = asked
   socket.write(ESTABLISHED)
   const hello = await readHello(socket, head, gate.ctx.tls.helloTimeoutMs)
-  if (hello === undefined) return log({ decision, resolved, reply: reply(400, 'http_request_error', 'client closed the tunnel before a ClientHello') })
-  const sni = hello.view.kind === 'hello' ? hello.view.sni : undefined
+  if (hello === undefined) return logAsked(asked, target, decision, resolved, reply(400, 'http_request_error', 'client closed the tunnel before a ClientHello'))
+  const sni = hello.view.kind === 'hello' ? hello.view.sni || undefined : undefined
   const second: Admission & { ruleTarget: Target } = await admitHello(gate, target, decision, hello.view)
   if (second.kind === 'failed') {
-    log({ reply: second.reply, ...(sni ? { sni } : {}) })
+    logAsked(asked, target, undefined, undefined, second.reply, sni)
     return void socket.destroy()
   }
-  log({ decision: second.decision, resolved: second.resolved ?? resolved, ...(sni ? { sni } : {}) })
+  logAsked(asked, target, second.decision, second.resolved ?? resolved, undefined, sni)
   if (second.decision.verdict === 'deny') return void socket.destroy()
   if (interceptor && needsInterception(gate.policy, second.ruleTarget)) {
     return openTunnelFor(interceptor, id, socket, hello.bytes, second.ruleTarget, second.decision, second.resolved ?? resolved, true, who)
@@ -116,9 +163,9 @@ interface Hello {
 }
 
 /** A relayed tunnel's held first chunk: the rest of the ClientHello is read, then passed on or the tunnel closed. */
-function holdForSni(socket: Socket, first: Buffer, held: Held, check: (bytes: Buffer) => Promise<Hello | undefined>): void {
+function holdForSni(socket: Socket, first: Buffer, held: Held, check: SniCheck): void {
   socket.resume() // before readHello: it may finish at once and pause the socket again
-  check(first).then(
+  checkSni(check, first).then(
     (hello) => (hello === undefined ? held.close('TLS server name refused') : held.pass(hello.bytes)),
     () => held.close('TLS server name check failed'),
   )
@@ -207,7 +254,7 @@ export async function openTunnel(rt: Runtime, id: string, socket: Socket, target
     // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life;
     // without the parent's handshake bytes
     const { bytesFromClient, bytesToClient, durationMs, error } = stats
-    rt.record({ type: 'closed', id, kind: 'tunnel', chosen: dialed && formatIp(dialed), bytesFromClient: bytesFromClient - handshake.sent, bytesToClient: bytesToClient - handshake.received, durationMs, error, via: parent?.hop })
+    rt.record(tunnelClosed(id, dialed && formatIp(dialed), bytesFromClient - handshake.sent, bytesToClient - handshake.received, durationMs, error, parent?.hop))
   }, screen)
   rt.open.add(open)
 }

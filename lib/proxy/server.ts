@@ -232,14 +232,22 @@ export function createProxy(options: ProxyOptions): Proxy {
   }
   applyLimits(limits)
 
-  const guarded = (what: string, fallback: (r: ProxyReply) => void, work: () => Promise<void>): void => {
-    work().catch((error: unknown) => {
-      log.error('internal error', { where: what, error: error instanceof Error ? error.stack : String(error) })
-      fallback(reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
-    })
+  const failed = (what: string, fallback: (r: ProxyReply) => void, error: unknown): void => {
+    log.error('internal error', { where: what, error: error instanceof Error ? error.stack : String(error) })
+    fallback(reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
+  }
+  /** Runs a route whose work may finish at once (undefined) or go on (a promise): an error in either is a 500, never a crash. */
+  const guarded = (what: string, fallback: (r: ProxyReply) => void, work: () => Promise<void> | undefined): void => {
+    let running: Promise<void> | undefined
+    try {
+      running = work()
+    } catch (error) {
+      return failed(what, fallback, error)
+    }
+    running?.catch((error: unknown) => failed(what, fallback, error))
   }
   /** Proxy authentication comes first: a client it refuses never reaches a route, which learns who the client is. */
-  const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void>): void => {
+  const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void> | undefined): void => {
     const source = req.socket.remoteAddress ?? ''
     // without proxy authentication (none on transparent listeners: clients there know no proxy), straight to the route
     if (!config.auth || transparent?.httpListener(req.socket)) return guarded(what, refuse, () => route({ source: parseIp(source), user: undefined }))
@@ -252,6 +260,17 @@ export function createProxy(options: ProxyOptions): Proxy {
       await route({ source: parseIp(source), user: result.user })
     })
   }
+  /** A tunnel without proxy authentication: the route is called as is, with no closure or promise of its own. */
+  const connectDirect = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
+    let running: Promise<void> | undefined
+    try {
+      running = connectRoute(rt, interceptor, { source: parseIp(req.socket.remoteAddress ?? ''), user: undefined }, req, socket, head)
+    } catch (error) {
+      return connectFailed(socket, error)
+    }
+    running?.catch((error: unknown) => connectFailed(socket, error))
+  }
+  const connectFailed = (socket: Socket, error: unknown): void => failed('connect', (r) => replyOnSocket(socket, r), error)
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
     const form = formOf(req.socket)
     if (form === ABSOLUTE_FORM && req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
@@ -259,13 +278,14 @@ export function createProxy(options: ProxyOptions): Proxy {
   }
   server.on('connection', (socket: Socket) => {
     sockets.add(socket)
-    socket.once('close', untrack)
+    socket.on('close', untrack) // 'close' comes once: `once` would wrap the listener in a closure per socket
   })
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
     if (transparent?.httpListener(socket)) return transparentConnect(rt, req, socket)
+    if (!config.auth) return connectDirect(req, socket, head)
     authenticated('connect', req, (r) => replyOnSocket(socket, r), (who) => connectRoute(rt, interceptor, who, req, socket, head))
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
