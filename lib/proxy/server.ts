@@ -260,17 +260,6 @@ export function createProxy(options: ProxyOptions): Proxy {
       await route({ source: parseIp(source), user: result.user })
     })
   }
-  /** A tunnel without proxy authentication: the route is called as is, with no closure or promise of its own. */
-  const connectDirect = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
-    let running: Promise<void> | undefined
-    try {
-      running = connectRoute(rt, interceptor, { source: parseIp(req.socket.remoteAddress ?? ''), user: undefined }, req, socket, head)
-    } catch (error) {
-      return connectFailed(socket, error)
-    }
-    running?.catch((error: unknown) => connectFailed(socket, error))
-  }
-  const connectFailed = (socket: Socket, error: unknown): void => failed('connect', (r) => replyOnSocket(socket, r), error)
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
     const form = formOf(req.socket)
     if (form === ABSOLUTE_FORM && req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
@@ -285,7 +274,6 @@ export function createProxy(options: ProxyOptions): Proxy {
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
     if (transparent?.httpListener(socket)) return transparentConnect(rt, req, socket)
-    if (!config.auth) return connectDirect(req, socket, head)
     authenticated('connect', req, (r) => replyOnSocket(socket, r), (who) => connectRoute(rt, interceptor, who, req, socket, head))
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
