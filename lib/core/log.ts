@@ -1,14 +1,24 @@
 // Structured logs: JSON lines on stdout (one per decision, one per finished connection), or a
-// readable line per event when stdout is a terminal.
+// readable line per event when stdout is a terminal. proxy-gate writes the JSON lines itself;
+// winston formats the terminal's lines and is loaded only for them (~10 MB of RSS that a proxy
+// in a container, logging JSON, never needs).
+import { createRequire } from 'node:module'
 import { EOL } from 'node:os'
-import winston from 'winston'
-import TransportStream from 'winston-transport'
+import type winston from 'winston'
+import type TransportStream from 'winston-transport'
 import { prettyFormatter, wantsColour } from './pretty.js'
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'silent'
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'silent']
 
-export type Logger = winston.Logger
+/** Where the proxy's records go: a message and its fields, at a level. */
+export interface Logger {
+  error(message: string, fields?: object): void
+  warn(message: string, fields?: object): void
+  info(message: string, fields?: object): void
+  debug(message: string, fields?: object): void
+  isInfoEnabled(): boolean
+}
 
 export interface LogOptions {
   readonly level: LogLevel
@@ -19,29 +29,20 @@ export interface LogOptions {
 }
 
 const MESSAGE = Symbol.for('message') // where winston's formats leave the finished line (triple-beam)
+const RANK = { error: 0, warn: 1, info: 2, debug: 3 } as const
+type Level = keyof typeof RANK
 
-/** The readable lines of lib/core/pretty.ts; a record it shows nothing for is dropped. */
-function pretty(colour: boolean): winston.Logform.Format {
-  const format = prettyFormatter(colour)
-  return winston.format((info) => {
-    const lines = format(info)
-    if (lines.length === 0) return false
-    return Object.assign(info, { [MESSAGE]: lines.join(EOL) })
-  })()
-}
-// winston exports its transport base class as `Transport`; its typings call it `transport`
-
-/** Transports writing to stdout, whose last lines are written out when the process exits. */
+/** Batches writing to stdout, whose last lines are written out when the process exits. */
 const atExit = new Set<LineBatch>()
 let exitHook = false
 
 /**
- * Collects the formatted lines of one event-loop turn and writes them with one call. Every
- * request logs two lines, and each write to a file or pipe is a synchronous system call (12% of
- * the proxy's CPU under load when made per line): batching keeps that off the request path.
- * Lines keep their order; they reach the stream at the end of the turn that logged them.
+ * Collects the lines of one event-loop turn and writes them with one call. Every request logs two
+ * lines, and each write to a file or pipe is a synchronous system call (12% of the proxy's CPU
+ * under load when made per line): batching keeps that off the request path. Lines keep their
+ * order; they reach the stream at the end of the turn that logged them.
  */
-class LineBatch extends TransportStream {
+class LineBatch {
   private lines: string[] = []
   private scheduled = false
   private readonly flushSoon = (): void => this.flush()
@@ -50,16 +51,10 @@ class LineBatch extends TransportStream {
   private gone = false
 
   constructor(private readonly out: NodeJS.WritableStream) {
-    super()
     out.on('error', () => {
       this.gone = true
       this.lines = []
     })
-  }
-
-  override log(info: { [MESSAGE]?: unknown }, next: () => void): void {
-    this.add(String(info[MESSAGE]))
-    next()
   }
 
   add(line: string): void {
@@ -80,28 +75,95 @@ class LineBatch extends TransportStream {
   }
 }
 
-/** JSON loggers made by createLogger, and where their lines go: events are written there directly. */
-const jsonLines = new WeakMap<Logger, LineBatch>()
+/**
+ * JSON lines with what winston's json format writes: level, message, timestamp and every field
+ * that is not undefined (in that order rather than winston's sorted one). One JSON.stringify per
+ * line: winston's object stream, format chain and stable stringify cost a fifth of the proxy's
+ * CPU on small requests.
+ */
+class JsonLogger implements Logger {
+  /** `rank`: the most verbose level written (RANK), -1 for none */
+  constructor(
+    readonly out: LineBatch,
+    private readonly rank: number,
+  ) {}
+
+  error(message: string, fields?: object): void {
+    this.write('error', message, fields)
+  }
+
+  warn(message: string, fields?: object): void {
+    this.write('warn', message, fields)
+  }
+
+  info(message: string, fields?: object): void {
+    this.write('info', message, fields)
+  }
+
+  debug(message: string, fields?: object): void {
+    this.write('debug', message, fields)
+  }
+
+  isInfoEnabled(): boolean {
+    return this.rank >= RANK.info
+  }
+
+  private write(level: Level, message: string, fields: object | undefined): void {
+    if (RANK[level] > this.rank) return
+    const rest = fields === undefined ? '{}' : fieldsJson(fields)
+    const head = `{"level":"${level}","message":${JSON.stringify(message)},"timestamp":"${timestampNow()}"`
+    this.out.add(rest === '{}' ? `${head}}` : `${head},${rest.slice(1)}`)
+  }
+}
+
+/** JSON.stringify, or for what it refuses (a BigInt, a cycle) the text winston's safe stringify would give: a number, "[Circular]". */
+function fieldsJson(fields: object): string {
+  try {
+    return JSON.stringify(fields)
+  } catch {
+    const seen = new WeakSet<object>()
+    return JSON.stringify(fields, (_key, value: unknown) => {
+      if (typeof value === 'bigint') return Number(value)
+      if (typeof value !== 'object' || value === null) return value
+      if (seen.has(value)) return '[Circular]'
+      seen.add(value)
+      return value
+    })
+  }
+}
+
+/** The terminal's readable lines: lib/core/pretty.ts through winston (a record pretty shows nothing for is dropped). */
+function prettyLogger(level: Level, out: LineBatch, colour: boolean): Logger {
+  const load = createRequire(import.meta.url)
+  const w = load('winston') as typeof winston
+  const Transport = load('winston-transport') as typeof TransportStream
+  class ToBatch extends Transport {
+    override log(info: { [MESSAGE]?: unknown }, next: () => void): void {
+      out.add(String(info[MESSAGE]))
+      next()
+    }
+  }
+  const format = prettyFormatter(colour)
+  const readable = w.format((info) => {
+    const lines = format(info)
+    if (lines.length === 0) return false
+    return Object.assign(info, { [MESSAGE]: lines.join(EOL) })
+  })
+  // ToBatch extends winston-transport's class; the rule loses track of it through winston's `export =` types
+  // eslint-disable-next-line @typescript-eslint/no-unsafe-class-instance-assignment
+  return w.createLogger({ level, format: w.format.combine(w.format.timestamp(), readable()), transports: [new ToBatch()] })
+}
 
 export function createLogger(options: LogOptions): Logger {
-  const { combine, timestamp, json } = winston.format
-  const format = options.format === 'json' ? combine(timestamp(), json()) : combine(timestamp(), pretty(!options.stream && wantsColour(process.env, process.stdout)))
-  const transport = new LineBatch(options.stream ?? process.stdout)
+  const out = new LineBatch(options.stream ?? process.stdout)
   if (!options.stream) {
-    atExit.add(transport)
-    if (!exitHook) process.once('exit', () => atExit.forEach((t) => t.flush())) // stdout writes are synchronous for files and pipes
+    atExit.add(out)
+    if (!exitHook) process.once('exit', () => atExit.forEach((batch) => batch.flush())) // stdout writes are synchronous for files and pipes
     exitHook = true
   }
-  const logger = winston.createLogger({
-    level: options.level === 'silent' ? 'error' : options.level,
-    silent: options.level === 'silent',
-    format,
-    // LineBatch extends winston-transport's class; the rule loses track of it through winston's `export =` types
-    // eslint-disable-next-line @typescript-eslint/no-unsafe-class-instance-assignment
-    transports: [transport],
-  })
-  if (options.format === 'json' && options.level !== 'silent') jsonLines.set(logger, transport)
-  return logger
+  if (options.level === 'silent') return new JsonLogger(out, -1)
+  if (options.format === 'json') return new JsonLogger(out, RANK[options.level])
+  return prettyLogger(options.level, out, !options.stream && wantsColour(process.env, process.stdout))
 }
 
 let secondAt = -1
@@ -124,21 +186,6 @@ function timestampNow(): string {
   return timestampAt(Date.now())
 }
 
-/**
- * Logs one info event (two per request). A JSON logger gets the same line winston would write,
- * built here with one JSON.stringify: winston's per-record object stream, format chain and
- * stable stringify cost a fifth of the proxy's CPU on small requests. Other loggers go
- * through winston. Fields that are undefined are left out, as winston does.
- */
-export function logEvent(log: Logger, message: string, fields: object): void {
-  const out = jsonLines.get(log)
-  if (out === undefined) return void log.info(message, fields)
-  if (!log.isInfoEnabled()) return
-  const rest = JSON.stringify(fields)
-  const head = `{"level":"info","message":${JSON.stringify(message)},"timestamp":"${timestampNow()}"`
-  out.add(rest === '{}' ? `${head}}` : `${head},${rest.slice(1)}`)
-}
-
 /** Event types as JSON strings: a handful of them, each quoted once rather than twice per tunnel. */
 const quotedTypes = new Map<string, string>()
 function quotedType(type: string): string {
@@ -148,18 +195,17 @@ function quotedType(type: string): string {
 }
 
 /**
- * logEvent for an event whose first field, `type`, is the message: the same line, without a copy
+ * log.info for an event whose first field, `type`, is the message: the same line, without a copy
  * of the event minus `type` (two objects of ~20 fields less per tunnel). `json` is JSON.stringify
  * or a serialiser that writes the same text for the events it is given.
  */
 export function logTypedEvent<E extends { readonly type: string }>(log: Logger, event: E, json: (event: E) => string = JSON.stringify): void {
-  const out = jsonLines.get(log)
-  if (out !== undefined && !log.isInfoEnabled()) return
+  if (!log.isInfoEnabled()) return
   const message = quotedType(event.type)
-  const text = out === undefined ? '' : json(event)
-  if (out === undefined || !text.startsWith('{"type":') || !text.startsWith(message, 8)) {
+  const text = log instanceof JsonLogger ? json(event) : ''
+  if (!(log instanceof JsonLogger) || !text.startsWith('{"type":') || !text.startsWith(message, 8)) {
     const { type, ...fields } = event
-    return logEvent(log, type, fields)
+    return log.info(type, fields)
   }
-  out.add(`{"level":"info","message":${message},"timestamp":"${timestampNow()}"${text.slice(message.length + 8)}`)
+  log.out.add(`{"level":"info","message":${message},"timestamp":"${timestampNow()}"${text.slice(message.length + 8)}`)
 }
