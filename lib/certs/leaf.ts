@@ -1,7 +1,8 @@
 // Leaf certificates for intercepted TLS: one per host name or IP address, signed by the local CA,
 // minted on first use and cached as a ready tls.SecureContext (about 1.5 ms uncached).
 import { generateKeyPair, type KeyObject } from 'node:crypto'
-import { createSecureContext, type SecureContext } from 'node:tls'
+import type { SecureContext } from 'node:tls'
+import { tls } from '../core/builtins.js'
 import { promisify } from 'node:util'
 import { LRUCache } from 'lru-cache'
 import type forge from 'node-forge'
@@ -128,7 +129,7 @@ export function createLeafMinter(ca: Ca, options: LeafOptions = {}): LeafMinter 
       const certPem = buildLeaf(issuer, k, host.value, days)
       minted++
       // the CA rides along as the chain: harmless for clients that trust it, and openssl s_client -showcerts shows who signed
-      return createSecureContext({ key: k.pem, cert: certPem + ca.certPem })
+      return tls.createSecureContext({ key: k.pem, cert: certPem + ca.certPem })
     },
   })
   return {

@@ -9,9 +9,9 @@
 // Nothing of the tunnel (the ClientHello or anything else the client sent) is written to the
 // parent before its 2xx: a parent that refuses the CONNECT could read it as a request (corpus 92).
 // The parent's failures become 502/504 replies whose Proxy-Status names it as next-hop.
-import { STATUS_CODES } from 'node:http'
+import { http, tls as nodeTls } from '../core/builtins.js'
 import { connect, type Socket } from 'node:net'
-import { connect as tlsConnect, type SecureContext, type TLSSocket } from 'node:tls'
+import type { SecureContext, TLSSocket } from 'node:tls'
 import type { Dispatcher } from 'undici'
 import { undici } from '../core/lazy.js'
 import type { UpstreamProxy } from '../rules/config.js'
@@ -68,7 +68,7 @@ export function parentFailure(code: string, hop: string): ProxyReply {
 
 /** The parent answered, but not with a 2xx. 407 means our own "upstream" credentials are wrong or missing. */
 export function parentRefused(status: number, hop: string, what: string): ProxyReply {
-  const said = `upstream proxy ${hop} answered ${status} ${STATUS_CODES[status] ?? ''}`.trimEnd()
+  const said = `upstream proxy ${hop} answered ${status} ${http.STATUS_CODES[status] ?? ''}`.trimEnd()
   const r =
     status === 407
       ? reply(502, 'proxy_configuration_error', `${said} to ${what}: check the credentials in "upstream"`)
@@ -234,7 +234,7 @@ export function throughParent<T extends { readonly origin: string; readonly auth
 function originTls(socket: Socket, target: Target, secureContext: SecureContext, hop: string, timeoutMs: number): Promise<TLSSocket> {
   const name = hostText(target.host)
   return new Promise((resolve, reject) => {
-    const tls = tlsConnect({ socket, host: name, ...(target.host.kind === 'name' ? { servername: name } : {}), secureContext, ALPNProtocols: ['http/1.1'] })
+    const tls = nodeTls.connect({ socket, host: name, ...(target.host.kind === 'name' ? { servername: name } : {}), secureContext, ALPNProtocols: ['http/1.1'] })
     const fail = (code: string): void => {
       clearTimeout(timer)
       tls.destroy()

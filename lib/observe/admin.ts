@@ -4,7 +4,8 @@
 // sends a foreign Host), and state-changing requests need the admin token and must not come from
 // another site. The token is never served: the page gets it from the person (the token file).
 import { timingSafeEqual } from 'node:crypto'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import { http } from '../core/builtins.js'
 import type { AddressInfo } from 'node:net'
 import type { Activity, LiveEntry } from './activity.js'
 import type { AllowAnswer, ReloadResult } from './allow.js'
@@ -192,7 +193,7 @@ function route(sources: AdminSources, hosts: ReadonlySet<string>, req: IncomingM
 
 export function createAdmin(listen: Listen, sources: AdminSources): Admin {
   let hosts = new Set<string>()
-  const server: Server = createServer((req, res) => {
+  const server: Server = http.createServer((req, res) => {
     // probes (kubelet, HAProxy) name the pod's address or no Host at all; the answer tells a rebinding page nothing
     const probe = PROBES.has((req.url ?? '').split('?')[0] ?? '')
     if (!probe && !hosts.has((req.headers.host ?? '').toLowerCase())) return text(res, 421, 'this admin listener answers only to its own address (Host header)')

@@ -3,12 +3,12 @@
 // verified TLS connection to the address it checked (with "upstream": through the parent's CONNECT tunnel).
 //   tunnel --TLS (leaf for the SNI)--> inner HTTP -> Host == SNI -> decideRequest -> undici (verified, pinned IP) -> client
 //   with "upstream": ... -> decideRequest -> undici over CONNECT name:port to the parent, TLS to the origin inside (verified) -> client
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import { http, https, tls as nodeTls } from '../core/builtins.js'
 import type { LookupFunction, Socket } from 'node:net'
 import { readFileSync } from 'node:fs'
-import { rootCertificates, TLSSocket, type SecureContext } from 'node:tls'
+import type { SecureContext } from 'node:tls'
 import type httpProxy from 'http-proxy'
-import { Agent as HttpsAgent } from 'node:https'
 import type { Client } from 'undici'
 import { undici } from '../core/lazy.js'
 import { hasBody } from './checks.js'
@@ -63,7 +63,7 @@ export interface Interceptor {
 export function upstreamTrust(extra: readonly string[]): string[] {
   const file = process.env.NODE_EXTRA_CA_CERTS
   const fromEnv = file ? [readFileSync(file, 'utf8')] : []
-  return [...rootCertificates, ...fromEnv, ...extra]
+  return [...nodeTls.rootCertificates, ...fromEnv, ...extra]
 }
 
 /** A lookup that can only ever answer the checked address: the name is for SNI and verification. */
@@ -82,7 +82,7 @@ function pinnedLookup(ip: Ip): LookupFunction {
  */
 export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: () => SecureContext, wsProxy: () => httpProxy): Interceptor {
   const tunnels = new WeakMap<Socket, OpenedTunnel>()
-  const server: Server = createServer({ maxHeaderSize: rt.limits().maxHeaderBytes, insecureHTTPParser: false })
+  const server: Server = http.createServer({ maxHeaderSize: rt.limits().maxHeaderBytes, insecureHTTPParser: false })
   server.maxHeadersCount = 0
 
   const decide = (tunnel: OpenedTunnel, req: IncomingMessage): Decision => {
@@ -124,7 +124,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     const agent = parent
       ? agentFor(() => connectThrough(parent, tunnel.target, rt.limits(), tunnel.tls ? originTls() : undefined), tunnel.tls)
       : tunnel.tls
-        ? new HttpsAgent({ secureContext: originTls(), lookup: pinnedLookup(tunnel.ip), servername: host })
+        ? new https.Agent({ secureContext: originTls(), lookup: pinnedLookup(tunnel.ip), servername: host })
         : undefined
     const target = { protocol: tunnel.tls ? 'https:' : 'http:', host, hostname: host, port: String(tunnel.target.port) }
     const where = parent ? `${formatTarget(tunnel.target)} (through upstream proxy ${parent.hop})` : formatIpPort(tunnel.ip, tunnel.target.port)
@@ -156,7 +156,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
       let inner: Socket = socket
       if (tls) {
         const leaf = await minter.contextFor(hostText(target.host))
-        inner = new TLSSocket(socket, { isServer: true, secureContext: leaf, ALPNProtocols: ['http/1.1'] })
+        inner = new nodeTls.TLSSocket(socket, { isServer: true, secureContext: leaf, ALPNProtocols: ['http/1.1'] })
         inner.on('error', destroySocket)
       }
       const tunnel: OpenedTunnel = { id, who, target, ip, resolved, client, tls, parent }

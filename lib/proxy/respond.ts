@@ -1,6 +1,7 @@
 // Writing the proxy's own answers (core/reply.ts) on a socket or a response, with an RFC 9209
 // Proxy-Status header, and the denial for a decision: what, why, and the rules.json line to fix it.
-import { STATUS_CODES, type ServerResponse } from 'node:http'
+import type { ServerResponse } from 'node:http'
+import { http } from '../core/builtins.js'
 import type { Socket } from 'node:net'
 import { proxyStatus, reply, type ProxyReply } from '../core/reply.js'
 import { denyErrorType, type Decision } from '../policy/decide.js'
@@ -33,7 +34,7 @@ function replyHeaders(r: ProxyReply, close: boolean): Record<string, string> {
 export function replyOnSocket(socket: Socket, r: ProxyReply): void {
   if (socket.destroyed) return
   const lines = Object.entries(replyHeaders(r, true)).map(([k, v]) => `${k}: ${v}`)
-  const head = [`HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? ''}`, ...lines]
+  const head = [`HTTP/1.1 ${r.status} ${http.STATUS_CODES[r.status] ?? ''}`, ...lines]
   socket.end(`${head.join('\r\n')}\r\n\r\n${r.body}`)
   socket.destroySoon()
 }

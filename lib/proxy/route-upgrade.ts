@@ -5,8 +5,8 @@
 // Through a parent the upgrade travels in a CONNECT tunnel, as browsers send ws:// through a proxy
 // (RFC 6455 4.1): parents commonly pass no Upgrade on forwarded requests (Squid: not before
 // http_upgrade_request_protocols, and then only where configured).
-import { Agent as HttpAgent, type IncomingMessage } from 'node:http'
-import { Agent as HttpsAgent } from 'node:https'
+import type { Agent as HttpAgent, IncomingMessage } from 'node:http'
+import { http, https } from '../core/builtins.js'
 import type { Socket } from 'node:net'
 import type httpProxy from 'http-proxy'
 import { decideHttp, type RequestForm } from './absolute-form.js'
@@ -21,7 +21,7 @@ import { formatTarget, hostHeader } from '../policy/target.js'
 
 /** An agent for one upgrade whose connection is `open`'s (a dialled address, or a tunnel through the parent). */
 export function agentFor(open: () => Promise<Socket>, secure: boolean): HttpAgent {
-  const agent = secure ? new HttpsAgent() : new HttpAgent()
+  const agent = secure ? new https.Agent() : new http.Agent()
   agent.createConnection = (_options, callback) => {
     const done = callback as (error: Error | null, socket?: Socket) => void
     open().then((socket) => done(null, socket), (error: unknown) => done(error as Error))

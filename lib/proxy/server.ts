@@ -1,10 +1,11 @@
 // The running proxy: one HTTP listener that routes CONNECT, Upgrade and absolute-form requests,
 // answers its own health check, swaps rules atomically on reload and shuts down gracefully; with
 // "sandbox", transparent listeners too (transparent.ts), whose HTTP connections it also parses.
-import { createServer, ServerResponse, type IncomingMessage, type OutgoingHttpHeader, type OutgoingHttpHeaders, type Server } from 'node:http'
+import type { IncomingMessage, OutgoingHttpHeader, OutgoingHttpHeaders, Server, ServerResponse } from 'node:http'
+import { http, tls } from '../core/builtins.js'
 import type { AddressInfo, Socket } from 'node:net'
 import type httpProxy from 'http-proxy'
-import { createSecureContext, type SecureContext } from 'node:tls'
+import type { SecureContext } from 'node:tls'
 import type { Agent } from 'undici'
 import { httpProxy as loadHttpProxy, undici } from '../core/lazy.js'
 import type { Config } from '../rules/config.js'
@@ -131,7 +132,7 @@ export function createProxy(options: ProxyOptions): Proxy {
    * request (Node adds Connection: close). Read as the head is written, instead of a registry of
    * open responses with a 'close' listener each.
    */
-  class DrainAwareResponse extends ServerResponse {
+  class DrainAwareResponse extends http.ServerResponse {
     override writeHead(status: number, message?: string | HeadLines, headers?: HeadLines): this {
       if (draining) this.shouldKeepAlive = false
       // as Node reads the arguments: headers in the second place when the first is not a status message
@@ -175,7 +176,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   }
   // roots for origins behind opened tunnels: rebuilt when tls.upstreamCaFiles' contents change, built on first use
   let trust: { readonly pems: readonly string[]; context?: SecureContext } = { pems: options.upstreamCa ?? [] }
-  const originTls = (): SecureContext => (trust.context ??= createSecureContext({ ca: upstreamTrust(trust.pems) }))
+  const originTls = (): SecureContext => (trust.context ??= tls.createSecureContext({ ca: upstreamTrust(trust.pems) }))
   const followUpstreamCa = (pems: readonly string[] | undefined): void => {
     if (pems === undefined || (pems.length === trust.pems.length && pems.every((pem, i) => pem === trust.pems[i]))) return
     trust = { pems }
@@ -210,7 +211,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     return listener ? { kind: 'transparent', port: listener.port } : ABSOLUTE_FORM
   }
 
-  const server: Server = createServer({
+  const server: Server = http.createServer({
     ServerResponse: DrainAwareResponse,
     maxHeaderSize: limits.maxHeaderBytes,
     headersTimeout: limits.headerTimeoutMs,
