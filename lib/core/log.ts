@@ -84,7 +84,7 @@ class LineBatch {
 class JsonLogger implements Logger {
   /** `rank`: the most verbose level written (RANK), -1 for none */
   constructor(
-    readonly out: LineBatch,
+    private readonly out: LineBatch,
     private readonly rank: number,
   ) {}
 
@@ -111,8 +111,12 @@ class JsonLogger implements Logger {
   private write(level: Level, message: string, fields: object | undefined): void {
     if (RANK[level] > this.rank) return
     const rest = fields === undefined ? '{}' : fieldsJson(fields)
-    const head = `{"level":"${level}","message":${JSON.stringify(message)},"timestamp":"${timestampNow()}"`
-    this.out.add(rest === '{}' ? `${head}}` : `${head},${rest.slice(1)}`)
+    this.line(level, JSON.stringify(message), rest === '{}' ? '}' : `,${rest.slice(1)}`)
+  }
+
+  /** `message` already quoted; `rest` the fields' JSON after the opening brace, with a leading comma unless empty */
+  line(level: Level, message: string, rest: string): void {
+    this.out.add(`{"level":"${level}","message":${message},"timestamp":"${timestampNow()}"${rest}`)
   }
 }
 
@@ -207,5 +211,5 @@ export function logTypedEvent<E extends { readonly type: string }>(log: Logger, 
     const { type, ...fields } = event
     return log.info(type, fields)
   }
-  log.out.add(`{"level":"info","message":${message},"timestamp":"${timestampNow()}"${text.slice(message.length + 8)}`)
+  log.line('info', message, text.slice(message.length + 8))
 }
