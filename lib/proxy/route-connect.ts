@@ -76,36 +76,36 @@ function admitted(asked: Asked, interceptor: Interceptor | undefined, who: Clien
   if (isTlsPort(gate.ctx, target.port)) return onTlsPort(asked, interceptor, who, socket, head, gate, target, decision, resolved)
   logAsked(asked, target, decision, resolved)
   const { rt, id } = asked
-  const sni: SniCheck = { asked, socket, gate, target, decision, resolved }
+  const check: SniCheck = { asked, socket, gate, target, decision, resolved }
   if (!opened) {
-    if (head.length > 0 && startsLikeTls(head)) return openChecked(sni, who, head)
+    if (head.length > 0 && startsLikeTls(head)) return openChecked(check, who, head)
     // the upstream is dialled first and relayed at once (server-first protocols: SSH, SMTP); only the client's first chunk is looked at
     const screen: Screen | undefined = head.length > 0 ? undefined : (first, held) => {
       if (!startsLikeTls(first)) return false
-      holdForSni(socket, first, held, sni)
+      holdForSni(socket, first, held, check)
       return true
     }
     return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true, who, screen)
   }
-  return openOpened(sni, opened, who, head)
+  return openOpened(check, opened, who, head)
 }
 
 /** A ClientHello sent along with the CONNECT: checked before dialling. */
-async function openChecked(sni: SniCheck, who: ClientIdentity, head: Buffer): Promise<void> {
-  const { asked, socket, target, decision, resolved } = sni
-  const hello = await checkSni(sni, head)
+async function openChecked(check: SniCheck, who: ClientIdentity, head: Buffer): Promise<void> {
+  const { asked, socket, target, decision, resolved } = check
+  const hello = await checkSni(check, head)
   if (hello === undefined) return void socket.destroy()
   return openTunnel(asked.rt, asked.id, socket, target, decision.dial, resolved ?? decision.dial, hello.bytes, true, who)
 }
 
 /** An opened tunnel carries HTTP, whose client speaks first: its first byte tells TLS from plain HTTP. */
-async function openOpened(sni: SniCheck, opened: Interceptor, who: ClientIdentity, head: Buffer): Promise<void> {
-  const { asked, socket, target, decision, resolved } = sni
+async function openOpened(check: SniCheck, opened: Interceptor, who: ClientIdentity, head: Buffer): Promise<void> {
+  const { asked, socket, target, decision, resolved } = check
   socket.write(ESTABLISHED)
   const first = await firstChunk(socket, head, asked.rt.limits().tunnelIdleTimeoutMs)
   if (first === undefined) return void socket.destroy()
   if (!startsLikeTls(first)) return openTunnelFor(opened, asked.id, socket, first, target, decision, resolved, false, who)
-  const hello = await checkSni(sni, first)
+  const hello = await checkSni(check, first)
   if (hello === undefined) return void socket.destroy()
   return openTunnelFor(opened, asked.id, socket, hello.bytes, target, decision, resolved, true, who)
 }
@@ -126,14 +126,14 @@ async function checkSni(check: SniCheck, bytes: Buffer): Promise<Hello | undefin
   if (hello === undefined) return undefined
   // not a ClientHello after all (a TLS server would refuse it too): passed on as non-TLS bytes, as before; an oversized one is not
   if (hello.view.kind === 'malformed' && hello.bytes.length < MAX_HELLO_BYTES) return hello
-  const sni = hello.view.kind === 'hello' ? hello.view.sni : undefined
+  const sni = serverName(hello.view)
   const second = await admitHello(gate, target, decision, hello.view)
   if (second.kind === 'failed') {
-    logAsked(asked, target, undefined, undefined, second.reply, sni || undefined)
+    logAsked(asked, target, undefined, undefined, second.reply, sni)
     return undefined
   }
   // logged again only when the ClientHello changed the decision (a denial, or report mode's wouldDeny)
-  if (second.decision !== decision) logAsked(asked, target, second.decision, resolved, undefined, sni || undefined)
+  if (second.decision !== decision) logAsked(asked, target, second.decision, resolved, undefined, sni)
   return second.decision.verdict === 'deny' ? undefined : hello
 }
 
@@ -143,7 +143,7 @@ async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who
   socket.write(ESTABLISHED)
   const hello = await readHello(socket, head, gate.ctx.tls.helloTimeoutMs)
   if (hello === undefined) return logAsked(asked, target, decision, resolved, reply(400, 'http_request_error', 'client closed the tunnel before a ClientHello'))
-  const sni = hello.view.kind === 'hello' ? hello.view.sni || undefined : undefined
+  const sni = serverName(hello.view)
   const second: Admission & { ruleTarget: Target } = await admitHello(gate, target, decision, hello.view)
   if (second.kind === 'failed') {
     logAsked(asked, target, undefined, undefined, second.reply, sni)
@@ -155,6 +155,11 @@ async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who
     return openTunnelFor(interceptor, id, socket, hello.bytes, second.ruleTarget, second.decision, second.resolved ?? resolved, true, who)
   }
   return openTunnel(rt, id, socket, second.ruleTarget, second.decision.dial, second.resolved ?? resolved ?? second.decision.dial, hello.bytes, false, who)
+}
+
+/** The ClientHello's server name for the log: none for an empty one or no ClientHello. */
+function serverName(view: HelloView): string | undefined {
+  return view.kind === 'hello' ? view.sni || undefined : undefined
 }
 
 interface Hello {

@@ -264,7 +264,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
     const form = formOf(req.socket)
     if (form === ABSOLUTE_FORM && req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
-    authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), async (who) => forwardRoute(rt, currentAgent(), who, req, res, expectsContinue, form))
+    authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), (who) => forwardRoute(rt, currentAgent(), who, req, res, expectsContinue, form))
   }
   server.on('connection', (socket: Socket) => {
     sockets.add(socket)
@@ -279,7 +279,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
-    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), async (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
+    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
   })
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
