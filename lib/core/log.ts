@@ -2,10 +2,8 @@
 // readable line per event when stdout is a terminal. proxy-gate writes the JSON lines itself;
 // winston formats the terminal's lines and is loaded only for them (~10 MB of RSS that a proxy
 // in a container, logging JSON, never needs).
-import { createRequire } from 'node:module'
 import { EOL } from 'node:os'
-import type winston from 'winston'
-import type TransportStream from 'winston-transport'
+import { winstonLibrary, winstonTransport } from './lazy.js'
 import { prettyFormatter, wantsColour } from './pretty.js'
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'silent'
@@ -138,9 +136,8 @@ function fieldsJson(fields: object): string {
 
 /** The terminal's readable lines: lib/core/pretty.ts through winston (a record pretty shows nothing for is dropped). */
 function prettyLogger(level: Level, out: LineBatch, colour: boolean): Logger {
-  const load = createRequire(import.meta.url)
-  const w = load('winston') as typeof winston
-  const Transport = load('winston-transport') as typeof TransportStream
+  const w = winstonLibrary()
+  const Transport = winstonTransport()
   class ToBatch extends Transport {
     override log(info: { [MESSAGE]?: unknown }, next: () => void): void {
       out.add(String(info[MESSAGE]))

@@ -3,9 +3,9 @@
 // numbers (tallies; histogram buckets in arrays), and prom-client is loaded, with its process
 // metrics started, at the first scrape: ~3 MB of RSS and label hashing on every event a proxy
 // nobody scrapes never pays.
-import { createRequire } from 'node:module'
 import type { Counter, Registry } from 'prom-client'
 import type * as Prom from 'prom-client'
+import { promClient } from '../core/lazy.js'
 import { REASONS as POLICY_REASONS } from '../policy/decide.js'
 import { PROXY_ERROR_TYPES } from '../core/reply.js'
 import type { OpenView, ProxyEvent } from '../proxy/runtime.js'
@@ -118,11 +118,9 @@ interface Counts {
   readonly connect: Buckets
 }
 
-const load = createRequire(import.meta.url)
-
 /** The registry, made at the first scrape: the counters read their tallies when collected. */
 function createRegistry(counts: Counts, open: () => OpenView): Registry {
-  const prom = load('prom-client') as typeof Prom
+  const prom = promClient()
   const registry = new prom.Registry()
   prom.collectDefaultMetrics({ register: registry, prefix: 'proxygate_' })
   const registers = [registry]
