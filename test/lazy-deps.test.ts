@@ -1,11 +1,14 @@
 // lib/core/lazy.ts: undici, http-proxy and node-forge stay unloaded until a request needs them
 // (tunnels need none), and one that cannot be loaded gets that request a 500, not a crash.
-// Self-contained sockets only: the shared test helpers import node-forge themselves.
+// Self-contained sockets only: the shared test helpers import node-forge themselves. And loading
+// proxy-gate does not load the undici bundled with Node (lib/core/builtins.ts).
 import { writeFileSync } from 'node:fs'
+import { execFile } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { createServer as createHttpServer } from 'node:http'
 import { connect, createServer, type AddressInfo, type Server } from 'node:net'
+import { promisify } from 'node:util'
 import t from 'tap'
 import { startCli } from './helpers/cli.js'
 import { tempDir, writeJson } from './helpers/files.js'
@@ -78,4 +81,12 @@ t.test('a dependency that cannot be loaded answers that request 500 and the prox
   const tunnel = await exchange(cli.port, `CONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\nHost: 127.0.0.1:${echoPort}\r\n\r\nhello`, (text) => text.endsWith('hello'))
   t.match(tunnel, /^HTTP\/1\.1 200 [^]*hello$/, 'tunnels still work')
   t.equal(cli.child.exitCode, null, 'still running')
+})
+
+t.test("proxy-gate's modules do not load the undici bundled with Node (an ESM import of node:http would, on Node 22 and 24)", async (t) => {
+  // in a fresh process: this file's own `import ... from 'node:http'` has loaded it here already on those lines
+  const start = new URL('../dist/cli/start.js', import.meta.url).href
+  const script = `await import(${JSON.stringify(start)}); await import(${JSON.stringify(new URL('../dist/proxy/server.js', import.meta.url).href)}); console.log(JSON.stringify(process.moduleLoadList.filter((m) => m.includes('deps/undici'))))`
+  const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script])
+  t.same(JSON.parse(stdout), [], `none on Node ${process.version}`)
 })
