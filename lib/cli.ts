@@ -208,7 +208,7 @@ async function check(values: Values, positional: string[]): Promise<number> {
     from = resolution.from
     return resolution.addresses
   }
-  const base = { policy: config.policy, policyName: DEFAULT_POLICY, policies: config.policies, ctx, lookup }
+  const base = { policy: config.policy, policyName: DEFAULT_POLICY, policies: config.policies, ctx, lookup, generation: 0 }
   const gate = gateFor(base, { source, user: values.user })
   const admission = await admit(gate, target.value)
   console.log(`target:   ${formatTarget(target.value)}`)

@@ -2,7 +2,7 @@
 // resolution and the address guard. Owns the I/O the pure policy must not do.
 import { choosePolicy, type ClientIdentity, type PolicySet } from '../policy/clients.js'
 import type { Ip } from '../policy/ip.js'
-import { checkHello, confirmSniAddress, decideAddresses, decideTarget, type Decision, type DecisionContext, type HelloView, type Pending } from '../policy/decide.js'
+import { checkHello, confirmSniAddress, decideAddresses, decideForwarded, decideTarget, needsInterception, unseenRequests, type Decision, type DecisionContext, type HelloView, type Pending } from '../policy/decide.js'
 import type { Policy } from '../policy/rules.js'
 import { DnsFailure, type Lookup } from './resolve.js'
 import { reply, type ProxyReply } from '../core/reply.js'
@@ -15,6 +15,8 @@ export interface Gate {
   readonly policies: PolicySet
   readonly ctx: DecisionContext
   readonly lookup: Lookup
+  /** which rules load made it: a reload makes a gate with a higher one */
+  readonly generation: number
 }
 
 /** The gate for one client: the same context and DNS, with the policy chosen for who it is. */
@@ -49,11 +51,45 @@ async function admitResolved(gate: Gate, target: Target, first: Pending): Promis
   return { kind: 'decided', decision: decideAddresses(gate.policy, gate.ctx, target, first, resolved), resolved }
 }
 
+/** What a reload re-decides about an open connection. */
+export interface Admitted {
+  readonly target: Target
+  /** the addresses it was admitted on */
+  readonly resolved: readonly Ip[] | undefined
+  /** the one request it carries (a forwarded request, an upgrade): its method and path are decided again too */
+  readonly request?: { readonly method: string; readonly path: string } | undefined
+  /**
+   * For tunnels: 'relayed', its bytes pass unseen, so rules that now limit methods or paths on its
+   * host cannot be kept on it; 'opened', each request inside is decided as it comes; 'pending', not yet either
+   */
+  readonly carries?: 'pending' | 'relayed' | 'opened'
+}
+
 /** Re-decides an open connection under new rules, with the addresses it was admitted on. */
-export function redecide(gate: Gate, target: Target, resolved: readonly Ip[] | undefined): Decision {
-  const first = decideTarget(gate.policy, gate.ctx, target)
-  if (first.verdict !== 'resolve') return first
-  return decideAddresses(gate.policy, gate.ctx, target, first, resolved ?? [])
+export function redecide(gate: Gate, open: Admitted): Decision {
+  const { policy, ctx } = gate
+  const first = decideTarget(policy, ctx, open.target)
+  const host = first.verdict === 'resolve' ? decideAddresses(policy, ctx, open.target, first, open.resolved ?? []) : first
+  if (open.request) return decideForwarded(policy, ctx, host, open.target, open.request.method, open.request.path)
+  if (host.verdict === 'allow' && open.carries === 'relayed' && needsInterception(policy, open.target)) return unseenRequests(ctx, host, open.target)
+  return host
+}
+
+/**
+ * Runs `decide` under the gate in force, and again under the new one when a reload swapped it while
+ * `decide` waited (for DNS): what comes back was decided under the rules in force when it returns,
+ * so a connection registered in the same tick is one every later reload re-decides.
+ */
+export function underCurrent<T>(current: () => Gate, decide: (gate: Gate) => T | Promise<T>): Decided<T> | Promise<Decided<T>> {
+  const gate = current()
+  const value = decide(gate)
+  if (!(value instanceof Promise)) return { gate, value }
+  return value.then((v) => (current().generation === gate.generation ? { gate, value: v } : underCurrent(current, decide)))
+}
+
+export interface Decided<T> {
+  readonly gate: Gate
+  readonly value: T
 }
 
 /**

@@ -323,7 +323,16 @@ export function decideRequest(policy: Policy, ctx: DecisionContext, target: Targ
   return waive(decision({ verdict: 'deny', reason: 'request-not-allowed', rule: rules[0], suggestion, detail: `${method} ${path.value} is not allowed on ${where} (the rules for it: ${limits})` }), ctx, [])
 }
 
-/** The host-level decision narrowed by the request-level one (addresses come from the host's). */
+/**
+ * A tunnel whose bytes are relayed unseen, to a host whose allow rules now all limit methods or
+ * paths (a reload added them): nothing on it can be held to those limits.
+ */
+export function unseenRequests(ctx: DecisionContext, host: Decision, target: Target): Decision {
+  const where = formatTarget(target)
+  const detail = `the rules now limit methods or paths on ${where}, and this tunnel's requests pass unseen: a new tunnel is opened and each request checked`
+  return waive(decision({ verdict: 'deny', reason: 'request-not-allowed', rule: host.rule, address: host.address, detail }), ctx, host.dial)
+}
+
 /**
  * A forwarded or upgraded request's decision: the host decision, narrowed by methods and paths
  * only where a rule limits them (the path is normalised only then: most policies have none).

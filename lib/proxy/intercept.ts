@@ -16,28 +16,26 @@ import { upgradeRequestHeaders } from './headers.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import type { LeafMinter } from '../certs/leaf.js'
-import { checkInnerHost, decideRequest, type Decision } from '../policy/decide.js'
+import { checkInnerHost, type Decision } from '../policy/decide.js'
+import { redecide } from '../net/gate.js'
 import { denial, destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
 import { reply } from '../core/reply.js'
 import { relayRequest } from './route-forward.js'
 import { connectThrough, parentFor, type Upstream } from '../net/upstream.js'
 import { agentFor, upgradeFailure } from './route-upgrade.js'
-import { logDecision, type OpenConnection, type Runtime } from './runtime.js'
-import { formatHost, formatTarget, hostText, normalisePath, type Target } from '../policy/target.js'
+import { logDecision, type Runtime, type TunnelEntry } from './runtime.js'
+import { formatHost, formatTarget, hostText, type Target } from '../policy/target.js'
 
 /** A tunnel handed over for opening: what was already read, where it goes, and whose it is. */
 export interface TunnelToOpen {
-  readonly id: string
+  /** its registration: id, owner, the name the rules matched (the CONNECT host, or the SNI for an IP-literal CONNECT) */
+  readonly entry: TunnelEntry
   readonly socket: Socket
   /** bytes already read from the socket (the ClientHello, or what followed the CONNECT) */
   readonly first: Buffer
-  /** the name the rules matched (the CONNECT host, or the SNI for an IP-literal CONNECT) */
-  readonly target: Target
   /** the checked address to dial */
   readonly ip: Ip
-  readonly resolved: readonly Ip[]
   readonly tls: boolean
-  readonly who: ClientIdentity
 }
 
 interface OpenedTunnel {
@@ -85,10 +83,11 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
   const server: Server = http.createServer({ maxHeaderSize: rt.limits().maxHeaderBytes, insecureHTTPParser: false })
   server.maxHeadersCount = 0
 
+  // each request under the rules in force: the host's as well as the methods' and paths' (a reload may have removed either)
   const decide = (tunnel: OpenedTunnel, req: IncomingMessage): Decision => {
-    const { policy, ctx } = rt.gate(tunnel.who)
-    const method = req.method ?? 'GET'
-    return checkInnerHost(ctx, tunnel.target, req.headers.host) ?? decideRequest(policy, ctx, tunnel.target, method, normalisePath(req.url ?? ''))
+    const gate = rt.gate(tunnel.who)
+    const request = { method: req.method ?? 'GET', path: req.url ?? '' }
+    return checkInnerHost(gate.ctx, tunnel.target, req.headers.host) ?? redecide(gate, { target: tunnel.target, resolved: tunnel.resolved, request })
   }
 
   const log = (tunnel: OpenedTunnel, req: IncomingMessage, decision: Decision): void => {
@@ -143,7 +142,9 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
   server.on('clientError', (_error, socket: Socket) => socket.destroy())
 
   return {
-    async open({ id, socket, first, target, ip, resolved, tls, who }) {
+    async open({ entry, socket, first, ip, tls }) {
+      const { id, who, target } = entry
+      const resolved = entry.resolved ?? [ip]
       // with "upstream": through the parent, unless upstreamBypass; the tunnel keeps the parent it opened with
       const parent = parentFor(rt.upstream?.(), target)
       const secureContext = tls ? originTls() : undefined
@@ -161,15 +162,12 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
       }
       const tunnel: OpenedTunnel = { id, who, target, ip, resolved, client, tls, parent }
       tunnels.set(inner, tunnel)
-      const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: () => socket.destroy() }
-      rt.open.add(open)
       const started = Date.now()
       const limits = rt.limits()
       inner.setTimeout(limits.tunnelIdleTimeoutMs, () => inner.destroy())
       const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
       socket.once('close', () => {
         clearTimeout(lifetime)
-        rt.open.delete(open)
         void client.close().catch(() => undefined)
         rt.record({ type: 'closed', id, kind: 'tunnel', intercepted: true, ...(parent ? { via: parent.hop } : { chosen: formatIp(ip) }), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
       })

@@ -8,7 +8,7 @@ import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
 import { dial, DialFailure } from '../net/dial.js'
-import { admit, admitHello, type Admission, type Gate } from '../net/gate.js'
+import { admit, admitHello, underCurrent, type Admission, type Gate } from '../net/gate.js'
 import { formatIp, type Ip } from '../policy/ip.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import type { Interceptor } from './intercept.js'
@@ -16,7 +16,7 @@ import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloVie
 import { relay, upstreamReads, type Held, type Screen } from './relay.js'
 import { denial, destroySocket, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
-import { logDecision, tunnelClosed, type OpenConnection, type Runtime } from './runtime.js'
+import { logDecision, tunnelClosed, TunnelEntry, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from '../policy/target.js'
 import { parentFor } from '../net/upstream.js'
 import { parseClientHello, startsLikeTls } from '../policy/tls-hello.js'
@@ -57,10 +57,10 @@ export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, 
   if (problem) return refuse(asked, socket, parsed.ok ? parsed.value : undefined, problem)
   if (!parsed.ok) return refuse(asked, socket, undefined, reply(400, 'http_request_error', `bad CONNECT target: ${parsed.error}`))
   const target = parsed.value
-  const admission = admit(gate, target)
   // IP literals and names no rule allows are decided at once; only a resolution is waited for
-  if (admission instanceof Promise) return admission.then((a) => admitted(asked, interceptor, who, socket, head, gate, target, a))
-  return admitted(asked, interceptor, who, socket, head, gate, target, admission)
+  const decided = underCurrent(() => rt.gate(who), (g) => admit(g, target))
+  if (decided instanceof Promise) return decided.then((d) => admitted(asked, interceptor, who, socket, head, d.gate, target, d.value))
+  return admitted(asked, interceptor, who, socket, head, decided.gate, target, decided.value)
 }
 
 function admitted(asked: Asked, interceptor: Interceptor | undefined, who: ClientIdentity, socket: Socket, head: Buffer, gate: Gate, target: Target, admission: Admission): Routed {
@@ -73,41 +73,44 @@ function admitted(asked: Asked, interceptor: Interceptor | undefined, who: Clien
     return undefined
   }
   const opened = interceptor && needsInterception(gate.policy, target) ? interceptor : undefined
-  if (isTlsPort(gate.ctx, target.port)) return onTlsPort(asked, interceptor, who, socket, head, gate, target, decision, resolved)
-  logAsked(asked, target, decision, resolved)
   const { rt, id } = asked
+  // registered now, in the tick it was decided: a reload from here on re-decides it (a deferred one waits for its server name)
+  const entry = deferred ? undefined : new TunnelEntry(rt, id, who, target, resolved, isTlsPort(gate.ctx, target.port) ? 'pending' : opened ? 'opened' : 'relayed', socket)
+  if (isTlsPort(gate.ctx, target.port)) return onTlsPort(asked, interceptor, who, socket, head, target, decision, entry)
+  logAsked(asked, target, decision, resolved)
+  const tunnel = entry as TunnelEntry
   const check: SniCheck = { asked, socket, gate, target, decision, resolved }
   if (!opened) {
-    if (head.length > 0 && startsLikeTls(head)) return openChecked(check, who, head)
+    if (head.length > 0 && startsLikeTls(head)) return openChecked(check, tunnel, head)
     // the upstream is dialled first and relayed at once (server-first protocols: SSH, SMTP); only the client's first chunk is looked at
     const screen: Screen | undefined = head.length > 0 ? undefined : (first, held) => {
       if (!startsLikeTls(first)) return false
       holdForSni(socket, first, held, check)
       return true
     }
-    return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true, who, screen)
+    return openTunnel(rt, tunnel, socket, decision.dial, head, true, screen)
   }
-  return openOpened(check, opened, who, head)
+  return openOpened(check, opened, tunnel, head)
 }
 
 /** A ClientHello sent along with the CONNECT: checked before dialling. */
-async function openChecked(check: SniCheck, who: ClientIdentity, head: Buffer): Promise<void> {
-  const { asked, socket, target, decision, resolved } = check
+async function openChecked(check: SniCheck, entry: TunnelEntry, head: Buffer): Promise<void> {
+  const { asked, socket, decision } = check
   const hello = await checkSni(check, head)
   if (hello === undefined) return void socket.destroy()
-  return openTunnel(asked.rt, asked.id, socket, target, decision.dial, resolved ?? decision.dial, hello.bytes, true, who)
+  return openTunnel(asked.rt, entry, socket, decision.dial, hello.bytes, true)
 }
 
 /** An opened tunnel carries HTTP, whose client speaks first: its first byte tells TLS from plain HTTP. */
-async function openOpened(check: SniCheck, opened: Interceptor, who: ClientIdentity, head: Buffer): Promise<void> {
-  const { asked, socket, target, decision, resolved } = check
+async function openOpened(check: SniCheck, opened: Interceptor, entry: TunnelEntry, head: Buffer): Promise<void> {
+  const { asked, socket, decision } = check
   socket.write(ESTABLISHED)
   const first = await firstChunk(socket, head, asked.rt.limits().tunnelIdleTimeoutMs)
-  if (first === undefined) return void socket.destroy()
-  if (!startsLikeTls(first)) return openTunnelFor(opened, asked.id, socket, first, target, decision, resolved, false, who)
+  if (first === undefined || socket.destroyed) return void socket.destroy()
+  if (!startsLikeTls(first)) return openTunnelFor(opened, entry, socket, first, decision, false)
   const hello = await checkSni(check, first)
-  if (hello === undefined) return void socket.destroy()
-  return openTunnelFor(opened, asked.id, socket, hello.bytes, target, decision, resolved, true, who)
+  if (hello === undefined || socket.destroyed) return void socket.destroy()
+  return openTunnelFor(opened, entry, socket, hello.bytes, decision, true)
 }
 
 /** A tunnel on a port not listed as TLS, admitted: TLS there gets the same SNI check, on the client's first bytes. */
@@ -137,24 +140,29 @@ async function checkSni(check: SniCheck, bytes: Buffer): Promise<Hello | undefin
   return second.decision.verdict === 'deny' ? undefined : hello
 }
 
-/** TLS port: answer first, then decide on the ClientHello the client sends next. */
-async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who: ClientIdentity, socket: Socket, head: Buffer, gate: Gate, target: Target, decision: Decision, resolved: readonly Ip[] | undefined): Promise<void> {
+/**
+ * TLS port: answer first, then decide on the ClientHello the client sends next, under the rules in
+ * force by then. `entry` is the tunnel's registration, or undefined for a deferred one (admitted by its server name here).
+ */
+async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who: ClientIdentity, socket: Socket, head: Buffer, target: Target, decision: Decision, entry: TunnelEntry | undefined): Promise<void> {
   const { rt, id } = asked
   socket.write(ESTABLISHED)
-  const hello = await readHello(socket, head, gate.ctx.tls.helloTimeoutMs)
-  if (hello === undefined) return logAsked(asked, target, decision, resolved, reply(400, 'http_request_error', 'client closed the tunnel before a ClientHello'))
+  const hello = await readHello(socket, head, rt.gate(who).ctx.tls.helloTimeoutMs)
+  if (hello === undefined) return logAsked(asked, target, decision, entry?.resolved, reply(400, 'http_request_error', 'client closed the tunnel before a ClientHello'))
+  if (socket.destroyed) return // a reload closed it meanwhile
   const sni = serverName(hello.view)
-  const second: Admission & { ruleTarget: Target } = await admitHello(gate, target, decision, hello.view)
+  const { gate, value: second } = await underCurrent(() => rt.gate(who), (g) => admitHello(g, target, decision, hello.view))
   if (second.kind === 'failed') {
     logAsked(asked, target, undefined, undefined, second.reply, sni)
     return void socket.destroy()
   }
-  logAsked(asked, target, second.decision, second.resolved ?? resolved, undefined, sni)
-  if (second.decision.verdict === 'deny') return void socket.destroy()
-  if (interceptor && needsInterception(gate.policy, second.ruleTarget)) {
-    return openTunnelFor(interceptor, id, socket, hello.bytes, second.ruleTarget, second.decision, second.resolved ?? resolved, true, who)
-  }
-  return openTunnel(rt, id, socket, second.ruleTarget, second.decision.dial, second.resolved ?? resolved ?? second.decision.dial, hello.bytes, false, who)
+  const resolved = second.resolved ?? entry?.resolved
+  logAsked(asked, target, second.decision, resolved, undefined, sni)
+  if (second.decision.verdict === 'deny' || socket.destroyed) return void socket.destroy()
+  const opened = interceptor && needsInterception(gate.policy, second.ruleTarget) ? interceptor : undefined
+  const tunnel = entry ?? new TunnelEntry(rt, id, who, second.ruleTarget, resolved, 'pending', socket)
+  if (opened) return openTunnelFor(opened, tunnel, socket, hello.bytes, second.decision, true)
+  return openTunnel(rt, tunnel, socket, second.decision.dial, hello.bytes, false)
 }
 
 /** The ClientHello's server name for the log: none for an empty one or no ClientHello. */
@@ -231,7 +239,9 @@ export function readHello(socket: Socket, head: Buffer, timeoutMs: number): Prom
  * Dials the checked addresses (or the parent proxy, for the name), sends what the client already sent, and relays. `answer` says
  * whether the 200 is still to be written (or, on failure, an error status can still be sent).
  */
-export async function openTunnel(rt: Runtime, id: string, socket: Socket, target: Target, addresses: readonly Ip[], resolved: readonly Ip[], first: Buffer, answer: boolean, who: ClientIdentity, screen?: Screen): Promise<void> {
+export async function openTunnel(rt: Runtime, entry: TunnelEntry, socket: Socket, addresses: readonly Ip[], first: Buffer, answer: boolean, screen?: Screen): Promise<void> {
+  const { id, target } = entry
+  entry.carries = 'relayed'
   const limits = rt.limits()
   let upstream: Socket
   // with "upstream": through the parent (CONNECT, its 2xx before any tunnel byte), unless upstreamBypass
@@ -253,20 +263,19 @@ export async function openTunnel(rt: Runtime, id: string, socket: Socket, target
   if (answer) socket.write(ESTABLISHED)
   if (first.length > 0) upstream.write(first)
   socket.off('error', destroySocket)
-  const open: OpenConnection = { id, kind: 'tunnel', target, resolved, who, close: (reason) => tunnel.close(reason) }
   const tunnel = relay(socket, upstream, limits, (stats) => {
-    rt.open.delete(open)
     // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life;
     // without the parent's handshake bytes
     const { bytesFromClient, bytesToClient, durationMs, error } = stats
     rt.record(tunnelClosed(id, dialed && formatIp(dialed), bytesFromClient - handshake.sent, bytesToClient - handshake.received, durationMs, error, parent?.hop))
   }, screen)
-  rt.open.add(open)
+  entry.closeWith((reason) => tunnel.close(reason))
 }
 
 /** Hands a tunnel whose rules limit methods or paths to the interceptor, pinned to the checked IP. */
-export function openTunnelFor(interceptor: Interceptor, id: string, socket: Socket, first: Buffer, target: Target, decision: Decision, resolved: readonly Ip[] | undefined, tls: boolean, who: ClientIdentity): Promise<void> {
+export function openTunnelFor(interceptor: Interceptor, entry: TunnelEntry, socket: Socket, first: Buffer, decision: Decision, tls: boolean): Promise<void> {
   const ip = decision.dial[0]
   if (ip === undefined) throw new Error('allowed decision without an address')
-  return interceptor.open({ id, socket, first, target, ip, resolved: resolved ?? decision.dial, tls, who })
+  entry.carries = 'opened'
+  return interceptor.open({ entry, socket, first, ip, tls })
 }

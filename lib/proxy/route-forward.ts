@@ -129,6 +129,10 @@ class Relay implements OpenConnection {
   get who(): ClientIdentity {
     return this.up.who
   }
+  /** made only when a reload asks: re-decided with its method and path */
+  get request(): { method: string; path: string } {
+    return { method: this.method, path: this.up.path }
+  }
 
   start(): void {
     this.rt.open.add(this)

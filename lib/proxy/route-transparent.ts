@@ -5,14 +5,14 @@
 //   HTTP ports: client --GET /path, Host: host--> forwardRoute / upgradeRoute with the listener's port (absolute-form.ts); CONNECT -> 405
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
-import { admit } from '../net/gate.js'
+import { admit, underCurrent } from '../net/gate.js'
 import { parseIp, type Ip } from '../policy/ip.js'
 import { checkTransparentHello, needsInterception, type Decision } from '../policy/decide.js'
 import type { Interceptor } from './intercept.js'
 import { openTunnel, openTunnelFor, readHello } from './route-connect.js'
 import { replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
-import { logDecision, type Runtime } from './runtime.js'
+import { logDecision, TunnelEntry, type Runtime } from './runtime.js'
 import type { Target } from '../policy/target.js'
 
 /** One transparent listener: `ADDRESS:PORT` as logged, and the port, which is the destination port. */
@@ -38,7 +38,7 @@ export async function transparentTlsRoute(rt: Runtime, interceptor: Interceptor 
     return void socket.destroy()
   }
   const target = checked.target
-  const admission = await admit(gate, target)
+  const { gate: current, value: admission } = await underCurrent(() => rt.gate(who), (g) => admit(g, target))
   if (admission.kind === 'failed') {
     log({ reply: admission.reply, sni }, target)
     return void socket.destroy()
@@ -46,8 +46,10 @@ export async function transparentTlsRoute(rt: Runtime, interceptor: Interceptor 
   const { decision, resolved } = admission
   log({ decision, resolved, sni }, target)
   if (decision.verdict === 'deny') return void socket.destroy()
-  if (interceptor && needsInterception(gate.policy, target)) return openTunnelFor(interceptor, id, socket, hello.bytes, target, decision, resolved, true, who)
-  return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, hello.bytes, false, who)
+  const opened = interceptor && needsInterception(current.policy, target) ? interceptor : undefined
+  const entry = new TunnelEntry(rt, id, who, target, resolved, 'pending', socket)
+  if (opened) return openTunnelFor(opened, entry, socket, hello.bytes, decision, true)
+  return openTunnel(rt, entry, socket, decision.dial, hello.bytes, false)
 }
 
 /** CONNECT on a transparent HTTP port: refused, such clients reach origins through the proxy port. */

@@ -53,7 +53,7 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIde
         return dialled.socket
       }
   const started = Date.now()
-  const entry: OpenConnection = { id, kind: 'upgrade', target, resolved, who, close: () => socket.destroy() }
+  const entry: OpenConnection = { id, kind: 'upgrade', target, resolved, who, request: { method: req.method ?? 'GET', path }, close: () => socket.destroy() }
   rt.open.add(entry)
   const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
   socket.once('close', () => {

@@ -3,7 +3,7 @@
 import type { Socket } from 'node:net'
 import type { Limits } from '../rules/config.js'
 import type { ClientIdentity } from '../policy/clients.js'
-import type { Gate } from '../net/gate.js'
+import type { Admitted, Gate } from '../net/gate.js'
 import { formatIp, type Ip } from '../policy/ip.js'
 import type { LinkedSet } from './linked-set.js'
 import { logTypedEvent, type Logger } from '../core/log.js'
@@ -15,14 +15,48 @@ import type { Upstream } from '../net/upstream.js'
 import type { DnsRecord } from '../dns/answer.js'
 import { formatTarget, redactCredentials, type Target } from '../policy/target.js'
 
-export interface OpenConnection {
+/**
+ * A connection a reload re-decides, registered from the moment it is admitted (not when it
+ * connects): a reload while it dials or waits for its first bytes reaches it too.
+ */
+export interface OpenConnection extends Admitted {
   readonly id: string
   readonly kind: 'tunnel' | 'forward' | 'upgrade'
-  readonly target: Target
-  readonly resolved: readonly Ip[] | undefined
   /** whose connection it is: a reload re-decides it under that client's policy */
   readonly who: ClientIdentity
   close(reason: string): void
+}
+
+/**
+ * A tunnel in the registry from its admission until its client socket closes; its route says how
+ * it carries bytes once that is known, and how to close it once it relays.
+ */
+export class TunnelEntry implements OpenConnection {
+  readonly kind = 'tunnel'
+  private closer: ((reason: string) => void) | undefined
+
+  constructor(
+    rt: Runtime,
+    readonly id: string,
+    readonly who: ClientIdentity,
+    readonly target: Target,
+    readonly resolved: readonly Ip[] | undefined,
+    public carries: 'pending' | 'relayed' | 'opened',
+    private readonly socket: Socket,
+  ) {
+    rt.open.add(this)
+    socket.once('close', () => rt.open.delete(this))
+  }
+
+  close(reason: string): void {
+    if (this.closer) this.closer(reason)
+    else this.socket.destroy()
+  }
+
+  /** from now on closed through `closer` (a relay's, which reports the reason) */
+  closeWith(closer: (reason: string) => void): void {
+    this.closer = closer
+  }
 }
 
 /** What observers may do with the open connections: count and list them. */

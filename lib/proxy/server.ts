@@ -106,12 +106,14 @@ export function createProxy(options: ProxyOptions): Proxy {
     if (dns?.settings !== settings) dns = { settings, lookup: timedLookup(options.lookup ?? createLookup(c.dns), record) }
     return dns.lookup
   }
+  let generation = 0
   const makeGate = (c: Config): Gate => ({
     policy: c.policy,
     policyName: DEFAULT_POLICY,
     policies: c.policies,
     ctx: { mode: c.mode, self, tls: c.tls },
     lookup: lookupFor(c),
+    generation: ++generation,
   })
   let gate = makeGate(config)
   let seq = 0
@@ -334,7 +336,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       let closed = 0
       let kept = 0
       for (const conn of open) {
-        const decision = redecide(gateFor(gate, conn.who), conn.target, conn.resolved)
+        const decision = redecide(gateFor(gate, conn.who), conn)
         if (decision.verdict === 'allow') {
           kept++
           continue
