@@ -93,6 +93,11 @@ function admitted(asked: Asked, interceptor: Interceptor | undefined, who: Clien
   return openOpened(check, opened, tunnel, head)
 }
 
+/** Read after each wait: a reload that revoked the tunnel meanwhile destroyed its socket. */
+function closed(socket: Socket): boolean {
+  return socket.destroyed
+}
+
 /** A ClientHello sent along with the CONNECT: checked before dialling. */
 async function openChecked(check: SniCheck, entry: TunnelEntry, head: Buffer): Promise<void> {
   const { asked, socket, decision } = check
@@ -106,10 +111,10 @@ async function openOpened(check: SniCheck, opened: Interceptor, entry: TunnelEnt
   const { asked, socket, decision } = check
   socket.write(ESTABLISHED)
   const first = await firstChunk(socket, head, asked.rt.limits().tunnelIdleTimeoutMs)
-  if (first === undefined || socket.destroyed) return void socket.destroy()
+  if (first === undefined || closed(socket)) return void socket.destroy()
   if (!startsLikeTls(first)) return openTunnelFor(opened, entry, socket, first, decision, false)
   const hello = await checkSni(check, first)
-  if (hello === undefined || socket.destroyed) return void socket.destroy()
+  if (hello === undefined || closed(socket)) return void socket.destroy()
   return openTunnelFor(opened, entry, socket, hello.bytes, decision, true)
 }
 
@@ -149,7 +154,7 @@ async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who
   socket.write(ESTABLISHED)
   const hello = await readHello(socket, head, rt.gate(who).ctx.tls.helloTimeoutMs)
   if (hello === undefined) return logAsked(asked, target, decision, entry?.resolved, reply(400, 'http_request_error', 'client closed the tunnel before a ClientHello'))
-  if (socket.destroyed) return // a reload closed it meanwhile
+  if (closed(socket)) return
   const sni = serverName(hello.view)
   const { gate, value: second } = await underCurrent(() => rt.gate(who), (g) => admitHello(g, target, decision, hello.view))
   if (second.kind === 'failed') {
@@ -158,7 +163,7 @@ async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who
   }
   const resolved = second.resolved ?? entry?.resolved
   logAsked(asked, target, second.decision, resolved, undefined, sni)
-  if (second.decision.verdict === 'deny' || socket.destroyed) return void socket.destroy()
+  if (second.decision.verdict === 'deny' || closed(socket)) return void socket.destroy()
   const opened = interceptor && needsInterception(gate.policy, second.ruleTarget) ? interceptor : undefined
   const tunnel = entry ?? new TunnelEntry(rt, id, who, second.ruleTarget, resolved, 'pending', socket)
   if (opened) return openTunnelFor(opened, tunnel, socket, hello.bytes, second.decision, true)
