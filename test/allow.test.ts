@@ -3,99 +3,15 @@
 // HTTP. Everything that could let another site, another Host or a client without the token change
 // the rules is refused with a clear status, and the file stays as it was.
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
-import { request } from 'node:http'
-import { join } from 'node:path'
 import { chromium } from 'playwright-core'
-import t, { type Test } from 'tap'
-import { startCli, type RunningCli } from './helpers/cli.js'
-import { startDns } from './helpers/dns.js'
-import { tempDir, writeJson } from './helpers/files.js'
-import { rawExchange, startHttpUpstream, statusOf, type Upstream } from './helpers/net.js'
-
-const CHROMIUM = '/usr/bin/chromium'
-
-interface Answer {
-  readonly status: number
-  readonly headers: Record<string, string | string[] | undefined>
-  readonly body: string
-}
-
-function send(port: number, method: string, path: string, headers: Record<string, string>, body = ''): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, method, path, headers: { Host: `127.0.0.1:${port}`, ...headers } }, (res) => {
-      let text = ''
-      res.on('data', (d: Buffer) => (text += d.toString()))
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }))
-    })
-    req.on('error', reject)
-    req.end(body)
-  })
-}
-
-interface Gate {
-  readonly cli: RunningCli
-  readonly admin: number
-  readonly token: string
-  readonly rulesFile: string
-  readonly site: Upstream
-  /** GET http://NAME:SITE_PORT/ through the proxy: the status */
-  fetchThrough(name: string): Promise<number | undefined>
-  /** the id of the most-denied row for this target */
-  rowId(target: string): Promise<string>
-}
-
-interface DeniedRow {
-  id: string
-  target: string
-  policy: string
-  suggestion?: string
-}
-
-/** proxy-gate start on `rules` (written to a file, or none: the packaged rules), with a site on loopback that names resolve to. */
-async function startGate(t: Test, rules: (sitePort: number, dns: string) => Record<string, unknown>, options: { packaged?: boolean } = {}): Promise<Gate> {
-  const site = await startHttpUpstream()
-  const dns = await startDns({ 'allowme.test': { A: ['127.0.0.1'] }, 'second.test': { A: ['127.0.0.1'] } })
-  const dir = tempDir('allow')
-  const rulesFile = writeJson(dir, 'rules.json', rules(site.port, dns.server))
-  const tokenFile = join(dir, 'admin-token')
-  const where = options.packaged ? [] : ['--rules', rulesFile]
-  const cli = await startCli(['start', ...where, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--admin-token-file', tokenFile, '--dir', join(dir, 'certs'), '--log-format', 'json'], { cwd: options.packaged ? tempDir('empty') : dir })
-  t.teardown(async () => {
-    await cli.stop()
-    await Promise.all([site.close(), dns.close()])
-  })
-  const adminLine = await cli.waitFor((l) => l.message === 'admin listening')
-  const admin = Number(/:(\d+)\/$/.exec(String(adminLine.url))?.[1])
-  const fetchThrough = async (name: string) =>
-    statusOf((await rawExchange(cli.port, `GET http://${name}:${site.port}/ HTTP/1.1\r\nHost: ${name}:${site.port}\r\nConnection: close\r\n\r\n`)).text)
-  const rowId = async (target: string): Promise<string> => {
-    const state = JSON.parse((await send(admin, 'GET', '/api/state', {})).body) as { denied: DeniedRow[] }
-    const row = state.denied.find((d) => d.target === target)
-    if (!row) throw new Error(`${target} is not among the most denied`)
-    return row.id
-  }
-  return { cli, admin, token: readFileSync(tokenFile, 'utf8').trim(), rulesFile, site, fetchThrough, rowId }
-}
-
-const defaultRules = (port: number, dns: string) => ({
-  $schema: './rules.schema.json',
-  mode: 'enforce',
-  allow: [`127.0.0.1:${port}`],
-  deny: ['gist.github.com:*'],
-  dns: { servers: [dns], timeoutMs: 2000 },
-})
-
-function allowPost(gate: Gate, id: string, headers: Record<string, string> = {}): Promise<Answer> {
-  const base = { Authorization: `Bearer ${gate.token}`, 'Content-Type': 'application/json', Origin: `http://127.0.0.1:${gate.admin}` }
-  return send(gate.admin, 'POST', '/allow', { ...base, ...headers }, JSON.stringify({ id }))
-}
-
-const message = (a: Answer) => (JSON.parse(a.body) as { message: string }).message
+import t from 'tap'
+import { allowPost, CHROMIUM, CHROMIUM_ARGS, defaultRules, message, send, startGate } from './helpers/gate.js'
+import { rawExchange, startHttpUpstream, statusOf } from './helpers/net.js'
 
 t.test('Allow in Chromium: the page asks for the token (again after a wrong one), the rule lands in rules.json with a backup, and the request goes through', { skip: existsSync(CHROMIUM) ? false : `needs ${CHROMIUM}` }, async (t) => {
   const gate = await startGate(t, defaultRules)
   const original = readFileSync(gate.rulesFile, 'utf8')
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] })
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
   t.teardown(() => browser.close())
   const page = await (await browser.newContext()).newPage()
   await page.goto(`http://127.0.0.1:${gate.admin}/`)
@@ -154,18 +70,18 @@ t.test('Chromium: a page of another origin can neither read the token nor change
     res.end(`<title>elsewhere</title><form method="POST" enctype="text/plain" action="http://127.0.0.1:${gate.admin}/allow"><input name='{"id":"x","a":"' value='"}'><button id="go">go</button></form>`)
   })
   t.teardown(() => attacker.close())
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] })
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
   t.teardown(() => browser.close())
   t.equal(await gate.fetchThrough('allowme.test'), 403)
-  const id = await gate.rowId(`allowme.test:${gate.site.port}`)
+  const { id, suggestion } = await gate.row(`allowme.test:${gate.site.port}`)
   const original = readFileSync(gate.rulesFile, 'utf8')
   const page = await (await browser.newContext()).newPage()
   await page.goto(`http://127.0.0.1:${attacker.port}/`)
   const admin = `http://127.0.0.1:${gate.admin}`
 
   const results = await page.evaluate(
-    async ({ admin, id }) => {
-      const body = JSON.stringify({ id })
+    async ({ admin, id, suggestion }) => {
+      const body = JSON.stringify({ id, suggestion })
       const outcome = (p: Promise<Response>) => p.then((r) => `answered ${r.type} ${r.status}`, (e: unknown) => `failed: ${(e as Error).name}`)
       return {
         state: await outcome(fetch(`${admin}/api/state`)),
@@ -173,7 +89,7 @@ t.test('Chromium: a page of another origin can neither read the token nor change
         withToken: await outcome(fetch(`${admin}/allow`, { method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: 'Bearer guessed-token-0123456789' }, body })),
       }
     },
-    { admin, id },
+    { admin, id, suggestion },
   )
   t.equal(results.state, 'failed: TypeError', 'the state (and so any row id) is not readable cross-origin')
   t.equal(results.simple, 'answered opaque 0', 'a simple POST is sent but its answer hidden (it was refused: below)')
@@ -190,26 +106,26 @@ t.test('Chromium: a page of another origin can neither read the token nor change
 t.test('POST /allow refuses, with a clear status, what is not the dashboard with the token', async (t) => {
   const gate = await startGate(t, defaultRules)
   t.equal(await gate.fetchThrough('allowme.test'), 403)
-  const id = await gate.rowId(`allowme.test:${gate.site.port}`)
+  const row = await gate.row(`allowme.test:${gate.site.port}`)
   const original = readFileSync(gate.rulesFile, 'utf8')
   const json = { 'Content-Type': 'application/json' }
-  const body = JSON.stringify({ id })
+  const body = JSON.stringify({ id: row.id, suggestion: row.suggestion })
 
-  const foreign = await allowPost(gate, id, { Origin: 'http://evil.test' })
+  const foreign = await allowPost(gate, row, { Origin: 'http://evil.test' })
   t.equal(foreign.status, 403, 'a foreign Origin')
   t.match(message(foreign), 'another origin (http://evil.test)')
-  t.equal((await allowPost(gate, id, { Origin: 'null' })).status, 403, 'an opaque Origin')
-  t.equal((await allowPost(gate, id, { 'Sec-Fetch-Site': 'same-site' })).status, 403, 'Sec-Fetch-Site other than same-origin')
-  t.equal((await allowPost(gate, id, { Host: 'evil.test' })).status, 421, 'a Host that is not the listener (DNS rebinding)')
+  t.equal((await allowPost(gate, row, { Origin: 'null' })).status, 403, 'an opaque Origin')
+  t.equal((await allowPost(gate, row, { 'Sec-Fetch-Site': 'same-site' })).status, 403, 'Sec-Fetch-Site other than same-origin')
+  t.equal((await allowPost(gate, row, { Host: 'evil.test' })).status, 421, 'a Host that is not the listener (DNS rebinding)')
   t.equal((await send(gate.admin, 'POST', '/reload', { Authorization: `Bearer ${gate.token}`, Origin: 'http://evil.test' })).status, 403, 'POST /reload from another origin too')
   const noToken = await send(gate.admin, 'POST', '/allow', json, body)
   t.equal(noToken.status, 401, 'no token')
   t.match(message(noToken), 'Authorization: Bearer TOKEN')
-  t.equal((await allowPost(gate, id, { Authorization: 'Bearer wrong-token-0123456789abcdefghijklmnop' })).status, 401, 'a wrong token')
-  t.equal((await allowPost(gate, id, { Authorization: gate.token })).status, 401, 'the token without "Bearer"')
+  t.equal((await allowPost(gate, row, { Authorization: 'Bearer wrong-token-0123456789abcdefghijklmnop' })).status, 401, 'a wrong token')
+  t.equal((await allowPost(gate, row, { Authorization: gate.token })).status, 401, 'the token without "Bearer"')
   const form = await send(gate.admin, 'POST', '/allow', { 'Content-Type': 'text/plain', Origin: 'http://evil.test' }, body)
   t.equal(form.status, 403, 'a simple cross-site form POST (text/plain)')
-  const plain = await allowPost(gate, id, { 'Content-Type': 'text/plain' })
+  const plain = await allowPost(gate, row, { 'Content-Type': 'text/plain' })
   t.equal(plain.status, 415, 'text/plain even with the token')
   t.match(message(plain), 'Content-Type: application/json')
   const preflight = await send(gate.admin, 'OPTIONS', '/allow', { Origin: 'http://evil.test', 'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'authorization,content-type' })
@@ -218,15 +134,16 @@ t.test('POST /allow refuses, with a clear status, what is not the dashboard with
   const headers = { Authorization: `Bearer ${gate.token}`, ...json }
   t.equal((await send(gate.admin, 'POST', '/allow', headers, '{"id":')).status, 400, 'not JSON')
   t.equal((await send(gate.admin, 'POST', '/allow', headers, '["x"]')).status, 400, 'not {"id": ...}')
-  t.equal((await allowPost(gate, 'connect default nowhere.test:443 no-rule')).status, 404, 'an id that is not among the most denied')
-  t.equal((await send(gate.admin, 'POST', '/allow', headers, JSON.stringify({ id, pad: 'x'.repeat(5000) }))).status, 413, 'a body over 4 KiB')
+  t.equal((await send(gate.admin, 'POST', '/allow', headers, JSON.stringify({ id: row.id }))).status, 400, 'the id without the rule the page showed')
+  t.equal((await allowPost(gate, { id: 'connect default nowhere.test:443 no-rule', suggestion: '"nowhere.test:443"' })).status, 404, 'an id that is not among the most denied')
+  t.equal((await send(gate.admin, 'POST', '/allow', headers, JSON.stringify({ ...row, pad: 'x'.repeat(5000) }))).status, 413, 'a body over 4 KiB')
   t.equal(readFileSync(gate.rulesFile, 'utf8'), original, 'none of them wrote anything')
   t.notOk(existsSync(`${gate.rulesFile}.proxy-gate-backup`))
 
   chmodSync(gate.rulesFile, 0o600) // as it would be with password hashes in "auth"
   const tabbed = `${JSON.stringify(JSON.parse(original), null, '\t')}\n` // someone's own indentation, kept by the rewrite
   writeFileSync(gate.rulesFile, tabbed)
-  const added = await allowPost(gate, id)
+  const added = await allowPost(gate, row)
   t.equal(added.status, 200)
   t.match(JSON.parse(added.body), { ok: true, added: true, backup: `${gate.rulesFile}.proxy-gate-backup` })
   t.equal(await gate.fetchThrough('allowme.test'), 200)
@@ -245,9 +162,9 @@ t.test('Allow puts the entry into the policy that denied it; an entry already th
   }))
   t.equal(await gate.fetchThrough('allowme.test'), 403)
   const target = `allowme.test:${gate.site.port}`
-  const id = await gate.rowId(target)
-  t.match(id, / ci /, 'the row names the policy')
-  const answer = await allowPost(gate, id)
+  const row = await gate.row(target)
+  t.match(row.id, / ci /, 'the row names the policy')
+  const answer = await allowPost(gate, row)
   t.equal(answer.status, 200)
   t.match(message(answer), `added "${target}" to "policies.ci.allow"`)
   const written = JSON.parse(readFileSync(gate.rulesFile, 'utf8')) as { allow: string[]; policies: { ci: { allow: string[] } } }
@@ -257,11 +174,11 @@ t.test('Allow puts the entry into the policy that denied it; an entry already th
 
   // an entry someone wrote by hand since the denial: said so, and the file left alone
   t.equal(await gate.fetchThrough('second.test'), 403)
-  const secondId = await gate.rowId(`second.test:${gate.site.port}`)
+  const second = await gate.row(`second.test:${gate.site.port}`)
   written.policies.ci.allow.push(`second.test:${gate.site.port}`)
   writeFileSync(gate.rulesFile, JSON.stringify(written))
   const text = readFileSync(gate.rulesFile, 'utf8')
-  const again = await allowPost(gate, secondId)
+  const again = await allowPost(gate, second)
   t.equal(again.status, 200)
   t.match(JSON.parse(again.body), { ok: true, added: false })
   t.match(message(again), 'already in "policies.ci.allow"')
@@ -272,11 +189,11 @@ t.test('Allow does not write a file that would not load, a read-only file, or th
   t.test('a file broken since (a typo): 422 with the problems, nothing written', async (t) => {
     const gate = await startGate(t, defaultRules)
     t.equal(await gate.fetchThrough('allowme.test'), 403)
-    const id = await gate.rowId(`allowme.test:${gate.site.port}`)
+    const row = await gate.row(`allowme.test:${gate.site.port}`)
     const broken = { ...(JSON.parse(readFileSync(gate.rulesFile, 'utf8')) as object), dney: ['x.test'] }
     writeFileSync(gate.rulesFile, JSON.stringify(broken, null, 2))
     await gate.cli.waitFor((l) => l.message === 'reload failed: keeping the previous rules')
-    const answer = await allowPost(gate, id)
+    const answer = await allowPost(gate, row)
     t.equal(answer.status, 422)
     t.match(JSON.parse(answer.body), { ok: false, message: /would not load: nothing was written/, errors: [/dney/] })
     t.same(JSON.parse(readFileSync(gate.rulesFile, 'utf8')), broken)
@@ -287,7 +204,7 @@ t.test('Allow does not write a file that would not load, a read-only file, or th
     const gate = await startGate(t, defaultRules)
     chmodSync(gate.rulesFile, 0o444)
     t.equal(await gate.fetchThrough('allowme.test'), 403)
-    const answer = await allowPost(gate, await gate.rowId(`allowme.test:${gate.site.port}`))
+    const answer = await allowPost(gate, await gate.row(`allowme.test:${gate.site.port}`))
     t.equal(answer.status, 409)
     t.match(message(answer), `${gate.rulesFile} is read-only: add "allowme.test:${gate.site.port}" to it by hand`)
     t.notOk(existsSync(`${gate.rulesFile}.proxy-gate-backup`))
@@ -297,7 +214,7 @@ t.test('Allow does not write a file that would not load, a read-only file, or th
   t.test('the rules that ship with proxy-gate: 409', async (t) => {
     const gate = await startGate(t, defaultRules, { packaged: true })
     t.equal(statusOf((await rawExchange(gate.cli.port, 'CONNECT denied.example.test:443 HTTP/1.1\r\nHost: x\r\n\r\n')).text), 403)
-    const answer = await allowPost(gate, await gate.rowId('denied.example.test:443'))
+    const answer = await allowPost(gate, await gate.row('denied.example.test:443'))
     t.equal(answer.status, 409)
     t.match(message(answer), /rules that ship with it .*read-only: run "proxy-gate init"/)
   })

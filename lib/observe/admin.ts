@@ -7,7 +7,7 @@ import { timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import { http } from '../core/builtins.js'
 import type { AddressInfo } from 'node:net'
-import type { Activity, LiveEntry } from './activity.js'
+import type { Activity, DeniedTarget, LiveEntry } from './activity.js'
 import type { AllowAnswer, ReloadResult } from './allow.js'
 import type { Listen } from '../rules/config.js'
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from './dashboard-page.js'
@@ -129,10 +129,18 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefin
   })
 }
 
-function rowId(body: Buffer): unknown {
+/** What the page asks to allow: a row of the most denied, and the rule it showed for that row. */
+interface AllowAsk {
+  readonly id: string
+  readonly suggestion: string
+}
+
+function allowAsk(body: Buffer): AllowAsk | undefined {
   try {
     const value = JSON.parse(body.toString('utf8')) as unknown
-    return typeof value === 'object' && value !== null ? (value as { id?: unknown }).id : undefined
+    if (typeof value !== 'object' || value === null) return undefined
+    const { id, suggestion } = value as { id?: unknown; suggestion?: unknown }
+    return typeof id === 'string' && typeof suggestion === 'string' ? { id, suggestion } : undefined
   } catch {
     return undefined
   }
@@ -140,7 +148,19 @@ function rowId(body: Buffer): unknown {
 
 const refuse = (res: ServerResponse, status: number, message: string) => json(res, status, { ok: false, message })
 
-/** POST /allow {"id": ROW}: adds the rule suggested for that row of the most denied. */
+/** The row's suggestion is not the rule the page showed (a new denial changed it): 409 with the row as it is now. */
+function changed(res: ServerResponse, row: DeniedTarget): void {
+  const message =
+    row.suggestion === undefined
+      ? `no rule can allow ${row.target} now: ${row.detail ?? 'it is denied'}; nothing was written`
+      : `the rule suggested for ${row.target} is now ${row.suggestion}, not the one shown: nothing was written; check it and press allow again`
+  json(res, 409, { ok: false, message, row })
+}
+
+/**
+ * POST /allow {"id": ROW, "suggestion": RULE}: adds RULE to the "allow" of the row's policy, only
+ * while it is what the row suggests: a row's suggestion changes with each new denial.
+ */
 async function allow(sources: AdminSources, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase()
   if (type !== 'application/json') return refuse(res, 415, 'the body must be JSON (Content-Type: application/json)')
@@ -150,13 +170,13 @@ async function allow(sources: AdminSources, req: IncomingMessage, res: ServerRes
     res.setHeader('Connection', 'close')
     return refuse(res, 413, `the body is limited to ${MAX_ALLOW_BODY} bytes`)
   }
-  const id = rowId(body)
-  if (typeof id !== 'string') return refuse(res, 400, 'the body must be {"id": "..."} with the id of a row of the most denied (/api/state)')
-  const row = sources.activity.denied(id)
+  const ask = allowAsk(body)
+  if (!ask) return refuse(res, 400, 'the body must be {"id": "...", "suggestion": "..."}: a row of the most denied (/api/state) and the rule shown for it')
+  const row = sources.activity.denied(ask.id)
   if (!row) return refuse(res, 404, 'that destination is no longer among the most denied: reload the page')
-  if (row.suggestion === undefined) return refuse(res, 409, `no rule can allow ${row.target}: ${row.detail ?? 'it is denied'}`)
-  const answer = sources.allow(row.suggestion, row.policy)
-  if (answer.body.ok) sources.activity.forgetDenied(id)
+  if (row.suggestion !== ask.suggestion) return changed(res, row)
+  const answer = sources.allow(ask.suggestion, row.policy)
+  if (answer.body.ok) sources.activity.forgetDenied(ask.id)
   json(res, answer.status, answer.body)
 }
 

@@ -163,13 +163,16 @@ async function allow(d, button) {
   if (!token) return askToken('paste the admin token to allow ' + d.target)
   button.disabled = true
   try {
-    const res = await fetch('/allow', { method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + token }, body: JSON.stringify({ id: d.id }) })
+    // the rule shown goes along: the server adds it only while the row still suggests it
+    const res = await fetch('/allow', { method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + token }, body: JSON.stringify({ id: d.id, suggestion: d.suggestion }) })
     const answer = await res.json().catch(() => ({ message: res.status + ' ' + res.statusText }))
     if (res.status === 401) {
       localStorage.removeItem(TOKEN_KEY)
       return askToken('the admin token was not accepted: paste the one in the token file')
     }
     allowStatus(answer.message + (answer.errors ? ': ' + answer.errors.join('; ') : ''), res.ok)
+    // a new denial changed the row since it was shown: show it as it is now, for the person to look at again
+    if (res.status === 409 && answer.row) return button.closest('tr').replaceWith(deniedRow(answer.row))
     if (res.ok) button.textContent = 'allowed'
   } catch (error) {
     allowStatus('allow failed: ' + error.message, false)
@@ -187,6 +190,20 @@ function button(text, title, onClick) {
   return b
 }
 
+function deniedRow(d) {
+  const row = document.createElement('tr')
+  cell(row, d.target, 'target')
+  cell(row, d.count)
+  cell(row, d.detail, 'detail')
+  cell(row, d.suggestion || '', 'rule')
+  const td = cell(row, '', 'actions')
+  if (d.suggestion) {
+    td.appendChild(button('copy', '', (b) => copy(d.suggestion, b)))
+    td.appendChild(button('allow', 'add it to "allow" of the policy "' + d.policy + '" and reload', (b) => allow(d, b)))
+  }
+  return row
+}
+
 function render(state) {
   for (const k of ['allow', 'deny', 'error']) $('count-' + k).textContent = String(state.counters[k])
   $('count-open').textContent = String(state.openCount)
@@ -195,21 +212,7 @@ function render(state) {
   $('rules-path').textContent = state.rulesFile
   $('token-file').textContent = state.tokenFile
   $('reload').textContent = state.lastReload ? (state.lastReload.ok ? 'ok' : 'failed: ' + (state.lastReload.errors || []).join('; ')) + ' at ' + state.lastReload.at : 'none since start'
-  const denied = $('denied').tBodies[0]
-  denied.replaceChildren()
-  for (const d of state.denied) {
-    const row = document.createElement('tr')
-    cell(row, d.target, 'target')
-    cell(row, d.count)
-    cell(row, d.detail, 'detail')
-    cell(row, d.suggestion || '', 'rule')
-    const td = cell(row, '', 'actions')
-    if (d.suggestion) {
-      td.appendChild(button('copy', '', (b) => copy(d.suggestion, b)))
-      td.appendChild(button('allow', 'add it to "allow" of the policy "' + d.policy + '" and reload', (b) => allow(d, b)))
-    }
-    denied.appendChild(row)
-  }
+  $('denied').tBodies[0].replaceChildren(...state.denied.map(deniedRow))
   const open = $('open').tBodies[0]
   open.replaceChildren()
   for (const c of state.open) {

@@ -3,6 +3,7 @@
 // Every wire path consumes it. Pure: no files, no DNS, no sockets.
 import { PRIVATE_KINDS, classifyIp, formatIp, formatIpPort, type Ip } from './ip.js'
 import { allowCandidates, allowRuleOnAnyPort, coversEveryPort, hasRequestLimits, matchIp, matchName, matchNameOnAnyPort, ruleLabel, specialRuleCovers, type Mode, type Policy, type PortRange, type Rule } from './rules.js'
+import { requestSuggestion } from './suggest.js'
 import { formatTarget, hostText, normaliseName, normalisePath, type Result, type Target } from './target.js'
 
 // ---- decision ------------------------------------------------------------------------------
@@ -317,10 +318,10 @@ export function decideRequest(policy: Policy, ctx: DecisionContext, target: Targ
   if (!path.ok) return waive(decision({ verdict: 'deny', reason: 'bad-path', detail: `${method} on ${where}: ${path.error}` }), ctx, [])
   const rule = rules.find((r) => requestAllowed(r, method, path.value))
   if (rule) return decision({ verdict: 'allow', reason: 'allow-rule', rule, detail: `${method} ${path.value} allowed by ${ruleLabel(rule)}` })
-  const host = hostText(target.host)
-  const suggestion = JSON.stringify({ host, ports: [target.port], methods: [method], paths: [path.value] })
+  const suggestion = requestSuggestion(hostText(target.host), target.port, method, path.value)
   const limits = rules.map((r) => ruleLabel(r)).join('; ')
-  return waive(decision({ verdict: 'deny', reason: 'request-not-allowed', rule: rules[0], suggestion, detail: `${method} ${path.value} is not allowed on ${where} (the rules for it: ${limits})` }), ctx, [])
+  const unsuggested = suggestion === undefined ? '; no rule can allow exactly this request (a path glob reads every "*" as a wildcard, even as %2A)' : ''
+  return waive(decision({ verdict: 'deny', reason: 'request-not-allowed', rule: rules[0], suggestion, detail: `${method} ${path.value} is not allowed on ${where} (the rules for it: ${limits})${unsuggested}` }), ctx, [])
 }
 
 /**

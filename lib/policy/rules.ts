@@ -160,7 +160,7 @@ export function parsePathGlob(text: string): Result<PathGlob> {
   if (!decoded.ok) return { ok: false, error: `path "${text}": ${decoded.error}` }
   const source = decoded.value
     .split(/(\*\*|\*)/)
-    .map((part) => (part === '**' ? '.*' : part === '*' ? '[^/]*' : part.replace(/[.+^${}()|[\]\\]/g, '\\$&')))
+    .map((part) => (part === '**' ? '.*' : part === '*' ? '[^/]*' : part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')))
     .join('')
   return { ok: true, value: { text, regex: new RegExp(`^${source}$`) } }
 }
