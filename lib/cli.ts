@@ -4,8 +4,8 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { printErrors, usageError } from './cli/common.js'
 import { advertisedAddress, type WiringArgs } from './cli/wiring.js'
 import { DEFAULT_POLICY } from './policy/clients.js'
-import type { Config } from './rules/config.js'
-import { rulesWithRequestLimits } from './policy/rules.js'
+import { configWarnings, type Config } from './rules/config.js'
+import { formatRuleErrors, rulesWithRequestLimits } from './policy/rules.js'
 import { admit, gateFor } from './net/gate.js'
 import { formatIp, parseIp, type Ip } from './policy/ip.js'
 import { generatePac } from './wiring/pac.js'
@@ -274,6 +274,8 @@ async function validate(values: Values): Promise<number> {
   console.log(`${rulesPath(values.rules).file}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
   const { upstream, upstreamBypass } = config
   if (upstream) console.log(`upstream: ${upstream.display} (${upstreamBypass.length} upstreamBypass)`)
+  const warnings = configWarnings(config)
+  if (warnings.length > 0) for (const line of formatRuleErrors(warnings).split('\n')) console.log(`warning: ${line}`)
   // rules that limit methods or paths can never match without the local CA: "start" refuses them
   if (rulesWithRequestLimits(policy).length > 0) {
     const [{ caDir, needsCa }, { loadCa }] = await Promise.all([import('./cli/ca.js'), import('./certs/ca.js')])

@@ -4,7 +4,7 @@ import { parseAuth, type AuthSettings } from './auth.js'
 import { parseSandbox, type SandboxSettings } from './sandbox.js'
 import { parseClients, parsePolicies, type PolicySet } from '../policy/clients.js'
 import { formatIp, parseIp, type Ip } from '../policy/ip.js'
-import { compilePolicy, entryText, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
+import { compilePolicy, entryText, metadataWarnings, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
 import type { TlsSettings } from '../policy/decide.js'
 import { formatTarget, hostText, parseAuthority, type Result, type Target } from '../policy/target.js'
 
@@ -339,4 +339,10 @@ export function parseConfig(json: unknown): ConfigResult {
   if (errors.length > 0 || !policy.ok) return { ok: false, errors }
   const policies = { fallback: policy.value, named, clients }
   return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits, tls, policies, auth, upstream: upstream?.ok ? upstream.value : undefined, upstreamBypass, sandbox } }
+}
+
+/** What loads but may not do what it seems to (a range that holds cloud metadata addresses), for validate and the log. */
+export function configWarnings(config: Config): RuleError[] {
+  const named = [...config.policies.named].flatMap(([name, policy]) => metadataWarnings(policy).map((w) => ({ ...w, path: `policies.${name}.${w.path}` })))
+  return [...metadataWarnings(config.policy), ...named]
 }
