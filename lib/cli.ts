@@ -135,7 +135,9 @@ rules.schema.json so editors check and complete it. It never replaces an existin
 
 Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.
 Rules that limit methods or paths need the local CA (in --dir DIR, default as for "ca"): without
-it, a warning says so, since "start" would refuse them.`,
+it, a warning says so, since "start" would refuse them. An IP range that holds a cloud metadata
+address (169.254.0.0/16 holds 169.254.169.254) gets a warning too: only a rule naming that exact
+address allows it.`,
 }
 
 const OPTIONS = {
