@@ -134,7 +134,7 @@ function within<T>(promise: Promise<T>, what: string, ms = 10_000): Promise<T> {
 
 t.test('start and every reload log the warning', async (t) => {
   const file = rulesFile({ allow: ['100.64.0.0/10:80'] })
-  const cli = await startCli(['start', '--rules', file, '--listen', '127.0.0.1:0', '--log-format', 'json'])
+  const cli = await startCli(['start', '--rules', file, '--listen', '127.0.0.1:0', '--log-format', 'json', '--admin-listen', 'off'])
   t.teardown(() => cli.stop())
   const warned = (entry: string) => (l: Record<string, unknown>) => l.level === 'warn' && Array.isArray(l.warnings) && l.warnings.some((w) => String(w).startsWith(`allow[0] ${entry}:`))
   const atStart = await within(cli.waitFor(warned('100.64.0.0/10:80')), 'the warning at start')
