@@ -4,8 +4,8 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { printErrors, usageError } from './cli/common.js'
 import { advertisedAddress, type WiringArgs } from './cli/wiring.js'
 import { DEFAULT_POLICY } from './policy/clients.js'
-import type { Config } from './rules/config.js'
-import { rulesWithRequestLimits } from './policy/rules.js'
+import { configWarnings, type Config } from './rules/config.js'
+import { formatRuleErrors, rulesWithRequestLimits } from './policy/rules.js'
 import { admit, gateFor } from './net/gate.js'
 import { formatIp, parseIp, type Ip } from './policy/ip.js'
 import { generatePac } from './wiring/pac.js'
@@ -135,7 +135,9 @@ rules.schema.json so editors check and complete it. It never replaces an existin
 
 Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.
 Rules that limit methods or paths need the local CA (in --dir DIR, default as for "ca"): without
-it, a warning says so, since "start" would refuse them.`,
+it, a warning says so, since "start" would refuse them. An IP range that holds a cloud metadata
+address (169.254.0.0/16 holds 169.254.169.254) gets a warning too: only a rule naming that exact
+address allows it.`,
 }
 
 const OPTIONS = {
@@ -274,6 +276,8 @@ async function validate(values: Values): Promise<number> {
   console.log(`${rulesPath(values.rules).file}: ok (${policy.allow.length} allow, ${policy.deny.length} deny, ${bypass.length} bypass)`)
   const { upstream, upstreamBypass } = config
   if (upstream) console.log(`upstream: ${upstream.display} (${upstreamBypass.length} upstreamBypass)`)
+  const warnings = configWarnings(config)
+  if (warnings.length > 0) for (const line of formatRuleErrors(warnings).split('\n')) console.log(`warning: ${line}`)
   // rules that limit methods or paths can never match without the local CA: "start" refuses them
   if (rulesWithRequestLimits(policy).length > 0) {
     const [{ caDir, needsCa }, { loadCa }] = await Promise.all([import('./cli/ca.js'), import('./certs/ca.js')])

@@ -209,11 +209,11 @@ t.test('dns.servers: IP or IP:PORT (IPv6 bracketed with a port), anything else n
   t.same(errorsOf({ dns: { servers: '1.1.1.1' } }), [['dns.servers', 'must be an array']])
   t.same(errorsOf({ dns: [] }), [['dns', '"dns" must be an object']])
   for (const value of [0, -1, 1.5, '5000', null]) {
-    t.same(errorsOf({ dns: { timeoutMs: value, cacheSize: value } }), [['dns.timeoutMs', 'must be a positive whole number'], ['dns.cacheSize', 'must be a positive whole number']], JSON.stringify(value))
+    t.same(errorsOf({ dns: { timeoutMs: value, cacheSize: value } }), [['dns.timeoutMs', 'must be a whole number from 100 to 60000 (milliseconds)'], ['dns.cacheSize', 'must be a whole number from 1 to 1000000']], JSON.stringify(value))
   }
 })
 
-t.test('limits: known keys, positive whole numbers, defaults for the rest', async (t) => {
+t.test('limits: known keys, whole numbers in range, defaults for the rest', async (t) => {
   const c = config({ limits: { headerTimeoutMs: 1000, maxConnections: 10 } })
   t.equal(c.limits.headerTimeoutMs, 1000)
   t.equal(c.limits.maxConnections, 10)
@@ -221,14 +221,16 @@ t.test('limits: known keys, positive whole numbers, defaults for the rest', asyn
   t.equal(c.limits.maxHeaderCount, DEFAULT_LIMITS.maxHeaderCount)
   for (const key of Object.keys(DEFAULT_LIMITS).filter((k) => k !== 'drainDelayMs')) {
     for (const value of [0, -5, 2.5, '100', true, null]) {
-      t.same(errorsOf({ limits: { [key]: value } }), [[`limits.${key}`, 'must be a positive whole number']], `${key}: ${JSON.stringify(value)}`)
+      const errors = errorsOf({ limits: { [key]: value } })
+      t.same(errors.map(([path]) => path), [`limits.${key}`], `${key}: ${JSON.stringify(value)}`)
+      t.match(errors[0]?.[1], /^must be a whole number from [1-9][0-9]* to [1-9][0-9]*( \(milliseconds\))?$/)
     }
   }
   t.equal(DEFAULT_LIMITS.drainDelayMs, 0, 'no drain delay unless asked: Ctrl-C stops at once')
   t.equal(config({ limits: { drainDelayMs: 0 } }).limits.drainDelayMs, 0)
   t.equal(config({ limits: { drainDelayMs: 5000 } }).limits.drainDelayMs, 5000)
   for (const value of [-1, 2.5, '100', true, null]) {
-    t.same(errorsOf({ limits: { drainDelayMs: value } }), [['limits.drainDelayMs', 'must be a whole number, 0 or more']], `drainDelayMs: ${JSON.stringify(value)}`)
+    t.same(errorsOf({ limits: { drainDelayMs: value } }), [['limits.drainDelayMs', 'must be a whole number from 0 to 3600000 (milliseconds)']], `drainDelayMs: ${JSON.stringify(value)}`)
   }
   t.same(errorsOf({ limits: 5 }), [['limits', '"limits" must be an object']])
   t.same(errorsOf({ limits: [] }), [['limits', '"limits" must be an object']])

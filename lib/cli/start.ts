@@ -9,7 +9,7 @@ import { caCertToServe, caDir, needsCa } from './ca.js'
 import { isLoopback, printErrors, usageError } from './common.js'
 import type { StartHooks } from './learn.js'
 import { advertisedAddress, openBypass } from './wiring.js'
-import { parseConfig, parseListen, type Config } from '../rules/config.js'
+import { configWarnings, parseConfig, parseListen, type Config } from '../rules/config.js'
 import { parseIp } from '../policy/ip.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
 import { describePattern, formatRuleErrors, type Mode, type RuleError } from '../policy/rules.js'
@@ -151,8 +151,15 @@ function announce(log: Logger, setup: Setup, address: AddressInfo): void {
     containerEnv: 'npx proxy-gate docker --target cli --write',
     systemProxy: `npx proxy-gate system-proxy --pac   (PAC URL ${pacUrl})`,
   })
+  warnAboutRules(log, file, config)
   const open = openBypass(config.bypass)
   if (open.length > 0) log.warn('bypass lets clients wired by proxy-gate reach these hosts directly, unchecked by the rules', { bypass: open.map(describePattern) })
+}
+
+/** Rules that load but may not do what they seem to: logged at start and after each reload, as validate prints them. */
+function warnAboutRules(log: Logger, file: string, config: Config): void {
+  const warnings = configWarnings(config)
+  if (warnings.length > 0) log.warn('rules with warnings (see "proxy-gate validate")', { rules: file, warnings: formatRuleErrors(warnings).split('\n') })
 }
 
 type ReloadResult = { ok: boolean; errors?: string[] }
@@ -198,6 +205,7 @@ function reloader(setup: Setup, proxy: Proxy, log: Logger, onMode: (mode: Mode) 
     const { listen } = next.config
     if (listen.host !== setup.config.listen.host || listen.port !== setup.config.listen.port) log.warn('"listen" changed: restart proxy-gate to apply it')
     const outcome = proxy.reload(next.config, next.upstreamCa)
+    warnAboutRules(log, file, next.config)
     onMode(next.config.mode)
     const restartNeeded = caChanged(setup) ? ['ca'] : []
     if (restartNeeded.length > 0) log.warn('the local CA changed on disk: restart proxy-gate to mint leaves with it and serve it at /ca.crt', { dir: setup.caDir })

@@ -119,7 +119,7 @@ function guardAddress(policy: Policy, ctx: DecisionContext, ip: Ip, port: number
     return decision({ verdict: 'deny', reason: 'self-connection', address: ip, detail: `${formatIpPort(ip, port)} is proxy-gate's own listener` })
   }
   if (!special) return undefined
-  if (specialRuleCovers(policy, ip, port)) return undefined
+  if (specialRuleCovers(policy, ip, port, special)) return undefined
   if (nameRule?.private && PRIVATE_KINDS.has(special.kind)) return undefined
   const via = name === undefined ? '' : `${name} resolves to `
   const where = formatIpPort(ip, port)
@@ -127,7 +127,8 @@ function guardAddress(policy: Policy, ctx: DecisionContext, ip: Ip, port: number
     name !== undefined && PRIVATE_KINDS.has(special.kind)
       ? JSON.stringify({ host: name, ports: [port], private: true })
       : ipEntry(ip, port)
-  return decision({ verdict: 'deny', reason: 'address-prohibited', address: ip, suggestion, detail: `${via}${where}, a ${special.label} address, which is refused unless a rule names it` })
+  const unless = special.kind === 'metadata' ? 'a rule names that exact address (a range that holds it is not enough)' : 'a rule names it'
+  return decision({ verdict: 'deny', reason: 'address-prohibited', address: ip, suggestion, detail: `${via}${where}, a ${special.label} address, which is refused unless ${unless}` })
 }
 
 function decideIp(policy: Policy, ctx: DecisionContext, target: Target, ip: Ip): Decision {

@@ -172,6 +172,11 @@ export function formatCidr(cidr: Cidr): string {
   return cidr.prefix === BITS[cidr.family] ? addr : `${addr}/${cidr.prefix}`
 }
 
+/** True for a range of one address (a /32 or /128): the only rule that may name a cloud metadata address. */
+export function isSingleAddress(cidr: Cidr): boolean {
+  return cidr.prefix === BITS[cidr.family]
+}
+
 /** True when every address of `inner` lies inside `outer`. */
 export function cidrWithin(inner: Cidr, outer: Cidr): boolean {
   return inner.family === outer.family && inner.prefix >= outer.prefix && cidrContains(outer, { family: inner.family, value: inner.base })
@@ -250,6 +255,11 @@ const SPECIAL: readonly SpecialRange[] = SPECIAL_TABLE.map(([text, kind, label])
 /** The most specific special-purpose range that holds `ip`, or undefined for a global unicast address. */
 export function classifyIp(ip: Ip): SpecialRange | undefined {
   return SPECIAL.find((range) => cidrContains(range.cidr, ip))
+}
+
+/** The cloud metadata addresses that `cidr` holds (none for a range outside them). */
+export function metadataWithin(cidr: Cidr): SpecialRange[] {
+  return SPECIAL.filter((range) => range.kind === 'metadata' && cidrWithin(range.cidr, cidr))
 }
 
 /** The special range that wholly contains `cidr`, if any: such a rule names special space on purpose. */

@@ -1,6 +1,6 @@
 // The rule model: the grammar of allow/deny entries and their validation (errors name the entry,
 // its place and why), the indexes compiled once at load, and matching against them. Pure.
-import { cidrContains, formatCidr, parseCidr, specialRangeHolding, type Cidr, type Ip, type SpecialRange } from './ip.js'
+import { cidrContains, formatCidr, isSingleAddress, metadataWithin, parseCidr, specialRangeHolding, type Cidr, type Ip, type SpecialRange } from './ip.js'
 import { normalisePath, normaliseRuleName, parsePort, redactCredentials, type Host, type Result, type Target } from './target.js'
 
 export type PortRange = readonly [number, number]
@@ -307,9 +307,27 @@ export function matchIp(policy: Policy, list: ListName, ip: Ip, port: number): R
   return firstByIndex(ipMatches(list === 'allow' ? policy.allowIndex : policy.denyIndex, ip, port))
 }
 
-/** Whether an allow rule that names special-purpose space covers the address (whatever its order among broader rules). */
-export function specialRuleCovers(policy: Policy, ip: Ip, port: number): boolean {
-  return ipMatches(policy.allowIndex, ip, port).some((r) => r.pattern.kind === 'cidr' && r.pattern.special !== undefined)
+/**
+ * Whether an allow rule that names special-purpose space covers the address `special` classifies
+ * (whatever its order among broader rules). A cloud metadata address is named only by a rule for
+ * that one address: a range that holds it (169.254.0.0/16, 100.64.0.0/10) allows the rest.
+ */
+export function specialRuleCovers(policy: Policy, ip: Ip, port: number, special: SpecialRange): boolean {
+  const exactOnly = special.kind === 'metadata'
+  return ipMatches(policy.allowIndex, ip, port).some((r) => r.pattern.kind === 'cidr' && r.pattern.special !== undefined && (!exactOnly || isSingleAddress(r.pattern.cidr)))
+}
+
+/** Allow rules for a range that holds cloud metadata addresses, which the range does not allow: one warning per rule. */
+export function metadataWarnings(policy: Policy): RuleError[] {
+  return policy.allow.flatMap((rule) => {
+    const p = rule.pattern
+    const held = p.kind === 'cidr' && !isSingleAddress(p.cidr) ? metadataWithin(p.cidr) : []
+    if (held.length === 0) return []
+    const addresses = held.map((range) => `${formatCidr(range.cidr)} (${range.label})`).join(', ')
+    const one = held.length === 1
+    const message = `this range holds ${one ? 'the cloud metadata address' : 'the cloud metadata addresses'} ${addresses}, which it does not allow: only a rule naming ${one ? 'that exact address' : 'each exact address'} does`
+    return [{ path: `allow[${rule.index}]`, entry: rule.text, message }]
+  })
 }
 
 /** The first rule of the list whose host pattern matches the name, on whatever ports. */

@@ -101,7 +101,7 @@ export function parsePort(text: string): Result<number> {
 /** `host:port` with a required port: the CONNECT request-target and the `check` argument. */
 export function parseAuthority(text: string, defaultPort?: number): Result<Target> {
   // the message ends up in logs: never echo what could be credentials (user:password@)
-  if (/[/@\\?#]/.test(text)) return fail(`"${redactCredentials(text)}" is not host:port (no scheme, userinfo, path or query)`)
+  if (/[/@\\?#]/.test(text)) return fail(`"${shownInError(text, 300)}" is not host:port (no scheme, userinfo, path or query)`)
   const close = text.lastIndexOf(']')
   const colon = text.lastIndexOf(':')
   const hasPort = colon > close
@@ -144,7 +144,7 @@ export function parseAbsoluteUrl(url: string): Result<AbsoluteUrl> {
  * header names the destination, and the port is the one the client connected to.
  */
 export function parseOriginRequest(requestTarget: string, host: string | undefined, port: number): Result<AbsoluteUrl> {
-  if (!requestTarget.startsWith('/')) return fail(`request-target "${redactCredentials(requestTarget.slice(0, 100))}" is not origin-form ("/path"): a transparent listener takes requests for the Host it names`)
+  if (!requestTarget.startsWith('/')) return fail(`request-target "${shownInError(requestTarget, 100)}" is not origin-form ("/path"): a transparent listener takes requests for the Host it names`)
   if (/[\\#]/.test(requestTarget)) return fail('request-target contains a backslash or fragment')
   if (host === undefined || host === '') return fail('no Host header: a transparent listener is told the destination by it')
   if (host.includes('%')) return fail('percent-encoding in the Host header is not accepted')
@@ -177,6 +177,29 @@ export function normalisePath(target: string): Result<string> {
     segments.push(segment)
   }
   return ok(`/${segments.join('/')}`)
+}
+
+/**
+ * A request-target as a log line's `target` when the request was refused before it was parsed
+ * (a 407, a 400): `host:port` when it parses, else only the authority it names, as written. Never
+ * a path or query string (tokens) or userinfo: they stay out of logs like for every other decision.
+ */
+export function targetForLog(raw: string): string {
+  const url = parseAbsoluteUrl(raw)
+  if (url.ok) return formatTarget(url.value.target)
+  const authority = parseAuthority(raw)
+  if (authority.ok) return formatTarget(authority.value)
+  const afterScheme = raw.replace(/^[a-z][a-z0-9+.-]*:\/\//i, '')
+  const end = afterScheme.search(/[/?#\\\s]/)
+  const named = end < 0 ? afterScheme : afterScheme.slice(0, end)
+  const at = named.lastIndexOf('@')
+  return (at < 0 ? named : `[redacted]@${named.slice(at + 1)}`).slice(0, 300)
+}
+
+/** Text from a request for an error message: no query string or fragment (tokens), no credentials, at most `max` characters. */
+function shownInError(text: string, max: number): string {
+  const end = text.search(/[?#]/)
+  return redactCredentials(end < 0 ? text.slice(0, max) : `${text.slice(0, Math.min(end, max))}?…`)
 }
 
 /**

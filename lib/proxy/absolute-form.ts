@@ -32,9 +32,9 @@ export type RequestForm = { readonly kind: 'absolute' } | { readonly kind: 'tran
 
 export const ABSOLUTE_FORM: RequestForm = { kind: 'absolute' }
 
-/** The request-target as logged when it cannot be parsed: the URL, or on a transparent listener Host and path. */
+/** Where a request that cannot be parsed says it goes, for the log: the URL, or on a transparent listener the Host. */
 function rawTargetOf(req: IncomingMessage, form: RequestForm): string {
-  return form.kind === 'transparent' ? `${req.headers.host ?? ''}${req.url ?? ''}` : (req.url ?? '')
+  return form.kind === 'transparent' ? (req.headers.host ?? '') : (req.url ?? '')
 }
 
 function locate(req: IncomingMessage, form: RequestForm): Result<AbsoluteUrl> {

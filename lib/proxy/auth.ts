@@ -5,12 +5,12 @@
 import { createHash, randomBytes, scrypt as scryptCallback, timingSafeEqual, type ScryptOptions } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
 import { reply, type ProxyReply } from '../core/reply.js'
-import { formatScryptHash, parseScryptHash, type AuthSettings } from '../rules/auth.js'
+import { formatScryptHash, parseScryptHash, SCRYPT_MAX_MEMORY, type AuthSettings } from '../rules/auth.js'
 
 const COST = { N: 16_384, r: 8, p: 1 }
 
 function scrypt(password: string, salt: Buffer, length: number, options: ScryptOptions): Promise<Buffer> {
-  return new Promise((resolve, reject) => scryptCallback(password, salt, length, { ...options, maxmem: 64 * 1024 * 1024 }, (e, key) => (e ? reject(e) : resolve(key))))
+  return new Promise((resolve, reject) => scryptCallback(password, salt, length, { ...options, maxmem: SCRYPT_MAX_MEMORY }, (e, key) => (e ? reject(e) : resolve(key))))
 }
 
 export async function hashPassword(password: string): Promise<string> {

@@ -13,7 +13,7 @@ import type { Decision } from '../policy/decide.js'
 import type { ProxyReply } from '../core/reply.js'
 import type { Upstream } from '../net/upstream.js'
 import type { DnsRecord } from '../dns/answer.js'
-import { formatTarget, redactCredentials, type Target } from '../policy/target.js'
+import { formatTarget, targetForLog, type Target } from '../policy/target.js'
 
 /**
  * A connection a reload re-decides, registered from the moment it is admitted (not when it
@@ -183,7 +183,7 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     id: entry.id,
     client: clientAddress(entry.req),
     method: entry.method,
-    target: entry.target ? formatTarget(entry.target) : redactCredentials(entry.rawTarget.slice(0, 300)),
+    target: entry.target ? formatTarget(entry.target) : targetForLog(entry.rawTarget),
     resolved: entry.resolved?.map(formatIp),
     chosen: decision?.verdict === 'allow' && decision.dial[0] ? formatIp(decision.dial[0]) : undefined,
     sni: entry.sni,

@@ -28,6 +28,16 @@ export function parseScryptHash(text: string): ScryptHash | undefined {
 export function formatScryptHash(hash: ScryptHash): string {
   return `scrypt$${hash.N}$${hash.r}$${hash.p}$${hash.salt.toString('base64url')}$${hash.key.toString('base64url')}`
 }
+/** The memory one scrypt check may use (Node's maxmem): 128 × N × r bytes must fit. */
+export const SCRYPT_MAX_MEMORY = 64 * 1024 * 1024
+
+/** Why a hash's scrypt cost cannot be used (a login would fail, or take the proxy's CPU), if it cannot. */
+function costProblem({ N, r, p }: ScryptHash): string | undefined {
+  const fits = N >= 1_024 && (N & (N - 1)) === 0 && r >= 1 && r <= 32 && p >= 1 && p <= 16 && 128 * N * r <= SCRYPT_MAX_MEMORY
+  if (fits) return undefined
+  return `scrypt cost N=${N}, r=${r}, p=${p} is out of range: N a power of 2 from 1024, r from 1 to 32, p from 1 to 16, and 128 × N × r bytes at most 64 MiB (make a new hash with "proxy-gate passwd USER")`
+}
+
 const USER = /^[A-Za-z0-9_.@-]{1,64}$/
 
 export function parseAuth(errors: RuleError[], value: unknown): AuthSettings | undefined {
@@ -45,9 +55,11 @@ export function parseAuth(errors: RuleError[], value: unknown): AuthSettings | u
     return undefined
   }
   for (const [user, hash] of Object.entries(users)) {
+    const parsed = typeof hash === 'string' ? parseScryptHash(hash) : undefined
+    const problem = parsed ? costProblem(parsed) : 'not a hash made by "proxy-gate passwd USER" (passwords are never stored in plain text)'
     if (!USER.test(user)) bad(`auth.users.${user}`, user, 'a user name is 1-64 letters, digits, ".", "_", "@" or "-"')
-    else if (typeof hash !== 'string' || (parseScryptHash(hash)?.N ?? 0) < 1024) bad(`auth.users.${user}`, '(hidden)', 'not a hash made by "proxy-gate passwd USER" (passwords are never stored in plain text)')
-    else map.set(user, hash)
+    else if (problem) bad(`auth.users.${user}`, '(hidden)', problem)
+    else map.set(user, hash as string)
   }
   return { realm: typeof realm === 'string' ? realm : 'proxy-gate', users: map }
 }

@@ -1,10 +1,11 @@
 // rules.json as a value: validates the whole file (listen, mode, limits, dns, bypass) and hands
 // allow/deny to the policy. Pure: the caller reads the file.
 import { parseAuth, type AuthSettings } from './auth.js'
+import { MAX_TIMER_MS, wholeNumberWithin, type Bound } from './bounds.js'
 import { parseSandbox, type SandboxSettings } from './sandbox.js'
 import { parseClients, parsePolicies, type PolicySet } from '../policy/clients.js'
 import { formatIp, parseIp, type Ip } from '../policy/ip.js'
-import { compilePolicy, entryText, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
+import { compilePolicy, entryText, metadataWarnings, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
 import type { TlsSettings } from '../policy/decide.js'
 import { formatTarget, hostText, parseAuthority, type Result, type Target } from '../policy/target.js'
 
@@ -41,6 +42,22 @@ export const DEFAULT_LIMITS: Limits = {
   maxHeaderCount: 200,
   shutdownGraceMs: 10_000,
   drainDelayMs: 0,
+}
+
+/** Timeouts are timers (at most MAX_TIMER_MS); the shorter ones are capped where a longer wait means something is wrong. */
+const LIMIT_BOUNDS: Record<keyof Limits, Bound> = {
+  headerTimeoutMs: { min: 100, max: 600_000 },
+  requestTimeoutMs: { min: 100, max: MAX_TIMER_MS },
+  keepAliveTimeoutMs: { min: 100, max: 3_600_000 },
+  connectTimeoutMs: { min: 100, max: 600_000 },
+  upstreamHeadersTimeoutMs: { min: 100, max: MAX_TIMER_MS },
+  tunnelIdleTimeoutMs: { min: 100, max: MAX_TIMER_MS },
+  tunnelMaxLifetimeMs: { min: 100, max: MAX_TIMER_MS },
+  maxConnections: { min: 1, max: 1_000_000 },
+  maxHeaderBytes: { min: 1_024, max: 1_048_576 },
+  maxHeaderCount: { min: 8, max: 10_000 },
+  shutdownGraceMs: { min: 100, max: 3_600_000 },
+  drainDelayMs: { min: 0, max: 3_600_000 },
 }
 
 export interface DnsServer {
@@ -104,7 +121,7 @@ function parseTls(errors: Errors, value: unknown): TlsSettings {
     if (typeof value[key] === 'boolean') tls[key] = value[key]
     else err(errors, `tls.${key}`, value[key], 'must be true or false')
   }
-  tls.helloTimeoutMs = positiveInt(errors, 'tls.helloTimeoutMs', value.helloTimeoutMs, DEFAULT_TLS.helloTimeoutMs)
+  tls.helloTimeoutMs = wholeNumberWithin(errors, 'tls.helloTimeoutMs', value.helloTimeoutMs, DEFAULT_TLS.helloTimeoutMs, { min: 100, max: 300_000 })
   if (value.upstreamCaFiles !== undefined) {
     const files = value.upstreamCaFiles
     if (Array.isArray(files) && files.every((f) => typeof f === 'string' && f !== '')) tls.upstreamCaFiles = files as string[]
@@ -251,27 +268,9 @@ function parseDns(errors: Errors, value: unknown): DnsConfig {
         else err(errors, `dns.servers[${i}]`, s, server.error)
       })
   }
-  dns.timeoutMs = positiveInt(errors, 'dns.timeoutMs', value.timeoutMs, dns.timeoutMs)
-  dns.cacheSize = positiveInt(errors, 'dns.cacheSize', value.cacheSize, dns.cacheSize)
+  dns.timeoutMs = wholeNumberWithin(errors, 'dns.timeoutMs', value.timeoutMs, dns.timeoutMs, { min: 100, max: 60_000 })
+  dns.cacheSize = wholeNumberWithin(errors, 'dns.cacheSize', value.cacheSize, dns.cacheSize, { min: 1, max: 1_000_000 })
   return dns
-}
-
-function positiveInt(errors: Errors, path: string, value: unknown, fallback: number): number {
-  if (value === undefined) return fallback
-  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) {
-    err(errors, path, value, 'must be a positive whole number')
-    return fallback
-  }
-  return value
-}
-
-function wholeNumber(errors: Errors, path: string, value: unknown, fallback: number): number {
-  if (value === undefined) return fallback
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
-    err(errors, path, value, 'must be a whole number, 0 or more')
-    return fallback
-  }
-  return value
 }
 
 function parseLimits(errors: Errors, value: unknown): Limits {
@@ -283,7 +282,7 @@ function parseLimits(errors: Errors, value: unknown): Limits {
   const keys = Object.keys(DEFAULT_LIMITS) as Array<keyof Limits>
   unknownKeys(errors, 'limits', value, keys)
   const limits = { ...DEFAULT_LIMITS }
-  for (const key of keys) limits[key] = (key === 'drainDelayMs' ? wholeNumber : positiveInt)(errors, `limits.${key}`, value[key], DEFAULT_LIMITS[key])
+  for (const key of keys) limits[key] = wholeNumberWithin(errors, `limits.${key}`, value[key], DEFAULT_LIMITS[key], LIMIT_BOUNDS[key])
   if (limits.headerTimeoutMs > limits.requestTimeoutMs) {
     err(errors, 'limits.headerTimeoutMs', limits.headerTimeoutMs, `must not be longer than limits.requestTimeoutMs (${limits.requestTimeoutMs})`)
   }
@@ -339,4 +338,10 @@ export function parseConfig(json: unknown): ConfigResult {
   if (errors.length > 0 || !policy.ok) return { ok: false, errors }
   const policies = { fallback: policy.value, named, clients }
   return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits, tls, policies, auth, upstream: upstream?.ok ? upstream.value : undefined, upstreamBypass, sandbox } }
+}
+
+/** What loads but may not do what it seems to (a range that holds cloud metadata addresses), for validate and the log. */
+export function configWarnings(config: Config): RuleError[] {
+  const named = [...config.policies.named].flatMap(([name, policy]) => metadataWarnings(policy).map((w) => ({ ...w, path: `policies.${name}.${w.path}` })))
+  return [...metadataWarnings(config.policy), ...named]
 }

@@ -2,6 +2,7 @@
 // with its own DNS server and transparent listeners on its address there. Validated once at load.
 import { formatIpPort, parseIp, type Ip } from '../policy/ip.js'
 import { entryText, type RuleError } from '../policy/rules.js'
+import { wholeNumberWithin } from './bounds.js'
 
 export interface SandboxSettings {
   /** proxy-gate's address on the sandbox network: its listeners bind here and DNS answers with it */
@@ -40,13 +41,6 @@ function dnsPort(report: Report, value: unknown): number | undefined {
   return undefined
 }
 
-function queriesPerSecond(report: Report, value: unknown): number {
-  if (value === undefined) return DEFAULTS.dnsQueriesPerSecond
-  if (typeof value === 'number' && Number.isInteger(value) && value > 0) return value
-  report('sandbox.dnsQueriesPerSecond', value, 'must be a positive whole number')
-  return DEFAULTS.dnsQueriesPerSecond
-}
-
 function parseAddress(report: Report, value: unknown): Ip | undefined {
   const ip = typeof value === 'string' ? parseIp(value) : undefined
   if (ip && ip.value !== 0n) return ip
@@ -66,7 +60,7 @@ export function parseSandbox(errors: RuleError[], value: unknown): SandboxSettin
   const address = parseAddress(report, obj.address)
   const settings = {
     dnsPort: dnsPort(report, obj.dns),
-    dnsQueriesPerSecond: queriesPerSecond(report, obj.dnsQueriesPerSecond),
+    dnsQueriesPerSecond: wholeNumberWithin(errors, 'sandbox.dnsQueriesPerSecond', obj.dnsQueriesPerSecond, DEFAULTS.dnsQueriesPerSecond, { min: 1, max: 1_000_000 }),
     httpPorts: portList(report, 'http', obj.http, DEFAULTS.httpPorts),
     tlsPorts: portList(report, 'tls', obj.tls, DEFAULTS.tlsPorts),
   }
