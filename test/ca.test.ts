@@ -200,7 +200,7 @@ t.test('a real TLS handshake with SNI: the client trusting only the CA accepts t
   const stranger = await createCa()
   const distrusted = await handshake(port, { servername: 'a.test', ca: stranger.certPem })
   t.equal(distrusted.authorized, false, 'a client trusting another CA refuses it')
-  t.match(distrusted.error, /UNABLE_TO_GET_ISSUER_CERT|SELF_SIGNED_CERT_IN_CHAIN/)
+  t.equal(distrusted.error, 'SELF_SIGNED_CERT_IN_CHAIN', 'the chain the leaf comes with ends in a CA the client does not know')
   t.equal(minter.mintCount(), 1, 'the second handshake used the cached context')
 })
 
