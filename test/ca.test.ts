@@ -11,20 +11,11 @@ import { caInfo, caPaths, createCa, defaultCaDir, loadCa, readCaCertificate, wri
 import { createLeafMinter, leafKey, mintLeaf, parseLeafHost, type LeafHost } from '../lib/certs/leaf.js'
 import { runCli, startCli, type RunningCli } from './helpers/cli.js'
 import { tempDir } from './helpers/files.js'
+import { OPENSSL_SKIP } from './helpers/openssl.js'
 import { startProxy } from './helpers/proxy.js'
 
 const SERVER_AUTH = '1.3.6.1.5.5.7.3.1'
 const DAY = 86_400_000
-
-function hasOpenssl(): boolean {
-  try {
-    execFileSync('openssl', ['version'], { stdio: 'ignore' })
-    return true
-  } catch {
-    return false
-  }
-}
-const OPENSSL_SKIP = hasOpenssl() ? false : 'needs the openssl command'
 
 function host(text: string): LeafHost {
   const parsed = parseLeafHost(text)
@@ -209,7 +200,7 @@ t.test('a real TLS handshake with SNI: the client trusting only the CA accepts t
   const stranger = await createCa()
   const distrusted = await handshake(port, { servername: 'a.test', ca: stranger.certPem })
   t.equal(distrusted.authorized, false, 'a client trusting another CA refuses it')
-  t.match(distrusted.error, /UNABLE_TO_GET_ISSUER_CERT|SELF_SIGNED_CERT_IN_CHAIN/)
+  t.equal(distrusted.error, 'SELF_SIGNED_CERT_IN_CHAIN', 'the chain the leaf comes with ends in a CA the client does not know')
   t.equal(minter.mintCount(), 1, 'the second handshake used the cached context')
 })
 

@@ -27,7 +27,7 @@ async function proxyFor(t: Test, port: number): Promise<TestProxy> {
 }
 
 /** Sends one absolute-form GET and collects what comes back until the connection closes. */
-function get(proxy: TestProxy, port: number, onData?: (socket: Socket, received: number) => void): Promise<{ text: string; bytes: number; error: string | undefined }> {
+function get(proxy: TestProxy, port: number, onData?: (socket: Socket, received: number, chunk: Buffer) => void): Promise<{ text: string; bytes: number; error: string | undefined }> {
   return new Promise((resolve) => {
     const socket = connect(proxy.port, '127.0.0.1', () => {
       socket.write(`GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`)
@@ -38,7 +38,7 @@ function get(proxy: TestProxy, port: number, onData?: (socket: Socket, received:
     socket.on('data', (chunk: Buffer) => {
       if (chunks.length < 4) chunks.push(chunk)
       bytes += chunk.length
-      onData?.(socket, bytes)
+      onData?.(socket, bytes, chunk)
     })
     socket.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message))
     socket.on('close', () => resolve({ text: Buffer.concat(chunks).toString('latin1'), bytes, error }))
@@ -72,15 +72,19 @@ t.test('a 4 MiB body streamed in small pieces arrives whole and is logged as fin
 })
 
 t.test('an upstream that dies mid-body cuts the client response: no clean end, logged with an error', async (t) => {
+  let die!: () => void
+  const dying = new Promise<void>((resolve) => (die = resolve))
   const up = await origin(t, (res, socket) => {
     res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': '100000' })
-    res.write(Buffer.alloc(1000, 0x63), () => setTimeout(() => socket.destroy(), 50))
+    res.write(Buffer.concat([Buffer.alloc(999, 0x63), Buffer.from('~')]))
+    void dying.then(() => socket.destroy())
   })
   const proxy = await proxyFor(t, up.port)
-  const got = await get(proxy, up.port)
+  // the origin dies once its first 1000 body bytes (the last one a "~") have reached the client
+  const got = await get(proxy, up.port, (_socket, _received, chunk) => chunk.includes('~') && die())
   t.match(got.text, /^HTTP\/1\.1 200 /, 'the head was already on its way')
   const headEnd = got.text.indexOf('\r\n\r\n') + 4
-  t.ok(got.bytes - headEnd < 100_000, `the body is cut short (${got.bytes - headEnd} of 100000 bytes)`)
+  t.equal(got.bytes - headEnd, 1000, 'the body is cut where the upstream died: 1000 of 100000 bytes')
   const closed = await proxy.waitForLog((l) => l.message === 'closed' && l.kind === 'forward')
   t.ok(closed.error, `logged with error ${String(closed.error)}`)
   t.equal(proxy.proxy.open.size, 0)

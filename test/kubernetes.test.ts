@@ -17,7 +17,7 @@ import { NETNS_SKIP } from './helpers/net.js'
 const ROOT = new URL('../', import.meta.url).pathname
 const BASE = join(ROOT, 'deploy/kubernetes')
 const EXAMPLE = join(BASE, 'examples/workload-namespace')
-const KUBECTL_MISSING = spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status === 0 ? false : 'needs kubectl (apt-get install kubectl) to render the kustomize base'
+const KUBECTL_MISSING = spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status === 0 ? false : 'needs kubectl (apt-get install kubernetes-client) to render the kustomize base'
 /** what the kubelet puts in status.podIP here: the test namespace's loopback */
 const POD_IP = '127.0.0.1'
 

@@ -2,21 +2,55 @@
 // proxy port and opened tunnels), limits.connectTimeoutMs for plain HTTP (direct and through the
 // parent: undici fixes it per agent/pool, so new ones are made) and tls.upstreamCaFiles (the roots
 // that verify origins behind opened tunnels).
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { createServer as createHttpsServer } from 'node:https'
+import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { ProxyAgent, request } from 'undici'
-import { createCa } from '../lib/certs/ca.js'
+import { caPaths, createCa, type Ca } from '../lib/certs/ca.js'
+import { leafKey, mintLeaf } from '../lib/certs/leaf.js'
 import { runCli, startCli } from './helpers/cli.js'
 import { startDns } from './helpers/dns.js'
 import { tempDir, writeJson } from './helpers/files.js'
 import { connectHead } from './helpers/http.js'
-import { PYTHON, rawExchange, startBlackhole, startHttpsUpstream, startHttpUpstream, statusOf } from './helpers/net.js'
+import { PYTHON, rawExchange, startBlackhole, startHttpUpstream, statusOf } from './helpers/net.js'
 import { configFrom, logLine, startProxy, type TestProxy } from './helpers/proxy.js'
 
 process.on('unhandledRejection', (error) => t.fail(`unhandled rejection: ${String(error)}`))
 
 const BIG = 'a'.repeat(3_000)
+
+interface Fetched {
+  readonly status: number
+  readonly proxyStatus: string | undefined
+  readonly body: string
+}
+
+/** One GET through the proxy with a fresh agent (so no tunnel opened before is reused), trusting `ca`. */
+async function fetchThrough(proxyUrl: string, ca: string, url: string): Promise<Fetched> {
+  const agent = new ProxyAgent({ uri: proxyUrl, requestTls: { ca } })
+  try {
+    const res = await request(url, { dispatcher: agent })
+    const proxyStatus = res.headers['proxy-status']
+    return { status: res.statusCode, proxyStatus: Array.isArray(proxyStatus) ? proxyStatus.join(', ') : proxyStatus, body: await res.body.text() }
+  } finally {
+    await agent.close()
+  }
+}
+
+/** An HTTPS origin for api.allowed.test on loopback whose certificate `ca` signed; the paths it was asked for. */
+async function originSignedBy(t: Test, ca: Ca): Promise<{ port: number; requests: string[] }> {
+  const key = await leafKey()
+  const requests: string[] = []
+  const server = createHttpsServer({ key: key.pem, cert: mintLeaf(ca, key, { kind: 'dns', name: 'api.allowed.test' }) }, (req, res) => {
+    requests.push(req.url ?? '')
+    res.end(`hello ${req.method ?? ''} ${req.url ?? ''}`)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => (server.closeAllConnections(), server.close(() => resolve()))))
+  return { port: (server.address() as AddressInfo).port, requests }
+}
 
 async function started(t: Test, rules: Record<string, unknown>, options: Parameters<typeof startProxy>[1] = {}): Promise<TestProxy> {
   const proxy = await startProxy(rules, options)
@@ -72,62 +106,66 @@ t.test('connectTimeoutMs follows a reload for plain HTTP, direct and through the
 })
 
 t.test('tls.upstreamCaFiles follows a reload: origins of opened tunnels are verified against the new roots', async (t) => {
-  const https = await startHttpsUpstream('127.0.0.1', ['api.allowed.test'])
-  t.teardown(() => https.close())
+  const originCa = await createCa({ commonName: 'origin CA' })
+  const origin = await originSignedBy(t, originCa)
   const dns = await startDns({ 'api.allowed.test': { A: ['127.0.0.1'] } })
   t.teardown(() => dns.close())
   const ca = await createCa()
   const rules = {
-    allow: [{ host: 'api.allowed.test', ports: [https.port], methods: ['GET'] }, `127.0.0.1:${https.port}`],
+    allow: [{ host: 'api.allowed.test', ports: [origin.port], methods: ['GET'] }, `127.0.0.1:${origin.port}`], // the IP rule vouches for loopback
     dns: { servers: [dns.server], timeoutMs: 2000 },
-    tls: { ports: [https.port] },
+    tls: { ports: [origin.port] },
   }
   const proxy = await started(t, rules, { ca })
-  const agent = new ProxyAgent({ uri: proxy.url, requestTls: { ca: ca.certPem } })
-  t.teardown(() => agent.destroy())
-  const url = `https://api.allowed.test:${https.port}/ca`
-  const before = await request(url, { dispatcher: agent })
-  t.equal(before.statusCode, 502, 'its self-signed certificate is not trusted yet')
-  t.match(before.headers['proxy-status'], /error=tls_certificate_error/)
-  await before.body.text()
+  const get = (path: string): Promise<Fetched> => fetchThrough(proxy.url, ca.certPem, `https://api.allowed.test:${origin.port}${path}`)
 
-  proxy.proxy.reload(configFrom(rules), [https.tls.cert])
+  const before = await get('/before')
+  t.equal(before.status, 502, 'an origin signed by a CA proxy-gate does not know is refused')
+  t.match(before.proxyStatus, /error=tls_certificate_error/)
+
+  proxy.proxy.reload(configFrom(rules), [originCa.certPem])
   await logLine(proxy, (l) => l.message.startsWith('tls.upstreamCaFiles changed'), 'CA change logged')
-  await agent.close()
-  const fresh = new ProxyAgent({ uri: proxy.url, requestTls: { ca: ca.certPem } })
-  t.teardown(() => fresh.destroy())
-  const after = await request(url, { dispatcher: fresh })
-  t.equal(after.statusCode, 200, 'trusted after the reload')
-  t.equal(await after.body.text(), 'hello GET /ca')
+  t.same(await get('/after'), { status: 200, proxyStatus: undefined, body: 'hello GET /after' }, 'reached through the opened tunnel once its CA is a root')
 
   proxy.proxy.reload(configFrom(rules), [])
-  await fresh.close()
-  const again = new ProxyAgent({ uri: proxy.url, requestTls: { ca: ca.certPem } })
-  t.teardown(() => again.destroy())
-  const removed = await request(url, { dispatcher: again })
-  t.equal(removed.statusCode, 502, 'and no longer once it is removed')
-  await removed.body.text()
+  t.equal((await get('/removed')).status, 502, 'and refused again once the CA is removed')
+  t.same(origin.requests, ['/after'], 'only the request made while its CA was trusted reached the origin')
 })
 
-t.test('proxy-gate start reads tls.upstreamCaFiles again on reload; one it cannot read fails the reload', async (t) => {
+t.test('proxy-gate start reads tls.upstreamCaFiles again on reload; one it cannot read fails the reload and keeps the roots', async (t) => {
   const dir = tempDir('reload-ca')
-  const https = await startHttpsUpstream('127.0.0.1', ['api.allowed.test'])
-  t.teardown(() => https.close())
-  const rules = (files: string[]): Record<string, unknown> => ({ allow: [`127.0.0.1:${https.port}`], tls: { upstreamCaFiles: files } })
+  t.equal((await runCli(['ca', 'init', '--dir', dir])).code, 0, 'a local CA, to open tunnels with')
+  const localCa = readFileSync(caPaths(dir).cert, 'utf8')
+  const originCa = await createCa({ commonName: 'origin CA' })
+  const origin = await originSignedBy(t, originCa)
+  const dns = await startDns({ 'api.allowed.test': { A: ['127.0.0.1'] } })
+  t.teardown(() => dns.close())
+  const rules = (files: string[]): Record<string, unknown> => ({
+    allow: [{ host: 'api.allowed.test', ports: [origin.port], methods: ['GET'] }, `127.0.0.1:${origin.port}`], // the IP rule vouches for loopback
+    dns: { servers: [dns.server], timeoutMs: 2000 },
+    tls: { ports: [origin.port], upstreamCaFiles: files },
+  })
   const file = writeJson(dir, 'rules.json', rules([]))
   const cli = await startCli(['start', '--log-format', 'json', '--rules', file, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--admin-token-file', join(dir, 'admin-token'), '--dir', dir])
   t.teardown(() => cli.stop())
-  writeFileSync(join(dir, 'origin.pem'), https.tls.cert)
-  writeJson(dir, 'rules.json', rules(['origin.pem']))
+  const get = (path: string): Promise<Fetched> => fetchThrough(cli.url, localCa, `https://api.allowed.test:${origin.port}${path}`)
+  const before = await get('/before')
+  t.equal(before.status, 502, 'before the reload the origin is refused')
+  t.match(before.proxyStatus, /error=tls_certificate_error/)
+
+  writeFileSync(join(dir, 'origin-ca.pem'), originCa.certPem)
+  writeJson(dir, 'rules.json', rules(['origin-ca.pem']))
   cli.child.kill('SIGHUP')
   await cli.waitFor((l) => typeof l.message === 'string' && l.message.startsWith('tls.upstreamCaFiles changed'))
   await cli.waitFor((l) => l.message === 'reloaded' && l.trigger === 'SIGHUP')
-  t.pass('the file named on reload is read, relative to the rules file')
+  t.same(await get('/after'), { status: 200, proxyStatus: undefined, body: 'hello GET /after' }, 'the file named on reload, relative to the rules file, is a root now')
 
   writeJson(dir, 'rules.json', rules(['missing.pem']))
   cli.child.kill('SIGHUP')
   const failed = await cli.waitFor((l) => l.message === 'reload failed: keeping the previous rules')
   t.match(JSON.stringify(failed.errors), /tls\.upstreamCaFiles: cannot read .*missing\.pem/)
+  t.equal((await get('/kept')).status, 200, 'the previous roots are kept')
+  t.same(origin.requests, ['/after', '/kept'])
 })
 
 t.test('a local CA that changed on disk is named in the reload line as needing a restart', async (t) => {

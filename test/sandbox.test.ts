@@ -102,7 +102,7 @@ t.test('sandbox: the only way out is proxy-gate', { skip: engineMissing() }, asy
   importNodeImage(engine, BASE)
   const built = await cli(engine, ['sandbox', 'build', '--base', BASE, '--tag', IMAGE])
   t.equal(built.code, 0, `sandbox build: ${built.out.slice(-500)}`)
-  t.match(built.out, /--network none|Successfully/, 'built without network')
+  t.match(built.out, `Successfully tagged ${IMAGE}`, 'built (with --network none, in a namespace that has no way out anyway)')
 
   // a rules folder as root's usually is (0755, 0644); sandbox up runs proxy-gate as the file's owner otherwise
   const rulesDir = mkdtempSync(join(tmpdir(), 'pg-sandbox-rules-'))

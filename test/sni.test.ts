@@ -3,7 +3,6 @@
 // non-TLS bytes, IP-literal tunnels decided by their server name, timeouts. Every denial is
 // checked at the upstream: it never saw a connection.
 import { execFile } from 'node:child_process'
-import { existsSync } from 'node:fs'
 import { connect as netConnect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
 import { promisify } from 'node:util'
@@ -13,6 +12,7 @@ import { parseClientHello } from '../lib/policy/tls-hello.js'
 import { startDns } from './helpers/dns.js'
 import { connectHead } from './helpers/http.js'
 import { NETNS_SKIP, startBannerUpstream, startCanary, startHttpsUpstream } from './helpers/net.js'
+import { OPENSSL_SKIP, sClient } from './helpers/openssl.js'
 import { startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
 
 const run = promisify(execFile)
@@ -208,12 +208,14 @@ t.test('real clients: undici ProxyAgent and curl send the right SNI; openssl -se
   const viaCurl = await run('bash', ['-c', `curl -s --max-time 10 --cacert <(printf '%s' "$CA") -x ${proxy.url} https://api.allowed.test:${upstream.port}/curl`], { env: { ...process.env, CA: upstream.tls.cert } })
   t.equal(viaCurl.stdout, 'hello GET /curl')
 
-  if (!existsSync('/usr/bin/openssl')) return t.comment('openssl not installed: fronting via s_client not checked')
-  const before = upstream.connections()
-  const fronting = await run('openssl', ['s_client', '-proxy', `127.0.0.1:${proxy.port}`, '-connect', `api.allowed.test:${upstream.port}`, '-servername', 'evil.test', '-brief'], { timeout: 10_000 }).catch((e: unknown) => e as { stderr: string; code: number })
-  t.not((fronting as { code?: number }).code, 0, 'openssl s_client fails')
-  t.equal(upstream.connections(), before, 'the upstream never saw the fronted connection')
-  t.match(await lastDecision(proxy, (l) => l.reason === 'sni-mismatch'), { sni: 'evil.test' })
+  await t.test('openssl s_client -servername evil.test through the tunnel is refused', { skip: OPENSSL_SKIP }, async (t) => {
+    const before = upstream.connections()
+    const fronting = await sClient(['-proxy', `127.0.0.1:${proxy.port}`, '-connect', `api.allowed.test:${upstream.port}`, '-servername', 'evil.test'])
+    t.equal(fronting.code, 1, 'openssl s_client fails', { output: fronting.output })
+    t.notMatch(fronting.output, /CONNECTION ESTABLISHED/, 'no handshake completed')
+    t.equal(upstream.connections(), before, 'the upstream never saw the fronted connection')
+    t.match(await lastDecision(proxy, (l) => l.reason === 'sni-mismatch'), { sni: 'evil.test' })
+  })
 })
 
 t.test('ports not listed as TLS: a ClientHello is held until its SNI matches; server-first protocols still work', async (t) => {
@@ -250,11 +252,12 @@ t.test('ports not listed as TLS: a ClientHello is held until its SNI matches; se
   const viaCurl = await run('bash', ['-c', `curl -s --max-time 10 --cacert <(printf '%s' "$CA") -x ${proxy.url} https://api.allowed.test:${upstream.port}/curl`], { env: { ...process.env, CA: upstream.tls.cert } })
   t.equal(viaCurl.stdout, 'hello GET /curl', 'curl to https on a port not listed as TLS')
 
-  if (existsSync('/usr/bin/openssl')) {
-    const fronting = await run('openssl', ['s_client', '-proxy', `127.0.0.1:${proxy.port}`, '-connect', `api.allowed.test:${upstream.port}`, '-servername', 'evil.test', '-brief'], { timeout: 10_000 }).catch((e: unknown) => e as { code: number })
-    t.not((fronting as { code?: number }).code, 0, 'openssl s_client -servername evil.test fails')
+  await t.test('openssl s_client -servername evil.test on a port not listed as TLS is refused', { skip: OPENSSL_SKIP }, async (t) => {
+    const fronting = await sClient(['-proxy', `127.0.0.1:${proxy.port}`, '-connect', `api.allowed.test:${upstream.port}`, '-servername', 'evil.test'])
+    t.equal(fronting.code, 1, 'openssl s_client fails', { output: fronting.output })
+    t.notMatch(fronting.output, /CONNECTION ESTABLISHED/, 'no handshake completed')
     t.match(await lastDecision(proxy, (l) => l.reason === 'sni-mismatch' && l.target === `api.allowed.test:${upstream.port}`), { sni: 'evil.test' })
-  } else t.comment('openssl not installed: fronting via s_client not checked')
+  })
 
   // server-first: the banner reaches the client before it sends a byte, and plain bytes pass as before
   const session = netConnect({ host: '127.0.0.1', port: proxy.port })

@@ -3,6 +3,7 @@
 // proxy-gate instance (end to end with real clients), and a tiny recording parent (a raw TCP server)
 // that shows the exact bytes proxy-gate sends it and can answer anything, late or malformed.
 // Corpus case I 92: no tunnel byte reaches the parent before its 2xx to CONNECT.
+import { EventEmitter } from 'node:events'
 import { execFile } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -19,7 +20,7 @@ import { formatRuleErrors } from '../lib/policy/rules.js'
 import { parseParentHead } from '../lib/net/upstream.js'
 import { startDns, type TestDns } from './helpers/dns.js'
 import { completeResponses, parseResponses, rawExchange, rawSession, startHttpsUpstream, startHttpUpstream, type RawResponse } from './helpers/net.js'
-import { startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
+import { logLine, startProxy, type TestProxy } from './helpers/proxy.js'
 
 process.on('unhandledRejection', (error) => t.fail(`unhandled rejection: ${String(error)}`))
 
@@ -63,12 +64,15 @@ interface Answer {
 interface RecordingParent {
   readonly port: number
   readonly conns: ParentConnection[]
+  /** resolves once `until` holds after some bytes arrived, rejects if it does not within 5 s */
+  received(until: () => boolean, what: string): Promise<void>
   close(): Promise<void>
 }
 
 async function recordingParent(t: Test, answer: (head: string) => Answer): Promise<RecordingParent> {
   const conns: ParentConnection[] = []
   const sockets = new Set<Socket>()
+  const arrived = new EventEmitter()
   const server: Server = createServer((socket) => {
     sockets.add(socket)
     socket.on('close', () => sockets.delete(socket))
@@ -101,11 +105,27 @@ async function recordingParent(t: Test, answer: (head: string) => Answer): Promi
       if (a.delayMs) setTimeout(send, a.delayMs)
       else send()
     })
+    socket.on('data', () => arrived.emit('data')) // after the handler above has read the chunk
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const parent: RecordingParent = {
     port: (server.address() as AddressInfo).port,
     conns,
+    received: (until, what) =>
+      new Promise((resolve, reject) => {
+        const check = (): void => {
+          if (!until()) return
+          arrived.off('data', check)
+          clearTimeout(timer)
+          resolve()
+        }
+        const timer = setTimeout(() => {
+          arrived.off('data', check)
+          reject(new Error(`the parent never received ${what}`))
+        }, 5_000)
+        arrived.on('data', check)
+        check()
+      }),
     close: () =>
       new Promise((resolve) => {
         for (const s of sockets) s.destroy()
@@ -176,16 +196,6 @@ function proxyStatus(r: RawResponse): Record<string, string> {
   const out: Record<string, string> = {}
   for (const m of value.matchAll(/; ([a-z-]+)=("(?:[^"\\]|\\.)*"|[^;]+)/g)) out[m[1] ?? ''] = (m[2] ?? '').replace(/^"|"$/g, '').replace(/\\(.)/g, '$1')
   return out
-}
-
-function logLine(proxy: TestProxy, match: (l: LogLine) => boolean, what: string, ms = 5_000): Promise<LogLine> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no log line: ${what}`)), ms)
-    void proxy.waitForLog(match).then((line) => {
-      clearTimeout(timer)
-      resolve(line)
-    })
-  })
 }
 
 const allLogs = (...proxies: TestProxy[]): string => proxies.map((p) => JSON.stringify(p.logs())).join('\n')
@@ -341,12 +351,11 @@ t.test('CONNECT: the parent sees exactly CONNECT name:port with our credentials,
   const target = `api.allowed.test:${w.port}`
   const session = await rawSession(proxy.port)
   t.teardown(() => session.destroy())
-  const sent = Date.now()
   // the CONNECT and an optimistic payload in one write: proxy-gate must hold the payload back
   await session.send(`${connectHead(target)}OPTIMISTIC-PAYLOAD`)
+  t.equal(first(await session.waitFor((s) => s.includes('\r\n\r\n'))).status, 200, 'the client gets its 200')
+  t.not(parent.conns[0]?.atReply, undefined, 'only after the parent answered (non-TLS ports answer after the dial)')
   const text = await session.waitFor((s) => s.includes('OPTIMISTIC-PAYLOAD'))
-  t.equal(first(text).status, 200, 'the client gets its 200')
-  t.ok(Date.now() - sent >= 290, 'only after the parent answered (non-TLS ports answer after the dial)')
   t.equal(text.slice(text.indexOf('\r\n\r\n') + 4), 'OPTIMISTIC-PAYLOAD', 'the payload went through the parent and came back')
   t.equal(parent.conns.length, 1)
   const conn = parent.conns[0]
@@ -380,7 +389,8 @@ t.test('CONNECT on a TLS port: the ClientHello waits for the parent 2xx; a refus
   const tls = tlsConnect({ socket: session.socket, servername: 'api.allowed.test', rejectUnauthorized: false })
   tls.on('error', () => undefined)
   t.teardown(() => tls.destroy())
-  await new Promise((resolve) => setTimeout(resolve, 600))
+  const bytesAfterHead = (): number => (parent.conns[0]?.head ? parent.conns[0].data.length - parent.conns[0].head.length : 0)
+  await parent.received(() => bytesAfterHead() > 0, 'the ClientHello')
   const conn = parent.conns[0]
   t.equal(conn?.head, `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nProxy-Authorization: ${BASIC}\r\n\r\n`)
   t.equal(conn?.atReply, conn?.head, 'the ClientHello was held until the parent answered')
