@@ -202,8 +202,6 @@ function reloader(setup: Setup, proxy: Proxy, log: Logger, onMode: (mode: Mode) 
       proxy.noteReload({ ok: false, trigger, errors })
       return { ok: false, errors }
     }
-    const { listen } = next.config
-    if (listen.host !== setup.config.listen.host || listen.port !== setup.config.listen.port) log.warn('"listen" changed: restart proxy-gate to apply it')
     const outcome = proxy.reload(next.config, next.upstreamCa)
     warnAboutRules(log, file, next.config)
     onMode(next.config.mode)
