@@ -9,12 +9,14 @@ import { caCertToServe, caDir, needsCa } from './ca.js'
 import { isLoopback, printErrors, usageError } from './common.js'
 import type { StartHooks } from './learn.js'
 import { advertisedAddress, openBypass } from './wiring.js'
-import { configWarnings, parseConfig, parseListen, type Config } from '../rules/config.js'
+import { configWarnings, parseConfig, parseListen, type Config, type Listen } from '../rules/config.js'
 import { parseIp } from '../policy/ip.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
 import { describePattern, formatRuleErrors, type Mode, type RuleError } from '../policy/rules.js'
 import { parseSandbox, type SandboxSettings } from '../rules/sandbox.js'
-import { loadRulesFile, rulesPath, watchRulesFile, type Overrides } from '../rules/file.js'
+import { loadRulesFile, rulesPath, watchRulesFile, withOverrides, type Overrides } from '../rules/file.js'
+import { sameListeners } from '../proxy/transparent.js'
+import { dnsListener } from '../dns/server.js'
 import { createProxy, type Proxy } from '../proxy/server.js'
 import type { Result } from '../policy/target.js'
 
@@ -48,6 +50,8 @@ interface Setup {
   /** where the local CA lives (--dir) */
   readonly caDir: string
   readonly upstreamCa: string[]
+  /** --insecure-open: a non-loopback listener without "auth" was consented to */
+  readonly insecureOpen: boolean
 }
 
 type Checked<T> = { ok: true; value: T } | { ok: false; code: number }
@@ -134,7 +138,7 @@ function check(flags: StartFlags): Checked<Setup> {
   if (caMissing) return refuse(caMissing)
   const upstreamCa = readUpstreamCa(file, config)
   if (!upstreamCa.ok) return refuse(upstreamCa.error)
-  return { ok: true, value: { file, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, caDir: dir, upstreamCa: upstreamCa.value } }
+  return { ok: true, value: { file, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, caDir: dir, upstreamCa: upstreamCa.value, insecureOpen: flags['insecure-open'] } }
 }
 
 /** Where it listens, where the PAC file is, and the commands that wire clients to it. */
@@ -164,20 +168,40 @@ function warnAboutRules(log: Logger, file: string, config: Config): void {
 
 type ReloadResult = { ok: boolean; errors?: string[] }
 
+function formatListen({ host, port }: Listen): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`
+}
+
+/**
+ * What start would refuse in new rules for the running proxy: exposure (as `start` checks it), a
+ * local CA the rules need, and listeners, which are bound once (a change needs a restart).
+ */
+function reloadProblem(setup: Setup, next: Config): string | undefined {
+  const { listen } = next
+  const running = setup.config
+  if (listen.host !== running.listen.host || listen.port !== running.listen.port) {
+    return `"listen" changed to ${formatListen(listen)} (running on ${formatListen(running.listen)}): restart proxy-gate to apply it`
+  }
+  if (!sameListeners(running.sandbox, next.sandbox) || dnsListener(running.sandbox) !== dnsListener(next.sandbox)) {
+    return '"sandbox" listeners changed (address, http, tls or dns ports): restart proxy-gate to apply them'
+  }
+  return listenProblem(next, setup.insecureOpen) ?? needsCa(next, setup.ca)
+}
+
 /** What a reload would refuse in this rules document (the dashboard's Allow checks before it writes). */
 function problemsIn(setup: Setup, document: unknown): string[] {
   const parsed = parseConfig(document)
   if (!parsed.ok) return formatRuleErrors(parsed.errors).split('\n')
-  const caNeeded = needsCa(parsed.value, setup.ca)
-  return caNeeded ? [caNeeded] : []
+  const problem = reloadProblem(setup, withOverrides(parsed.value, setup.overrides))
+  return problem ? [problem] : []
 }
 
 /** The rules file again, with the files it names: what to run, or why it cannot run. */
 function loadNext(setup: Setup): { ok: true; config: Config; upstreamCa: string[] } | { ok: false; errors: string[] } {
   const next = loadRulesFile(setup.file, setup.overrides)
   if (!next.ok) return { ok: false, errors: formatRuleErrors(next.errors).split('\n') }
-  const caNeeded = needsCa(next.value, setup.ca)
-  if (caNeeded) return { ok: false, errors: [caNeeded] }
+  const problem = reloadProblem(setup, next.value)
+  if (problem) return { ok: false, errors: [problem] }
   const upstreamCa = readUpstreamCa(setup.file, next.value)
   return upstreamCa.ok ? { ok: true, config: next.value, upstreamCa: upstreamCa.value } : { ok: false, errors: [upstreamCa.error] }
 }

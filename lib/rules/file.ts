@@ -69,12 +69,12 @@ export function loadRulesFile(path: string, overrides: Overrides = {}): ConfigRe
   }
   const result = parseConfig(json)
   if (!result.ok) return result
-  const config: Config = { ...result.value, ...definedOnly(overrides) }
-  return { ok: true, value: config }
+  return { ok: true, value: withOverrides(result.value, overrides) }
 }
 
-function definedOnly(overrides: Overrides): Partial<Config> {
-  return Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined))
+/** The rules with the command line's values in place of the file's. */
+export function withOverrides(config: Config, overrides: Overrides): Config {
+  return { ...config, ...(Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)) as Partial<Config>) }
 }
 
 export interface RulesWatch {
