@@ -4,21 +4,19 @@
 // to 127.0.0.2, where canaries count connections; the fixture DNS sends them to 11.22.33.44, where
 // the origins are. Any path that resolves the name again (getaddrinfo) lands on a canary.
 import { spawnSync } from 'node:child_process'
-import { once } from 'node:events'
 import { writeFileSync } from 'node:fs'
 import { createServer as createHttpServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import { connect, type AddressInfo, type Server, type Socket } from 'node:net'
 import { join } from 'node:path'
-import { connect as tlsConnect, type TLSSocket } from 'node:tls'
 import t, { type Test } from 'tap'
 import { WebSocketServer } from 'ws'
 import { createCa, writeCa } from '../lib/certs/ca.js'
 import { CLI_PATH, startCli, type CliLine, type RunningCli } from './helpers/cli.js'
 import { startDns } from './helpers/dns.js'
 import { tempDir, writeJson } from './helpers/files.js'
-import { connectHead } from './helpers/http.js'
-import { completeResponses, NETNS_SKIP, selfSigned, startCanary, type Canary } from './helpers/net.js'
+import { NETNS_SKIP, selfSigned, startCanary, type Canary } from './helpers/net.js'
+import { exchange, toProxy, tunnel, upgradeHead, wsExchange } from './helpers/ws-raw.js'
 
 /** where the fixture DNS sends the names: the origins */
 const ORIGIN = '11.22.33.44'
@@ -123,82 +121,10 @@ async function startParent(t: Test): Promise<Parent> {
 
 // ---- clients -----------------------------------------------------------------------------------
 
-const KEY = 'dGhlIHNhbXBsZSBub25jZQ=='
-
-function upgradeHead(requestTarget: string, host: string): string {
-  return `GET ${requestTarget} HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${KEY}\r\n\r\n`
-}
-
-function maskedTextFrame(text: string): Buffer {
-  const mask = Buffer.from([1, 2, 3, 4])
-  const payload = Buffer.from(text).map((b, i) => b ^ (mask[i % 4] as number))
-  return Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, payload])
-}
-
-/** Everything a connection received, latin1, once `done` holds, it closes, or 5 s pass (a safety net). */
-function received(socket: Socket | TLSSocket, done: (text: string) => boolean): Promise<string> {
-  return new Promise((resolve) => {
-    let text = ''
-    const finish = (): void => {
-      clearTimeout(timer)
-      socket.off('data', onData)
-      socket.off('close', finish)
-      resolve(text)
-    }
-    const onData = (d: Buffer): void => {
-      text += d.toString('latin1')
-      if (done(text)) finish()
-    }
-    const timer = setTimeout(finish, 5_000)
-    socket.on('data', onData)
-    socket.once('close', finish)
-  })
-}
-
 /** proxy-gate started for one test, and the client connections made to it (closed before its log is read). */
 interface Gate {
   readonly cli: RunningCli
   readonly sockets: Set<Socket>
-}
-
-async function toProxy(gate: Gate): Promise<Socket> {
-  const socket = connect({ host: '127.0.0.1', port: gate.cli.port })
-  socket.on('error', () => socket.destroy())
-  gate.sockets.add(socket)
-  await once(socket, 'connect')
-  return socket
-}
-
-/** A request (its bytes) and the one complete response that comes back. */
-async function exchange(socket: Socket | TLSSocket, bytes: string): Promise<string> {
-  const answer = received(socket, (text) => completeResponses(text) >= 1)
-  socket.write(bytes)
-  return answer
-}
-
-/** An upgrade request, then one message: what came back once the echo arrived (or the answer, when not 101). */
-async function wsExchange(socket: Socket | TLSSocket, head: string): Promise<string> {
-  const upgraded = received(socket, (text) => text.includes('\r\n\r\n'))
-  socket.write(head)
-  const answer = await upgraded
-  if (!answer.startsWith('HTTP/1.1 101 ')) return answer
-  const echoed = received(socket, (text) => text.includes('echo: through'))
-  socket.write(maskedTextFrame('through'))
-  return `${answer}${await echoed}`
-}
-
-/** CONNECT target, its 200, and with `tls` the TLS session to proxy-gate's leaf for the name. */
-async function tunnel(t: Test, gate: Gate, target: string, tls?: { servername: string; ca: string }): Promise<Socket | TLSSocket> {
-  const raw = await toProxy(gate)
-  const answered = received(raw, (text) => text.includes('\r\n\r\n'))
-  raw.write(connectHead(target))
-  const established = await answered
-  t.match(established, /^HTTP\/1\.1 200 /, `CONNECT ${target}: 200`)
-  if (!tls) return raw
-  const secure = tlsConnect({ socket: raw, ...tls })
-  secure.on('error', () => secure.destroy())
-  await once(secure, 'secureConnect')
-  return secure
 }
 
 // ---- the world -----------------------------------------------------------------------------------
@@ -275,14 +201,18 @@ async function everyPath(t: Test, w: World, gate: Gate): Promise<void> {
   w.secure.seen.length = 0
   const before = w.canaries.map((c) => c.connections())
 
-  t.match(await exchange(await toProxy(gate), `GET http://${open}/forward HTTP/1.1\r\nHost: ${open}\r\n\r\n`), /^HTTP\/1\.1 200 [^]*origin \/forward$/, 'plain forward')
-  t.match(await exchange(await tunnel(t, gate, open), `GET /connect HTTP/1.1\r\nHost: ${open}\r\n\r\n`), /^HTTP\/1\.1 200 [^]*origin \/connect$/, 'CONNECT')
-  t.match(await wsExchange(await toProxy(gate), upgradeHead(`http://${open}/upgrade`, open)), /^HTTP\/1\.1 101 [^]*echo: through/, 'ws:// upgrade')
+  const port = gate.cli.port
+  const track = (socket: Socket): void => void gate.sockets.add(socket)
+  const ok = (path: string): RegExp => new RegExp(`^HTTP/1\\.1 200 [^]*origin ${path}$`)
+  const echoed = /^HTTP\/1\.1 101 [^]*echo: through/
+  t.match(await exchange(await toProxy(port, track), `GET http://${open}/forward HTTP/1.1\r\nHost: ${open}\r\n\r\n`), ok('/forward'), 'plain forward')
+  t.match(await exchange(await tunnel(port, open, track), `GET /connect HTTP/1.1\r\nHost: ${open}\r\n\r\n`), ok('/connect'), 'CONNECT')
+  t.match(await wsExchange(await toProxy(port, track), upgradeHead(`http://${open}/upgrade`, open)), echoed, 'ws:// upgrade')
 
-  t.match(await exchange(await tunnel(t, gate, openedPlain), `GET /opened-plain HTTP/1.1\r\nHost: ${openedPlain}\r\n\r\n`), /^HTTP\/1\.1 200 [^]*origin \/opened-plain$/, 'a request in an opened tunnel')
-  t.match(await wsExchange(await tunnel(t, gate, openedPlain), upgradeHead('/opened-plain-ws', openedPlain)), /^HTTP\/1\.1 101 [^]*echo: through/, 'a WebSocket upgrade in an opened tunnel')
-  t.match(await exchange(await tunnel(t, gate, openedTls, tls), `GET /opened-tls HTTP/1.1\r\nHost: ${openedTls}\r\n\r\n`), /^HTTP\/1\.1 200 [^]*origin \/opened-tls$/, 'a request in an opened TLS tunnel')
-  t.match(await wsExchange(await tunnel(t, gate, openedTls, tls), upgradeHead('/opened-tls-ws', openedTls)), /^HTTP\/1\.1 101 [^]*echo: through/, 'a WebSocket upgrade in an opened TLS tunnel')
+  t.match(await exchange(await tunnel(port, openedPlain, track), `GET /opened-plain HTTP/1.1\r\nHost: ${openedPlain}\r\n\r\n`), ok('/opened-plain'), 'a request in an opened tunnel')
+  t.match(await wsExchange(await tunnel(port, openedPlain, track), upgradeHead('/opened-plain-ws', openedPlain)), echoed, 'a WebSocket upgrade in an opened tunnel')
+  t.match(await exchange(await tunnel(port, openedTls, track, tls), `GET /opened-tls HTTP/1.1\r\nHost: ${openedTls}\r\n\r\n`), ok('/opened-tls'), 'a request in an opened TLS tunnel')
+  t.match(await wsExchange(await tunnel(port, openedTls, track, tls), upgradeHead('/opened-tls-ws', openedTls)), echoed, 'a WebSocket upgrade in an opened TLS tunnel')
 
   t.same(w.plain.seen, ['/forward', '/connect', 'ws /upgrade', '/opened-plain', 'ws /opened-plain-ws'], 'the plain origin saw each')
   t.same(w.secure.seen, ['/opened-tls', 'ws /opened-tls-ws'], 'the TLS origin saw each')
