@@ -1,8 +1,12 @@
 // Opens the upstream TCP connection to an address the gate checked: IP literals only, so the
-// name is never resolved again (no rebinding window), each try bounded by the connect timeout.
+// name is never resolved again (no rebinding window), each try bounded by the connect timeout;
+// and TLS to the origin over such a connection, verified for the name.
 import { connect, type OnReadOpts, type Socket } from 'node:net'
+import type { SecureContext, TLSSocket } from 'node:tls'
+import { tls as nodeTls } from '../core/builtins.js'
 import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import { reply, type ProxyReply } from '../core/reply.js'
+import { hostText, type Target } from '../policy/target.js'
 
 export class DialFailure extends Error {
   constructor(readonly reply: ProxyReply) {
@@ -67,4 +71,29 @@ export async function dial(addresses: readonly Ip[], port: number, timeoutMs: nu
   }
   const where = addresses.map((ip) => formatIpPort(ip, port)).join(', ')
   throw new DialFailure(upstreamFailure(last, where))
+}
+
+/**
+ * TLS to the origin over `socket` (dialled to a checked address, or the parent's tunnel): SNI and
+ * the certificate check are for the target's name, against `secureContext`, bounded like a connect.
+ * Rejects with a DialFailure naming `where`.
+ */
+export function startTls(socket: Socket, target: Target, secureContext: SecureContext, where: string, timeoutMs: number): Promise<TLSSocket> {
+  const name = hostText(target.host)
+  return new Promise((resolve, reject) => {
+    const tls = nodeTls.connect({ socket, host: name, ...(target.host.kind === 'name' ? { servername: name } : {}), secureContext, ALPNProtocols: ['http/1.1'] })
+    const fail = (code: string): void => {
+      clearTimeout(timer)
+      tls.destroy()
+      reject(new DialFailure(upstreamFailure(code, where)))
+    }
+    const timer = setTimeout(() => fail('ETIMEDOUT'), timeoutMs)
+    const onError = (error: NodeJS.ErrnoException): void => fail(error.code ?? 'EUNKNOWN')
+    tls.once('error', onError)
+    tls.once('secureConnect', () => {
+      clearTimeout(timer)
+      tls.off('error', onError)
+      resolve(tls)
+    })
+  })
 }

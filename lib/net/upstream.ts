@@ -9,18 +9,18 @@
 // Nothing of the tunnel (the ClientHello or anything else the client sent) is written to the
 // parent before its 2xx: a parent that refuses the CONNECT could read it as a request (corpus 92).
 // The parent's failures become 502/504 replies whose Proxy-Status names it as next-hop.
-import { http, tls as nodeTls } from '../core/builtins.js'
+import { http } from '../core/builtins.js'
 import { connect, type Socket } from 'node:net'
-import type { SecureContext, TLSSocket } from 'node:tls'
+import type { SecureContext } from 'node:tls'
 import type { Dispatcher } from 'undici'
 import { undici } from '../core/lazy.js'
 import type { UpstreamProxy } from '../rules/config.js'
-import { DialFailure, upstreamFailure } from './dial.js'
+import { DialFailure, startTls, upstreamFailure } from './dial.js'
 import { parseIp } from '../policy/ip.js'
 import { patternMatches, type HostPattern } from '../policy/rules.js'
 import type { SelfAddress } from '../policy/decide.js'
 import { reply, type ProxyReply } from '../core/reply.js'
-import { formatTarget, hostText, type Target } from '../policy/target.js'
+import { formatTarget, type Target } from '../policy/target.js'
 
 export interface UpstreamOptions {
   /** TCP connect timeout for the pool that carries plain HTTP (fixed when the pool is made: a change makes a new one) */
@@ -230,34 +230,13 @@ export function throughParent<T extends { readonly origin: string; readonly auth
   return { ...up, origin: `http://${parent.hop}`, path: `http://${up.authority}${up.path}`, via: parent.hop }
 }
 
-/** TLS to the origin over a tunnel the parent opened, verified for the name against `secureContext`, bounded like a connect. */
-function originTls(socket: Socket, target: Target, secureContext: SecureContext, hop: string, timeoutMs: number): Promise<TLSSocket> {
-  const name = hostText(target.host)
-  return new Promise((resolve, reject) => {
-    const tls = nodeTls.connect({ socket, host: name, ...(target.host.kind === 'name' ? { servername: name } : {}), secureContext, ALPNProtocols: ['http/1.1'] })
-    const fail = (code: string): void => {
-      clearTimeout(timer)
-      tls.destroy()
-      reject(new DialFailure(upstreamFailure(code, `${formatTarget(target)} (through upstream proxy ${hop})`)))
-    }
-    const timer = setTimeout(() => fail('ETIMEDOUT'), timeoutMs)
-    const onError = (error: NodeJS.ErrnoException): void => fail(error.code ?? 'EUNKNOWN')
-    tls.once('error', onError)
-    tls.once('secureConnect', () => {
-      clearTimeout(timer)
-      tls.off('error', onError)
-      resolve(tls)
-    })
-  })
-}
-
 /**
  * A connection to the destination through the parent, for a client that speaks HTTP over it:
  * the parent's CONNECT tunnel, with TLS to the origin when `tls` is given. Rejects with a DialFailure.
  */
 export async function connectThrough(parent: Upstream, target: Target, limits: TunnelLimits, tls: SecureContext | undefined): Promise<Socket> {
   const { socket } = await parent.tunnel(target, limits)
-  return tls ? originTls(socket, target, tls, parent.hop, limits.connectTimeoutMs) : resumeOnRead(socket)
+  return tls ? startTls(socket, target, tls, `${formatTarget(target)} (through upstream proxy ${parent.hop})`, limits.connectTimeoutMs) : resumeOnRead(socket)
 }
 
 /**

@@ -1,11 +1,12 @@
 // Opened tunnels, for rules that limit methods and paths: proxy-gate terminates the client's TLS
 // with a leaf for the server name, reads each request, and sends the allowed ones on over a new,
 // verified TLS connection to the address it checked (with "upstream": through the parent's CONNECT tunnel).
-//   tunnel --TLS (leaf for the SNI)--> inner HTTP -> Host == SNI -> decideRequest -> undici (verified, pinned IP) -> client
-//   with "upstream": ... -> decideRequest -> undici over CONNECT name:port to the parent, TLS to the origin inside (verified) -> client
+//   tunnel --TLS (leaf for the SNI)--> inner HTTP -> Host == SNI -> decide (host and request, rules in force) -> undici over connectOrigin (the checked IP, TLS verified) -> client
+//   with "upstream": ... -> decide (host and request, rules in force) -> undici over CONNECT name:port to the parent, TLS to the origin inside (verified) -> client
+//   Upgrade requests inside: decide (host and request, rules in force) -> relayUpgrade (route-upgrade.ts) over the same connectOrigin route
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
-import { http, https, tls as nodeTls } from '../core/builtins.js'
-import type { LookupFunction, Socket } from 'node:net'
+import { http, tls as nodeTls } from '../core/builtins.js'
+import type { Socket } from 'node:net'
 import { readFileSync } from 'node:fs'
 import type { SecureContext } from 'node:tls'
 import type httpProxy from 'http-proxy'
@@ -14,15 +15,16 @@ import { undici } from '../core/lazy.js'
 import { hasBody } from './checks.js'
 import { upgradeRequestHeaders } from './headers.js'
 import type { ClientIdentity } from '../policy/clients.js'
-import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
+import { formatIp, type Ip } from '../policy/ip.js'
 import type { LeafMinter } from '../certs/leaf.js'
 import { checkInnerHost, type Decision } from '../policy/decide.js'
 import { redecide } from '../net/gate.js'
 import { denial, destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
 import { reply } from '../core/reply.js'
 import { relayRequest } from './route-forward.js'
-import { connectThrough, parentFor, type Upstream } from '../net/upstream.js'
-import { agentFor, upgradeFailure } from './route-upgrade.js'
+import { parentFor, type Upstream } from '../net/upstream.js'
+import { connectOrigin, type OriginRoute } from '../net/origin.js'
+import { relayUpgrade } from './route-upgrade.js'
 import { logDecision, type Runtime, type TunnelEntry } from './runtime.js'
 import { formatHost, formatTarget, hostText, type Target } from '../policy/target.js'
 
@@ -62,16 +64,6 @@ export function upstreamTrust(extra: readonly string[]): string[] {
   const file = process.env.NODE_EXTRA_CA_CERTS
   const fromEnv = file ? [readFileSync(file, 'utf8')] : []
   return [...nodeTls.rootCertificates, ...fromEnv, ...extra]
-}
-
-/** A lookup that can only ever answer the checked address: the name is for SNI and verification. */
-function pinnedLookup(ip: Ip): LookupFunction {
-  const address = formatIp(ip)
-  const family = ip.family
-  return (_hostname, options, callback) => {
-    if ((options as { all?: boolean }).all) (callback as unknown as (e: null, a: Array<{ address: string; family: number }>) => void)(null, [{ address, family }])
-    else callback(null, address, family)
-  }
 }
 
 /**
@@ -117,16 +109,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     const decision = decide(tunnel, req)
     log(tunnel, req, decision)
     if (decision.verdict === 'deny') return replyOnSocket(socket, denial(req.method ?? 'GET', formatTarget(tunnel.target), decision))
-    const host = hostText(tunnel.target.host)
     req.headers = { ...upgradeRequestHeaders(req.headers), host: req.headers.host } // Host was checked against the server name
-    const { parent } = tunnel
-    const agent = parent
-      ? agentFor(() => connectThrough(parent, tunnel.target, rt.limits(), tunnel.tls ? originTls() : undefined), tunnel.tls)
-      : tunnel.tls
-        ? new https.Agent({ secureContext: originTls(), lookup: pinnedLookup(tunnel.ip), servername: host })
-        : undefined
-    const target = { protocol: tunnel.tls ? 'https:' : 'http:', host, hostname: host, port: String(tunnel.target.port) }
-    const where = parent ? `${formatTarget(tunnel.target)} (through upstream proxy ${parent.hop})` : formatIpPort(tunnel.ip, tunnel.target.port)
     let proxy: httpProxy
     try {
       proxy = wsProxy()
@@ -134,8 +117,14 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
       rt.log.error('internal error', { where: 'intercepted-upgrade', error: error instanceof Error ? error.stack : String(error) })
       return replyOnSocket(socket, reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
     }
-    proxy.ws(req, socket, head, { target, ...(agent ? { agent, secure: true } : {}), changeOrigin: false }, (error: NodeJS.ErrnoException) => {
-      replyOnSocket(socket, upgradeFailure(error, where))
+    const { id, target, ip, parent } = tunnel
+    const started = Date.now()
+    // the tunnel's own address (or parent), as its requests: the address its decision logged
+    const chosen = relayUpgrade(proxy, req, socket, head, { target, addresses: [ip], parent, tls: tunnel.tls ? originTls() : undefined }, rt.limits())
+    // bytes stay on the tunnel's closed line
+    socket.once('close', () => {
+      const went = chosen()
+      rt.record({ type: 'closed', id, kind: 'upgrade', intercepted: true, chosen: went && formatIp(went), via: parent?.hop, durationMs: Date.now() - started })
     })
   })
 
@@ -147,11 +136,10 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
       const resolved = entry.resolved ?? [ip]
       // with "upstream": through the parent, unless upstreamBypass; the tunnel keeps the parent it opened with
       const parent = parentFor(rt.upstream?.(), target)
-      const secureContext = tls ? originTls() : undefined
+      const route: OriginRoute = { target, addresses: [ip], parent, tls: tls ? originTls() : undefined }
+      // every connection is connectOrigin's: the checked address (or the parent), never a lookup of the name
       const client = new (undici().Client)(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
-        connect: parent
-          ? (_options, callback) => void connectThrough(parent, target, rt.limits(), secureContext).then((s) => callback(null, s), (error: unknown) => callback(error as Error, null))
-          : { lookup: pinnedLookup(ip), timeout: rt.limits().connectTimeoutMs, ...(secureContext ? { secureContext, servername: hostText(target.host) } : {}) },
+        connect: (_options, callback) => void connectOrigin(route, rt.limits()).then((c) => callback(null, c.socket), (error: unknown) => callback(error as Error, null)),
       })
       socket.unshift(first)
       let inner: Socket = socket

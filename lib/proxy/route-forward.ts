@@ -35,11 +35,11 @@ export interface UpstreamRequest {
   readonly who: ClientIdentity
   readonly target: Target
   readonly resolved: readonly Ip[] | undefined
-  /** where the dispatcher connects: the checked IP, or a client pinned to it */
+  /** where the dispatcher connects: the checked IP, or a client that connects only to it */
   readonly origin: string
   /** the Host header: the checked authority */
   readonly authority: string
-  /** the checked address: logs and failure texts */
+  /** the checked address: logs and failure texts (not logged through a parent: the parent chose) */
   readonly chosen: Ip
   /**
    * Direct forwarding only: every checked address in order, `chosen` (whose `origin` is
@@ -187,7 +187,7 @@ class Relay implements OpenConnection {
     this.settle()
     this.res.end()
     const { up } = this
-    this.rt.record({ type: 'closed', id: up.id, kind: up.kind, method: this.method, chosen: up.tunnelled ? undefined : formatIp(this.chosen), via: up.via, status: this.status, durationMs: Date.now() - this.started })
+    this.rt.record({ type: 'closed', id: up.id, kind: up.kind, method: this.method, chosen: up.via === undefined ? formatIp(this.chosen) : undefined, via: up.via, status: this.status, durationMs: Date.now() - this.started })
     this.resolve()
   }
 
@@ -207,7 +207,7 @@ class Relay implements OpenConnection {
     const { up, res } = this
     const { code, failure } = this.outcome(error)
     const answered = !res.headersSent && !res.destroyed
-    this.rt.record({ type: 'closed', id: up.id, kind: up.kind, method: this.method, chosen: up.tunnelled ? undefined : formatIp(this.chosen), via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - this.started })
+    this.rt.record({ type: 'closed', id: up.id, kind: up.kind, method: this.method, chosen: up.via === undefined ? formatIp(this.chosen) : undefined, via: up.via, error: code, ...(answered ? { status: failure.status } : {}), durationMs: Date.now() - this.started })
     if (answered) replyOnResponse(res, failure, true)
     else res.destroy()
     this.resolve()

@@ -2,6 +2,8 @@
 //   client --GET http://host/ws Upgrade--> decideHttp (absolute-form.ts) -> http-proxy ws to a checked IP (each in turn) -> 101 -> relay
 //   with "upstream": ... -> decideHttp -> CONNECT host:port to the parent (upstream.ts) -> the upgrade request inside it -> 101 -> relay
 //   transparent listener: client --GET /ws Upgrade, Host: host--> decideHttp (port = the listener's) -> as above
+//   opened tunnels (intercept.ts): the request decided there -> relayUpgrade as above (TLS to the origin for wss)
+// The connection is always connectOrigin's (net/origin.ts): never a second lookup of the name.
 // Through a parent the upgrade travels in a CONNECT tunnel, as browsers send ws:// through a proxy
 // (RFC 6455 4.1): parents commonly pass no Upgrade on forwarded requests (Squid: not before
 // http_upgrade_request_protocols, and then only where configured).
@@ -11,16 +13,17 @@ import type { Socket } from 'node:net'
 import type httpProxy from 'http-proxy'
 import { decideHttp, type RequestForm } from './absolute-form.js'
 import type { ClientIdentity } from '../policy/clients.js'
-import { dial, DialFailure, upstreamFailure } from '../net/dial.js'
-import { connectThrough, parentFor } from '../net/upstream.js'
+import { DialFailure, upstreamFailure } from '../net/dial.js'
+import { connectOrigin, originWhere, type OriginRoute } from '../net/origin.js'
+import { parentFor, type TunnelLimits } from '../net/upstream.js'
 import { clientResponseHeaders, upgradeRequestHeaders } from './headers.js'
-import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
+import { formatIp, type Ip } from '../policy/ip.js'
 import { replyOnSocket } from './respond.js'
 import { type OpenConnection, type Runtime } from './runtime.js'
-import { formatTarget, hostHeader } from '../policy/target.js'
+import { hostHeader, hostText } from '../policy/target.js'
 
-/** An agent for one upgrade whose connection is `open`'s (a dialled address, or a tunnel through the parent). */
-export function agentFor(open: () => Promise<Socket>, secure: boolean): HttpAgent {
+/** An agent for one upgrade whose connection is `open`'s: it never looks a name up. */
+function agentFor(open: () => Promise<Socket>, secure: boolean): HttpAgent {
   const agent = secure ? new https.Agent() : new http.Agent()
   agent.createConnection = (_options, callback) => {
     const done = callback as (error: Error | null, socket?: Socket) => void
@@ -31,40 +34,49 @@ export function agentFor(open: () => Promise<Socket>, secure: boolean): HttpAgen
 }
 
 /** What the client is told when the upgrade fails: a dial or parent failure as it is, else who failed. */
-export function upgradeFailure(error: NodeJS.ErrnoException, where: string): ReturnType<typeof upstreamFailure> {
+function upgradeFailure(error: NodeJS.ErrnoException, where: string): ReturnType<typeof upstreamFailure> {
   return error instanceof DialFailure ? error.reply : upstreamFailure(error.code ?? 'EUNKNOWN', where)
+}
+
+/**
+ * Relays an allowed upgrade (its head already rewritten) over connectOrigin's connection: the
+ * checked addresses, or the parent; direct and in opened tunnels alike. Returns where it went, once connected.
+ */
+export function relayUpgrade(proxy: httpProxy, req: IncomingMessage, socket: Socket, head: Buffer, route: OriginRoute, limits: TunnelLimits): () => Ip | undefined {
+  let chosen: Ip | undefined
+  const open = async (): Promise<Socket> => {
+    const connection = await connectOrigin(route, limits)
+    chosen = connection.ip
+    return connection.socket
+  }
+  // the agent makes the connection: the host only completes the URL (Host is the request's own)
+  const host = hostText(route.target.host)
+  const target = { protocol: route.tls ? 'https:' : 'http:', host, hostname: host, port: String(route.target.port) }
+  proxy.ws(req, socket, head, { target, agent: agentFor(open, route.tls !== undefined), changeOrigin: false }, (error: NodeJS.ErrnoException) => {
+    replyOnSocket(socket, upgradeFailure(error, originWhere(route, chosen)))
+  })
+  return () => chosen
 }
 
 export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer, form: RequestForm): Promise<void> {
   const allowed = await decideHttp(rt, who, req, form, (r) => replyOnSocket(socket, r))
   if (!allowed || socket.destroyed) return
-  const { id, target, path, resolved, ip } = allowed
-  let chosen: Ip | undefined
+  const { id, target, path, resolved } = allowed
   req.headers = upgradeRequestHeaders(req.headers)
   req.headers.host = hostHeader(target)
   req.url = path
   const limits = rt.limits()
-  const parent = parentFor(rt.upstream?.(), target)
-  const open = parent
-    ? () => connectThrough(parent, target, limits, undefined)
-    : async () => {
-        const dialled = await dial(allowed.dial, target.port, limits.connectTimeoutMs)
-        chosen = dialled.ip
-        return dialled.socket
-      }
+  const route: OriginRoute = { target, addresses: allowed.dial, parent: parentFor(rt.upstream?.(), target), tls: undefined }
   const started = Date.now()
   const entry: OpenConnection = { id, kind: 'upgrade', target, resolved, who, request: { method: req.method ?? 'GET', path }, close: () => socket.destroy() }
   rt.open.add(entry)
   const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
+  const chosen = relayUpgrade(proxy, req, socket, head, route, limits)
   socket.once('close', () => {
     clearTimeout(lifetime)
     rt.open.delete(entry)
-    rt.record({ type: 'closed', id, kind: 'upgrade', chosen: chosen && formatIp(chosen), via: parent?.hop, bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
-  })
-  const ipText = formatIp(ip) // the connection is the agent's: this only completes the URL
-  const where = (): string => (parent ? `${formatTarget(target)} (through upstream proxy ${parent.hop})` : formatIpPort(chosen ?? ip, target.port))
-  proxy.ws(req, socket, head, { target: { protocol: 'http:', host: ipText, hostname: ipText, port: String(target.port) }, agent: agentFor(open, false) }, (error: NodeJS.ErrnoException) => {
-    replyOnSocket(socket, upgradeFailure(error, where()))
+    const ip = chosen()
+    rt.record({ type: 'closed', id, kind: 'upgrade', chosen: ip && formatIp(ip), via: route.parent?.hop, bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
   })
 }
 
