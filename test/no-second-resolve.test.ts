@@ -220,15 +220,20 @@ async function everyPath(t: Test, w: World, gate: Gate): Promise<void> {
 }
 
 /**
- * The log of everyPath, once every connection closed: each decision allowed, resolved ORIGIN and
- * chose it; each closed line matches `closed` (`chosen` absent when it is not in `closed`).
+ * The log of everyPath, once every connection closed: each decision allowed and resolved ORIGIN,
+ * and chose it where proxy-gate dials (not through a parent); each closed line matches `closed` (`chosen` absent when it is not in `closed`).
  */
 async function checkLog(t: Test, gate: Gate, closed: Record<string, unknown>): Promise<void> {
   for (const s of gate.sockets) s.destroy()
   const { cli } = gate
   // the forward, the CONNECT, the upgrade; 4 opened tunnels and the 4 requests inside them
   const decisions = await lines(cli, (l) => l.message === 'decision', 11, 'decision lines')
-  for (const d of decisions) t.match(d, { decision: 'allow', resolved: [ORIGIN], chosen: ORIGIN }, `decision ${String(d.method)} ${String(d.target)}${typeof d.path === 'string' ? d.path : ''}`)
+  for (const d of decisions) {
+    const what = `decision ${String(d.method)} ${String(d.target)}${typeof d.path === 'string' ? d.path : ''}`
+    t.match(d, { decision: 'allow', resolved: [ORIGIN] }, what)
+    // the decision's chosen is the address proxy-gate dials: none when the parent dials
+    t.equal(d.chosen, 'chosen' in closed ? ORIGIN : undefined, `${what}: chosen`)
+  }
   // the forward and 2 requests in opened tunnels; the CONNECT and 4 opened tunnels; 3 upgrades
   const ends = await lines(cli, (l) => l.message === 'closed', 11, 'closed lines')
   t.same(ends.map((l) => l.kind).sort(), ['forward', 'forward', 'forward', 'tunnel', 'tunnel', 'tunnel', 'tunnel', 'tunnel', 'upgrade', 'upgrade', 'upgrade'])

@@ -11,7 +11,7 @@ import type { Lookup } from '../net/resolve.js'
 import { ruleLabel } from '../policy/rules.js'
 import type { Decision } from '../policy/decide.js'
 import type { ProxyReply } from '../core/reply.js'
-import type { Upstream } from '../net/upstream.js'
+import { parentFor, type Upstream } from '../net/upstream.js'
 import type { DnsRecord } from '../dns/answer.js'
 import { formatTarget, targetForLog, type Target } from '../policy/target.js'
 
@@ -175,6 +175,13 @@ const IN_ORDER = Symbol('fields in order')
 type DecisionEvent = Extract<ProxyEvent, { type: 'decision' }>
 type ClosedEvent = Extract<ProxyEvent, { type: 'closed' }>
 
+/** The address an allowed connection dials first; none when the parent proxy dials (it is sent the name and picks). */
+function chosenFor(rt: Runtime, target: Target | undefined, decision: Decision | undefined): string | undefined {
+  const first = decision?.verdict === 'allow' ? decision.dial[0] : undefined
+  if (first === undefined || (target && parentFor(rt.upstream?.(), target))) return undefined
+  return formatIp(first)
+}
+
 /** One JSON line per decision: who asked for what, what was resolved and chosen, and why. */
 export function logDecision(rt: Runtime, entry: DecisionLog): void {
   const { decision, reply } = entry
@@ -185,7 +192,7 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     method: entry.method,
     target: entry.target ? formatTarget(entry.target) : targetForLog(entry.rawTarget),
     resolved: entry.resolved?.map(formatIp),
-    chosen: decision?.verdict === 'allow' && decision.dial[0] ? formatIp(decision.dial[0]) : undefined,
+    chosen: chosenFor(rt, entry.target, decision),
     sni: entry.sni,
     path: entry.path,
     intercepted: entry.intercepted,
