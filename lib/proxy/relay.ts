@@ -30,7 +30,7 @@ export interface Held extends Relay {
 /**
  * Sees the client's first chunk, and only that one. Returning true holds it: nothing more from the
  * client is relayed (the upstream's bytes still are) until `held.pass` or `held.close`; meanwhile
- * the caller may read the client socket itself.
+ * the caller reads the client socket itself (paused when the screen is called: resume it to read).
  */
 export type Screen = (first: Buffer, held: Held) => boolean
 
@@ -127,11 +127,11 @@ function onData(this: Wired, chunk: Buffer): void {
   if (tunnel.screen !== undefined && this === tunnel.client) {
     const screen = tunnel.screen
     tunnel.screen = undefined
-    if (screen(chunk, tunnel)) {
-      this.off('data', onData)
-      this.pause()
-      return
-    }
+    // unhooked and paused before the screen runs: one that holds the chunk reads the socket itself from then on
+    this.off('data', onData)
+    this.pause()
+    if (!screen(chunk, tunnel)) tunnel.pass(chunk)
+    return
   }
   if (!tunnel.peer(this).write(chunk)) this.pause()
 }
