@@ -165,8 +165,9 @@ function inspect(buf: Buffer, maxBytes: number): Step {
   }
 }
 
-/** Bounded by `maxBytes`: a ClientHello that cannot be complete within it is malformed. */
-function bounded(step: Step, maxBytes: number): Step {
+/** Only the first `maxBytes` count: a ClientHello not complete within them is malformed. */
+function judge(buf: Buffer, maxBytes: number): Step {
+  const step = inspect(buf.length > maxBytes ? buf.subarray(0, maxBytes) : buf, maxBytes)
   return step.kind === 'need-more' && step.want > maxBytes ? malformed(`no complete ClientHello in ${maxBytes} bytes`) : step
 }
 
@@ -178,9 +179,9 @@ export function startsLikeTls(first: Buffer): boolean {
   return inspect(first, Infinity).kind !== 'not-tls'
 }
 
-/** Looks at all the first bytes a client sent, at once. */
+/** Looks at the first bytes a client sent, all at once (HelloReader: as they come). */
 export function parseClientHello(buf: Buffer, maxBytes: number): HelloResult {
-  const step = bounded(inspect(buf, maxBytes), maxBytes)
+  const step = judge(buf, maxBytes)
   return step.kind === 'need-more' ? NEED_MORE : step
 }
 
@@ -204,7 +205,7 @@ export class HelloReader {
   push(chunk: Buffer): HelloResult {
     this.append(chunk)
     if (this.length < this.want) return NEED_MORE
-    const step = bounded(inspect(this.bytes, this.maxBytes), this.maxBytes)
+    const step = judge(this.bytes, this.maxBytes)
     if (step.kind !== 'need-more') return step
     this.want = step.want
     return NEED_MORE
