@@ -13,7 +13,7 @@ import t, { type Test } from 'tap'
 import { createCa } from '../lib/certs/ca.js'
 import { startDns } from './helpers/dns.js'
 import { connectHead } from './helpers/http.js'
-import { captureHello, sslv2Hello } from './helpers/client-hello.js'
+import { captureHello, EXT, helloMessage, helloParts, record, serverNameData, sslv2Hello } from './helpers/client-hello.js'
 import { NETNS_SKIP, rawSession, selfSigned, startCanary, type TlsMaterial } from './helpers/net.js'
 import { logLine, startProxy, type StartOptions, type TestProxy } from './helpers/proxy.js'
 
@@ -244,6 +244,23 @@ t.test('ports not listed as TLS: first bytes that need more to tell are read on,
   t.same(v2, { closed: true, answer: '' }, 'an SSLv2-format ClientHello (OpenSSL reads one) is refused, not relayed')
   t.match(await refusal(proxy, 'the SSLv2 refusal'), { detail: /SSLv2-format ClientHello/ })
   t.equal(received.length, all.length, 'none of it reached the origin')
+})
+
+t.test('a server name that is not a host name (an IP address) is refused, tls.requireSni false or not: the origin would read it', async (t) => {
+  const origin = await startOrigin('127.0.0.1')
+  const dns = await startDns({ 'origin.test': { A: ['127.0.0.1'] } })
+  const proxy = await startProxy({ allow: [`origin.test:${origin.port}`, `127.0.0.1:${origin.port}`], dns: { servers: [dns.server] }, tls: { ports: [origin.port], requireSni: false } })
+  t.teardown(async () => {
+    await proxy.close()
+    await Promise.all([origin.close(), dns.close()])
+  })
+  const parts = helloParts(await captureHello({ servername: 'origin.test' }))
+  const extensions = (parts.extensions ?? []).map((e) => (e.type === EXT.serverName ? { type: e.type, data: serverNameData([[0, '10.1.2.3']]) } : e))
+  const bytes = record(0x16, 0x0301, helloMessage({ ...parts, extensions }))
+  const target = `origin.test:${origin.port}`
+  t.same(await sendRaw(proxy.port, '127.0.0.1', bytes, { target, withConnect: false }), { closed: true, answer: '' })
+  t.match(await logLine(proxy, (l) => l.message === 'decision' && l.reason === 'sni-missing', 'the refusal'), { target, sni: '10.1.2.3', detail: /names 10\.1\.2\.3, which is not a host name/ })
+  t.same(origin.names, [], 'the origin read no ClientHello')
 })
 
 t.test('transparent TLS listener: finding 1 refused, a split ClientHello read', { skip: NETNS_SKIP }, async (t) => {

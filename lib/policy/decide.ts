@@ -261,6 +261,8 @@ export function checkHello(ctx: DecisionContext, target: Target, admitted: Decis
     return { verdict: 'admit-sni', target: { host: { kind: 'name', name }, port: target.port }, sni: name }
   }
   if (name === undefined) {
+    // the server still reads that name (an IP address, a port, an empty label): none to hold it against, so no tunnel
+    if (hello.sni !== undefined) return helloDenial(ctx, admitted, 'sni-missing', `the ClientHello for ${where} names ${hello.sni}, which is not a host name`)
     if (!ctx.tls.requireSni) return admitted
     return helloDenial(ctx, admitted, 'sni-missing', `the ClientHello for ${where} names no server (tls.requireSni)`)
   }
