@@ -176,7 +176,8 @@ function judge(buf: Buffer, maxBytes: number): Step {
  * one from a connection that starts with them (they are plain bytes then, whatever follows).
  */
 export function startsLikeTls(first: Buffer): boolean {
-  return inspect(first, Infinity).kind !== 'not-tls'
+  const start = opening(first)
+  return start === 'records' || start.kind !== 'not-tls'
 }
 
 /** Looks at the first bytes a client sent, all at once (HelloReader: as they come). */

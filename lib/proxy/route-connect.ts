@@ -80,11 +80,7 @@ function admitted(asked: Asked, interceptor: Interceptor | undefined, who: Clien
   if (!opened) {
     if (head.length > 0 && startsLikeTls(head)) return openChecked(check, who, head)
     // the upstream is dialled first and relayed at once (server-first protocols: SSH, SMTP); the client's first chunk says whether to read on
-    const screen: Screen | undefined = head.length > 0 ? undefined : (first, held) => {
-      if (!startsLikeTls(first)) return false
-      holdForSni(first, held, check)
-      return true
-    }
+    const screen: Screen | undefined = head.length > 0 ? undefined : (first) => (startsLikeTls(first) ? (held) => holdForSni(first, held, check) : undefined)
     return openTunnel(rt, id, socket, target, decision.dial, resolved ?? decision.dial, head, true, who, screen)
   }
   return openOpened(check, opened, who, head)
