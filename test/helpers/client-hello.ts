@@ -22,7 +22,7 @@ export interface HelloParts {
 
 export const EXT = { serverName: 0, supportedGroups: 10, padding: 21, keyShare: 51 } as const
 
-export const u8 = (n: number): Buffer => Buffer.from([n & 0xff])
+const u8 = (n: number): Buffer => Buffer.from([n & 0xff])
 export const u16 = (n: number): Buffer => Buffer.from([(n >> 8) & 0xff, n & 0xff])
 const u24 = (n: number): Buffer => Buffer.from([(n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff])
 /** `bytes` behind a length of 1 or 2 bytes */
@@ -68,7 +68,7 @@ export function helloParts(record: Buffer): HelloParts {
 }
 
 /** The extensions block's bytes (without its length). */
-export function extensionBytes(extensions: readonly Extension[]): Buffer {
+function extensionBytes(extensions: readonly Extension[]): Buffer {
   return Buffer.concat(extensions.map((e) => Buffer.concat([u16(e.type), vector(2, e.data)])))
 }
 
@@ -83,18 +83,6 @@ export function helloMessage(parts: HelloParts, trailing: Buffer = Buffer.alloc(
 /** One TLS record. */
 export function record(type: number, version: number, fragment: Buffer): Buffer {
   return Buffer.concat([u8(type), u16(version), vector(2, fragment)])
-}
-
-/** `message` cut into handshake records of the given sizes (the last one takes the rest), each with its record version. */
-export function frame(message: Buffer, sizes: readonly number[], versions: (index: number) => number = () => 0x0301): Buffer {
-  const out: Buffer[] = []
-  let at = 0
-  for (let i = 0; at < message.length; i++) {
-    const size = i < sizes.length ? (sizes[i] ?? 0) : message.length - at
-    out.push(record(0x16, versions(i), message.subarray(at, at + size)))
-    at += size
-  }
-  return Buffer.concat(out)
 }
 
 /** server_name extension data: a list of (type, name) entries. */
