@@ -63,7 +63,7 @@ function clientHelloBody(buf: Buffer, maxBytes: number): Buffer | Step {
   for (let offset = 0; ; ) {
     if (buf.length < offset + 5) return needMore(offset + 5)
     const type = buf[offset] ?? 0
-    const where = offset === 0 ? 'instead of' : 'inside'
+    const where = offset === 0 ? 'before' : 'inside'
     if (type !== HANDSHAKE) return malformed(`${RECORD_TYPES[type] ?? `type ${type}`} record ${where} the ClientHello`)
     if (buf[offset + 1] !== 0x03) return malformed(`record version ${buf.readUInt16BE(offset + 1).toString(16).padStart(4, '0')} inside the ClientHello`)
     const length = buf.readUInt16BE(offset + 3)
