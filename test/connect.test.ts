@@ -405,8 +405,10 @@ t.test('bytes pipelined after an allowed CONNECT reach the upstream exactly once
     await proxy.close()
     await upstream.close()
   })
-  // a ClientHello-shaped record carrying every byte value, CRLFs and a request-looking line
+  // every byte value, CRLFs and a request-looking line, behind a ClientHello-shaped record header; a
+  // first byte that opens a ClientHello would be read as one, and this one refused (hello-routes.test)
   const hello = Buffer.concat([
+    Buffer.from('SSH-2.0-pipelined\r\n', 'latin1'),
     Buffer.from([0x16, 0x03, 0x01, 0x01, 0x2c, 0x01, 0x00, 0x01, 0x28, 0x03, 0x03]),
     Buffer.from(Array.from({ length: 256 }, (_, i) => i)),
     Buffer.from('\r\n\r\nGET http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\n\r\n', 'latin1'),

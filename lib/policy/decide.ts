@@ -201,9 +201,9 @@ export function decideAddresses(policy: Policy, ctx: DecisionContext, target: Ta
   return decision({ verdict: 'allow', reason: 'allow-rule', rule, dial: addresses, detail: `allowed by ${ruleLabel(rule)}` })
 }
 
-// ---- TLS ClientHello checks (CONNECT on TLS ports) ----------------------------------------
+// ---- TLS ClientHello checks (CONNECT tunnels, transparent TLS listeners) -------------------
 
-/** What the proxy saw at the start of a tunnel on a TLS port. */
+/** What the proxy saw at the start of a tunnel (on a port not listed as TLS: of one whose first bytes may open a ClientHello). */
 export type HelloView =
   | { readonly kind: 'hello'; readonly sni: string | undefined }
   | { readonly kind: 'not-tls' }
@@ -241,15 +241,17 @@ function sniName(sni: string | undefined): string | undefined {
 }
 
 /**
- * The second look at a tunnel on a TLS port, after the 200: the ClientHello must name the host
- * that was allowed. Deferred IP-literal tunnels come back as SniAdmission, to be admitted under
+ * The second look at a tunnel, after the 200 (on ports not listed as TLS: when its first bytes may
+ * open a ClientHello): the ClientHello must name the host that was allowed, and one that could not be
+ * read is refused on every port. Deferred IP-literal tunnels come back as SniAdmission, to be admitted under
  * the server name and confirmed with confirmSniAddress.
  */
 export function checkHello(ctx: DecisionContext, target: Target, admitted: Decision, hello: HelloView): Decision | SniAdmission {
   const deferred = admitted.verdict === 'deny'
   const where = formatTarget(target)
   if (hello.kind === 'not-tls') {
-    if (ctx.tls.allowNonTls && !deferred) return admitted
+    // bytes no TLS server reads as a ClientHello: what ports not listed as TLS are for
+    if (!deferred && (ctx.tls.allowNonTls || !isTlsPort(ctx, target.port))) return admitted
     return helloDenial(ctx, admitted, 'not-tls', `the client sent non-TLS bytes into a tunnel to ${where}, a TLS port`)
   }
   if (hello.kind === 'timeout') return helloDenial(ctx, admitted, 'bad-client-hello', `no TLS ClientHello within ${ctx.tls.helloTimeoutMs} ms in the tunnel to ${where}`)
@@ -261,6 +263,8 @@ export function checkHello(ctx: DecisionContext, target: Target, admitted: Decis
     return { verdict: 'admit-sni', target: { host: { kind: 'name', name }, port: target.port }, sni: name }
   }
   if (name === undefined) {
+    // the server still reads that name (an IP address, a port, an empty label): none to hold it against, so no tunnel
+    if (hello.sni !== undefined) return helloDenial(ctx, admitted, 'sni-missing', `the ClientHello for ${where} names ${hello.sni}, which is not a host name`)
     if (!ctx.tls.requireSni) return admitted
     return helloDenial(ctx, admitted, 'sni-missing', `the ClientHello for ${where} names no server (tls.requireSni)`)
   }

@@ -28,11 +28,11 @@ export interface Held extends Relay {
 }
 
 /**
- * Sees the client's first chunk, and only that one. Returning true holds it: nothing more from the
- * client is relayed (the upstream's bytes still are) until `held.pass` or `held.close`; meanwhile
- * the caller may read the client socket itself.
+ * Sees the client's first chunk, and only that one. Returning a function holds it: nothing more from
+ * the client is relayed (the upstream's bytes still are) until `held.pass` or `held.close`; the
+ * function is called with the client socket unhooked and paused, and may read it itself from then on.
  */
-export type Screen = (first: Buffer, held: Held) => boolean
+export type Screen = (first: Buffer) => ((held: Held) => void) | undefined
 
 /** Set on both sockets: the listeners below are shared by all tunnels and find theirs through it. */
 const TUNNEL = Symbol('tunnel')
@@ -125,12 +125,12 @@ function onData(this: Wired, chunk: Buffer): void {
   const tunnel = this[TUNNEL]
   tunnel.lastActive = Date.now()
   if (tunnel.screen !== undefined && this === tunnel.client) {
-    const screen = tunnel.screen
+    const hold = tunnel.screen(chunk)
     tunnel.screen = undefined
-    if (screen(chunk, tunnel)) {
+    if (hold) {
       this.off('data', onData)
       this.pause()
-      return
+      return hold(tunnel)
     }
   }
   if (!tunnel.peer(this).write(chunk)) this.pause()

@@ -1,9 +1,10 @@
 // CONNECT tunnels.
 //   other ports: client --CONNECT host:port--> check head -> parse -> admit -> dial checked IP -> 200 -> relay
-//                (the client's first chunk opens a ClientHello? held until its SNI is checked as on TLS ports)
+//                (the client's first bytes may open a ClientHello? held, and read on, until its SNI is checked
+//                as on TLS ports; a hello that cannot be read is refused there too)
 //   TLS ports:   client --CONNECT host:port--> check head -> parse -> admit -> 200 -> ClientHello (SNI) -> admit again -> dial -> relay
 //   rules with methods/paths: ... -> 200 [-> ClientHello] -> interceptor (intercept.ts); on other ports
-//                the first byte tells TLS from plain HTTP
+//                the first bytes tell TLS from plain HTTP
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
@@ -19,11 +20,10 @@ import { reply, type ProxyReply } from '../core/reply.js'
 import { logDecision, tunnelClosed, TunnelEntry, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from '../policy/target.js'
 import { parentFor } from '../net/upstream.js'
-import { parseClientHello, startsLikeTls } from '../policy/tls-hello.js'
+import { startsLikeTls } from '../policy/tls-hello.js'
+import { readHello, type Hello } from './hello.js'
 
 const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
-/** far above any real ClientHello (post-quantum key shares included) */
-const MAX_HELLO_BYTES = 32 * 1024
 
 /** What a tunnel's decision lines share: one object per tunnel instead of a closure for each use. */
 interface Asked {
@@ -82,12 +82,8 @@ function admitted(asked: Asked, interceptor: Interceptor | undefined, who: Clien
   const check: SniCheck = { asked, socket, gate, target, decision, resolved }
   if (!opened) {
     if (head.length > 0 && startsLikeTls(head)) return openChecked(check, tunnel, head)
-    // the upstream is dialled first and relayed at once (server-first protocols: SSH, SMTP); only the client's first chunk is looked at
-    const screen: Screen | undefined = head.length > 0 ? undefined : (first, held) => {
-      if (!startsLikeTls(first)) return false
-      holdForSni(socket, first, held, check)
-      return true
-    }
+    // the upstream is dialled first and relayed at once (server-first protocols: SSH, SMTP); the client's first chunk says whether to read on
+    const screen: Screen | undefined = head.length > 0 ? undefined : (first) => (startsLikeTls(first) ? (held) => holdForSni(first, held, check) : undefined)
     return openTunnel(rt, tunnel, socket, decision.dial, head, true, screen)
   }
   return openOpened(check, opened, tunnel, head)
@@ -106,7 +102,7 @@ async function openChecked(check: SniCheck, entry: TunnelEntry, head: Buffer): P
   return openTunnel(asked.rt, entry, socket, decision.dial, hello.bytes, true)
 }
 
-/** An opened tunnel carries HTTP, whose client speaks first: its first byte tells TLS from plain HTTP. */
+/** An opened tunnel carries HTTP, whose client speaks first: its first bytes tell TLS from plain HTTP. */
 async function openOpened(check: SniCheck, opened: Interceptor, entry: TunnelEntry, head: Buffer): Promise<void> {
   const { asked, socket, decision } = check
   socket.write(ESTABLISHED)
@@ -115,7 +111,7 @@ async function openOpened(check: SniCheck, opened: Interceptor, entry: TunnelEnt
   if (!startsLikeTls(first)) return openTunnelFor(opened, entry, socket, first, decision, false)
   const hello = await checkSni(check, first)
   if (hello === undefined || closed(socket)) return void socket.destroy()
-  return openTunnelFor(opened, entry, socket, hello.bytes, decision, true)
+  return openTunnelFor(opened, entry, socket, hello.bytes, decision, hello.view.kind === 'hello')
 }
 
 /** A tunnel on a port not listed as TLS, admitted: TLS there gets the same SNI check, on the client's first bytes. */
@@ -132,8 +128,7 @@ async function checkSni(check: SniCheck, bytes: Buffer): Promise<Hello | undefin
   const { asked, socket, gate, target, decision, resolved } = check
   const hello = await readHello(socket, bytes, gate.ctx.tls.helloTimeoutMs)
   if (hello === undefined) return undefined
-  // not a ClientHello after all (a TLS server would refuse it too): passed on as non-TLS bytes, as before; an oversized one is not
-  if (hello.view.kind === 'malformed' && hello.bytes.length < MAX_HELLO_BYTES) return hello
+  // one rule for every port (checkHello): a hello that cannot be read is refused; bytes no TLS server reads as one pass here
   const sni = serverName(hello.view)
   const second = await admitHello(gate, target, decision, hello.view)
   if (second.kind === 'failed') {
@@ -175,14 +170,8 @@ function serverName(view: HelloView): string | undefined {
   return view.kind === 'hello' ? view.sni || undefined : undefined
 }
 
-interface Hello {
-  readonly bytes: Buffer
-  readonly view: HelloView
-}
-
 /** A relayed tunnel's held first chunk: the rest of the ClientHello is read, then passed on or the tunnel closed. */
-function holdForSni(socket: Socket, first: Buffer, held: Held, check: SniCheck): void {
-  socket.resume() // before readHello: it may finish at once and pause the socket again
+function holdForSni(first: Buffer, held: Held, check: SniCheck): void {
   checkSni(check, first).then(
     (hello) => (hello === undefined ? held.close('TLS server name refused') : held.pass(hello.bytes)),
     () => held.close('TLS server name check failed'),
@@ -206,37 +195,6 @@ function firstChunk(socket: Socket, head: Buffer, timeoutMs: number): Promise<Bu
     socket.on('data', onData)
     socket.once('close', onClose)
     socket.resume()
-  })
-}
-
-/** Buffers what the client sends until a whole ClientHello (or proof there is none) is in. */
-export function readHello(socket: Socket, head: Buffer, timeoutMs: number): Promise<Hello | undefined> {
-  return new Promise((resolve) => {
-    let bytes = head
-    let settled = false
-    const finish = (view: HelloView | undefined): void => {
-      if (settled) return
-      settled = true
-      clearTimeout(timer)
-      socket.off('data', onData)
-      socket.off('close', onClose)
-      socket.pause()
-      resolve(view ? { bytes, view } : undefined)
-    }
-    const inspect = (): void => {
-      const result = parseClientHello(bytes, MAX_HELLO_BYTES)
-      if (result.kind === 'hello') finish({ kind: 'hello', sni: result.sni })
-      else if (result.kind !== 'need-more') finish(result)
-    }
-    const onData = (chunk: Buffer): void => {
-      bytes = bytes.length === 0 ? chunk : Buffer.concat([bytes, chunk]) // a ClientHello mostly comes in one piece
-      inspect()
-    }
-    const onClose = (): void => finish(undefined)
-    const timer = setTimeout(() => finish({ kind: 'timeout' }), timeoutMs)
-    socket.on('data', onData)
-    socket.once('close', onClose)
-    if (bytes.length > 0) inspect()
   })
 }
 
