@@ -2,7 +2,8 @@
 // offline (and decodes every object), then the manifests are held against what proxy-gate really
 // is: the image `sandbox build` tags and the Dockerfile's user, and a real proxy-gate started with
 // the container's own arguments, environment and mounted files, asked for the probe paths on the
-// probe ports and for /metrics where the scrape annotations point, as the kubelet and Prometheus ask.
+// probe ports (also with its proxy port full) and for /metrics where the scrape annotations point, as
+// the kubelet and Prometheus ask.
 import { readFileSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { join } from 'node:path'
@@ -12,7 +13,7 @@ import { parseConfig } from '../lib/rules/config.js'
 import { CLI_PATH, runCli, startCli } from './helpers/cli.js'
 import { tempDir } from './helpers/files.js'
 import { BASE, KUBECTL_MISSING, ROOT, decode, one, portOf, render, type Container, type DeploymentSpec, type K8sObject, type PodSpec } from './helpers/kubernetes.js'
-import { NETNS_SKIP } from './helpers/net.js'
+import { NETNS_SKIP, rawSession, type RawSession } from './helpers/net.js'
 
 const EXAMPLE = join(BASE, 'examples/workload-namespace')
 /** what the kubelet puts in status.podIP here: the test namespace's loopback */
@@ -152,19 +153,22 @@ function containerEnv(c: Container): Record<string, string> {
   return env
 }
 
+/** A ConfigMap's files as the base has them. */
+const configMapData = (name: string): Record<string, string> => one(base, 'ConfigMap', name).data ?? {}
+
 /**
  * The container's command line on this machine: $(VAR) expanded, each mount and the image's folder
- * mapped to a local folder (a ConfigMap's keys written as files); `writable` are the mounts' folders
- * that the container may write to (emptyDir, not read-only).
+ * mapped to a local folder (a ConfigMap's keys written as files, from `files`); `writable` are the
+ * mounts' folders that the container may write to (emptyDir, not read-only).
  */
-function localCommand(c: Container, spec: PodSpec, env: Record<string, string>): { command: string[]; writable: string[] } {
+function localCommand(c: Container, spec: PodSpec, env: Record<string, string>, files = configMapData): { command: string[]; writable: string[] } {
   const image = dockerfile()
   const places: Array<[string, string]> = [[image.workdir, ROOT.replace(/\/$/, '')]]
   const writable: string[] = []
   for (const mount of c.volumeMounts) {
     const dir = tempDir('k8s-mount')
     const volume = spec.volumes.find((v) => v.name === mount.name)
-    if (volume?.configMap) for (const [key, value] of Object.entries(one(base, 'ConfigMap', volume.configMap.name).data ?? {})) writeFileSync(join(dir, key), value)
+    if (volume?.configMap) for (const [key, value] of Object.entries(files(volume.configMap.name))) writeFileSync(join(dir, key), value)
     if (volume?.emptyDir && mount.readOnly !== true) writable.push(dir)
     places.push([mount.mountPath, dir])
   }
@@ -205,6 +209,35 @@ t.test('proxy-gate started as the pod starts it answers the probes and the scrap
   const denied = await get(portOf(container, 'proxy'), 'http://example.com/', 'example.com')
   t.equal(denied.status, 403, 'the proxy port is the proxy')
   t.equal(await cli.stop(), 0)
+})
+
+t.test('with its proxy port full, the pod still answers the kubelet: the probes are on the admin port', { skip: KUBECTL_MISSING || NETNS_SKIP }, async (t) => {
+  const { pod, container } = workload()
+  const env = containerEnv(container)
+  const maxConnections = 2
+  // the ConfigMap's rules with a small maxConnections, and no drain delay: this pod is not drained
+  const files = (name: string): Record<string, string> => {
+    const data = configMapData(name)
+    const rules = JSON.parse(data['rules.json'] ?? '{}') as { limits?: object }
+    return { ...data, 'rules.json': JSON.stringify({ ...rules, limits: { ...rules.limits, maxConnections, drainDelayMs: 0 } }) }
+  }
+  const [, ...args] = localCommand(container, pod, env, files).command
+  const cli = await startCli(args, { env, command: [process.execPath] })
+  const holders: RawSession[] = []
+  t.teardown(() => {
+    for (const h of holders) h.destroy()
+    return cli.stop()
+  })
+  await cli.waitFor((l) => l.message === 'admin listening')
+  const proxyPort = portOf(container, 'proxy')
+  // clients that hold every connection the proxy port takes, as many tunnels or slow clients do
+  for (let i = 0; i < maxConnections; i++) holders.push(await rawSession(proxyPort, POD_IP))
+  await t.rejects(get(proxyPort, '/healthz', `${POD_IP}:${proxyPort}`), 'a probe of the proxy port would fail: the kubelet would restart a working pod')
+  for (const probe of [container.readinessProbe, container.livenessProbe]) {
+    const port = portOf(container, probe.httpGet.port)
+    const answer = await get(port, probe.httpGet.path, `${POD_IP}:${port}`)
+    t.equal(answer.status, 200, `${probe.httpGet.path} on ${port} answers`)
+  }
 })
 
 t.test('the PodMonitor example scrapes the pods where the annotations do', { skip: KUBECTL_MISSING }, async (t) => {
