@@ -78,7 +78,10 @@ t.test('two or more pods, kept by the HPA and the PDB; the Service reaches the p
   t.ok(hpa.spec.minReplicas >= 2 && hpa.spec.maxReplicas > hpa.spec.minReplicas, 'at least 2 replicas')
   t.match(hpa.spec.scaleTargetRef, { kind: 'Deployment', name: deployment.metadata.name })
   t.same(hpa.spec.metrics.map((m) => m.resource.name), ['cpu'])
-  t.same(one(base, 'PodDisruptionBudget').spec.selector.matchLabels, podLabels)
+  const pdb = one(base, 'PodDisruptionBudget').spec
+  t.same(pdb.selector.matchLabels, podLabels)
+  // a drain takes one pod at a time however many the HPA runs: minAvailable 1 would let it take 9 of 10
+  t.same({ maxUnavailable: pdb.maxUnavailable, minAvailable: pdb.minAvailable }, { maxUnavailable: 1, minAvailable: undefined })
   const service = one(base, 'Service', 'proxy-gate')
   t.same(service.spec.selector, podLabels)
   t.same(service.spec.ports.map((p) => portOf(container, p.targetPort)), [portOf(container, 'proxy')])
