@@ -252,6 +252,9 @@ const SPECIAL: readonly SpecialRange[] = SPECIAL_TABLE.map(([text, kind, label])
   return { cidr, kind, label }
 }).sort((a, b) => b.cidr.prefix - a.cidr.prefix)
 
+/** Every range the guard refuses unless a rule names it: deploy/kubernetes's egress policy excludes each (test/kubernetes-egress.test.ts). */
+export const SPECIAL_RANGES: readonly SpecialRange[] = SPECIAL
+
 /** The most specific special-purpose range that holds `ip`, or undefined for a global unicast address. */
 export function classifyIp(ip: Ip): SpecialRange | undefined {
   return SPECIAL.find((range) => cidrContains(range.cidr, ip))
