@@ -4,7 +4,7 @@
 import type { IncomingMessage } from 'node:http'
 import { checkRequestHead } from './checks.js'
 import type { ClientIdentity } from '../policy/clients.js'
-import { admit } from '../net/gate.js'
+import { admit, underCurrent } from '../net/gate.js'
 import type { Ip } from '../policy/ip.js'
 import { decideForwarded } from '../policy/decide.js'
 import { denial } from './respond.js'
@@ -66,13 +66,14 @@ export async function decideHttp(rt: Runtime, who: ClientIdentity, req: Incoming
   if (problem) return refuse(rt, req, form, id, gate.policyName, problem, parsed.ok ? parsed.value.target : undefined, answer, true)
   if (!parsed.ok) return refuse(rt, req, form, id, gate.policyName, reply(400, 'http_request_error', parsed.error), undefined, answer, true)
   const { target, path } = parsed.value
-  const admission = await admit(gate, target)
-  if (admission.kind === 'failed') return refuse(rt, req, form, id, gate.policyName, admission.reply, target, answer, false)
+  // under the rules in force when DNS answers: a reload meanwhile decides it again
+  const { gate: current, value: admission } = await underCurrent(() => rt.gate(who), (g) => admit(g, target))
+  if (admission.kind === 'failed') return refuse(rt, req, form, id, current.policyName, admission.reply, target, answer, false)
   const { resolved } = admission
-  const decision = decideForwarded(gate.policy, gate.ctx, admission.decision, target, method, path)
+  const decision = decideForwarded(current.policy, current.ctx, admission.decision, target, method, path)
   const pathLimited = decision.rule?.paths || decision.reason === 'request-not-allowed' || decision.reason === 'bad-path'
   // rawTarget is logged only when there is no target
-  logDecision(rt, { id, req, method, target, rawTarget: '', decision, resolved, policy: gate.policyName, listener: listenerOf(form), path: pathLimited ? path.split('?')[0] : undefined })
+  logDecision(rt, { id, req, method, target, rawTarget: '', decision, resolved, policy: current.policyName, listener: listenerOf(form), path: pathLimited ? path.split('?')[0] : undefined })
   if (decision.verdict === 'deny') {
     answer(denial(method, formatTarget(target), decision), false)
     return undefined

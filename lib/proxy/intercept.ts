@@ -25,7 +25,7 @@ import { relayRequest } from './route-forward.js'
 import { parentFor, type Upstream } from '../net/upstream.js'
 import { connectOrigin, type OriginRoute } from '../net/origin.js'
 import { relayUpgrade } from './route-upgrade.js'
-import { logDecision, type Runtime, type TunnelEntry } from './runtime.js'
+import { logDecision, type OpenConnection, type Runtime, type TunnelEntry } from './runtime.js'
 import { formatHost, formatTarget, hostText, type Target } from '../policy/target.js'
 
 /** A tunnel handed over for opening: what was already read, where it goes, and whose it is. */
@@ -117,12 +117,16 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
       rt.log.error('internal error', { where: 'intercepted-upgrade', error: error instanceof Error ? error.stack : String(error) })
       return replyOnSocket(socket, reply(500, 'proxy_internal_error', 'internal error in proxy-gate'))
     }
-    const { id, target, ip, parent } = tunnel
+    const { id, target, ip, parent, who } = tunnel
     const started = Date.now()
+    // re-decided by a reload with its own method and path, as upgrades on the proxy port are
+    const entry: OpenConnection = { id, kind: 'upgrade', target, resolved: tunnel.resolved, who, request: { method: req.method ?? 'GET', path: req.url ?? '/' }, close: () => socket.destroy() }
+    rt.open.add(entry)
     // the tunnel's own address (or parent), as its requests: the address its decision logged
     const chosen = relayUpgrade(proxy, req, socket, head, { target, addresses: [ip], parent, tls: tunnel.tls ? originTls() : undefined }, rt.limits())
     // bytes stay on the tunnel's closed line
     socket.once('close', () => {
+      rt.open.delete(entry)
       const went = chosen()
       rt.record({ type: 'closed', id, kind: 'upgrade', intercepted: true, chosen: went && formatIp(went), via: parent?.hop, durationMs: Date.now() - started })
     })
