@@ -63,6 +63,8 @@ export interface Admitted {
    * host cannot be kept on it; 'opened', each request inside is decided as it comes; 'pending', not yet either
    */
   readonly carries?: 'pending' | 'relayed' | 'opened'
+  /** for tunnels: what their first bytes were to a TLS server (its ClientHello's server name), held to the new TLS rules too */
+  readonly hello?: HelloView | undefined
 }
 
 /** Re-decides an open connection under new rules, with the addresses it was admitted on. */
@@ -72,7 +74,10 @@ export function redecide(gate: Gate, open: Admitted): Decision {
   const host = first.verdict === 'resolve' ? decideAddresses(policy, ctx, open.target, first, open.resolved ?? []) : first
   if (open.request) return decideForwarded(policy, ctx, host, open.target, open.request.method, open.request.path)
   if (host.verdict === 'allow' && open.carries === 'relayed' && needsInterception(policy, open.target)) return unseenRequests(ctx, host, open.target)
-  return host
+  if (host.verdict !== 'allow' || open.hello === undefined) return host
+  // a ClientHello report mode let through, or one the new tls settings refuse (allowNonTls, ports, requireSni)
+  const checked = checkHello(ctx, open.target, host, open.hello)
+  return checked.verdict === 'admit-sni' ? host : checked
 }
 
 /**

@@ -79,7 +79,7 @@ function admitted(asked: Asked, interceptor: Interceptor | undefined, who: Clien
   if (isTlsPort(gate.ctx, target.port)) return onTlsPort(asked, interceptor, who, socket, head, target, decision, entry)
   logAsked(asked, target, decision, resolved)
   const tunnel = entry as TunnelEntry
-  const check: SniCheck = { asked, socket, gate, target, decision, resolved }
+  const check: SniCheck = { asked, socket, gate, target, decision, resolved, entry: tunnel }
   if (!opened) {
     if (head.length > 0 && startsLikeTls(head)) return openChecked(check, tunnel, head)
     // the upstream is dialled first and relayed at once (server-first protocols: SSH, SMTP); the client's first chunk says whether to read on
@@ -122,12 +122,15 @@ interface SniCheck {
   readonly target: Target
   readonly decision: Decision
   readonly resolved: readonly Ip[] | undefined
+  /** its registration, which keeps what the hello said for reloads */
+  readonly entry: TunnelEntry
 }
 
 async function checkSni(check: SniCheck, bytes: Buffer): Promise<Hello | undefined> {
   const { asked, socket, gate, target, decision, resolved } = check
   const hello = await readHello(socket, bytes, gate.ctx.tls.helloTimeoutMs)
   if (hello === undefined) return undefined
+  check.entry.hello = hello.view
   // one rule for every port (checkHello): a hello that cannot be read is refused; bytes no TLS server reads as one pass here
   const sni = serverName(hello.view)
   const second = await admitHello(gate, target, decision, hello.view)
@@ -161,6 +164,7 @@ async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who
   if (second.decision.verdict === 'deny' || closed(socket)) return void socket.destroy()
   const opened = interceptor && needsInterception(gate.policy, second.ruleTarget) ? interceptor : undefined
   const tunnel = entry ?? new TunnelEntry(rt, id, who, second.ruleTarget, resolved, 'pending', socket)
+  tunnel.hello = hello.view
   if (opened) return openTunnelFor(opened, tunnel, socket, hello.bytes, second.decision, true)
   return openTunnel(rt, tunnel, socket, second.decision.dial, hello.bytes, false)
 }

@@ -49,6 +49,7 @@ export async function transparentTlsRoute(rt: Runtime, interceptor: Interceptor 
   if (decision.verdict === 'deny') return void socket.destroy()
   const opened = interceptor && needsInterception(current.policy, target) ? interceptor : undefined
   const entry = new TunnelEntry(rt, id, who, target, resolved, 'pending', socket)
+  entry.hello = hello.view
   if (opened) return openTunnelFor(opened, entry, socket, hello.bytes, decision, true)
   return openTunnel(rt, entry, socket, decision.dial, hello.bytes, false)
 }

@@ -9,7 +9,7 @@ import type { LinkedSet } from './linked-set.js'
 import { logTypedEvent, type Logger } from '../core/log.js'
 import type { Lookup } from '../net/resolve.js'
 import { ruleLabel } from '../policy/rules.js'
-import type { Decision } from '../policy/decide.js'
+import type { Decision, HelloView } from '../policy/decide.js'
 import type { ProxyReply } from '../core/reply.js'
 import { parentFor, type Upstream } from '../net/upstream.js'
 import type { DnsRecord } from '../dns/answer.js'
@@ -33,6 +33,8 @@ export interface OpenConnection extends Admitted {
  */
 export class TunnelEntry implements OpenConnection {
   readonly kind = 'tunnel'
+  /** set once its first bytes were read as a ClientHello (or as plain bytes) */
+  hello: HelloView | undefined
   private closer: ((reason: string) => void) | undefined
 
   constructor(
