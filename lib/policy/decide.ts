@@ -233,6 +233,14 @@ function helloDenial(ctx: DecisionContext, admitted: Decision, reason: Reason, d
   return waive(decision({ verdict: 'deny', reason, rule: admitted.rule, address: admitted.address, detail }), ctx, admitted.dial)
 }
 
+/**
+ * A later ClientHello in a tunnel (TLS 1.3 sends one after a HelloRetryRequest, and servers read
+ * its server name anew) must name exactly the server the first one named.
+ */
+export function sameServer(first: HelloView, later: HelloView): boolean {
+  return first.kind === 'hello' && later.kind === 'hello' && later.sni?.toLowerCase() === first.sni?.toLowerCase()
+}
+
 /** A usable server name: a valid host name (an IP address is not a valid SNI). */
 function sniName(sni: string | undefined): string | undefined {
   if (sni === undefined) return undefined

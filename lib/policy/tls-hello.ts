@@ -165,6 +165,15 @@ function inspect(buf: Buffer, maxBytes: number): Step {
   }
 }
 
+/** A ClientHello's body (after its 4-byte handshake header) read as the first one is: a later one is held to the same rules. */
+export function parseHelloBody(body: Buffer): HelloResult {
+  try {
+    return parseBody(body)
+  } catch (error) {
+    return malformed(`unreadable ClientHello (${error instanceof Error ? error.message : 'error'})`)
+  }
+}
+
 /** Only the first `maxBytes` count: a ClientHello not complete within them is malformed. */
 function judge(buf: Buffer, maxBytes: number): Step {
   const step = inspect(buf.length > maxBytes ? buf.subarray(0, maxBytes) : buf, maxBytes)

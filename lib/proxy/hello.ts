@@ -3,8 +3,10 @@
 // bytes mean is tls-hello.ts's answer; what is done about it, decide.ts's checkHello and
 // checkTransparentHello: a hello it cannot read is refused on every port, never relayed.
 import type { Socket } from 'node:net'
-import type { HelloView } from '../policy/decide.js'
+import { sameServer, type HelloView } from '../policy/decide.js'
 import { HelloReader } from '../policy/tls-hello.js'
+import { ClientHellos } from '../policy/tls-records.js'
+import type { Inspect } from './relay.js'
 
 /** far above any real ClientHello (post-quantum key shares included) */
 const MAX_HELLO_BYTES = 32 * 1024
@@ -50,4 +52,15 @@ export function readHello(socket: Socket, head: Buffer, timeoutMs: number): Prom
     socket.resume()
     if (head.length > 0) onData(head)
   })
+}
+
+/**
+ * For a tunnel relayed after its ClientHello passed: every ClientHello the client sends, from the
+ * first byte (`hello.bytes`, fed first) on, must name the server the first one named.
+ */
+export function laterHellos(hello: Hello): Inspect | undefined {
+  const first = hello.view
+  if (first.kind !== 'hello') return undefined
+  const hellos = new ClientHellos((later) => later.kind !== 'need-more' && sameServer(first, later), MAX_HELLO_BYTES)
+  return (chunk) => hellos.push(chunk)
 }

@@ -23,9 +23,12 @@ export interface Relay {
 
 /** A tunnel whose client bytes are held (see Screen): pass them on, or close it. */
 export interface Held extends Relay {
-  /** sends `bytes` (what was held) upstream and relays the client's bytes again */
-  pass(bytes: Buffer): void
+  /** sends `bytes` (what was held) upstream and relays the client's bytes again, each chunk seen by `inspect` first */
+  pass(bytes: Buffer, inspect?: Inspect): void
 }
+
+/** Sees every chunk the client sends before it is relayed; false closes the tunnel. */
+export type Inspect = (chunk: Buffer) => boolean
 
 /**
  * Sees the client's first chunk, and only that one. Returning a function holds it: nothing more from
@@ -47,6 +50,7 @@ class Tunnel implements Held {
   error: string | undefined
   closed = 0
   screen: Screen | undefined
+  inspect: Inspect | undefined
 
   constructor(
     readonly client: Socket,
@@ -65,8 +69,10 @@ class Tunnel implements Held {
     this.upstream.destroy()
   }
 
-  pass(bytes: Buffer): void {
+  pass(bytes: Buffer, inspect?: Inspect): void {
     if (this.client.destroyed || this.upstream.destroyed) return
+    this.inspect = inspect
+    if (inspect && !inspect(bytes)) return this.close('a later TLS ClientHello in the tunnel names another server')
     this.lastActive = Date.now()
     const more = this.upstream.writableEnded || bytes.length === 0 || this.upstream.write(bytes)
     this.client.on('data', onData)
@@ -92,9 +98,10 @@ class Tunnel implements Held {
   }
 }
 
-export function relay(client: Socket, upstream: Socket, limits: RelayLimits, done: (stats: RelayStats) => void, screen?: Screen): Relay {
+export function relay(client: Socket, upstream: Socket, limits: RelayLimits, done: (stats: RelayStats) => void, screen?: Screen, inspect?: Inspect): Relay {
   const tunnel = new Tunnel(client, upstream, limits, done)
   tunnel.screen = screen
+  tunnel.inspect = inspect
   wire(tag(client, tunnel))
   wire(tag(upstream, tunnel))
   watch(tunnel)
@@ -133,6 +140,7 @@ function onData(this: Wired, chunk: Buffer): void {
       return hold(tunnel)
     }
   }
+  if (tunnel.inspect !== undefined && this === tunnel.client && !tunnel.inspect(chunk)) return tunnel.close('a later TLS ClientHello in the tunnel names another server')
   if (!tunnel.peer(this).write(chunk)) this.pause()
 }
 

@@ -14,14 +14,14 @@ import { formatIp, type Ip } from '../policy/ip.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import type { Interceptor } from './intercept.js'
 import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from '../policy/decide.js'
-import { relay, upstreamReads, type Held, type Screen } from './relay.js'
+import { relay, upstreamReads, type Held, type Inspect, type Screen } from './relay.js'
 import { denial, destroySocket, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { logDecision, tunnelClosed, TunnelEntry, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from '../policy/target.js'
 import { parentFor } from '../net/upstream.js'
 import { startsLikeTls } from '../policy/tls-hello.js'
-import { readHello, type Hello } from './hello.js'
+import { laterHellos, readHello, type Hello } from './hello.js'
 
 const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
 
@@ -99,7 +99,7 @@ async function openChecked(check: SniCheck, entry: TunnelEntry, head: Buffer): P
   const { asked, socket, decision } = check
   const hello = await checkSni(check, head)
   if (hello === undefined) return void socket.destroy()
-  return openTunnel(asked.rt, entry, socket, decision.dial, hello.bytes, true)
+  return openTunnel(asked.rt, entry, socket, decision.dial, hello.bytes, true, undefined, laterHellos(hello))
 }
 
 /** An opened tunnel carries HTTP, whose client speaks first: its first bytes tell TLS from plain HTTP. */
@@ -166,7 +166,7 @@ async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who
   const tunnel = entry ?? new TunnelEntry(rt, id, who, second.ruleTarget, resolved, 'pending', socket)
   tunnel.hello = hello.view
   if (opened) return openTunnelFor(opened, tunnel, socket, hello.bytes, second.decision, true)
-  return openTunnel(rt, tunnel, socket, second.decision.dial, hello.bytes, false)
+  return openTunnel(rt, tunnel, socket, second.decision.dial, hello.bytes, false, undefined, laterHellos(hello))
 }
 
 /** The ClientHello's server name for the log: none for an empty one or no ClientHello. */
@@ -177,7 +177,7 @@ function serverName(view: HelloView): string | undefined {
 /** A relayed tunnel's held first chunk: the rest of the ClientHello is read, then passed on or the tunnel closed. */
 function holdForSni(first: Buffer, held: Held, check: SniCheck): void {
   checkSni(check, first).then(
-    (hello) => (hello === undefined ? held.close('TLS server name refused') : held.pass(hello.bytes)),
+    (hello) => (hello === undefined ? held.close('TLS server name refused') : held.pass(hello.bytes, laterHellos(hello))),
     () => held.close('TLS server name check failed'),
   )
 }
@@ -206,7 +206,7 @@ function firstChunk(socket: Socket, head: Buffer, timeoutMs: number): Promise<Bu
  * Dials the checked addresses (or the parent proxy, for the name), sends what the client already sent, and relays. `answer` says
  * whether the 200 is still to be written (or, on failure, an error status can still be sent).
  */
-export async function openTunnel(rt: Runtime, entry: TunnelEntry, socket: Socket, addresses: readonly Ip[], first: Buffer, answer: boolean, screen?: Screen): Promise<void> {
+export async function openTunnel(rt: Runtime, entry: TunnelEntry, socket: Socket, addresses: readonly Ip[], first: Buffer, answer: boolean, screen?: Screen, inspect?: Inspect): Promise<void> {
   const { id, target } = entry
   entry.carries = 'relayed'
   const limits = rt.limits()
@@ -227,6 +227,10 @@ export async function openTunnel(rt: Runtime, entry: TunnelEntry, socket: Socket
     return answer ? replyOnSocket(socket, error.reply) : void socket.destroy()
   }
   if (socket.destroyed) return void upstream.destroy()
+  if (inspect && !inspect(first)) {
+    upstream.destroy()
+    return void socket.destroy()
+  }
   if (answer) socket.write(ESTABLISHED)
   if (first.length > 0) upstream.write(first)
   socket.off('error', destroySocket)
@@ -235,7 +239,7 @@ export async function openTunnel(rt: Runtime, entry: TunnelEntry, socket: Socket
     // without the parent's handshake bytes
     const { bytesFromClient, bytesToClient, durationMs, error } = stats
     rt.record(tunnelClosed(id, dialed && formatIp(dialed), bytesFromClient - handshake.sent, bytesToClient - handshake.received, durationMs, error, parent?.hop))
-  }, screen)
+  }, screen, inspect)
   entry.closeWith((reason) => tunnel.close(reason))
 }
 

@@ -10,7 +10,7 @@ import { parseIp, type Ip } from '../policy/ip.js'
 import { checkTransparentHello, needsInterception, type Decision } from '../policy/decide.js'
 import type { Interceptor } from './intercept.js'
 import { openTunnel, openTunnelFor } from './route-connect.js'
-import { readHello } from './hello.js'
+import { laterHellos, readHello } from './hello.js'
 import { replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { logDecision, TunnelEntry, type Runtime } from './runtime.js'
@@ -51,7 +51,7 @@ export async function transparentTlsRoute(rt: Runtime, interceptor: Interceptor 
   const entry = new TunnelEntry(rt, id, who, target, resolved, 'pending', socket)
   entry.hello = hello.view
   if (opened) return openTunnelFor(opened, entry, socket, hello.bytes, decision, true)
-  return openTunnel(rt, entry, socket, decision.dial, hello.bytes, false)
+  return openTunnel(rt, entry, socket, decision.dial, hello.bytes, false, undefined, laterHellos(hello))
 }
 
 /** CONNECT on a transparent HTTP port: refused, such clients reach origins through the proxy port. */
