@@ -140,8 +140,8 @@ t.test('allowed names that resolve to special addresses are refused, with no con
     ['mixed-family.example.com', /resolves to \[::1\]:\d+, a loopback \(::1\) address/, /"\[::1\]:\d+"/],
     ['mapped.example.com', /resolves to 10\.0\.0\.1:\d+, a private network \(RFC 1918\) address/, new RegExp(`\\{"host":"mapped\\.example\\.com","ports":\\[${P}\\],"private":true\\}`)],
     ['mapped-meta.example.com', /resolves to 169\.254\.169\.254:\d+, a cloud metadata service address/, /"169\.254\.169\.254:\d+"/],
-    ['nat64.example.com', /resolves to \[64:ff9b::a9fe:a9fe\]:\d+, a NAT64 \(64:ff9b::\/96\) embeds an IPv4 address address/, /"\[64:ff9b::a9fe:a9fe\]:\d+"/],
-    ['sixtofour.example.com', /resolves to \[2002:a9fe:a9fe::1\]:\d+, a 6to4/, /"\[2002:a9fe:a9fe::1\]:\d+"/],
+    ['nat64.example.com', /resolves to \[64:ff9b::a9fe:a9fe\]:\d+, a cloud metadata service in NAT64 form \(169\.254\.169\.254\) address/, /"\[64:ff9b::a9fe:a9fe\]:\d+"/],
+    ['sixtofour.example.com', /resolves to \[2002:a9fe:a9fe::1\]:\d+, a cloud metadata service in 6to4 form \(169\.254\.169\.254\) address/, /"\[2002:a9fe:a9fe::1\]:\d+"/],
     ['teredo.example.com', /resolves to \[2001:0:4136:e378:8000:63bf:56fe:56fe\]:\d+, a Teredo/, /"\[2001:0:4136:e378:8000:63bf:56fe:56fe\]:\d+"/],
     ['imds6.example.com', /resolves to \[fd00:ec2::254\]:\d+, a cloud metadata service \(AWS IPv6\) address/, /"\[fd00:ec2::254\]:\d+"/],
     ['ula.example.com', /resolves to \[fd00::10\]:\d+, a unique local address/, /"private":true/],
@@ -473,9 +473,12 @@ t.test('special and lenient IP literals are refused even under allow-everything 
     '::1',
     '[127.0.0.1]',
   ]
+  // cloud metadata addresses, in their own spellings and embedded in IPv6, need a rule naming them exactly
+  const metadata = new Set(['100.100.100.200', '169.254.169.254', '169.254.170.2', '168.63.129.16', '192.0.0.192', '[::a9fe:a9fe]', '[::ffff:169.254.169.254]', '[64:ff9b::a9fe:a9fe]', '[64:ff9b:1::a9fe:a9fe]', '[2002:a9fe:a9fe::]', '[fd00:ec2::254]'])
   for (const host of prohibited) {
     const res = await tryConnect(proxy, `${host}:${P}`, `GET http://${host}:${P}/ HTTP/1.1\r\nHost: x\r\n\r\n`)
-    assertRefused(t, res, { status: 403, error: 'destination_ip_prohibited', details: /address, which is refused unless a rule names it$/ }, `CONNECT ${host}`)
+    const details = metadata.has(host) ? /address, which is refused unless a rule names that exact address \(a range that holds it is not enough\)$/ : /address, which is refused unless a rule names it$/
+    assertRefused(t, res, { status: 403, error: 'destination_ip_prohibited', details }, `CONNECT ${host}`)
   }
   for (const host of malformed) {
     const res = await tryConnect(proxy, `${host}:${P}`)

@@ -238,13 +238,13 @@ t.test('classifyIp puts every special-purpose address in its range, boundaries i
     ['::', 'unspecified'], // case 14
     ['::1', 'loopback'], // case 13
     ['::127.0.0.1', 'reserved'], // case 16: IPv4-compatible
-    ['::a9fe:a9fe', 'reserved'],
+    ['::a9fe:a9fe', 'metadata'], // IPv4-compatible form of 169.254.169.254
     ['::ffff:0:1.2.3.4', 'reserved'], // SIIT IPv4-translated
-    ['64:ff9b::a9fe:a9fe', 'ipv6-embedding'], // case 17: NAT64
+    ['64:ff9b::a9fe:a9fe', 'metadata'], // case 17: NAT64 form of 169.254.169.254
     ['64:ff9b::7f00:1', 'ipv6-embedding'],
     ['64:ff9b::808:808', 'ipv6-embedding'], // the whole /96, public IPv4 inside too
     ['64:ff9b:1::1', 'ipv6-embedding'], // local-use NAT64
-    ['64:ff9b:1::a9fe:a9fe', 'ipv6-embedding'],
+    ['64:ff9b:1::a9fe:a9fe', 'metadata'], // local-use NAT64 form of 169.254.169.254
     ['2002::', 'ipv6-embedding'], // 6to4
     ['2002:7f00:1::', 'ipv6-embedding'],
     ['2001::', 'ipv6-embedding'], // Teredo

@@ -115,6 +115,64 @@ t.test('a range that holds a metadata address is warned about, naming the rule a
   t.same(quiet.ok ? configWarnings(quiet.value) : 'invalid', [], 'an exact rule and ranges without metadata: no warning')
 })
 
+// An IPv6 address that embeds a metadata address is the metadata address to whatever translates it:
+// a NAT64 gateway, a 6to4 relay, a Teredo server or client, a host speaking IPv4-compatible/translated.
+const EMBEDDED: Array<[string, string, string]> = [
+  ['NAT64', '64:ff9b::a9fe:a9fe', '[64:ff9b::/96]:80'],
+  ['NAT64', '64:ff9b::a83f:8110', '[64:ff9b::a800:0/101]:80'], // 168.63.129.16
+  ['local-use NAT64 /96', '64:ff9b:1::a9fe:a9fe', '[64:ff9b:1::/48]:80'],
+  ['local-use NAT64 /64', '64:ff9b:1:0:a9:fea9:fe00:0', '[64:ff9b:1::/64]:80'],
+  ['local-use NAT64 /56', '64:ff9b:1:a9:fe:a9fe::', '[64:ff9b:1::/56]:80'],
+  ['local-use NAT64 /48', '64:ff9b:1:a9fe:a9:fe00::', '[64:ff9b:1::/48]:80'],
+  ['6to4', '2002:a9fe:a9fe::1', '[2002::/16]:80'],
+  ['Teredo server', '2001:0:a9fe:a9fe::1', '[2001::/32]:80'],
+  ['Teredo client (XOR 0xffffffff)', '2001:0:4136:e378:8000:63bf:5601:5601', '[2001::/32]:80'],
+  ['IPv4-compatible', '::a9fe:a9fe', '[::/96]:80'],
+  ['IPv4-translated', '::ffff:0:a9fe:a9fe', '[::ffff:0:0:0/96]:80'],
+]
+
+t.test('an embedded form of a metadata address is allowed only by a rule naming that exact IPv6 address', async (t) => {
+  for (const [form, address, range] of EMBEDDED) {
+    const literal = formatIpPort(ip(address), 80)
+    t.equal(outcome(policy([range]), literal), 'deny/address-prohibited', `${form}: ${range} does not allow ${address}`)
+    t.equal(outcome(policy([range, 'svc.test:80']), 'svc.test:80', [address]), 'deny/address-prohibited', `${form}: nor a name resolving to it`)
+    t.equal(outcome(policy([{ host: 'svc.test', ports: [80], private: true }]), 'svc.test:80', [address]), 'deny/address-prohibited', `${form}: nor "private": true`)
+    t.equal(outcome(policy([range, literal]), literal), 'allow/allow-rule', `${form}: a rule naming ${address} allows it`)
+  }
+  const detail = decideTarget(policy(['[64:ff9b::/96]:80']), ENFORCE, target('[64:ff9b::a9fe:a9fe]:80'))
+  t.match(detail.verdict === 'resolve' ? '' : detail.detail, /cloud metadata service in NAT64 form \(169\.254\.169\.254\) address, which is refused unless a rule names that exact address/)
+  t.equal(outcome(policy(['[64:ff9b::/96]:80']), '[64:ff9b::808:808]:80'), 'allow/allow-rule', 'the NAT64 range still allows the rest of its range')
+  t.equal(outcome(policy(['[::/8]:80', '169.254.0.0/16:80']), '[::ffff:169.254.169.254]:80'), 'deny/address-prohibited', 'the IPv4-mapped form is the IPv4 address')
+})
+
+t.test('an embedded form of another special address is refused as before: it needs an IP rule', async (t) => {
+  for (const address of ['64:ff9b::7f00:1', '64:ff9b::a00:1', '64:ff9b:1::a00:1', '2002:a00:1::1', '2001:0:7f00:1::1', '2001::80ff:fffe', '::7f00:1']) {
+    t.equal(outcome(policy([]), formatIpPort(ip(address), 80)), 'deny/address-prohibited', `${address} without a rule`)
+    t.equal(outcome(policy([{ host: 'svc.test', ports: [80], private: true }]), 'svc.test:80', [address]), 'deny/address-prohibited', `${address} with "private": true`)
+  }
+})
+
+t.test('a range that holds an embedded form of a metadata address is warned about, each address once', async (t) => {
+  const rows: Array<[string, string]> = [
+    ['[64:ff9b::/96]:80', '64:ff9b::a9fe:a9fe (cloud metadata service in NAT64 form (169.254.169.254))'],
+    ['[64:ff9b:1::/48]:80', '64:ff9b:1:a9fe:a9:fe00:: (cloud metadata service in local-use NAT64 form (169.254.169.254))'],
+    ['[2002::/16]:80', '2002:a9fe:a9fe:: (cloud metadata service in 6to4 form (169.254.169.254))'],
+    ['[2001::/32]:80', '2001:0:a9fe:a9fe:: (cloud metadata service in Teredo server form (169.254.169.254))'],
+    ['[2001:0:4136:e378::/64]:80', '2001:0:4136:e378::5601:5601 (cloud metadata service in Teredo client form (169.254.169.254))'],
+    ['[::/96]:80', '::a9fe:a9fe (cloud metadata service in IPv4-compatible form (169.254.169.254))'],
+    ['[::ffff:0:0:0/96]:80', '::ffff:0:a9fe:a9fe (cloud metadata service in IPv4-translated form (169.254.169.254))'],
+  ]
+  for (const [rule, named] of rows) {
+    const parsed = parseConfig({ allow: ['svc.test', rule] })
+    const warnings = parsed.ok ? configWarnings(parsed.value) : []
+    t.same(warnings.map((w) => `${w.path} ${w.entry}`), [`allow[1] ${rule}`], `${rule}: one warning, naming the rule`)
+    t.ok(warnings[0]?.message.includes(named), `${rule} names ${named}`)
+    t.equal(warnings[0]?.message.match(/ form \(/g)?.length, 5, `${rule}: each IPv4 metadata address once`)
+  }
+  const quiet = parseConfig({ allow: ['[64:ff9b::a9fe:a9fe]:80', '[64:ff9b::808:0/112]:443'] })
+  t.same(quiet.ok ? configWarnings(quiet.value) : 'invalid', [], 'the exact NAT64 address, and a NAT64 range without metadata: no warning')
+})
+
 t.test('validate prints the warning and still passes', async (t) => {
   const res = await runCli(['validate', '--rules', rulesFile({ allow: ['example.com', '169.254.0.0/16:80'] })])
   t.equal(res.code, 0)

@@ -255,14 +255,102 @@ const SPECIAL: readonly SpecialRange[] = SPECIAL_TABLE.map(([text, kind, label])
 /** Every range the guard refuses unless a rule names it: deploy/kubernetes's egress policy excludes each (test/kubernetes-egress.test.ts). */
 export const SPECIAL_RANGES: readonly SpecialRange[] = SPECIAL
 
-/** The most specific special-purpose range that holds `ip`, or undefined for a global unicast address. */
-export function classifyIp(ip: Ip): SpecialRange | undefined {
-  return SPECIAL.find((range) => cidrContains(range.cidr, ip))
+/**
+ * Where an IPv6 range carries an IPv4 address that a gateway or tunnel reaches: the 32 bits sit in
+ * `chunks` ([first bit, length], counted from the top), XORed with `flip` (Teredo obfuscates its client).
+ */
+interface Embedding {
+  readonly name: string
+  readonly within: Cidr
+  readonly chunks: ReadonlyArray<readonly [number, number]>
+  readonly flip: bigint
 }
 
-/** The cloud metadata addresses that `cidr` holds (none for a range outside them). */
+const EMBEDDING_TABLE: Array<[string, string, Array<[number, number]>, bigint?]> = [
+  ['NAT64', '64:ff9b::/96', [[96, 32]]],
+  // RFC 6052 layouts for the prefix lengths a local-use NAT64 prefix can have (bits 64-71 are skipped)
+  ['local-use NAT64', '64:ff9b:1::/48', [[48, 16], [72, 16]]],
+  ['local-use NAT64', '64:ff9b:1::/48', [[56, 8], [72, 24]]],
+  ['local-use NAT64', '64:ff9b:1::/48', [[72, 32]]],
+  ['local-use NAT64', '64:ff9b:1::/48', [[96, 32]]],
+  ['6to4', '2002::/16', [[16, 32]]],
+  ['Teredo server', '2001::/32', [[32, 32]]],
+  ['Teredo client', '2001::/32', [[96, 32]], 0xffffffffn],
+  ['IPv4-compatible', '::/96', [[96, 32]]],
+  ['IPv4-translated', '::ffff:0:0:0/96', [[96, 32]]],
+]
+
+const EMBEDDINGS: readonly Embedding[] = EMBEDDING_TABLE.map(([name, text, chunks, flip]) => {
+  const within = parseCidr(text)
+  if (typeof within === 'string') throw new Error(`bad embedding range ${text}: ${within}`)
+  return { name, within, chunks, flip: flip ?? 0n }
+})
+
+const METADATA_V4: readonly SpecialRange[] = SPECIAL.filter((range) => range.kind === 'metadata' && range.cidr.family === 4)
+
+/** The IPv4 address that `embedding` carries in the IPv6 address `value`. */
+function embeddedV4(embedding: Embedding, value: bigint): bigint {
+  const bits = embedding.chunks.reduce((acc, [start, length]) => (acc << BigInt(length)) | ((value >> BigInt(128 - start - length)) & ((1n << BigInt(length)) - 1n)), 0n)
+  return bits ^ embedding.flip
+}
+
+/** The IPv6 addresses of `embedding` that carry `v4`, as the bits they fix (`mask`) and their `value` there. */
+function embeddingOf(embedding: Embedding, v4: bigint): { mask: bigint; value: bigint } {
+  let rest = 32n
+  let fixed = mask(6, embedding.within.prefix)
+  let value = embedding.within.base
+  for (const [start, length] of embedding.chunks) {
+    rest -= BigInt(length)
+    const shift = BigInt(128 - start - length)
+    const ones = (1n << BigInt(length)) - 1n
+    fixed |= ones << shift
+    value |= (((v4 ^ embedding.flip) >> rest) & ones) << shift
+  }
+  return { mask: fixed, value }
+}
+
+function embeddedMetadata(metadata: SpecialRange, embedding: Embedding, value: bigint): SpecialRange {
+  const v4 = formatIp({ family: 4, value: metadata.cidr.base })
+  return { cidr: { family: 6, base: value, prefix: 128 }, kind: 'metadata', label: `${metadata.label} in ${embedding.name} form (${v4})` }
+}
+
+/** The cloud metadata address an IPv6 address carries in one of its IPv4 embeddings, as metadata itself. */
+function metadataEmbeddedIn(ip: Ip): SpecialRange | undefined {
+  for (const embedding of EMBEDDINGS) {
+    if (!cidrContains(embedding.within, ip)) continue
+    const v4 = embeddedV4(embedding, ip.value)
+    const metadata = METADATA_V4.find((range) => range.cidr.base === v4)
+    if (metadata) return embeddedMetadata(metadata, embedding, ip.value)
+  }
+  return undefined
+}
+
+/**
+ * The most specific special-purpose range that holds `ip`, or undefined for a global unicast address.
+ * An IPv6 address that embeds a cloud metadata address (NAT64, 6to4, Teredo...) is metadata too.
+ */
+export function classifyIp(ip: Ip): SpecialRange | undefined {
+  const range = SPECIAL.find((r) => cidrContains(r.cidr, ip))
+  if (range === undefined || ip.family === 4) return range
+  return metadataEmbeddedIn(ip) ?? range
+}
+
+/**
+ * The cloud metadata addresses that `cidr` holds (none for a range outside them); for an IPv6 range
+ * also each IPv4 metadata address it holds in an embedded form, once, as the first such address.
+ */
 export function metadataWithin(cidr: Cidr): SpecialRange[] {
-  return SPECIAL.filter((range) => range.kind === 'metadata' && cidrWithin(range.cidr, cidr))
+  const direct = SPECIAL.filter((range) => range.kind === 'metadata' && cidrWithin(range.cidr, cidr))
+  if (cidr.family === 4) return direct
+  const outer = mask(6, cidr.prefix)
+  const embedded = METADATA_V4.flatMap((metadata) => {
+    for (const embedding of EMBEDDINGS) {
+      const form = embeddingOf(embedding, metadata.cidr.base)
+      if (((form.value ^ cidr.base) & form.mask & outer) === 0n) return [embeddedMetadata(metadata, embedding, cidr.base | (form.value & ~outer))]
+    }
+    return []
+  })
+  return [...direct, ...embedded]
 }
 
 /** The special range that wholly contains `cidr`, if any: such a rule names special space on purpose. */
