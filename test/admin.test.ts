@@ -195,7 +195,9 @@ t.test('dashboard in Chromium: a denial shows up live with its reason and rule; 
 
   const hostile = page.locator('#decisions tbody tr', { hasText: '<img/src=x/onerror=window.pwned=1>' })
   await hostile.first().waitFor()
-  t.ok((await hostile.count()) >= 2, 'the hostile target and path are shown as text')
+  t.ok((await hostile.count()) >= 1, 'the hostile path is shown as text')
+  // a target that does not parse is logged by its authority only: the path never reaches the log or the page
+  await page.locator('#decisions tbody tr', { hasText: 'x.test:99999' }).first().waitFor()
   t.equal(await page.locator('#decisions img').count(), 0, 'no element was created from it')
   t.equal(await page.evaluate('window.pwned'), undefined, 'no script ran')
   t.equal(await page.locator('#count-deny').textContent(), '2')

@@ -263,6 +263,8 @@ t.test('differential: proxy-gate reads the server name the TLS server reads, or 
     ...Array.from({ length: 1000 }, () => boundary(r, base)),
   ]
   const problems: string[] = []
+  // Node 22 and 24 leave some hellos to OpenSSL's own servername handling (socket.servername) without calling
+  // SNICallback, and their OpenSSL answers some hellos without a name with an alert (their groups or ciphers)
   const counts: Record<string, number> = {}
   const check = async (c: Case): Promise<void> => {
     const { result, whole } = read(c.chunks)
@@ -273,7 +275,7 @@ t.test('differential: proxy-gate reads the server name the TLS server reads, or 
     const problem =
       disagreement(result, seen) ??
       (JSON.stringify(result) === JSON.stringify(whole) ? undefined : `read in chunks ${JSON.stringify(result)}, at once ${JSON.stringify(whole)}`) ??
-      (c.expect === undefined || (result.kind === 'hello' && (result.sni ?? null) === c.expect && (c.expect === null ? seen.serverHello && seen.name === undefined : seen.name === c.expect))
+      (c.expect === undefined || (result.kind === 'hello' && (result.sni ?? null) === c.expect && (seen.name ?? seen.servername ?? null) === c.expect)
         ? undefined
         : `a well-formed hello for ${String(c.expect)}: proxy-gate ${JSON.stringify(result)}, the server ${JSON.stringify(seen)}`)
     if (problem !== undefined) problems.push(`${c.what}: ${problem} [${hex}...]`)
