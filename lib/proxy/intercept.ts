@@ -136,29 +136,32 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
       const resolved = entry.resolved ?? [ip]
       // with "upstream": through the parent, unless upstreamBypass; the tunnel keeps the parent it opened with
       const parent = parentFor(rt.upstream?.(), target)
-      const route: OriginRoute = { target, addresses: [ip], parent, tls: tls ? originTls() : undefined }
-      // every connection is connectOrigin's: the checked address (or the parent), never a lookup of the name
-      const client = new (undici().Client)(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
-        connect: (_options, callback) => void connectOrigin(route, rt.limits()).then((c) => callback(null, c.socket), (error: unknown) => callback(error as Error, null)),
+      const started = Date.now()
+      // from the handover on: however far the tunnel got (a client can leave while its leaf is minted,
+      // minting can fail), its end is logged and what it holds is released
+      const held: { client?: Client; lifetime?: NodeJS.Timeout } = {}
+      socket.once('close', () => {
+        clearTimeout(held.lifetime)
+        void held.client?.close().catch(() => undefined)
+        rt.record({ type: 'closed', id, kind: 'tunnel', intercepted: true, ...(parent ? { via: parent.hop } : { chosen: formatIp(ip) }), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
       })
       socket.unshift(first)
       let inner: Socket = socket
       if (tls) {
         const leaf = await minter.contextFor(hostText(target.host))
+        if (socket.destroyed) return // the client left while the leaf was minted
         inner = new nodeTls.TLSSocket(socket, { isServer: true, secureContext: leaf, ALPNProtocols: ['http/1.1'] })
         inner.on('error', destroySocket)
       }
-      const tunnel: OpenedTunnel = { id, who, target, ip, resolved, client, tls, parent }
-      tunnels.set(inner, tunnel)
-      const started = Date.now()
+      const route: OriginRoute = { target, addresses: [ip], parent, tls: tls ? originTls() : undefined }
+      // every connection is connectOrigin's: the checked address (or the parent), never a lookup of the name
+      const client = (held.client = new (undici().Client)(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
+        connect: (_options, callback) => void connectOrigin(route, rt.limits()).then((c) => callback(null, c.socket), (error: unknown) => callback(error as Error, null)),
+      }))
+      tunnels.set(inner, { id, who, target, ip, resolved, client, tls, parent })
       const limits = rt.limits()
       inner.setTimeout(limits.tunnelIdleTimeoutMs, () => inner.destroy())
-      const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
-      socket.once('close', () => {
-        clearTimeout(lifetime)
-        void client.close().catch(() => undefined)
-        rt.record({ type: 'closed', id, kind: 'tunnel', intercepted: true, ...(parent ? { via: parent.hop } : { chosen: formatIp(ip) }), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
-      })
+      held.lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
       Object.assign(server, { maxHeaderSize: limits.maxHeaderBytes }) // read per connection: follows reloads (server.ts)
       server.emit('connection', inner)
       if (!tls) socket.resume() // read up to the first bytes with the socket paused behind them; the HTTP parser now listens
