@@ -94,12 +94,13 @@ async function unusableCa(): Promise<Ca> {
 
 for (const tlsPort of [true, false]) {
   const where = tlsPort ? 'a TLS port' : 'another port (the first bytes tell TLS)'
-  t.test(`a leaf that cannot be minted, on ${where}: the tunnel's closed line, the error logged, nothing left registered`, async (t) => {
+  t.test(`a leaf that cannot be minted, on ${where}: the tunnel after its 200 is closed, no HTTP written into it, the error logged`, async (t) => {
     const { proxy, target } = await setup(t, await unusableCa(), tlsPort)
     const tunnel = await connectWithHello(proxy, target)
     const guard = setTimeout(() => tunnel.socket.destroy(), 5_000)
     await tunnel.closed
     clearTimeout(guard)
+    t.equal(tunnel.received(), 'HTTP/1.1 200 Connection established\r\n\r\n', 'the 200, then nothing: the proxy closed the tunnel')
     const error = await logLine(proxy, (l) => l.message === 'internal error', 'the internal error')
     t.match(error, { level: 'error', where: 'connect', error: /.+/ })
     const decided = await logLine(proxy, (l) => l.message === 'decision' && l.decision === 'allow', 'the decision')

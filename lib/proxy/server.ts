@@ -24,7 +24,7 @@ import type { SandboxSettings } from '../rules/sandbox.js'
 import type { SelfAddress } from '../policy/decide.js'
 import { createLookup, type Lookup } from '../net/resolve.js'
 import { selfAddresses } from '../net/self.js'
-import { destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
+import { destroySocket, refuserFor, replyOnResponse, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { connectRoute } from './route-connect.js'
 import { forwardRoute } from './route-forward.js'
@@ -277,11 +277,11 @@ export function createProxy(options: ProxyOptions): Proxy {
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
     if (transparent?.httpListener(socket)) return transparentConnect(rt, req, socket)
-    authenticated('connect', req, (r) => replyOnSocket(socket, r), (who) => connectRoute(rt, interceptor, who, req, socket, head))
+    authenticated('connect', req, refuserFor(socket), (who) => connectRoute(rt, interceptor, who, req, socket, head))
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
-    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
+    authenticated('upgrade', req, refuserFor(socket), (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
   })
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
