@@ -28,9 +28,16 @@ export interface DnsServer {
   close(): Promise<void>
 }
 
-/** A TCP client that has sent nothing for this long is disconnected. */
+/** A TCP connection that starts no query for this long after it opened or its last query is closed. */
 const TCP_IDLE_MS = 10_000
+/**
+ * A query must arrive whole within this long of its first byte. Neither timer is pushed back by
+ * bytes that trickle in: a byte every few seconds could otherwise hold a connection for ever.
+ */
+const TCP_QUERY_MS = 3_000
 const TCP_MAX_CONNECTIONS = 256
+/** TCP connections one client address may hold at once: one client cannot take every slot. */
+const TCP_MAX_PER_CLIENT = 16
 /** Answers a TCP client has not read: past this, it is disconnected rather than buffered for. */
 const TCP_MAX_UNREAD = 64 * 1024
 
@@ -114,22 +121,70 @@ function serveFrames(pending: Buffer, socket: Socket, who: Client, respond: Resp
   return rest
 }
 
+/**
+ * How many TCP connections each client address holds: one past TCP_MAX_PER_CLIENT is refused,
+ * with one warning until the client holds none again.
+ */
+function perClientCount(log: Logger): { take(remote: string): boolean; release(remote: string): void } {
+  const held = new Map<string, number>()
+  const warned = new Set<string>()
+  return {
+    take(remote) {
+      const count = held.get(remote) ?? 0
+      if (count < TCP_MAX_PER_CLIENT) {
+        held.set(remote, count + 1)
+        return true
+      }
+      if (!warned.has(remote)) log.warn('sandbox DNS: a client holds the most TCP connections allowed; its new ones are closed', { client: remote, limit: TCP_MAX_PER_CLIENT })
+      warned.add(remote)
+      return false
+    },
+    release(remote) {
+      const count = (held.get(remote) ?? 1) - 1
+      if (count > 0) return void held.set(remote, count)
+      held.delete(remote)
+      warned.delete(remote)
+    },
+  }
+}
+
+/** One connection: frames in, answers out, closed at the idle or query deadline (see TCP_QUERY_MS). */
+function serveTcp(socket: Socket, respond: Respond, log: Logger): void {
+  const who = client(socket.remoteAddress, socket.remotePort, 'tcp')
+  let timer = setTimeout(() => socket.destroy(), TCP_IDLE_MS)
+  const deadline = (ms: number): void => {
+    clearTimeout(timer)
+    timer = setTimeout(() => socket.destroy(), ms)
+  }
+  socket.on('close', () => clearTimeout(timer))
+  let pending: Buffer = Buffer.alloc(0)
+  socket.on('data', (chunk: Buffer) => {
+    const work = (): void => {
+      const before = pending.length
+      pending = serveFrames(before === 0 ? chunk : Buffer.concat([pending, chunk]), socket, who, respond)
+      const answered = before + chunk.length > pending.length
+      // a query answered starts the idle wait, or the next query's deadline; the first byte of a query starts its deadline
+      if (answered) deadline(pending.length > 0 ? TCP_QUERY_MS : TCP_IDLE_MS)
+      else if (before === 0) deadline(TCP_QUERY_MS)
+      if (socket.writableLength > TCP_MAX_UNREAD) socket.destroy()
+    }
+    safely(log, 'dns tcp', work, () => socket.destroy())
+  })
+}
+
 function createTcp(respond: Respond, log: Logger): { readonly tcp: Server; readonly connections: Set<Socket> } {
   const connections = new Set<Socket>()
+  const clients = perClientCount(log)
   const tcp = createServer({ noDelay: true }, (socket) => {
-    connections.add(socket)
-    socket.on('close', () => connections.delete(socket))
     socket.on('error', () => socket.destroy())
-    socket.setTimeout(TCP_IDLE_MS, () => socket.destroy())
-    const who = client(socket.remoteAddress, socket.remotePort, 'tcp')
-    let pending: Buffer = Buffer.alloc(0)
-    socket.on('data', (chunk: Buffer) => {
-      const work = (): void => {
-        pending = serveFrames(pending.length === 0 ? chunk : Buffer.concat([pending, chunk]), socket, who, respond)
-        if (socket.writableLength > TCP_MAX_UNREAD) socket.destroy()
-      }
-      safely(log, 'dns tcp', work, () => socket.destroy())
+    const remote = socket.remoteAddress ?? '?'
+    if (!clients.take(remote)) return void socket.destroy()
+    connections.add(socket)
+    socket.on('close', () => {
+      connections.delete(socket)
+      clients.release(remote)
     })
+    serveTcp(socket, respond, log)
   })
   tcp.maxConnections = TCP_MAX_CONNECTIONS
   return { tcp, connections }

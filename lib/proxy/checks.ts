@@ -1,9 +1,12 @@
-// Request-head checks every route runs before parsing the target: protocol version, header
-// count, missing or duplicate Host, framing that the proxy refuses to guess about.
-import type { IncomingMessage } from 'node:http'
+// Request-head checks every route runs before parsing the target, and requests inside opened
+// tunnels too: protocol version, header count, missing or duplicate Host, framing that the proxy
+// refuses to guess about; and the answer to a head the HTTP parser refused (too large, malformed).
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Limits } from '../rules/config.js'
 import { countHeader } from './headers.js'
 import { reply, type ProxyReply } from '../core/reply.js'
+import { replyOnSocket } from './respond.js'
 
 const NO_TRACE = new Set(['TRACE', 'TRACK'])
 
@@ -41,4 +44,27 @@ function firstContentLength(rawHeaders: readonly string[]): string | undefined {
 /** True when the request carries a body the proxy must forward or drain. */
 export function hasBody(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0
+}
+
+function clientErrorReply(error: NodeJS.ErrnoException): ProxyReply {
+  if (error.code === 'HPE_HEADER_OVERFLOW') return reply(431, 'http_request_error', 'request head is larger than the limit')
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return reply(408, 'http_request_error', 'request was not received in time')
+  return reply(400, 'http_request_error', `malformed request (${error.code ?? 'parse error'})`)
+}
+
+/**
+ * Answers a request Node's HTTP parser refused ('clientError'), on the proxy port and inside opened
+ * tunnels: `noted` logs the answer. Nothing is written to a client that is gone, or after a
+ * response already under way (a second status line would corrupt it).
+ */
+export function answerClientError(error: NodeJS.ErrnoException, socket: Socket, noted: (r: ProxyReply) => void): void {
+  if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+  const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+  if (pending?.headersSent) return void socket.destroy()
+  const r = clientErrorReply(error)
+  noted(r)
+  // an earlier pipelined request still being decided answers first: responses keep their order
+  // (a timeout is about that request itself, so it is answered at once)
+  if (pending && !pending.writableFinished && error.code !== 'ERR_HTTP_REQUEST_TIMEOUT') pending.once('finish', () => replyOnSocket(socket, r))
+  else replyOnSocket(socket, r)
 }

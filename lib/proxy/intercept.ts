@@ -12,7 +12,7 @@ import type { SecureContext } from 'node:tls'
 import type httpProxy from 'http-proxy'
 import type { Client } from 'undici'
 import { undici } from '../core/lazy.js'
-import { hasBody } from './checks.js'
+import { answerClientError, checkRequestHead, hasBody } from './checks.js'
 import { upgradeRequestHeaders } from './headers.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import { formatIp, type Ip } from '../policy/ip.js'
@@ -20,7 +20,7 @@ import type { LeafMinter } from '../certs/leaf.js'
 import { checkInnerHost, type Decision } from '../policy/decide.js'
 import { redecide } from '../net/gate.js'
 import { denial, destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
-import { reply } from '../core/reply.js'
+import { reply, type ProxyReply } from '../core/reply.js'
 import { relayRequest } from './route-forward.js'
 import { parentFor, type Upstream } from '../net/upstream.js'
 import { connectOrigin, type OriginRoute } from '../net/origin.js'
@@ -72,7 +72,8 @@ export function upstreamTrust(extra: readonly string[]): string[] {
  */
 export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: () => SecureContext, wsProxy: () => httpProxy): Interceptor {
   const tunnels = new WeakMap<Socket, OpenedTunnel>()
-  const server: Server = http.createServer({ maxHeaderSize: rt.limits().maxHeaderBytes, insecureHTTPParser: false })
+  // Host, header count and the rest are checkRequestHead's (checks.ts), with the proxy port's answers
+  const server: Server = http.createServer({ maxHeaderSize: rt.limits().maxHeaderBytes, insecureHTTPParser: false, requireHostHeader: false })
   server.maxHeadersCount = 0
 
   // each request under the rules in force: the host's as well as the methods' and paths' (a reload may have removed either)
@@ -88,9 +89,20 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     logDecision(rt, { id: tunnel.id, req, method: req.method ?? 'GET', target: tunnel.target, rawTarget: '', decision: shown, resolved: tunnel.resolved, path: (req.url ?? '').split('?')[0], intercepted: true, policy })
   }
 
+  /** The proxy port's head checks (checks.ts), before anything else: a refusal is logged here, and answered as there. */
+  const refusedHead = (tunnel: OpenedTunnel, req: IncomingMessage): ProxyReply | undefined => {
+    const problem = checkRequestHead(req, rt.limits())
+    if (!problem) return undefined
+    const policy = rt.gate(tunnel.who).policyName
+    logDecision(rt, { id: tunnel.id, req, method: req.method ?? 'GET', target: tunnel.target, rawTarget: '', reply: problem, path: (req.url ?? '').split('?')[0], intercepted: true, policy })
+    return problem
+  }
+
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const tunnel = tunnels.get(req.socket)
     if (!tunnel) return replyOnResponse(res, reply(500, 'proxy_internal_error', 'request outside an opened tunnel'), true)
+    const problem = refusedHead(tunnel, req)
+    if (problem) return replyOnResponse(res, problem, true)
     const decision = decide(tunnel, req)
     log(tunnel, req, decision)
     const method = req.method ?? 'GET'
@@ -106,6 +118,8 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     const tunnel = tunnels.get(req.socket)
     socket.on('error', destroySocket)
     if (!tunnel) return socket.destroy()
+    const problem = refusedHead(tunnel, req)
+    if (problem) return replyOnSocket(socket, problem)
     const decision = decide(tunnel, req)
     log(tunnel, req, decision)
     if (decision.verdict === 'deny') return replyOnSocket(socket, denial(req.method ?? 'GET', formatTarget(tunnel.target), decision))
@@ -132,7 +146,13 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     })
   })
 
-  server.on('clientError', (_error, socket: Socket) => socket.destroy())
+  // a head the parser refuses (too large, malformed) is answered as on the proxy port; other socket errors close it
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
+    const tunnel = tunnels.get(socket)
+    if (!tunnel || !error.code?.startsWith('HPE_')) return void socket.destroy()
+    const policy = rt.gate(tunnel.who).policyName
+    answerClientError(error, socket, (r) => logDecision(rt, { id: tunnel.id, req: { socket }, method: '', target: tunnel.target, rawTarget: '', reply: r, intercepted: true, policy }))
+  })
 
   return {
     async open({ entry, socket, first, ip, tls }) {
@@ -140,29 +160,32 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
       const resolved = entry.resolved ?? [ip]
       // with "upstream": through the parent, unless upstreamBypass; the tunnel keeps the parent it opened with
       const parent = parentFor(rt.upstream?.(), target)
-      const route: OriginRoute = { target, addresses: [ip], parent, tls: tls ? originTls() : undefined }
-      // every connection is connectOrigin's: the checked address (or the parent), never a lookup of the name
-      const client = new (undici().Client)(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
-        connect: (_options, callback) => void connectOrigin(route, rt.limits()).then((c) => callback(null, c.socket), (error: unknown) => callback(error as Error, null)),
+      const started = Date.now()
+      // from the handover on: however far the tunnel got (a client can leave while its leaf is minted,
+      // minting can fail), its end is logged and what it holds is released
+      const held: { client?: Client; lifetime?: NodeJS.Timeout } = {}
+      socket.once('close', () => {
+        clearTimeout(held.lifetime)
+        void held.client?.close().catch(() => undefined)
+        rt.record({ type: 'closed', id, kind: 'tunnel', intercepted: true, ...(parent ? { via: parent.hop } : { chosen: formatIp(ip) }), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
       })
       socket.unshift(first)
       let inner: Socket = socket
       if (tls) {
         const leaf = await minter.contextFor(hostText(target.host))
+        if (socket.destroyed) return // the client left while the leaf was minted
         inner = new nodeTls.TLSSocket(socket, { isServer: true, secureContext: leaf, ALPNProtocols: ['http/1.1'] })
         inner.on('error', destroySocket)
       }
-      const tunnel: OpenedTunnel = { id, who, target, ip, resolved, client, tls, parent }
-      tunnels.set(inner, tunnel)
-      const started = Date.now()
+      const route: OriginRoute = { target, addresses: [ip], parent, tls: tls ? originTls() : undefined }
+      // every connection is connectOrigin's: the checked address (or the parent), never a lookup of the name
+      const client = (held.client = new (undici().Client)(`${tls ? 'https' : 'http'}://${formatHost(target.host)}:${target.port}`, {
+        connect: (_options, callback) => void connectOrigin(route, rt.limits()).then((c) => callback(null, c.socket), (error: unknown) => callback(error as Error, null)),
+      }))
+      tunnels.set(inner, { id, who, target, ip, resolved, client, tls, parent })
       const limits = rt.limits()
       inner.setTimeout(limits.tunnelIdleTimeoutMs, () => inner.destroy())
-      const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
-      socket.once('close', () => {
-        clearTimeout(lifetime)
-        void client.close().catch(() => undefined)
-        rt.record({ type: 'closed', id, kind: 'tunnel', intercepted: true, ...(parent ? { via: parent.hop } : { chosen: formatIp(ip) }), bytesFromClient: socket.bytesRead, bytesToClient: socket.bytesWritten, durationMs: Date.now() - started })
-      })
+      held.lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
       Object.assign(server, { maxHeaderSize: limits.maxHeaderBytes }) // read per connection: follows reloads (server.ts)
       server.emit('connection', inner)
       if (!tls) socket.resume() // read up to the first bytes with the socket paused behind them; the HTTP parser now listens

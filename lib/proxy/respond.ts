@@ -39,6 +39,16 @@ export function replyOnSocket(socket: Socket, r: ProxyReply): void {
   socket.destroySoon()
 }
 
+/**
+ * How to refuse on a socket handed over by CONNECT or Upgrade: with HTTP while nothing has been
+ * written on it since the handover; once something has (a 200 or a 101), the socket carries a
+ * tunnel and no HTTP may go into it, so it is closed instead.
+ */
+export function refuserFor(socket: Socket): (r: ProxyReply) => void {
+  const written = socket.bytesWritten
+  return (r) => (socket.bytesWritten > written ? void socket.destroy() : replyOnSocket(socket, r))
+}
+
 export function replyOnResponse(res: ServerResponse, r: ProxyReply, close: boolean): void {
   if (res.headersSent) {
     res.destroy()

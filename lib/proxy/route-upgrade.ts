@@ -18,7 +18,7 @@ import { connectOrigin, originWhere, type OriginRoute } from '../net/origin.js'
 import { parentFor, type TunnelLimits } from '../net/upstream.js'
 import { clientResponseHeaders, upgradeRequestHeaders } from './headers.js'
 import { formatIp, type Ip } from '../policy/ip.js'
-import { replyOnSocket } from './respond.js'
+import { refuserFor, replyOnSocket } from './respond.js'
 import { type OpenConnection, type Runtime } from './runtime.js'
 import { hostHeader, hostText } from '../policy/target.js'
 
@@ -52,8 +52,10 @@ export function relayUpgrade(proxy: httpProxy, req: IncomingMessage, socket: Soc
   // the agent makes the connection: the host only completes the URL (Host is the request's own)
   const host = hostText(route.target.host)
   const target = { protocol: route.tls ? 'https:' : 'http:', host, hostname: host, port: String(route.target.port) }
+  // an error after the 101 (or the origin's refusal) went out: the socket is closed, never answered into
+  const refuse = refuserFor(socket)
   proxy.ws(req, socket, head, { target, agent: agentFor(open, route.tls !== undefined), changeOrigin: false }, (error: NodeJS.ErrnoException) => {
-    replyOnSocket(socket, upgradeFailure(error, originWhere(route, chosen)))
+    refuse(upgradeFailure(error, originWhere(route, chosen)))
   })
   return () => chosen
 }

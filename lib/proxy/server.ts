@@ -12,7 +12,7 @@ import type { Config } from '../rules/config.js'
 import { gateFor, redecide, type Gate } from '../net/gate.js'
 import { createAuthenticator } from './auth.js'
 import type { Ca } from '../certs/ca.js'
-import { hasBody } from './checks.js'
+import { answerClientError, hasBody } from './checks.js'
 import { DEFAULT_POLICY, type ClientIdentity } from '../policy/clients.js'
 import { createInterceptor, upstreamTrust } from './intercept.js'
 import { parseIp } from '../policy/ip.js'
@@ -24,7 +24,7 @@ import type { SandboxSettings } from '../rules/sandbox.js'
 import type { SelfAddress } from '../policy/decide.js'
 import { createLookup, type Lookup } from '../net/resolve.js'
 import { selfAddresses } from '../net/self.js'
-import { destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
+import { destroySocket, refuserFor, replyOnResponse } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { connectRoute } from './route-connect.js'
 import { forwardRoute } from './route-forward.js'
@@ -87,12 +87,6 @@ function dnsSelf(sandbox: SandboxSettings | undefined): SelfAddress[] {
 }
 
 type HeadLines = OutgoingHttpHeaders | OutgoingHttpHeader[]
-
-function clientErrorReply(error: NodeJS.ErrnoException): ProxyReply {
-  if (error.code === 'HPE_HEADER_OVERFLOW') return reply(431, 'http_request_error', 'request head is larger than the limit')
-  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return reply(408, 'http_request_error', 'request was not received in time')
-  return reply(400, 'http_request_error', `malformed request (${error.code ?? 'parse error'})`)
-}
 
 export function createProxy(options: ProxyOptions): Proxy {
   const { log } = options
@@ -277,24 +271,17 @@ export function createProxy(options: ProxyOptions): Proxy {
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
     if (transparent?.httpListener(socket)) return transparentConnect(rt, req, socket)
-    authenticated('connect', req, (r) => replyOnSocket(socket, r), (who) => connectRoute(rt, interceptor, who, req, socket, head))
+    authenticated('connect', req, refuserFor(socket), (who) => connectRoute(rt, interceptor, who, req, socket, head))
   })
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
-    authenticated('upgrade', req, (r) => replyOnSocket(socket, r), (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
+    authenticated('upgrade', req, refuserFor(socket), (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
   })
-  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
-    if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
-    const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
-    // a response already under way (e.g. a request timeout mid-body): a second status line would corrupt it
-    if (pending?.headersSent) return void socket.destroy()
-    const r = clientErrorReply(error)
-    record({ type: 'decision', id: rt.nextId(), client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, method: '', target: '', decision: 'error', reason: r.type, status: r.status, detail: r.details, mode: gate.ctx.mode, wouldDeny: false })
-    // an earlier pipelined request still being decided answers first: responses keep their order
-    // (a timeout is about that request itself, so it is answered at once)
-    if (pending && !pending.writableFinished && error.code !== 'ERR_HTTP_REQUEST_TIMEOUT') pending.once('finish', () => replyOnSocket(socket, r))
-    else replyOnSocket(socket, r)
-  })
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) =>
+    answerClientError(error, socket, (r) => {
+      record({ type: 'decision', id: rt.nextId(), client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, method: '', target: '', decision: 'error', reason: r.type, status: r.status, detail: r.details, mode: gate.ctx.mode, wouldDeny: false })
+    }),
+  )
 
   return {
     open,
