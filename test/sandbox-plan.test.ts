@@ -19,12 +19,13 @@ t.test('names and subnets are checked before anything runs', async (t) => {
 t.test('the internal network has no route to the host; proxy-gate runs locked down on both networks', async (t) => {
   const p = plan()
   const [internal, egress] = networkCommands(p)
-  t.match(internal?.create.join(' '), /network create --driver bridge --internal --ipv6=false --subnet 10\.250\.0\.0\/24 --aux-address DefaultGatewayIPv4=10\.250\.0\.254 -o com\.docker\.network\.bridge\.inhibit_ipv4=true .* box$/)
+  t.match(internal?.create.join(' '), /network create --driver bridge --internal --ipv6=false --subnet 10\.250\.0\.0\/24 -o com\.docker\.network\.bridge\.inhibit_ipv4=true --aux-address DefaultGatewayIPv4=10\.250\.0\.254 .* box$/)
   t.notMatch(internal?.create.join(' '), /gateway_mode/, 'no gateway mode for an engine that may not know it')
   t.notMatch(egress?.create.join(' '), /--internal/)
   t.equal(deadGateway(plan({ subnet: '172.31.8.0/29' })), '172.31.8.6', "the workloads' gateway is the subnet's last usable address, held by nothing")
   const isolated = networkCommands(p, { isolatedGateway: true })[0]?.create.join(' ')
   t.match(isolated, /-o com\.docker\.network\.bridge\.inhibit_ipv4=true -o com\.docker\.network\.bridge\.gateway_mode_ipv4=isolated /)
+  t.notMatch(isolated, /aux-address/, 'an isolated network has no gateway to reserve')
   t.same(['20.10.24+dfsg1', '27.5.1', '28.0.0', '29.1.2', '', 'podman'].map(supportsIsolatedGateway), [false, false, true, true, false, false], 'gateway mode "isolated": Docker 28 and later')
   const [run, connect] = proxyCommands(p)
   const args = run?.join(' ') ?? ''

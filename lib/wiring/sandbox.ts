@@ -70,10 +70,14 @@ export function supportsIsolatedGateway(dockerVersion: string | undefined): bool
   return major !== undefined && Number(major) >= 28
 }
 
-/** Creates the networks (the caller skips those that exist) and the proxy-gate container. */
+/**
+ * Creates the networks (the caller skips those that exist) and the proxy-gate container. On an
+ * engine with the gateway mode "isolated" the network has no gateway at all; on older ones the
+ * workloads' gateway is the reserved dead address.
+ */
 export function networkCommands(plan: SandboxPlan, options: { readonly isolatedGateway: boolean } = { isolatedGateway: false }): { readonly name: string; readonly create: string[] }[] {
-  const isolated = options.isolatedGateway ? ['-o', `${GATEWAY_MODE}=isolated`] : []
-  const internal = ['--internal', '--ipv6=false', '--subnet', plan.subnet, '--aux-address', `DefaultGatewayIPv4=${deadGateway(plan)}`, '-o', `${NO_HOST_ROUTE}=true`, ...isolated]
+  const gateway = options.isolatedGateway ? ['-o', `${GATEWAY_MODE}=isolated`] : ['--aux-address', `DefaultGatewayIPv4=${deadGateway(plan)}`]
+  const internal = ['--internal', '--ipv6=false', '--subnet', plan.subnet, '-o', `${NO_HOST_ROUTE}=true`, ...gateway]
   return [
     { name: plan.network, create: ['network', 'create', '--driver', 'bridge', ...internal, ...label(plan), plan.network] },
     { name: plan.egress, create: ['network', 'create', '--driver', 'bridge', ...label(plan), plan.egress] },
