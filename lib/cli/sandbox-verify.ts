@@ -92,6 +92,12 @@ function probeArgs(plan: SandboxPlan, image: string, spec: string): string[] {
   return runArgs(plan, [...locked, image, 'sandbox', 'probe', spec])
 }
 
+function probeFailure(run: Captured): string {
+  const said = (run.stderr || run.stdout).trim()
+  if (said.includes('unknown sandbox command: probe')) return 'the proxy-gate image predates "sandbox verify": run "proxy-gate sandbox build", then "sandbox up" again'
+  return `the probe container did not run (exit ${run.code ?? 'signal'}): ${said.slice(-600)}`
+}
+
 function failed(error: string): VerifyOutcome {
   return { code: 2, lines: [], error }
 }
@@ -115,7 +121,7 @@ export async function verifySandbox(request: VerifyRequest): Promise<VerifyOutco
   } catch {
     report = undefined
   }
-  if (run.code !== 0 || !isReport(report)) return failed(`the probe container did not run (exit ${run.code ?? 'signal'}): ${(run.stderr || run.stdout).trim().slice(-600)}`)
+  if (run.code !== 0 || !isReport(report)) return failed(probeFailure(run))
   const lines = judge(spec, report, expectFromRules(loaded.value.policies, ctx))
   return { code: lines.every((l) => l.pass) ? 0 : 1, lines }
 }

@@ -38,7 +38,7 @@ export interface ProbeSpec {
   readonly timeoutMs: number
 }
 
-export const PROBE_TIMEOUT_MS = 1500
+const PROBE_TIMEOUT_MS = 1500
 /** Ports tried on every address of the host: a refusal on any of them shows the address is reachable. */
 const HOST_PORTS = [22, 53, 80, 443]
 const OUTSIDE_PORTS = [53, 443]
