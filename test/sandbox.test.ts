@@ -222,6 +222,11 @@ t.test('sandbox: the only way out is proxy-gate', { skip: engineMissing() }, asy
     t.equal(hostServiceHits, 0, "verify's probes never touch the host service's port")
   })
 
+  const unverified = await cli(engine, [...upArgs, '--no-verify'])
+  t.equal(unverified.code, 0, `up --no-verify: ${unverified.out.slice(-300)}`)
+  t.match(unverified.out, /WARNING: --no-verify: nothing has shown that proxy-gate is the only way out of "pgsbx"/, 'skipping the check is loud')
+  t.notMatch(unverified.out, /^(ok|FAIL) /m, 'and nothing was probed')
+
   const down = await cli(engine, ['sandbox', 'down', '--name', NAME])
   t.equal(down.code, 0, `sandbox down: ${down.out.slice(-300)}`)
   t.equal(engine.docker(['ps', '-aq']).stdout.trim(), '', 'no container left')
