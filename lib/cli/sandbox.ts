@@ -27,6 +27,7 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compos
                                            network and the proxy-gate container on both (rules mounted
                                            read-only: edits reload); run again to apply a new image.
                                            Then verifies it (below): a network with a way out is removed
+          [--probe-address A]...           the public addresses it tries (as for verify)
           [--no-verify]                    skip that check (not recommended)
   run     [--name N] -- DOCKER-RUN-ARGS    docker run --rm on N only, DNS and HTTP(S)_PROXY set to
                                            proxy-gate; the arguments go to docker run as they are, but
