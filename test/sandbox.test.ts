@@ -10,7 +10,7 @@
 // names it and `up` refuses the network and removes it. `sandbox down` leaves nothing behind.
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { networkInterfaces, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -143,6 +143,7 @@ t.test('sandbox: the only way out is proxy-gate', { skip: engineMissing() }, asy
 
   // a rules folder as root's usually is (0755, 0644); sandbox up runs proxy-gate as the file's owner otherwise
   const rulesDir = mkdtempSync(join(tmpdir(), 'pg-sandbox-rules-'))
+  t.teardown(() => rmSync(rulesDir, { recursive: true, force: true }))
   chmodSync(rulesDir, 0o755)
   writeFileSync(join(rulesDir, 'rules.json'), JSON.stringify({ allow: ['allowed.test:80,443'], dns: { servers: [upstreamDns.server] } }), { mode: 0o644 })
   const upArgs = ['sandbox', 'up', '--name', NAME, '--rules', join(rulesDir, 'rules.json'), '--image', IMAGE, '--subnet', SUBNET, ...PROBE_ADDRESSES]
