@@ -37,7 +37,7 @@ t.test('the internal network has no route to the host; proxy-gate runs locked do
 
 t.test('a workload joins the internal network only, with DNS and both spellings of the proxy variables', async (t) => {
   const args = runArgs(plan(), ['-it', 'alpine', 'sh'])
-  t.same(args.slice(0, 6), ['run', '--rm', '--network', 'box', '--dns', '10.250.0.2'])
+  t.same(args.slice(0, 8), ['run', '--rm', '--network', 'box', '--dns', '10.250.0.2', '--cap-drop', 'NET_RAW'], 'no raw frames to the bridge')
   for (const v of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy']) t.ok(args.includes(`${v}=http://10.250.0.2:3128`), v)
   t.same(args.slice(-3), ['-it', 'alpine', 'sh'], 'the user arguments come last, as given')
 })

@@ -92,11 +92,15 @@ export function proxyCommands(plan: SandboxPlan): string[][] {
   ]
 }
 
-/** `docker run` for a workload: on the internal network only, DNS and proxy variables set to proxy-gate. */
+/**
+ * `docker run` for a workload: on the internal network only, DNS and proxy variables set to
+ * proxy-gate, and without NET_RAW (which Docker grants by default): a hand-made frame to the
+ * bridge reaches the host's own addresses, whose INPUT no rule of Docker's filters.
+ */
 export function runArgs(plan: SandboxPlan, userArgs: readonly string[]): string[] {
   const proxy = proxyUrl(plan)
   const env = [`HTTP_PROXY=${proxy}`, `HTTPS_PROXY=${proxy}`, `http_proxy=${proxy}`, `https_proxy=${proxy}`, 'NO_PROXY=localhost,127.0.0.1', 'no_proxy=localhost,127.0.0.1']
-  return ['run', '--rm', '--network', plan.network, '--dns', plan.address, ...env.flatMap((e) => ['-e', e]), ...userArgs]
+  return ['run', '--rm', '--network', plan.network, '--dns', plan.address, '--cap-drop', 'NET_RAW', ...env.flatMap((e) => ['-e', e]), ...userArgs]
 }
 
 export interface Removal {
