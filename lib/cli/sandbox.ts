@@ -5,24 +5,40 @@ import { rmSync, statSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { VERSION } from '../core/version.js'
-import { composeFile, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
+import { parseIp } from '../policy/ip.js'
+import { composeFile, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, supportsIsolatedGateway, type SandboxPlan } from '../wiring/sandbox.js'
+import { escapes } from '../wiring/sandbox-args.js'
+import { DEFAULT_PROBE_ADDRESSES } from '../wiring/sandbox-verify.js'
 import { loadRulesFile, rulesPath } from '../rules/file.js'
 import { printErrors, usageError } from './common.js'
 import { prepareContext } from './sandbox-image.js'
+import { probeCommand } from './sandbox-probe.js'
+import { printOutcome, verifySandbox } from './sandbox-verify.js'
 
 /** The image `sandbox build` tags and `up` runs; deploy/kubernetes names it too. */
 export const DEFAULT_IMAGE = `proxy-gate:${VERSION}`
 
-const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|down|compose> [options]
+const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compose> [options]
 
   build   [--base IMAGE] [--tag TAG]       build the proxy-gate image with no network access
                                            (base default node:22-slim; tag default ${DEFAULT_IMAGE})
   up      [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR (default 10.250.0.0/24)]
                                            create the internal network N (default proxy-gate), its egress
                                            network and the proxy-gate container on both (rules mounted
-                                           read-only: edits reload); run again to apply a new image
+                                           read-only: edits reload); run again to apply a new image.
+                                           Then verifies it (below): a network with a way out is removed
+          [--probe-address A]...           the public addresses it tries (as for verify)
+          [--no-verify]                    skip that check (not recommended)
   run     [--name N] -- DOCKER-RUN-ARGS    docker run --rm on N only, DNS and HTTP(S)_PROXY set to
-                                           proxy-gate; the arguments go to docker run as they are
+                                           proxy-gate; the arguments go to docker run as they are, but
+                                           those that undo the confinement (--network, --privileged,
+                                           --cap-add NET_ADMIN, --dns, ...) are refused
+          [--allow-escape]                 pass them on anyway, with a warning
+  verify  [--name N] [--json] [--probe-address A]...
+                                           prove from inside N that proxy-gate is the only way out: a
+                                           short-lived probe container tries the host's addresses, the
+                                           metadata address, public addresses (default ${DEFAULT_PROBE_ADDRESSES.join(', ')})
+                                           and DNS. Exit 0 confined, 1 a path is open, 2 could not run
   down    [--name N]                       remove the container and both networks
   compose [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR]
                                            print the same topology as a Compose file
@@ -37,10 +53,15 @@ const OPTIONS = {
   base: { type: 'string', default: 'node:22-slim' },
   subnet: { type: 'string' },
   engine: { type: 'string', default: 'docker' },
+  json: { type: 'boolean', default: false },
+  'probe-address': { type: 'string', multiple: true },
+  'no-verify': { type: 'boolean', default: false },
+  'allow-escape': { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 } as const
 
-type Values = { readonly [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K] extends { default: boolean } ? boolean : (typeof OPTIONS)[K] extends { default: string } ? string : string | undefined }
+type Value<O> = O extends { multiple: true } ? string[] | undefined : O extends { default: boolean } ? boolean : O extends { default: string } ? string : string | undefined
+type Values = { readonly [K in keyof typeof OPTIONS]: Value<(typeof OPTIONS)[K]> }
 
 /** Runs the engine with its output shown; resolves with its exit code. */
 function engine(values: Values, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
@@ -145,7 +166,7 @@ async function up(values: Values, p: SandboxPlan): Promise<number> {
     printErrors(rules, loaded.errors)
     return 1
   }
-  for (const network of networkCommands(p)) {
+  for (const network of networkCommands(p, { isolatedGateway: supportsIsolatedGateway(serverVersion(values)) })) {
     if (exists(values, 'network', network.name)) continue
     const code = await engine(values, network.create)
     if (code !== 0) return code
@@ -157,11 +178,48 @@ async function up(values: Values, p: SandboxPlan): Promise<number> {
     await engine(values, ['rm', '-f', p.container])
     return 1
   }
+  const verified = await verifyAfterUp(values, p)
+  if (verified !== 0) return verified
   console.log(`sandbox "${p.name}" is up: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)})
 run a workload:  proxy-gate sandbox run --name ${p.name} -- IMAGE [COMMAND...]
 its log:         ${values.engine} logs -f ${p.container}
 remove it:       proxy-gate sandbox down --name ${p.name}`)
   return 0
+}
+
+/** The engine's version (Docker's server), for options that only newer engines take. */
+function serverVersion(values: Values): string | undefined {
+  const r = spawnSync(values.engine, ['version', '--format', '{{.Server.Version}}'], { encoding: 'utf8' })
+  return r.status === 0 ? r.stdout.trim() : undefined
+}
+
+function verifyRequest(values: Values, p: SandboxPlan): Parameters<typeof verifySandbox>[0] {
+  return { engine: values.engine, plan: p, probeAddresses: values['probe-address'] ?? DEFAULT_PROBE_ADDRESSES, rulesFile: join(p.rulesDir, p.rulesFile) }
+}
+
+/** `up`'s last step: a sandbox with a way out (or one that could not be checked) is removed, not reported ready. */
+async function verifyAfterUp(values: Values, p: SandboxPlan): Promise<number> {
+  if (values['no-verify']) {
+    console.error(`WARNING: --no-verify: nothing has shown that proxy-gate is the only way out of "${p.network}".\nRun "proxy-gate sandbox verify --name ${p.name}" before you rely on it.`)
+    return 0
+  }
+  const outcome = await verifySandbox(verifyRequest(values, p))
+  printOutcome(outcome, false)
+  if (outcome.code === 0) return 0
+  const why = outcome.code === 1 ? 'it is not confined' : 'it could not be verified'
+  console.error(`proxy-gate sandbox up: ${why}: removing it (the proxy-gate container and both networks) so that "sandbox run" cannot use it`)
+  await down(values, p)
+  return outcome.code
+}
+
+/** `run`'s arguments that undo the confinement: refused, or with --allow-escape passed on with a warning. */
+function refusesEscapes(values: Values, p: SandboxPlan, args: readonly string[]): boolean {
+  const found = escapes(p, args)
+  const allow = values['allow-escape']
+  for (const e of found) console.error(`proxy-gate sandbox run: ${allow ? 'WARNING: passing on' : 'refused:'} ${e.arg}: ${e.reason}`)
+  if (found.length === 0 || allow) return false
+  console.error('proxy-gate sandbox run: --allow-escape passes such arguments on (the workload is then not confined)')
+  return true
 }
 
 async function down(values: Values, p: SandboxPlan): Promise<number> {
@@ -174,6 +232,7 @@ async function down(values: Values, p: SandboxPlan): Promise<number> {
 }
 
 export async function sandboxCommand(argv: readonly string[]): Promise<number> {
+  if (argv[0] === 'probe') return probeCommand(argv.slice(1))
   let parsed
   try {
     parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true })
@@ -189,14 +248,22 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   if (verb === 'build' && rest.length === 0) return build(values)
   const p = plan(values)
   if (!p) return 2
+  const badProbe = (values['probe-address'] ?? []).find((a) => parseIp(a) === undefined)
+  if (badProbe !== undefined) return usageError(`--probe-address ${badProbe}: an IP address`)
   if (verb === 'up' && rest.length === 0) return up(values, p)
   if (verb === 'down' && rest.length === 0) return down(values, p)
   if (verb === 'compose' && rest.length === 0) {
     process.stdout.write(composeFile(p))
     return 0
   }
+  if (verb === 'verify' && rest.length === 0) {
+    const outcome = await verifySandbox(verifyRequest(values, p))
+    printOutcome(outcome, values.json)
+    return outcome.code
+  }
   if (verb === 'run') {
     if (rest.length === 0) return usageError('sandbox run needs an image: proxy-gate sandbox run -- IMAGE [COMMAND...]')
+    if (refusesEscapes(values, p, rest)) return 2
     if (!exists(values, 'container', p.container)) console.error(`proxy-gate sandbox: ${p.container} is not running: run "proxy-gate sandbox up --name ${p.name}" first`)
     return engine(values, runArgs(p, rest))
   }

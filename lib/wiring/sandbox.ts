@@ -27,6 +27,7 @@ const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,40}$/
 const MOUNT = '/etc/proxy-gate'
 /** with no IPv4 address on the bridge, the host itself is out of the workloads' reach (Docker's --internal alone is not) */
 const NO_HOST_ROUTE = 'com.docker.network.bridge.inhibit_ipv4'
+const GATEWAY_MODE = 'com.docker.network.bridge.gateway_mode_ipv4'
 
 function secondAddress(cidr: Cidr): Ip {
   return { family: 4, value: cidr.base + 2n }
@@ -52,10 +53,33 @@ function startArgs(plan: SandboxPlan): string[] {
   return ['start', '--rules', `${MOUNT}/${plan.rulesFile}`, '--listen', '0.0.0.0:3128', '--advertise', `${plan.address}:3128`, '--insecure-open', '--admin-listen', 'off', '--sandbox', plan.address]
 }
 
-/** Creates the networks (the caller skips those that exist) and the proxy-gate container. */
-export function networkCommands(plan: SandboxPlan): { readonly name: string; readonly create: string[] }[] {
+/**
+ * The subnet's last usable address, reserved as the workloads' default gateway and held by nothing:
+ * should the host's side of the bridge ever get an address (an engine that ignores inhibit_ipv4,
+ * a person), workloads reach that one address but still route nowhere else. Docker 20.10 gives
+ * containers on internal networks a default route; newer engines give them none.
+ */
+export function deadGateway(plan: SandboxPlan): string {
+  const cidr = parseCidr(plan.subnet) as Cidr
+  return formatIp({ family: 4, value: cidr.base + (1n << BigInt(32 - cidr.prefix)) - 2n })
+}
+
+/** Docker 28 added the gateway mode "isolated" for internal networks: no address on the bridge, no gateway. */
+export function supportsIsolatedGateway(dockerVersion: string | undefined): boolean {
+  const major = /^(\d+)\./.exec(dockerVersion ?? '')?.[1]
+  return major !== undefined && Number(major) >= 28
+}
+
+/**
+ * Creates the networks (the caller skips those that exist) and the proxy-gate container. On an
+ * engine with the gateway mode "isolated" the network has no gateway at all; on older ones the
+ * workloads' gateway is the reserved dead address.
+ */
+export function networkCommands(plan: SandboxPlan, options: { readonly isolatedGateway: boolean } = { isolatedGateway: false }): { readonly name: string; readonly create: string[] }[] {
+  const gateway = options.isolatedGateway ? ['-o', `${GATEWAY_MODE}=isolated`] : ['--aux-address', `DefaultGatewayIPv4=${deadGateway(plan)}`]
+  const internal = ['--internal', '--ipv6=false', '--subnet', plan.subnet, '-o', `${NO_HOST_ROUTE}=true`, ...gateway]
   return [
-    { name: plan.network, create: ['network', 'create', '--driver', 'bridge', '--internal', '--subnet', plan.subnet, '-o', `${NO_HOST_ROUTE}=true`, ...label(plan), plan.network] },
+    { name: plan.network, create: ['network', 'create', '--driver', 'bridge', ...internal, ...label(plan), plan.network] },
     { name: plan.egress, create: ['network', 'create', '--driver', 'bridge', ...label(plan), plan.egress] },
   ]
 }
@@ -68,11 +92,15 @@ export function proxyCommands(plan: SandboxPlan): string[][] {
   ]
 }
 
-/** `docker run` for a workload: on the internal network only, DNS and proxy variables set to proxy-gate. */
+/**
+ * `docker run` for a workload: on the internal network only, DNS and proxy variables set to
+ * proxy-gate, and without NET_RAW (which Docker grants by default): a hand-made frame to the
+ * bridge reaches the host's own addresses, whose INPUT no rule of Docker's filters.
+ */
 export function runArgs(plan: SandboxPlan, userArgs: readonly string[]): string[] {
   const proxy = proxyUrl(plan)
   const env = [`HTTP_PROXY=${proxy}`, `HTTPS_PROXY=${proxy}`, `http_proxy=${proxy}`, `https_proxy=${proxy}`, 'NO_PROXY=localhost,127.0.0.1', 'no_proxy=localhost,127.0.0.1']
-  return ['run', '--rm', '--network', plan.network, '--dns', plan.address, ...env.flatMap((e) => ['-e', e]), ...userArgs]
+  return ['run', '--rm', '--network', plan.network, '--dns', plan.address, '--cap-drop', 'NET_RAW', ...env.flatMap((e) => ['-e', e]), ...userArgs]
 }
 
 export interface Removal {
@@ -122,8 +150,9 @@ networks:
   sandbox:
     name: ${q(plan.network)}
     internal: true
+    enable_ipv6: false
     driver_opts: { ${q(NO_HOST_ROUTE)}: "true" }
-    ipam: { config: [{ subnet: ${q(plan.subnet)} }] }
+    ipam: { config: [{ subnet: ${q(plan.subnet)}, aux_addresses: { DefaultGatewayIPv4: ${q(deadGateway(plan))} } }] }
   egress:
     name: ${q(plan.egress)}
 `
