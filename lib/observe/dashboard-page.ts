@@ -254,8 +254,11 @@ function connect() {
     refreshSoon()
   })
   events.addEventListener('error', () => {
-    $('status').textContent = 'reconnecting'
     $('status').className = 'pill'
+    // a refusal (too many open dashboards) closes it for good: try again later; otherwise it reconnects by itself
+    if (events.readyState !== EventSource.CLOSED) return void ($('status').textContent = 'reconnecting')
+    $('status').textContent = 'not live: too many open dashboards? retrying'
+    setTimeout(connect, 15000)
   })
 }
 
