@@ -102,18 +102,19 @@ t.test('/events: a subscriber that does not read is dropped after 256 KiB unsent
   const reader = await subscribe(port, '127.0.0.2', true)
   let dropped = false
   idle.socket.once('close', () => (dropped = true))
-  // the kernel's socket buffers take a few MB first; 40 MB of events is far more than they hold
+  // the kernel's socket buffers take a few MB first (about 4 MB here); 16 MB of events is far more than they hold
   let produced = 0
-  while (!lines.some((l) => l.message.startsWith('events subscriber dropped')) && produced < 20_000) {
+  while (!lines.some((l) => l.message.startsWith('events subscriber dropped')) && produced < 8_000) {
     for (let i = 0; i < 20; i++) deny()
     produced += 20
     await tick()
   }
   const line = lines.find((l) => l.message === 'events subscriber dropped: it does not read')
   t.ok(line, `dropped, after ${produced} events`)
-  const unsent = Number(line?.fields.unsent)
+  if (!line) return reader.socket.destroy()
+  const unsent = Number(line.fields.unsent)
   t.ok(unsent > LIMIT && unsent < LIMIT + 4096, `at most one event over the bound was kept (${unsent} bytes)`)
-  t.match(line?.fields, { client: /^127\.0\.0\.1:\d+$/, limit: LIMIT })
+  t.match(line.fields, { client: /^127\.0\.0\.1:\d+$/, limit: LIMIT })
   idle.socket.resume()
   await new Promise((resolve) => (dropped ? resolve(undefined) : idle.socket.once('close', resolve)))
   t.ok(dropped, 'its connection is closed')
@@ -161,7 +162,7 @@ function exchange(port: number, bytes: string): Promise<string> {
 t.test('300 pipelined requests: one is answered, then the connection is closed (no queue of answers)', async (t) => {
   const { port, states } = await setup(t)
   const text = await exchange(port, `GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`.repeat(300))
-  t.equal(text.match(/^HTTP\/1\.1 /gm)?.length, 1, 'one answer')
+  t.equal(text.match(/HTTP\/1\.1 \d{3} /g)?.length, 1, 'one answer')
   t.equal(states(), 1, 'the state was made once')
 })
 
