@@ -1,13 +1,14 @@
 // What one client of the admin listener can hold: an /events subscriber that does not read is
 // dropped once 256 KiB wait unsent (said in the log) while one that reads gets every event; live
 // streams are capped per address and in all; a pipelined request closes the connection instead of
-// queueing answers nobody reads; and the listener holds at most 256 connections.
+// queueing answers nobody reads; the listener holds at most 256 connections; and /metrics failing
+// is a 500, not an unhandled rejection.
 import { connect, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import type { Logger } from '../lib/core/log.js'
 import { createActivity, type Activity } from '../lib/observe/activity.js'
 import { createAdmin } from '../lib/observe/admin.js'
-import { createMetrics } from '../lib/observe/metrics.js'
+import { createMetrics, type Metrics } from '../lib/observe/metrics.js'
 import { statusOf } from './helpers/net.js'
 
 const LIMIT = 256 * 1024
@@ -25,7 +26,7 @@ function recordingLogger(): { log: Logger; lines: Logged[] } {
 }
 
 /** The admin listener on its own activity; `unsubscribed` resolves each time an /events stream ends on the server. */
-async function setup(t: Test) {
+async function setup(t: Test, metrics: Metrics = createMetrics(() => new Set())) {
   const activity = createActivity()
   let onUnsubscribe: () => void = () => undefined
   const watched: Activity = {
@@ -45,7 +46,7 @@ async function setup(t: Test) {
     { host: '127.0.0.1', port: 0 },
     {
       activity: watched,
-      metrics: createMetrics(() => new Set()),
+      metrics,
       open: () => new Set(),
       ready: () => true,
       mode: () => {
@@ -199,4 +200,12 @@ t.test('the admin listener holds at most 256 connections', async (t) => {
   const answer = new Promise<string>((resolve) => held?.once('data', (d: Buffer) => resolve(d.toString('latin1'))))
   held?.write(`GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
   t.equal(statusOf(await answer), 200, 'the ones held are served')
+})
+
+t.test('/metrics whose rendering fails answers 500 (no unhandled rejection)', async (t) => {
+  const failing: Metrics = { ...createMetrics(() => new Set()), render: () => Promise.reject(new Error('a collector threw')) }
+  const { port } = await setup(t, failing)
+  const answer = await exchange(port, `GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`)
+  t.equal(statusOf(answer), 500)
+  t.match(answer, 'metrics failed: a collector threw')
 })

@@ -265,7 +265,10 @@ function route(sources: AdminSources, hosts: ReadonlySet<string>, streams: Event
   if (path === '/api/state') return json(res, 200, state(sources))
   if (path === '/events') return events(req, res, sources, streams)
   if (path === '/metrics') {
-    void sources.metrics.render().then(({ text: body, contentType }) => send(res, 200, contentType, body))
+    void sources.metrics.render().then(
+      ({ text: body, contentType }) => send(res, 200, contentType, body),
+      (error: unknown) => text(res, 500, `metrics failed: ${(error as Error).message}`),
+    )
     return
   }
   text(res, 404, `${path} is not served here`)
