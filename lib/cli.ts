@@ -123,14 +123,15 @@ Private and special-purpose destinations come with a warning; a deny rule's refu
   passwd: `usage: proxy-gate passwd USER [--rules FILE]
 
 Reads a password (not echoed on a terminal; one line from stdin otherwise) and writes its salted
-scrypt hash to "auth.users" in the rules file, keeping every other key and a backup beside it.
+scrypt hash to "auth.users" in the rules file, keeping every other key and a backup beside it
+(both mode 0600). The rules file must exist and load; nothing is written otherwise.
 With "auth" in the rules, clients must send proxy credentials (curl --proxy-user USER:PASSWORD).`,
   init: `usage: proxy-gate init [--force] [--rules FILE]
 
 Writes a starter rules file (default: ./rules.json): a copy of the rules that ship with proxy-gate,
 each entry with a "note" saying what it allows, and "$schema" pointing at the packaged
-rules.schema.json so editors check and complete it. It never replaces an existing file without
---force. Edit it, run "proxy-gate validate", then "proxy-gate start" (which picks ./rules.json).`,
+rules.schema.json so editors check and complete it; mode 0600, as passwd keeps password hashes in
+it. It never replaces an existing file without --force. Edit it, run "proxy-gate validate", then "proxy-gate start" (which picks ./rules.json).`,
   validate: `usage: proxy-gate validate [--rules FILE] [--dir DIR]
 
 Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.

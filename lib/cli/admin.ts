@@ -97,6 +97,7 @@ export async function startAdmin(options: AdminStart): Promise<Result<Admin | un
     },
     token: token.value,
     tokenFile: options.tokenFile,
+    log: options.log,
   })
   try {
     const address = await admin.listen()

@@ -18,7 +18,8 @@ export function initCommand(args: InitArgs): number {
   const shipped = readJsonFile(PACKAGED_RULES)
   if (!shipped.ok || !shipped.value.value) return fail(`cannot read the packaged rules: ${shipped.ok ? `${PACKAGED_RULES} is missing` : shipped.error}`, 1)
   try {
-    writeJsonAtomic(file, { ...shipped.value.value, $schema: schemaReference(dirname(file)) })
+    // mode 0600: `passwd` puts password hashes in it
+    writeJsonAtomic(file, { ...shipped.value.value, $schema: schemaReference(dirname(file)) }, 0o600)
   } catch (error) {
     return fail(`cannot write ${file}: ${(error as Error).message}`, 1)
   }

@@ -79,7 +79,8 @@ export async function learnCommand(args: LearnArgs, start: (hooks: StartHooks) =
   const file = learnedRulesFile(seed ?? {}, learned)
   const valid = parseConfig(file)
   if (!valid.ok) return fail(`the learned rules do not validate, nothing written:\n${formatRuleErrors(valid.errors)}`, 1)
-  writeJsonAtomic(out, file)
+  // mode 0600: a rules file, which holds the password hashes of "auth" when the rules had them
+  writeJsonAtomic(out, file, 0o600)
   printSummary(out, learned)
   return 0
 }

@@ -1,8 +1,14 @@
 // `proxy-gate passwd USER`: reads a password and writes its salted hash into rules.json's
-// auth.users (every other key kept, a backup beside the file); a running proxy reloads it.
+// auth.users (every other key kept, a backup beside the file, both mode 0600); a running proxy
+// reloads it. The file must exist and load with the user in it, or nothing is written.
+import { statSync } from 'node:fs'
+import { formatRuleErrors } from '../policy/rules.js'
+import type { Result } from '../policy/target.js'
 import { hashPassword } from '../proxy/auth.js'
+import { formatScryptHash, USER } from '../rules/auth.js'
+import { parseConfig } from '../rules/config.js'
 import type { RulesPath } from '../rules/file.js'
-import { applyWrite, backupPath, planWrite, readJsonFile } from '../wiring/settings-file.js'
+import { applyWrite, backupPath, planWrite, readJsonFile, type WritePlan } from '../wiring/settings-file.js'
 
 /** One line from stdin; on a terminal the typed characters are not echoed. */
 function readPassword(prompt: string): Promise<string> {
@@ -36,8 +42,22 @@ function readPassword(prompt: string): Promise<string> {
   })
 }
 
+/** A stand-in hash, to see whether the file would load with the user in it before a password is asked for. */
+const PLACEHOLDER = formatScryptHash({ N: 16_384, r: 8, p: 1, salt: Buffer.alloc(16), key: Buffer.alloc(32) })
+
+/** The rules file with `hash` for `user`, or why it is not written. */
+function planFor(rulesFile: string, user: string, hash: string): Result<WritePlan> {
+  const current = readJsonFile(rulesFile)
+  if (!current.ok) return current
+  if (!current.value.value) return { ok: false, error: `there is no rules file at ${rulesFile}: check the path, or write one first with "proxy-gate init --rules ${rulesFile}"` }
+  const plan = planWrite(current.value, { auth: { users: { [user]: hash } } })
+  const valid = parseConfig(plan.after)
+  if (!valid.ok) return { ok: false, error: `${rulesFile} would not load, so it was left as it is; fix it first (proxy-gate validate --rules ${rulesFile}):\n${formatRuleErrors(valid.errors).replace(/^/gm, '  ')}` }
+  return { ok: true, value: plan }
+}
+
 export async function passwdCommand(rules: RulesPath, user: string | undefined): Promise<number> {
-  if (user === undefined || !/^[A-Za-z0-9_.@-]{1,64}$/.test(user)) {
+  if (user === undefined || !USER.test(user)) {
     console.error('proxy-gate: passwd takes a USER of 1-64 letters, digits, ".", "_", "@" or "-"')
     return 2
   }
@@ -46,9 +66,9 @@ export async function passwdCommand(rules: RulesPath, user: string | undefined):
     return 1
   }
   const rulesFile = rules.file
-  const current = readJsonFile(rulesFile)
-  if (!current.ok) {
-    console.error(`proxy-gate: ${current.error}`)
+  const checked = planFor(rulesFile, user, PLACEHOLDER)
+  if (!checked.ok) {
+    console.error(`proxy-gate: ${checked.error}`)
     return 1
   }
   const password = await readPassword(`password for ${user}: `)
@@ -56,8 +76,16 @@ export async function passwdCommand(rules: RulesPath, user: string | undefined):
     console.error('proxy-gate: use a password of at least 8 characters')
     return 1
   }
-  const plan = planWrite(current.value, { auth: { users: { [user]: await hashPassword(password) } } })
-  applyWrite(rulesFile, plan, 'latest')
+  // read again: the file may have changed while the password was typed
+  const plan = planFor(rulesFile, user, await hashPassword(password))
+  if (!plan.ok) {
+    console.error(`proxy-gate: ${plan.error}`)
+    return 1
+  }
+  const mode = statSync(rulesFile).mode & 0o777
+  // the file holds password hashes: only its owner reads it, and so for the backup
+  applyWrite(rulesFile, plan.value, 'latest', 0o600)
+  if ((mode & 0o077) !== 0) console.error(`proxy-gate: warning: ${rulesFile} could be read by other users (mode ${mode.toString(8).padStart(4, '0')}); it holds password hashes, so it is now 0600`)
   console.log(`set the password of ${user} in ${rulesFile} (backup: ${backupPath(rulesFile)}); a running proxy-gate reloads it`)
   return 0
 }

@@ -34,16 +34,33 @@ type Level = keyof typeof RANK
 const atExit = new Set<LineBatch>()
 let exitHook = false
 
+/** Log text waiting to be written after which new lines are dropped (and counted): a reader that stops must not grow the proxy. */
+const MAX_UNWRITTEN = 8 * 1024 * 1024
+const DROPPED_WHY = 'the log output was not read: more than 8 MiB waited to be written'
+
+/** What a stream holds unwritten (0 for a stream that does not say). */
+function unwritten(out: NodeJS.WritableStream): number {
+  return (out as { writableLength?: number }).writableLength ?? 0
+}
+
 /**
  * Collects the lines of one event-loop turn and writes them with one call. Every request logs two
  * lines, and each write to a file or pipe is a synchronous system call (12% of the proxy's CPU
  * under load when made per line): batching keeps that off the request path. Lines keep their
- * order; they reach the stream at the end of the turn that logged them.
+ * order; they reach the stream at the end of the turn that logged them. A pipe that nobody reads
+ * (or reads too slowly) would hold every line in memory: past MAX_UNWRITTEN lines are dropped,
+ * and once the stream has drained a warning says how many.
  */
 class LineBatch {
   private lines: string[] = []
+  private size = 0
+  /** what the batch may still take: MAX_UNWRITTEN less the stream's unwritten text when last looked, less what was written since (it errs low) */
+  private room = MAX_UNWRITTEN
+  private dropped = 0
   private scheduled = false
   private readonly flushSoon = (): void => this.flush()
+  /** the line that says how many lines were dropped */
+  notice = (dropped: number): string => `{"level":"warn","message":"log lines dropped","timestamp":"${timestampNow()}","dropped":${dropped},"why":"${DROPPED_WHY}"}`
 
   /** the reader went away (EPIPE): lines are dropped, since logging the error would loop */
   private gone = false
@@ -57,18 +74,35 @@ class LineBatch {
 
   add(line: string): void {
     if (this.gone) return
-    this.lines.push(`${line}${EOL}`)
+    const text = `${line}${EOL}`
+    if (this.size + text.length > this.room) {
+      this.room = MAX_UNWRITTEN - unwritten(this.out)
+      if (this.size + text.length > this.room) return this.drop()
+    }
+    this.lines.push(text)
+    this.size += text.length
     if (!this.scheduled) {
       this.scheduled = true
       setImmediate(this.flushSoon)
     }
   }
 
+  private drop(): void {
+    if (this.dropped++ === 0) this.out.once('drain', this.flushSoon)
+  }
+
   flush(): void {
     this.scheduled = false
-    if (this.lines.length === 0 || this.gone) return
+    if (this.gone) return
+    if (this.dropped > 0 && unwritten(this.out) + this.size < MAX_UNWRITTEN / 2) {
+      this.lines.unshift(`${this.notice(this.dropped)}${EOL}`)
+      this.dropped = 0
+    }
+    if (this.lines.length === 0) return
     const text = this.lines.join('')
+    this.room -= text.length
     this.lines = []
+    this.size = 0
     this.out.write(text)
   }
 }
@@ -145,6 +179,7 @@ function prettyLogger(level: Level, out: LineBatch, colour: boolean): Logger {
     }
   }
   const format = prettyFormatter(colour)
+  out.notice = (dropped) => format({ level: 'warn', message: 'log lines dropped', timestamp: new Date().toISOString(), dropped, why: DROPPED_WHY }).join(EOL)
   const readable = w.format((info) => {
     const lines = format(info)
     if (lines.length === 0) return false

@@ -6,10 +6,11 @@
 import { timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import { http } from '../core/builtins.js'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import type { Activity, DeniedTarget, LiveEntry } from './activity.js'
 import type { AllowAnswer, ReloadResult } from './allow.js'
 import type { Listen } from '../rules/config.js'
+import type { Logger } from '../core/log.js'
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from './dashboard-page.js'
 import type { Metrics } from './metrics.js'
 import type { OpenView } from '../proxy/runtime.js'
@@ -29,6 +30,8 @@ export interface AdminSources {
   readonly token: string
   /** where the token is, for the page to tell the person */
   readonly tokenFile: string
+  /** where a dropped /events subscriber is said */
+  readonly log?: Logger
 }
 
 export interface Admin {
@@ -95,20 +98,77 @@ function state(sources: AdminSources): unknown {
   }
 }
 
-function events(req: IncomingMessage, res: ServerResponse, activity: Activity): void {
-  res.writeHead(200, { ...SECURITY_HEADERS, 'Content-Type': 'text/event-stream', Connection: 'keep-alive' })
-  res.write(': proxy-gate decisions\n\n')
-  const send = (entry: LiveEntry): boolean => {
-    // activity.ts keeps the events as they came: their `type` is the SSE event name here
-    const { type: _type, ...record } = entry.record as LiveEntry['record'] & { readonly type?: string }
-    return res.write(`event: ${entry.kind}\ndata: ${JSON.stringify(record)}\n\n`)
+/** Unsent bytes after which an /events subscriber counts as not reading and is dropped (EventSource reconnects). */
+const EVENTS_MAX_BUFFERED = 256 * 1024
+const EVENTS_PER_ADDRESS = 8
+const EVENTS_IN_ALL = 32
+
+/** The open /events streams, counted per client address and in all. */
+function eventStreams() {
+  const perAddress = new Map<string, number>()
+  let all = 0
+  return {
+    /** the refusal for one more stream from `address`, if it is over a cap */
+    refusal(address: string): [number, string] | undefined {
+      if ((perAddress.get(address) ?? 0) >= EVENTS_PER_ADDRESS) return [429, `too many live event streams from this address (at most ${EVENTS_PER_ADDRESS}): close a dashboard tab`]
+      if (all >= EVENTS_IN_ALL) return [503, `too many live event streams (at most ${EVENTS_IN_ALL} in all): close a dashboard tab`]
+      return undefined
+    },
+    add(address: string): () => void {
+      perAddress.set(address, (perAddress.get(address) ?? 0) + 1)
+      all++
+      return () => {
+        const left = (perAddress.get(address) ?? 1) - 1
+        if (left > 0) perAddress.set(address, left)
+        else perAddress.delete(address)
+        all--
+      }
+    },
   }
-  for (const entry of activity.recent().slice(-50)) send(entry)
-  const unsubscribe = activity.subscribe(send)
-  const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), 15_000)
+}
+
+type EventStreams = ReturnType<typeof eventStreams>
+
+function eventText(entry: LiveEntry): string {
+  // activity.ts keeps the events as they came: their `type` is the SSE event name here
+  const { type: _type, ...record } = entry.record as LiveEntry['record'] & { readonly type?: string }
+  return `event: ${entry.kind}\ndata: ${JSON.stringify(record)}\n\n`
+}
+
+/** The last 50 entries, fewer when they are large: a new subscriber starts well under the bound. */
+function backlog(recent: readonly LiveEntry[]): string {
+  const texts: string[] = []
+  let size = 0
+  for (const entry of recent.slice(-50).reverse()) {
+    const text = eventText(entry)
+    size += text.length
+    if (size > EVENTS_MAX_BUFFERED / 2) break
+    texts.unshift(text)
+  }
+  return texts.join('')
+}
+
+function events(req: IncomingMessage, res: ServerResponse, sources: AdminSources, streams: EventStreams): void {
+  const address = req.socket.remoteAddress ?? ''
+  const refusal = streams.refusal(address)
+  if (refusal) return text(res, refusal[0], refusal[1])
+  const remove = streams.add(address)
+  res.writeHead(200, { ...SECURITY_HEADERS, 'Content-Type': 'text/event-stream', Connection: 'keep-alive' })
+  // a subscriber that does not read would keep every event in memory: past the bound it is dropped
+  const write = (chunk: string): void => {
+    if (res.destroyed) return
+    res.write(chunk)
+    if (res.writableLength <= EVENTS_MAX_BUFFERED) return
+    sources.log?.warn('events subscriber dropped: it does not read', { client: `${address}:${req.socket.remotePort ?? ''}`, unsent: res.writableLength, limit: EVENTS_MAX_BUFFERED })
+    res.destroy()
+  }
+  write(`: proxy-gate decisions\n\n${backlog(sources.activity.recent())}`)
+  const unsubscribe = sources.activity.subscribe((entry) => write(eventText(entry)))
+  const keepAlive = setInterval(() => write(': keep-alive\n\n'), 15_000)
   req.socket.on('close', () => {
     clearInterval(keepAlive)
     unsubscribe()
+    remove()
   })
 }
 
@@ -194,7 +254,7 @@ function post(sources: AdminSources, hosts: ReadonlySet<string>, path: string, r
   json(res, result.ok ? 200 : 422, result)
 }
 
-function route(sources: AdminSources, hosts: ReadonlySet<string>, req: IncomingMessage, res: ServerResponse): void {
+function route(sources: AdminSources, hosts: ReadonlySet<string>, streams: EventStreams, req: IncomingMessage, res: ServerResponse): void {
   const path = (req.url ?? '/').split('?')[0] ?? '/'
   if (req.method === 'POST' && (path === '/reload' || path === '/allow')) return post(sources, hosts, path, req, res)
   if (req.method !== 'GET' && req.method !== 'HEAD') return text(res, 405, `${req.method ?? ''} is not allowed on ${path}`)
@@ -203,22 +263,40 @@ function route(sources: AdminSources, hosts: ReadonlySet<string>, req: IncomingM
   if (path === '/healthz') return text(res, 200, 'ok')
   if (path === '/readyz') return sources.ready() ? text(res, 200, 'ready') : text(res, 503, 'not ready')
   if (path === '/api/state') return json(res, 200, state(sources))
-  if (path === '/events') return events(req, res, sources.activity)
+  if (path === '/events') return events(req, res, sources, streams)
   if (path === '/metrics') {
-    void sources.metrics.render().then(({ text: body, contentType }) => send(res, 200, contentType, body))
+    void sources.metrics.render().then(
+      ({ text: body, contentType }) => send(res, 200, contentType, body),
+      (error: unknown) => text(res, 500, `metrics failed: ${(error as Error).message}`),
+    )
     return
   }
   text(res, 404, `${path} is not served here`)
 }
 
+/** Connections the admin listener holds at once; each holds at most one unsent response. */
+const MAX_CONNECTIONS = 256
+/** A connection whose response makes no progress (the client does not read) for this long is closed. */
+const STALL_MS = 60_000
+
 export function createAdmin(listen: Listen, sources: AdminSources): Admin {
   let hosts = new Set<string>()
+  const streams = eventStreams()
+  // connections with a response not yet handed to the kernel
+  const answering = new WeakSet<Socket>()
   const server: Server = http.createServer((req, res) => {
+    // a request sent before the previous answer is out (HTTP pipelining, which no browser does) would
+    // queue its response behind one the client may never read: one at a time, or the connection closes
+    if (answering.has(req.socket)) return void req.socket.destroy()
+    answering.add(req.socket)
+    res.once('finish', () => answering.delete(req.socket))
     // probes (kubelet, HAProxy) name the pod's address or no Host at all; the answer tells a rebinding page nothing
     const probe = PROBES.has((req.url ?? '').split('?')[0] ?? '')
     if (!probe && !hosts.has((req.headers.host ?? '').toLowerCase())) return text(res, 421, 'this admin listener answers only to its own address (Host header)')
-    route(sources, hosts, req, res)
+    route(sources, hosts, streams, req, res)
   })
+  server.maxConnections = MAX_CONNECTIONS
+  server.timeout = STALL_MS
   server.on('clientError', (_error, socket) => socket.destroy())
   return {
     listen: () =>

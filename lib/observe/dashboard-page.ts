@@ -1,7 +1,8 @@
 // The dashboard's static files: one page, one stylesheet, one script, no external assets. The
 // script builds every cell with textContent, so hostnames and paths (attacker-controlled) are
 // shown as text, never parsed as HTML. Allow sends the admin token, which the page never fetches:
-// the person pastes it (or opens the page as /#token=...) and it stays in this origin's storage.
+// the person pastes it (or opens the page as /#token=..., taken only when none is kept, else
+// offered) and it stays in this origin's storage.
 
 export const DASHBOARD_HTML = `<!doctype html>
 <html lang="en">
@@ -28,6 +29,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   <h2>Most denied</h2>
   <p class="hint">Add the rule to <code>allow</code> in <span id="rules-file"></span> to let it through, or press allow to have proxy-gate add it and reload.</p>
   <p id="token-row" hidden><label>Allow needs the admin token, from <code id="token-file"></code>: <input id="token" type="password" autocomplete="off" spellcheck="false"></label> <button id="token-save">save</button></p>
+  <p id="token-offer" hidden>The link that opened this page carries an admin token other than the one this browser keeps. Use it only if you opened that link yourself (any web page can open one): <button id="token-offer-use">use the token from the link</button> <button id="token-offer-keep">keep the saved token</button></p>
   <p id="allow-status" role="status"></p>
   <table id="denied"><thead><tr><th>destination</th><th>times</th><th>why</th><th>rule to add</th><th></th></tr></thead><tbody></tbody></table>
 </section>
@@ -127,15 +129,32 @@ async function copy(text, button) {
 
 const TOKEN_KEY = 'proxy-gate-admin-token'
 
-// /#token=TOKEN: kept in this origin's storage, then taken out of the address bar (and history)
+// /#token=TOKEN: kept in this origin's storage when none is kept yet. Any page can open this
+// address with a token of its choosing, so one that differs from the kept token is only offered.
+// Taken out of the address bar (and history) either way.
 function takeTokenFromUrl() {
   if (!location.hash.startsWith('#token=')) return
+  let token = ''
   try {
-    localStorage.setItem(TOKEN_KEY, decodeURIComponent(location.hash.slice(7)))
+    token = decodeURIComponent(location.hash.slice(7)).trim()
   } catch {
     // a malformed escape: Allow asks for the token instead
   }
   history.replaceState(null, '', location.pathname)
+  if (!token) return
+  const kept = localStorage.getItem(TOKEN_KEY)
+  if (!kept) localStorage.setItem(TOKEN_KEY, token)
+  else if (kept !== token) offerToken(token)
+}
+
+function offerToken(token) {
+  $('token-offer').hidden = false
+  $('token-offer-use').addEventListener('click', () => {
+    localStorage.setItem(TOKEN_KEY, token)
+    $('token-offer').hidden = true
+    allowStatus('the token from the link is saved', true)
+  })
+  $('token-offer-keep').addEventListener('click', () => ($('token-offer').hidden = true))
 }
 
 function allowStatus(text, ok) {
@@ -254,8 +273,11 @@ function connect() {
     refreshSoon()
   })
   events.addEventListener('error', () => {
-    $('status').textContent = 'reconnecting'
     $('status').className = 'pill'
+    // a refusal (too many open dashboards) closes it for good: try again later; otherwise it reconnects by itself
+    if (events.readyState !== EventSource.CLOSED) return void ($('status').textContent = 'reconnecting')
+    $('status').textContent = 'not live: too many open dashboards? retrying'
+    setTimeout(connect, 15000)
   })
 }
 

@@ -1,10 +1,11 @@
 // Proxy authentication (Basic over Proxy-Authorization) against salted scrypt hashes from
 // rules.json. Credentials are compared in constant time, never logged or forwarded; verified
-// ones are cached briefly so the hash is not recomputed per request, and a source that keeps
-// failing is slowed down.
+// ones are cached briefly so the hash is not recomputed per request, and failures are limited
+// per source address and user before any hashing (login-limit.ts).
 import { createHash, randomBytes, scrypt as scryptCallback, timingSafeEqual, type ScryptOptions } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
 import { reply, type ProxyReply } from '../core/reply.js'
+import { createLoginLimiter } from './login-limit.js'
 import { formatScryptHash, parseScryptHash, SCRYPT_MAX_MEMORY, type AuthSettings } from '../rules/auth.js'
 
 const COST = { N: 16_384, r: 8, p: 1 }
@@ -31,7 +32,9 @@ export interface Authenticator {
   check(header: string | undefined, source: string): Promise<AuthResult>
 }
 
-const FAILURES_PER_MINUTE = 10
+/** How a password is checked against a stored hash: verifyPassword, or a stand-in that counts. */
+export type Verify = (stored: string, password: string) => Promise<boolean>
+
 const UNKNOWN_USER_HASH = formatScryptHash({ ...COST, salt: Buffer.alloc(16), key: Buffer.alloc(32) })
 
 function challenge(settings: AuthSettings, details: string): ProxyReply {
@@ -46,28 +49,37 @@ function credentials(header: string | undefined): { user: string; password: stri
   return colon < 0 ? undefined : { user: decoded.slice(0, colon), password: decoded.slice(colon + 1) }
 }
 
-export function createAuthenticator(settings: () => AuthSettings | undefined): Authenticator {
+export function createAuthenticator(settings: () => AuthSettings | undefined, verify: Verify = verifyPassword): Authenticator {
   // keyed by a digest of the header, never the header itself; a changed hash invalidates the entry
   const verified = new LRUCache<string, { user: string; hash: string }>({ max: 1_000, ttl: 60_000 })
-  const failures = new LRUCache<string, number>({ max: 10_000, ttl: 60_000 })
+  // the same credentials arriving again while their check runs wait for it instead of hashing again
+  const checking = new Map<string, Promise<boolean>>()
+  const limiter = createLoginLimiter()
   return {
     async check(header, source) {
       const auth = settings()
       if (!auth) return { ok: true, user: undefined }
-      if ((failures.get(source) ?? 0) >= FAILURES_PER_MINUTE) return { ok: false, reply: reply(429, 'http_request_denied', 'too many failed proxy logins from this address; try again in a minute') }
+      const given = credentials(header)
+      if (!given) return { ok: false, reply: challenge(auth, header === undefined ? 'proxy authentication required' : 'proxy credentials not accepted') }
+      // before the cache: a refused client must not learn that a guess is the cached right password
+      const refused = limiter.refused(source, given.user)
+      if (refused) return { ok: false, reply: reply(429, 'http_request_denied', refused) }
       const key = createHash('sha256').update(header ?? '').digest('base64url')
       const cached = verified.get(key)
       if (cached && auth.users.get(cached.user) === cached.hash) return { ok: true, user: cached.user }
-      const given = credentials(header)
-      const hash = given ? auth.users.get(given.user) : undefined
-      // an unknown user costs the same scrypt as a known one: timing does not tell which names exist
-      const matches = given !== undefined && (await verifyPassword(hash ?? UNKNOWN_USER_HASH, given.password))
-      if (given && hash && matches) {
+      const hash = auth.users.get(given.user)
+      let running = checking.get(key)
+      if (!running) {
+        // an unknown user costs the same scrypt as a known one: timing does not tell which names exist
+        running = limiter.attempt(source, given.user, () => verify(hash ?? UNKNOWN_USER_HASH, given.password))
+        checking.set(key, running)
+        void running.finally(() => checking.delete(key)).catch(() => undefined)
+      }
+      if ((await running) && hash) {
         verified.set(key, { user: given.user, hash })
         return { ok: true, user: given.user }
       }
-      if (header !== undefined) failures.set(source, (failures.get(source) ?? 0) + 1)
-      return { ok: false, reply: challenge(auth, header === undefined ? 'proxy authentication required' : 'proxy credentials not accepted') }
+      return { ok: false, reply: challenge(auth, 'proxy credentials not accepted') }
     },
   }
 }

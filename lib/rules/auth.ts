@@ -38,7 +38,8 @@ function costProblem({ N, r, p }: ScryptHash): string | undefined {
   return `scrypt cost N=${N}, r=${r}, p=${p} is out of range: N a power of 2 from 1024, r from 1 to 32, p from 1 to 16, and 128 × N × r bytes at most 64 MiB (make a new hash with "proxy-gate passwd USER")`
 }
 
-const USER = /^[A-Za-z0-9_.@-]{1,64}$/
+/** What a user name may be (passwd and the login limiter use it too). */
+export const USER = /^[A-Za-z0-9_.@-]{1,64}$/
 
 export function parseAuth(errors: RuleError[], value: unknown): AuthSettings | undefined {
   if (value === undefined) return undefined

@@ -128,9 +128,8 @@ export function planWrite(current: JsonFile, fragment: JsonObject): WritePlan {
  */
 export type BackupRule = 'first' | 'latest'
 
-export function applyWrite(path: string, plan: WritePlan, backup: BackupRule): void {
-  // the backup holds what the file held: it gets the file's permissions, not wider ones
-  const mode = modeOf(path)
+/** `mode`: the file's and the backup's; by default the file's own (the backup holds what it held: not wider). */
+export function applyWrite(path: string, plan: WritePlan, backup: BackupRule, mode = modeOf(path)): void {
   if ((backup === 'latest' && plan.changes.length > 0) || !existsSync(backupPath(path))) {
     if (plan.text === undefined) writeJsonAtomic(backupPath(path), plan.before, mode)
     else writeFileAtomic(backupPath(path), plan.text, mode)
