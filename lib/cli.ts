@@ -14,6 +14,7 @@ import { loadRulesFile, packagedNotice, rulesPath } from './rules/file.js'
 import { selfAddresses } from './net/self.js'
 import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './policy/target.js'
 import { VERSION } from './core/version.js'
+import { escapeConsole } from './core/visible.js'
 
 
 const HELP: Record<string, string> = {
@@ -331,6 +332,7 @@ export async function main(argv: string[]): Promise<number> {
   return usageError(`unknown command or extra arguments: ${parsed.positionals.join(' ')} (see --help)`)
 }
 
+escapeConsole()
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code

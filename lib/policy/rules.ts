@@ -2,6 +2,7 @@
 // its place and why), the indexes compiled once at load, and matching against them. Pure.
 import { cidrContains, formatCidr, isSingleAddress, metadataWithin, parseCidr, specialRangeHolding, type Cidr, type Ip, type SpecialRange } from './ip.js'
 import { normalisePath, normaliseRuleName, parsePort, redactCredentials, type Host, type Result, type Target } from './target.js'
+import { visible } from '../core/visible.js'
 
 export type PortRange = readonly [number, number]
 export type ListName = 'allow' | 'deny'
@@ -262,10 +263,8 @@ export function compilePolicy(input: PolicyInput): Result<Policy> & { errors?: R
   return { ok: true, value: { ...lists, allowIndex: buildIndex(lists.allow), denyIndex: buildIndex(lists.deny), limitsRequests } }
 }
 
-/** One line per problem; control characters and line separators from rules are shown escaped. */
+/** One line per problem; control characters (C0, DEL, C1) and line separators from rules are shown escaped. */
 export function formatRuleErrors(errors: readonly RuleError[]): string {
-  // eslint-disable-next-line no-control-regex
-  const visible = (text: string) => text.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
   // credentials in a rule (a URL with userinfo) never reach the output, whichever check failed
   return errors.map((e) => visible(redactCredentials(`${e.path} ${e.entry}: ${e.message}`))).join('\n')
 }
