@@ -196,8 +196,18 @@ function problemsIn(setup: Setup, document: unknown): string[] {
   return problem ? [problem] : []
 }
 
-/** The rules file again, with the files it names: what to run, or why it cannot run. */
-function loadNext(setup: Setup): { ok: true; config: Config; upstreamCa: string[] } | { ok: false; errors: string[] } {
+type Next = { ok: true; config: Config; upstreamCa: string[] } | { ok: false; errors: string[] }
+
+/** The rules file again, with the files it names: what to run, or why it cannot run (whatever goes wrong: a reload never throws). */
+function loadNext(setup: Setup): Next {
+  try {
+    return readNext(setup)
+  } catch (error) {
+    return { ok: false, errors: [`cannot load the rules: ${(error as Error).message}`] }
+  }
+}
+
+function readNext(setup: Setup): Next {
   const next = loadRulesFile(setup.file, setup.overrides)
   if (!next.ok) return { ok: false, errors: formatRuleErrors(next.errors).split('\n') }
   const problem = reloadProblem(setup, next.value)

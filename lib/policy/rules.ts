@@ -42,9 +42,28 @@ export interface RuleError {
 /** JSON.stringify as it behaves: undefined, functions and symbols have no JSON text. */
 const jsonOf: (value: unknown) => string | undefined = JSON.stringify
 
-/** An entry as it stood in the file, for a RuleError (JSON text; what JSON cannot show, as text). */
+/** The deepest an entry is shown: JSON.stringify recurses, and the value may come from anywhere (the dashboard's documents too). */
+const SHOWN_DEPTH = 32
+
+/** Whether arrays and objects in `value` nest deeper than `depth` (a cycle does): without recursion. */
+function nestsDeeper(value: unknown, depth: number): boolean {
+  let level: unknown[] = [value]
+  for (let d = 0; level.length > 0; d++) {
+    const containers = level.filter((v): v is object => typeof v === 'object' && v !== null)
+    if (containers.length > 0 && d >= depth) return true
+    level = containers.flatMap((v): unknown[] => Object.values(v))
+  }
+  return false
+}
+
+/** An entry as it stood in the file, for a RuleError (JSON text; what JSON cannot show, as text). Never throws. */
 export function entryText(value: unknown): string {
-  return jsonOf(value) ?? String(value)
+  if (nestsDeeper(value, SHOWN_DEPTH)) return `(nested more than ${SHOWN_DEPTH} deep: not shown)`
+  try {
+    return jsonOf(value) ?? String(value)
+  } catch (error) {
+    return `(cannot be shown: ${(error as Error).message})`
+  }
 }
 
 const ALL_PORTS: readonly PortRange[] = [[1, 65535]]
@@ -249,7 +268,7 @@ export function compilePolicy(input: PolicyInput): Result<Policy> & { errors?: R
   for (const list of ['allow', 'deny'] as const) {
     const entries = input[list] ?? []
     if (!Array.isArray(entries)) {
-      errors.push({ path: list, entry: JSON.stringify(entries), message: `"${list}" must be an array` })
+      errors.push({ path: list, entry: entryText(entries), message: `"${list}" must be an array` })
       continue
     }
     entries.forEach((entry: unknown, i: number) => {
