@@ -95,7 +95,7 @@ const at = (spot: JsonSpot): string => `line ${spot.line}, column ${spot.column}
  * rules.json's text as a value: nesting bounded before JSON.parse runs, and a key written twice
  * in one object an error (JSON.parse would keep the last without a word).
  */
-export function parseRulesText(text: string, file: string): { ok: true; value: unknown } | { ok: false; errors: RuleError[] } {
+function parseRulesText(text: string, file: string): { ok: true; value: unknown } | { ok: false; errors: RuleError[] } {
   const scan = scanJson(text, MAX_RULES_DEPTH)
   if (scan.tooDeep) {
     return { ok: false, errors: [fileError(file, `arrays and objects nest more than ${MAX_RULES_DEPTH} deep (${at(scan.tooDeep)}, in ${scan.tooDeep.path.slice(0, 80)}${scan.tooDeep.path.length > 80 ? '…' : ''})`)] }
