@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 // Command line: parses flags, prints help, and hands each command to its module (check, validate, pac here).
+// first: a SIGHUP from the first moment of `start` is a reload, not the end of the process
+import './cli/hangup.js'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { printErrors, usageError } from './cli/common.js'
 import { advertisedAddress, type WiringArgs } from './cli/wiring.js'

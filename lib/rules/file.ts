@@ -5,7 +5,7 @@ import { closeSync, existsSync, openSync, readSync, statSync, watch, type FSWatc
 import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import type { SandboxSettings } from './sandbox.js'
-import { parseConfig, type Config, type ConfigResult, type Listen } from './config.js'
+import { parseConfig, type Config, type Listen } from './config.js'
 import { scanJson, type DuplicateKey, type JsonSpot } from './json-scan.js'
 import type { Mode } from '../policy/rules.js'
 import type { RuleError } from '../policy/rules.js'
@@ -112,7 +112,7 @@ function parseRulesText(text: string, file: string): { ok: true; value: unknown 
 }
 
 /** The rules in the file, and the hash of the bytes they were read from (undefined when it could not be read). */
-export type LoadResult = ConfigResult & { readonly hash: string | undefined }
+export type LoadResult = { ok: true; value: Config; readonly hash: string } | { ok: false; errors: RuleError[]; readonly hash: string | undefined }
 
 export function loadRulesFile(path: string, overrides: Overrides = {}): LoadResult {
   const read = readRules(path)
@@ -176,11 +176,13 @@ export function mayConcern(filename: string | null, rulesName: string): boolean 
  * Calls `onChange` when what the path resolves to says something new: on folder events that
  * mayConcern it, and through a slow stat() poll, which catches what the events miss (a symlink to
  * another file, filesystems without inotify). Only a new content hash reloads, so a rewrite with
- * the same text, or a burst of events, is not a reload storm.
+ * the same text, or a burst of events, is not a reload storm. It starts from `loaded`, the hash
+ * of the bytes the running rules came from (loadRulesFile's), and looks once at the start: an
+ * edit made after they were read and before the watch began is a change too.
  */
-export function watchRulesFile(path: string, onChange: () => void, options: WatchOptions = {}): RulesWatch {
+export function watchRulesFile(path: string, loaded: string, onChange: () => void, options: WatchOptions = {}): RulesWatch {
   const full = resolve(path)
-  let seen = { stat: statKey(full), content: contentKey(full) }
+  let seen = { stat: statKey(full), content: loaded }
   const check = (always: boolean): void => {
     const stat = statKey(full)
     if (!always && stat === seen.stat) return
@@ -203,6 +205,11 @@ export function watchRulesFile(path: string, onChange: () => void, options: Watc
     else timer = setTimeout(settled, options.debounceMs ?? 100)
   })
   watcher.on('error', () => watcher.close()) // the folder went away: the poll carries on
+  // one look now: the file may have changed since the running rules were read from it
+  timer = setTimeout(() => {
+    timer = undefined
+    if (contentKey(full) !== seen.content) check(true)
+  }, 0)
   const poll = setInterval(() => check(false), options.pollMs ?? 2_000)
   poll.unref()
   return {

@@ -1,0 +1,23 @@
+// SIGHUP, the reload signal, from the first moment of `start` and `learn`: cli.ts imports this
+// module first, and its listener is in place before anything else of proxy-gate loads. Without
+// a listener a SIGHUP terminates Node.js, and `start` is only ready to reload once it listens:
+// until then the signal waits here, and the reload runs as soon as the handler is given.
+
+let handler: (() => void) | undefined
+let waiting = false
+
+/** The command being run: a SIGHUP would end any other, as a hang-up should. */
+if (process.argv[2] === 'start' || process.argv[2] === 'learn') {
+  process.on('SIGHUP', () => {
+    if (handler) handler()
+    else waiting = true
+  })
+}
+
+/** Runs `reload` on each SIGHUP from now on, and at once if one came while there was none. */
+export function onHangup(reload: () => void): void {
+  handler = reload
+  if (!waiting) return
+  waiting = false
+  reload()
+}
