@@ -8,7 +8,7 @@ import { closeSync, constants, existsSync, openSync, readdirSync, readFileSync, 
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { CLI_PATH, startCli, type CliLine, type RunningCli } from './helpers/cli.js'
-import { tempDir, writeJson } from './helpers/files.js'
+import { rulesFile, tempDir, writeJson } from './helpers/files.js'
 import { rawExchange, selfSigned, startHttpUpstream, statusOf, type Upstream } from './helpers/net.js'
 
 /**
@@ -122,5 +122,14 @@ t.test('a SIGHUP before start listens is a reload once it does, not the end of t
   await within(cli, (l) => l.message === 'reloaded' && l.trigger === 'SIGHUP', 'the reload of the SIGHUP')
   t.equal(await get(cli, b.port), 200, 'the rules the SIGHUP found are in force')
   t.equal(await get(cli, a.port), 403)
+  t.equal(await cli.stop(), 0)
+})
+
+t.test('with the options before the command, SIGHUP is still a reload once start listens', async (t) => {
+  const file = rulesFile({ allow: [] })
+  const cli = await startCli(['--rules', file, 'start', '--log-format', 'json', '--listen', '127.0.0.1:0', '--admin-listen', 'off'], { command: WITHOUT_TAP })
+  t.teardown(() => void cli.child.kill('SIGKILL'))
+  cli.child.kill('SIGHUP')
+  t.match(await within(cli, (l) => l.message === 'reloaded' && l.trigger === 'SIGHUP', 'the reload of the SIGHUP'), { allow: 0 })
   t.equal(await cli.stop(), 0)
 })
