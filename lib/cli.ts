@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 // Command line: parses flags, prints help, and hands each command to its module (check, validate, pac here).
+// first: a SIGHUP from the first moment of `start` is a reload, not the end of the process
+import './cli/hangup.js'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { printErrors, usageError } from './cli/common.js'
 import { advertisedAddress, type WiringArgs } from './cli/wiring.js'
@@ -14,6 +16,7 @@ import { loadRulesFile, packagedNotice, rulesPath } from './rules/file.js'
 import { selfAddresses } from './net/self.js'
 import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './policy/target.js'
 import { VERSION } from './core/version.js'
+import { escapeConsole } from './core/visible.js'
 
 
 const HELP: Record<string, string> = {
@@ -332,6 +335,7 @@ export async function main(argv: string[]): Promise<number> {
   return usageError(`unknown command or extra arguments: ${parsed.positionals.join(' ')} (see --help)`)
 }
 
+escapeConsole()
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code

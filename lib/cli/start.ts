@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net'
 import { dirname, join, resolve } from 'node:path'
 import { loadCa, type LoadedCa } from '../certs/ca.js'
 import { createWatchers, startAdmin } from './admin.js'
+import { onHangup } from './hangup.js'
 import { caCertToServe, caDir, needsCa } from './ca.js'
 import { isLoopback, printErrors, usageError } from './common.js'
 import type { StartHooks } from './learn.js'
@@ -39,6 +40,8 @@ export interface StartFlags {
 /** Everything `start` needs, checked before anything listens. */
 interface Setup {
   readonly file: string
+  /** sha256 of the bytes the rules were loaded from: the watcher starts from these, not from a later read */
+  readonly hash: string
   /** the rules that ship in the package: announced, never watched */
   readonly packaged: boolean
   readonly overrides: Overrides
@@ -138,7 +141,7 @@ function check(flags: StartFlags): Checked<Setup> {
   if (caMissing) return refuse(caMissing)
   const upstreamCa = readUpstreamCa(file, config)
   if (!upstreamCa.ok) return refuse(upstreamCa.error)
-  return { ok: true, value: { file, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, caDir: dir, upstreamCa: upstreamCa.value, insecureOpen: flags['insecure-open'] } }
+  return { ok: true, value: { file, hash: loaded.hash, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, caDir: dir, upstreamCa: upstreamCa.value, insecureOpen: flags['insecure-open'] } }
 }
 
 /** Where it listens, where the PAC file is, and the commands that wire clients to it. */
@@ -196,8 +199,18 @@ function problemsIn(setup: Setup, document: unknown): string[] {
   return problem ? [problem] : []
 }
 
-/** The rules file again, with the files it names: what to run, or why it cannot run. */
-function loadNext(setup: Setup): { ok: true; config: Config; upstreamCa: string[] } | { ok: false; errors: string[] } {
+type Next = { ok: true; config: Config; upstreamCa: string[] } | { ok: false; errors: string[] }
+
+/** The rules file again, with the files it names: what to run, or why it cannot run (whatever goes wrong: a reload never throws). */
+function loadNext(setup: Setup): Next {
+  try {
+    return readNext(setup)
+  } catch (error) {
+    return { ok: false, errors: [`cannot load the rules: ${(error as Error).message}`] }
+  }
+}
+
+function readNext(setup: Setup): Next {
   const next = loadRulesFile(setup.file, setup.overrides)
   if (!next.ok) return { ok: false, errors: formatRuleErrors(next.errors).split('\n') }
   const problem = reloadProblem(setup, next.value)
@@ -289,8 +302,8 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
   }
   const watcher = setup.packaged
     ? undefined
-    : watchRulesFile(setup.file, () => reload('file changed'), { onSame: () => log.debug('rules file touched, its content is unchanged: not reloading', { rules: setup.file }) })
-  process.on('SIGHUP', () => reload('SIGHUP'))
+    : watchRulesFile(setup.file, setup.hash, () => reload('file changed'), { onSame: () => log.debug('rules file touched, its content is unchanged: not reloading', { rules: setup.file }) })
+  onHangup(() => reload('SIGHUP'))
   await new Promise<void>((done) => {
     let stopping = false
     const stop = (signal: string): void => {

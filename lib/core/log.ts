@@ -5,6 +5,7 @@
 import { EOL } from 'node:os'
 import { winstonLibrary, winstonTransport } from './lazy.js'
 import { prettyFormatter, wantsColour } from './pretty.js'
+import { jsonWithoutC1 } from './visible.js'
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'silent'
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'silent']
@@ -148,7 +149,7 @@ class JsonLogger implements Logger {
 
   /** `message` already quoted; `rest` the fields' JSON after the opening brace, with a leading comma unless empty */
   line(level: Level, message: string, rest: string): void {
-    this.out.add(`{"level":"${level}","message":${message},"timestamp":"${timestampNow()}"${rest}`)
+    this.out.add(jsonWithoutC1(`{"level":"${level}","message":${message},"timestamp":"${timestampNow()}"${rest}`))
   }
 }
 

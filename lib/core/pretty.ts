@@ -1,6 +1,9 @@
 // What a person at a terminal reads: one short line per decision, DNS query or event, in colour
 // when the terminal has it. The JSON records stay the machine's form; this reads their fields by
-// name, and any record it does not know becomes a compact `message key=value` line.
+// name, and any record it does not know becomes a compact `message key=value` line. Every text
+// taken from a record is shown through visible(): a Host header's control characters never reach
+// the terminal as controls.
+import { visible } from './visible.js'
 
 /** One log record as winston hands it over: level, message, timestamp and the event's fields. */
 export type LogRecord = Readonly<Record<string, unknown>>
@@ -26,7 +29,7 @@ type Render = (r: LogRecord, c: Context) => string[]
 
 function str(r: LogRecord, key: string): string | undefined {
   const v = r[key]
-  return typeof v === 'string' ? v : undefined
+  return typeof v === 'string' ? visible(v) : undefined
 }
 
 function num(r: LogRecord, key: string): number | undefined {
@@ -133,7 +136,7 @@ function words(key: string): string {
 const block: Render = (r, { paint }) => {
   const fields = Object.entries(fieldsOf(r)).filter((e): e is [string, string] => typeof e[1] === 'string')
   const width = Math.max(...fields.map(([k]) => words(k).length))
-  return [`${String(r.message)}:`, ...fields.map(([k, v]) => `  ${paint('dim', words(k).padEnd(width))}  ${v}`)]
+  return [`${visible(String(r.message))}:`, ...fields.map(([k, v]) => `  ${paint('dim', visible(words(k)).padEnd(width))}  ${visible(v)}`)]
 }
 
 const reloaded: Render = (r) => {
@@ -143,7 +146,7 @@ const reloaded: Render = (r) => {
 
 const reloadFailed: Render = (r, { paint }) => {
   const errors = Array.isArray(r.errors) ? r.errors.map(String) : []
-  return [`${paint('red', 'ERROR')} reload of ${str(r, 'rules') ?? '?'} failed (${str(r, 'trigger') ?? '?'}): keeping the previous rules`, ...errors.map((e) => `  ${e}`)]
+  return [`${paint('red', 'ERROR')} reload of ${str(r, 'rules') ?? '?'} failed (${str(r, 'trigger') ?? '?'}): keeping the previous rules`, ...errors.map((e) => `  ${visible(e)}`)]
 }
 
 const shuttingDown: Render = (r) => [`shutting down (${str(r, 'signal') ?? '?'}): ${num(r, 'open') ?? 0} open connections`]
@@ -202,18 +205,19 @@ function asJson(v: unknown): string {
 
 function valueText(v: unknown): string {
   const text = typeof v === 'string' ? v : asJson(v)
-  return /^[^\s"=]+$/.test(text) ? text : JSON.stringify(text)
+  return visible(/^[^\s"=]+$/.test(text) ? text : JSON.stringify(text))
 }
 
 /** `message key=value ...` with a WARN or ERROR tag; a stack (`error` with lines) goes below, indented. */
 const fallback: Render = (r, { paint }) => {
   const level = str(r, 'level')
   const tag = level === 'error' ? paint('red', 'ERROR') : level === 'warn' ? paint('yellow', 'WARN ') : level === 'debug' ? paint('dim', 'DEBUG') : undefined
-  const stack = str(r, 'error')?.includes('\n') ? str(r, 'error')?.split('\n') : undefined
+  const error = r.error
+  const stack = typeof error === 'string' && error.includes('\n') ? error.split('\n') : undefined
   const fields = Object.entries(fieldsOf(r))
     .filter(([k, v]) => v !== undefined && !(stack && k === 'error'))
-    .map(([k, v]) => `${k}=${valueText(v)}`)
-  return [[tag, String(r.message), ...fields].filter((t) => t !== undefined).join(' '), ...(stack ?? []).map((l) => `  ${l.trim()}`)]
+    .map(([k, v]) => `${visible(k)}=${valueText(v)}`)
+  return [[tag, visible(String(r.message)), ...fields].filter((t) => t !== undefined).join(' '), ...(stack ?? []).map((l) => `  ${visible(l.trim())}`)]
 }
 
 /** `HH:MM:SS` in local time, from winston's ISO timestamp. */

@@ -2,6 +2,7 @@
 // its place and why), the indexes compiled once at load, and matching against them. Pure.
 import { cidrContains, formatCidr, isSingleAddress, metadataWithin, parseCidr, specialRangeHolding, type Cidr, type Ip, type SpecialRange } from './ip.js'
 import { normalisePath, normaliseRuleName, parsePort, redactCredentials, type Host, type Result, type Target } from './target.js'
+import { visible } from '../core/visible.js'
 
 export type PortRange = readonly [number, number]
 export type ListName = 'allow' | 'deny'
@@ -41,9 +42,28 @@ export interface RuleError {
 /** JSON.stringify as it behaves: undefined, functions and symbols have no JSON text. */
 const jsonOf: (value: unknown) => string | undefined = JSON.stringify
 
-/** An entry as it stood in the file, for a RuleError (JSON text; what JSON cannot show, as text). */
+/** The deepest an entry is shown: JSON.stringify recurses, and the value may come from anywhere (the dashboard's documents too). */
+const SHOWN_DEPTH = 32
+
+/** Whether arrays and objects in `value` nest deeper than `depth` (a cycle does): without recursion. */
+function nestsDeeper(value: unknown, depth: number): boolean {
+  let level: unknown[] = [value]
+  for (let d = 0; level.length > 0; d++) {
+    const containers = level.filter((v): v is object => typeof v === 'object' && v !== null)
+    if (containers.length > 0 && d >= depth) return true
+    level = containers.flatMap((v): unknown[] => Object.values(v))
+  }
+  return false
+}
+
+/** An entry as it stood in the file, for a RuleError (JSON text; what JSON cannot show, as text). Never throws. */
 export function entryText(value: unknown): string {
-  return jsonOf(value) ?? String(value)
+  if (nestsDeeper(value, SHOWN_DEPTH)) return `(nested more than ${SHOWN_DEPTH} deep: not shown)`
+  try {
+    return jsonOf(value) ?? String(value)
+  } catch (error) {
+    return `(cannot be shown: ${(error as Error).message})`
+  }
 }
 
 const ALL_PORTS: readonly PortRange[] = [[1, 65535]]
@@ -248,7 +268,7 @@ export function compilePolicy(input: PolicyInput): Result<Policy> & { errors?: R
   for (const list of ['allow', 'deny'] as const) {
     const entries = input[list] ?? []
     if (!Array.isArray(entries)) {
-      errors.push({ path: list, entry: JSON.stringify(entries), message: `"${list}" must be an array` })
+      errors.push({ path: list, entry: entryText(entries), message: `"${list}" must be an array` })
       continue
     }
     entries.forEach((entry: unknown, i: number) => {
@@ -262,10 +282,8 @@ export function compilePolicy(input: PolicyInput): Result<Policy> & { errors?: R
   return { ok: true, value: { ...lists, allowIndex: buildIndex(lists.allow), denyIndex: buildIndex(lists.deny), limitsRequests } }
 }
 
-/** One line per problem; control characters and line separators from rules are shown escaped. */
+/** One line per problem; control characters (C0, DEL, C1) and line separators from rules are shown escaped. */
 export function formatRuleErrors(errors: readonly RuleError[]): string {
-  // eslint-disable-next-line no-control-regex
-  const visible = (text: string) => text.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
   // credentials in a rule (a URL with userinfo) never reach the output, whichever check failed
   return errors.map((e) => visible(redactCredentials(`${e.path} ${e.entry}: ${e.message}`))).join('\n')
 }

@@ -2,10 +2,11 @@
 // allow/deny to the policy. Pure: the caller reads the file.
 import { parseAuth, type AuthSettings } from './auth.js'
 import { MAX_TIMER_MS, wholeNumberWithin, type Bound } from './bounds.js'
+import { hostWarnings } from './host-warnings.js'
 import { parseSandbox, type SandboxSettings } from './sandbox.js'
 import { parseClients, parsePolicies, type PolicySet } from '../policy/clients.js'
 import { formatIp, parseIp, type Ip } from '../policy/ip.js'
-import { compilePolicy, entryText, metadataWarnings, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
+import { compilePolicy, describePattern, entryText, metadataWarnings, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
 import type { TlsSettings } from '../policy/decide.js'
 import { formatTarget, hostText, parseAuthority, type Result, type Target } from '../policy/target.js'
 
@@ -340,8 +341,21 @@ export function parseConfig(json: unknown): ConfigResult {
   return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits, tls, policies, auth, upstream: upstream?.ok ? upstream.value : undefined, upstreamBypass, sandbox } }
 }
 
-/** What loads but may not do what it seems to (a range that holds cloud metadata addresses), for validate and the log. */
+/** A policy's warnings: ranges that hold metadata addresses, then host rules that are not what they look like. */
+function policyWarnings(policy: Policy, prefix: string): RuleError[] {
+  const hosts = [...policy.allow, ...policy.deny].flatMap((rule) => hostWarnings(`${rule.list}[${rule.index}]`, rule.text, rule.pattern, rule.list === 'allow'))
+  return [...metadataWarnings(policy), ...hosts].map((w) => ({ ...w, path: `${prefix}${w.path}` }))
+}
+
+function listWarnings(key: string, patterns: readonly HostPattern[], widens: boolean): RuleError[] {
+  return patterns.flatMap((pattern, i) => hostWarnings(`${key}[${i}]`, describePattern(pattern), pattern, widens))
+}
+
+/**
+ * What loads but may not do what it seems to, for validate and the log: a range that holds cloud
+ * metadata addresses, a host that mixes scripts or reads as another name, a wildcard on a public suffix.
+ */
 export function configWarnings(config: Config): RuleError[] {
-  const named = [...config.policies.named].flatMap(([name, policy]) => metadataWarnings(policy).map((w) => ({ ...w, path: `policies.${name}.${w.path}` })))
-  return [...metadataWarnings(config.policy), ...named]
+  const named = [...config.policies.named].flatMap(([name, policy]) => policyWarnings(policy, `policies.${name}.`))
+  return [...policyWarnings(config.policy, ''), ...named, ...listWarnings('bypass', config.bypass, true), ...listWarnings('upstreamBypass', config.upstreamBypass, false)]
 }

@@ -1,11 +1,12 @@
 // Reading rules.json from disk, choosing which one, and noticing when it changes. Validation
 // itself is config.ts.
 import { createHash } from 'node:crypto'
-import { existsSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs'
+import { closeSync, existsSync, openSync, readSync, statSync, watch, type FSWatcher } from 'node:fs'
 import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import type { SandboxSettings } from './sandbox.js'
-import { parseConfig, type Config, type ConfigResult, type Listen } from './config.js'
+import { parseConfig, type Config, type Listen } from './config.js'
+import { scanJson, type DuplicateKey, type JsonSpot } from './json-scan.js'
 import type { Mode } from '../policy/rules.js'
 import type { RuleError } from '../policy/rules.js'
 
@@ -50,26 +51,78 @@ export function schemaReference(folder: string): string {
   return pathToFileURL(PACKAGED_SCHEMA).href
 }
 
-function jsonError(path: string, error: Error): RuleError {
-  return { path: '(file)', entry: path, message: `not valid JSON: ${error.message}` }
+/** rules.json is read whole at start and at every reload: a larger file is refused unread. */
+export const MAX_RULES_BYTES = 8 * 1024 * 1024
+/** The deepest rules.json needs is 6 (policies.NAME.allow[i].paths[j]); past this it is a mistake, or an attack on what walks it. */
+export const MAX_RULES_DEPTH = 64
+
+type Read = { ok: true; bytes: Buffer } | { ok: false; code: string; message: string }
+
+/** The file's bytes, read to its end but never past MAX_RULES_BYTES (stat's size says nothing for /dev/zero or a pipe). */
+function readRules(path: string): Read {
+  let fd: number | undefined
+  try {
+    fd = openSync(path, 'r')
+    const chunks: Buffer[] = []
+    let total = 0
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(64 * 1024)
+      const n = readSync(fd, chunk, 0, chunk.length, null)
+      if (n === 0) return { ok: true, bytes: Buffer.concat(chunks, total) }
+      total += n
+      if (total > MAX_RULES_BYTES) return { ok: false, code: 'too-large', message: `larger than ${MAX_RULES_BYTES / 1024 / 1024} MiB, the most a rules file may hold` }
+      chunks.push(chunk.subarray(0, n))
+    }
+  } catch (error) {
+    return { ok: false, code: (error as NodeJS.ErrnoException).code ?? 'unknown', message: `cannot read: ${(error as Error).message}` }
+  } finally {
+    if (fd !== undefined) closeSync(fd)
+  }
 }
 
-export function loadRulesFile(path: string, overrides: Overrides = {}): ConfigResult {
-  let text: string
-  try {
-    text = readFileSync(path, 'utf8')
-  } catch (error) {
-    return { ok: false, errors: [{ path: '(file)', entry: path, message: `cannot read: ${(error as Error).message}` }] }
+/** What the watcher compares: the bytes' hash, or why there are none. */
+function readKey(read: Read): string {
+  return read.ok ? createHash('sha256').update(read.bytes).digest('hex') : `error:${read.code}`
+}
+
+function fileError(file: string, message: string): RuleError {
+  return { path: '(file)', entry: file, message }
+}
+
+const at = (spot: JsonSpot): string => `line ${spot.line}, column ${spot.column}`
+
+/**
+ * rules.json's text as a value: nesting bounded before JSON.parse runs, and a key written twice
+ * in one object an error (JSON.parse would keep the last without a word).
+ */
+function parseRulesText(text: string, file: string): { ok: true; value: unknown } | { ok: false; errors: RuleError[] } {
+  const scan = scanJson(text, MAX_RULES_DEPTH)
+  if (scan.tooDeep) {
+    return { ok: false, errors: [fileError(file, `arrays and objects nest more than ${MAX_RULES_DEPTH} deep (${at(scan.tooDeep)}, in ${scan.tooDeep.path.slice(0, 80)}${scan.tooDeep.path.length > 80 ? '…' : ''})`)] }
   }
-  let json: unknown
+  let value: unknown
   try {
-    json = JSON.parse(text)
+    value = JSON.parse(text)
   } catch (error) {
-    return { ok: false, errors: [jsonError(path, error as Error)] }
+    return { ok: false, errors: [fileError(file, `not valid JSON: ${(error as Error).message}`)] }
   }
-  const result = parseConfig(json)
-  if (!result.ok) return result
-  return { ok: true, value: withOverrides(result.value, overrides) }
+  if (scan.duplicates.length === 0) return { ok: true, value }
+  const message = (d: DuplicateKey): string => `duplicate key ${JSON.stringify(d.key)}, also at ${at(d.first)}: JSON keeps only the last one, so the other would be ignored without a word`
+  return { ok: false, errors: scan.duplicates.map((d) => ({ path: d.path, entry: `(${at(d)})`, message: message(d) })) }
+}
+
+/** The rules in the file, and the hash of the bytes they were read from (undefined when it could not be read). */
+export type LoadResult = { ok: true; value: Config; readonly hash: string } | { ok: false; errors: RuleError[]; readonly hash: string | undefined }
+
+export function loadRulesFile(path: string, overrides: Overrides = {}): LoadResult {
+  const read = readRules(path)
+  if (!read.ok) return { ok: false, errors: [fileError(path, read.message)], hash: undefined }
+  const hash = readKey(read)
+  const json = parseRulesText(read.bytes.toString('utf8'), path)
+  if (!json.ok) return { ...json, hash }
+  const result = parseConfig(json.value)
+  if (!result.ok) return { ...result, hash }
+  return { ok: true, value: withOverrides(result.value, overrides), hash }
 }
 
 /** The rules with the command line's values in place of the file's. */
@@ -105,11 +158,7 @@ function statKey(path: string): string {
 }
 
 function contentKey(path: string): string {
-  try {
-    return createHash('sha256').update(readFileSync(path)).digest('hex')
-  } catch (error) {
-    return errorKey(error)
-  }
+  return readKey(readRules(path))
 }
 
 /**
@@ -127,11 +176,13 @@ export function mayConcern(filename: string | null, rulesName: string): boolean 
  * Calls `onChange` when what the path resolves to says something new: on folder events that
  * mayConcern it, and through a slow stat() poll, which catches what the events miss (a symlink to
  * another file, filesystems without inotify). Only a new content hash reloads, so a rewrite with
- * the same text, or a burst of events, is not a reload storm.
+ * the same text, or a burst of events, is not a reload storm. It starts from `loaded`, the hash
+ * of the bytes the running rules came from (loadRulesFile's), and looks once at the start: an
+ * edit made after they were read and before the watch began is a change too.
  */
-export function watchRulesFile(path: string, onChange: () => void, options: WatchOptions = {}): RulesWatch {
+export function watchRulesFile(path: string, loaded: string, onChange: () => void, options: WatchOptions = {}): RulesWatch {
   const full = resolve(path)
-  let seen = { stat: statKey(full), content: contentKey(full) }
+  let seen = { stat: statKey(full), content: loaded }
   const check = (always: boolean): void => {
     const stat = statKey(full)
     if (!always && stat === seen.stat) return
@@ -154,6 +205,11 @@ export function watchRulesFile(path: string, onChange: () => void, options: Watc
     else timer = setTimeout(settled, options.debounceMs ?? 100)
   })
   watcher.on('error', () => watcher.close()) // the folder went away: the poll carries on
+  // one look now: the file may have changed since the running rules were read from it
+  timer = setTimeout(() => {
+    timer = undefined
+    if (contentKey(full) !== seen.content) check(true)
+  }, 0)
   const poll = setInterval(() => check(false), options.pollMs ?? 2_000)
   poll.unref()
   return {
