@@ -1,13 +1,17 @@
 // `proxy-gate sandbox build|up|run|down|compose`: a container network whose only way out is
-// proxy-gate, driven through the docker CLI (DOCKER_HOST honoured; --engine podman for Podman).
+// proxy-gate, driven through the docker CLI (DOCKER_HOST honoured) or Podman's (--engine podman),
+// in the words of the engine the CLI turns out to drive (engine.ts asks it).
 import { spawn, spawnSync } from 'node:child_process'
 import { rmSync, statSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { VERSION } from '../core/version.js'
-import { composeFile, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
+import { podmanNetworkProblems, subnetTemplate, type EngineIdentity, type EngineKind } from '../wiring/engine.js'
+import { checkNameAndSubnet, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
+import { composeFile } from '../wiring/sandbox-compose.js'
 import { loadRulesFile, rulesPath } from '../rules/file.js'
 import { printErrors, usageError } from './common.js'
+import { detectEngine } from './engine.js'
 import { prepareContext } from './sandbox-image.js'
 
 /** The image `sandbox build` tags and `up` runs; deploy/kubernetes names it too. */
@@ -27,7 +31,9 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|down|compose> [opt
   compose [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR]
                                            print the same topology as a Compose file
 
-  --engine docker|podman                   the CLI to drive (default docker; DOCKER_HOST is honoured)`
+  --engine docker|podman                   the CLI to drive (default docker; DOCKER_HOST is honoured);
+                                           its "version" tells which engine it drives (a docker
+                                           that is Podman gets Podman's construction)`
 
 const OPTIONS = {
   name: { type: 'string', default: 'proxy-gate' },
@@ -69,15 +75,27 @@ function ownerOf(path: string): string | undefined {
 }
 
 /** The subnet of an existing sandbox network: `run` and `down` find proxy-gate where `up` put it. */
-function existingSubnet(values: Values, network: string): string | undefined {
-  const r = spawnSync(values.engine, ['network', 'inspect', '-f', '{{range .IPAM.Config}}{{.Subnet}} {{end}}', network], { encoding: 'utf8' })
+function existingSubnet(values: Values, kind: EngineKind, network: string): string | undefined {
+  const r = spawnSync(values.engine, ['network', 'inspect', '-f', subnetTemplate(kind), network], { encoding: 'utf8' })
   return r.status === 0 ? r.stdout.trim().split(' ')[0] || undefined : undefined
 }
 
-function plan(values: Values): SandboxPlan | undefined {
+/** The engine behind the CLI, or undefined after saying why there is none to drive. */
+function identify(values: Values, verb: string): EngineIdentity | undefined {
+  const found = detectEngine(values.engine)
+  if (found.ok) return found.value
+  if (verb === 'compose' && (values.engine === 'docker' || values.engine === 'podman')) {
+    console.error(`proxy-gate sandbox: ${found.error}; printing the ${values.engine} file as --engine says`)
+    return { kind: values.engine, name: values.engine }
+  }
+  console.error(`proxy-gate sandbox: ${found.error}`)
+  return undefined
+}
+
+function plan(values: Values, kind: EngineKind): SandboxPlan | undefined {
   const { file: rules } = rulesPath(values.rules)
-  const subnet = values.subnet ?? existingSubnet(values, values.name) ?? DEFAULT_SUBNET
-  const planned = sandboxPlan({ name: values.name, subnet, image: values.image, rulesDir: dirname(rules), rulesFile: basename(rules), user: ownerOf(rules) })
+  const subnet = values.subnet ?? existingSubnet(values, kind, values.name) ?? DEFAULT_SUBNET
+  const planned = sandboxPlan({ name: values.name, subnet, image: values.image, rulesDir: dirname(rules), rulesFile: basename(rules), user: ownerOf(rules), engine: kind })
   if (!planned.ok) {
     usageError(planned.error)
     return undefined
@@ -138,7 +156,19 @@ function started(values: Values, container: string): Promise<boolean> {
   })
 }
 
-async function up(values: Values, p: SandboxPlan): Promise<number> {
+/**
+ * Why an existing network cannot be the sandbox's as it is, or undefined. Podman's own inspect shows
+ * how a network was made; a Docker network's isolation is for `verify` to judge.
+ */
+function existingNetworkProblem(values: Values, p: SandboxPlan): string | undefined {
+  if (p.engine !== 'podman') return undefined
+  const r = spawnSync(values.engine, ['network', 'inspect', p.network], { encoding: 'utf8' })
+  const problems = podmanNetworkProblems(r.stdout)
+  if (problems.length === 0) return undefined
+  return `network ${p.network} exists but is not the airtight kind that up makes: ${problems.join('; ')}. Remove it (proxy-gate sandbox down --name ${p.name} --engine ${values.engine}) and run up again`
+}
+
+async function up(values: Values, p: SandboxPlan, engineName: string): Promise<number> {
   const rules = join(p.rulesDir, p.rulesFile)
   const loaded = loadRulesFile(rules)
   if (!loaded.ok) {
@@ -146,7 +176,12 @@ async function up(values: Values, p: SandboxPlan): Promise<number> {
     return 1
   }
   for (const network of networkCommands(p)) {
-    if (exists(values, 'network', network.name)) continue
+    if (exists(values, 'network', network.name)) {
+      const problem = network.name === p.network ? existingNetworkProblem(values, p) : undefined
+      if (problem === undefined) continue
+      console.error(`proxy-gate sandbox up: ${problem}`)
+      return 1
+    }
     const code = await engine(values, network.create)
     if (code !== 0) return code
   }
@@ -157,7 +192,7 @@ async function up(values: Values, p: SandboxPlan): Promise<number> {
     await engine(values, ['rm', '-f', p.container])
     return 1
   }
-  console.log(`sandbox "${p.name}" is up: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)})
+  console.log(`sandbox "${p.name}" is up on ${engineName}: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)})
 run a workload:  proxy-gate sandbox run --name ${p.name} -- IMAGE [COMMAND...]
 its log:         ${values.engine} logs -f ${p.container}
 remove it:       proxy-gate sandbox down --name ${p.name}`)
@@ -187,9 +222,13 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
     return values.help ? 0 : 2
   }
   if (verb === 'build' && rest.length === 0) return build(values)
-  const p = plan(values)
+  const checked = checkNameAndSubnet(values.name, values.subnet)
+  if (!checked.ok) return usageError(checked.error)
+  const engineFound = identify(values, verb)
+  if (!engineFound) return 1
+  const p = plan(values, engineFound.kind)
   if (!p) return 2
-  if (verb === 'up' && rest.length === 0) return up(values, p)
+  if (verb === 'up' && rest.length === 0) return up(values, p, engineFound.name)
   if (verb === 'down' && rest.length === 0) return down(values, p)
   if (verb === 'compose' && rest.length === 0) {
     process.stdout.write(composeFile(p))
