@@ -42,7 +42,8 @@ t.test('Docker: the internal network has no route to the host; proxy-gate runs l
 
 t.test('Podman: no DNS (and so no gateway address on the bridge), workloads from the upper half, no IPv6, no NET_RAW', async (t) => {
   const p = plan({ engine: 'podman' })
-  const [internal] = networkCommands(p)
+  const [internal, egress] = networkCommands(p)
+  t.same(egress?.create, ['network', 'create', '--driver', 'bridge', '--disable-dns', '--label', 'proxy-gate.sandbox=box', 'box-egress'], 'no aardvark-dns for the egress network either')
   t.same(internal?.create, ['network', 'create', '--driver', 'bridge', '--internal', '--subnet', '10.250.0.0/24', '--disable-dns', '--ip-range', '10.250.0.128/25', '--label', 'proxy-gate.sandbox=box', 'box'])
   t.notMatch(internal?.create.join(' '), /inhibit_ipv4/, 'Podman refuses Docker\'s option')
   const [run] = proxyCommands(p)

@@ -60,8 +60,13 @@ function engine(values: Values, args: readonly string[], env: NodeJS.ProcessEnv 
   })
 }
 
+/** Whether the engine has it; a failure other than "no such ..." is shown, so that a "no" for another reason is seen. */
 function exists(values: Values, kind: 'network' | 'container', name: string): boolean {
-  return spawnSync(values.engine, [kind, 'inspect', name], { stdio: 'ignore' }).status === 0
+  const r = spawnSync(values.engine, [kind, 'inspect', name], { encoding: 'utf8' })
+  if (r.status === 0) return true
+  const said = r.stderr.trim()
+  if (!/no such|not found/i.test(said)) console.error(`proxy-gate sandbox: ${values.engine} ${kind} inspect ${name} failed (${r.status ?? r.signal}): ${said || r.error?.message}`)
+  return false
 }
 
 /** The rules file's owner, unless root: the container runs as that user so that it can read what the user can. */

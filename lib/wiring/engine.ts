@@ -50,7 +50,7 @@ export function identifyEngine(cli: string, output: string): Result<EngineIdenti
 export interface Construction {
   /** `-o` options of the internal network (Compose: driver_opts) */
   readonly driverOpts: Readonly<Record<string, string>>
-  /** Podman: no DNS server of the engine's on the network (it would sit on a host address) */
+  /** Podman: no DNS server of the engine's on either network (on the internal one it would sit on a host address) */
   readonly disableDns: boolean
   /** where the engine hands out workload addresses (undefined: anywhere in the subnet) */
   readonly ipRange: string | undefined
@@ -72,7 +72,9 @@ export interface Construction {
  * link-local address, and a host service listening on [::] answers there: workloads get no IPv6.
  * Nothing filters what the host forwards for an internal network, so workloads lose NET_RAW (no
  * hand-made frames to the bridge). Workload addresses come from the upper half of the subnet, so
- * that its first address is never anyone's; proxy-gate (the second) needs the low ports.
+ * that its first address is never anyone's; proxy-gate (the second) needs the low ports. The egress
+ * network has no DNS server either: proxy-gate resolves through its rules' servers or the host's, and
+ * no aardvark-dns runs for the sandbox at all (rootful Podman shares one across network namespaces).
  */
 export function construction(kind: EngineKind, subnet: Cidr): Construction {
   if (kind === 'docker') {
@@ -94,6 +96,10 @@ const sysctlArgs = (sysctls: Readonly<Record<string, string>>): string[] => Obje
 /** The internal network's options after `--internal --subnet`, in the engine's words. */
 export function internalNetworkArgs(c: Construction): string[] {
   return [...(c.disableDns ? ['--disable-dns'] : []), ...(c.ipRange ? ['--ip-range', c.ipRange] : []), ...Object.entries(c.driverOpts).flatMap(([k, v]) => ['-o', `${k}=${v}`])]
+}
+
+export function egressNetworkArgs(c: Construction): string[] {
+  return c.disableDns ? ['--disable-dns'] : []
 }
 
 export function proxyArgs(c: Construction): string[] {

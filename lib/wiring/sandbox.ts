@@ -3,7 +3,7 @@
 // the way each engine needs (engine.ts). Pure: the command line runs what this plans (lib/cli/sandbox.ts).
 import { formatIp, parseCidr, type Cidr, type Ip } from '../policy/ip.js'
 import type { Result } from '../policy/target.js'
-import { construction, internalNetworkArgs, proxyArgs, workloadArgs, type Construction, type EngineKind } from './engine.js'
+import { construction, egressNetworkArgs, internalNetworkArgs, proxyArgs, workloadArgs, type Construction, type EngineKind } from './engine.js'
 
 export interface SandboxPlan {
   readonly name: string
@@ -68,7 +68,7 @@ export function startArgs(plan: SandboxPlan): string[] {
 export function networkCommands(plan: SandboxPlan): { readonly name: string; readonly create: string[] }[] {
   return [
     { name: plan.network, create: ['network', 'create', '--driver', 'bridge', '--internal', '--subnet', plan.subnet, ...internalNetworkArgs(plan.construction), ...label(plan), plan.network] },
-    { name: plan.egress, create: ['network', 'create', '--driver', 'bridge', ...label(plan), plan.egress] },
+    { name: plan.egress, create: ['network', 'create', '--driver', 'bridge', ...egressNetworkArgs(plan.construction), ...label(plan), plan.egress] },
   ]
 }
 
