@@ -83,7 +83,7 @@ t.test('Podman: the network is the one sandbox up made (external), the workload 
   const workload = doc.services?.workload ?? {}
   t.same(workload.environment, run.env)
   t.same(workload.dns, run.dns)
-  t.same(workload.sysctls, run.sysctls)
+  t.same(workload.sysctls, Object.entries(run.sysctls).map(([k, v]) => `${k}=${v}`))
   t.same(run.sysctls, { 'net.ipv6.conf.eth0.disable_ipv6': '1' })
   t.same(workload.cap_drop, run.capDrop)
   t.same(run.capDrop, ['NET_RAW'])

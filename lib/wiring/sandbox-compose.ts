@@ -36,7 +36,8 @@ function workload(plan: SandboxPlan, onDocker: boolean): Mapping {
     image: 'alpine',
     dns: [plan.address],
     environment: Object.fromEntries(proxyEnvironment(plan)),
-    ...(Object.keys(workloadSysctls).length > 0 ? { sysctls: workloadSysctls } : {}),
+    // as a list: podman-compose 1.0 passes a mapping's keys on without their values
+    ...(Object.keys(workloadSysctls).length > 0 ? { sysctls: Object.entries(workloadSysctls).map(([k, v]) => `${k}=${v}`) } : {}),
     ...(workloadCapDrop.length > 0 ? { cap_drop: workloadCapDrop } : {}),
     networks: ['sandbox'],
     ...(onDocker ? { depends_on: ['proxy-gate'] } : {}),
@@ -84,8 +85,9 @@ function header(plan: SandboxPlan): string[] {
   return [
     ...intro,
     `# On Podman the network and proxy-gate come from \`proxy-gate sandbox up --engine podman --name ${plan.name}\`:`,
-    '# run that first. Compose cannot make this network on Podman: Podman\'s Docker-compatible API turns',
-    '# its DNS on for every bridge network, and that DNS server sits on an address of the host.',
+    '# run that first. Compose cannot make this network on Podman: through Podman\'s Docker-compatible API',
+    "# every bridge network gets Podman's DNS, which sits on an address of the host, and podman-compose",
+    '# before 1.4 cannot turn it off (1.0 also drops `dns:`: then only the proxy variables lead out).',
   ]
 }
 
