@@ -77,7 +77,7 @@ t.test('a Docker CLI on Podman\'s Docker API is refused with the reason; a missi
   t.match(compose.stdout, /external: true/)
 })
 
-t.test('up does not put proxy-gate on an existing Podman network that leaks', async (t) => {
+t.test('up does not put proxy-gate on an existing Podman network that leaks, and run does not start a workload there', async (t) => {
   const leaky = [{ name: 'box', internal: true, dns_enabled: true, subnets: [{ subnet: '10.250.0.0/24', gateway: '10.250.0.1' }] }]
   const cli = standIn('podman', PODMAN, JSON.stringify(leaky))
   const rules = join(mkdtempSync(join(tmpdir(), 'pg-engine-rules-')), 'rules.json')
@@ -85,5 +85,8 @@ t.test('up does not put proxy-gate on an existing Podman network that leaks', as
   const up = await runCli(['sandbox', 'up', '--engine', 'podman', '--name', 'box', '--rules', rules], { env: { PATH: cli.path } })
   t.equal(up.code, 1)
   t.match(up.stderr, /network box exists but is not the airtight kind that up makes: Podman's DNS is on .*gateway 10\.250\.0\.1.*sandbox down --name box/)
+  const run = await runCli(['sandbox', 'run', '--engine', 'podman', '--name', 'box', '--', 'alpine'], { env: { PATH: cli.path } })
+  t.equal(run.code, 1)
+  t.match(run.stderr, /sandbox run: network box exists but is not the airtight kind/)
   t.notOk(cli.calls().some((c) => c[0] === 'run' || c[1] === 'create'), 'no container and no network made')
 })

@@ -242,6 +242,11 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   if (verb === 'run') {
     if (rest.length === 0) return usageError('sandbox run needs an image: proxy-gate sandbox run -- IMAGE [COMMAND...]')
     if (!exists(values, 'container', p.container)) console.error(`proxy-gate sandbox: ${p.container} is not running: run "proxy-gate sandbox up --name ${p.name}" first`)
+    const problem = exists(values, 'network', p.network) ? existingNetworkProblem(values, p) : undefined
+    if (problem !== undefined) {
+      console.error(`proxy-gate sandbox run: ${problem}`)
+      return 1
+    }
     return engine(values, runArgs(p, rest))
   }
   return usageError(`unknown sandbox command: ${[verb, ...rest].join(' ')} (see proxy-gate sandbox --help)`)
