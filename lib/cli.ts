@@ -33,7 +33,7 @@ commands:
   ca         create (init) or describe (show) the local certificate authority
   learn      run in report mode (or read logs) and write a suggested rules file
   suggest    print the entries that would allow what a log shows denied
-  sandbox    a container network whose only way out is proxy-gate (build, up, run, down, compose)
+  sandbox    a container network whose only way out is proxy-gate (build, up, run, verify, down, compose)
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]

@@ -14,7 +14,7 @@ const schema = JSON.parse(readFileSync(new URL('./compose-spec/compose-spec.json
 const validate = new Ajv({ allErrors: true, validateSchema: false }).compile(schema)
 
 function plan(engine: EngineKind, user: { user?: string } = { user: '1000:1000' }): SandboxPlan {
-  const planned = sandboxPlan({ name: 'box', subnet: '10.250.0.0/24', image: 'proxy-gate:1', rulesDir: '/srv/rules', rulesFile: 'rules.json', user: user.user, engine })
+  const planned = sandboxPlan({ name: 'box', subnet: '10.250.0.0/24', image: 'proxy-gate:1', rulesDir: '/srv/rules', rulesFile: 'rules.json', user: user.user, engine, engineVersion: undefined })
   if (!planned.ok) throw new Error(planned.error)
   return planned.value
 }
@@ -61,7 +61,7 @@ t.test('Docker: proxy-gate and both networks, the internal one without a host ad
   t.equal(proxy.read_only, true)
   t.equal(proxy.user, '1000:1000')
   t.match(proxy.command, ['start', '--rules', '/etc/proxy-gate/rules.json'])
-  t.same(doc.networks?.sandbox, { name: 'box', driver: 'bridge', internal: true, enable_ipv6: false, driver_opts: { 'com.docker.network.bridge.inhibit_ipv4': 'true' }, ipam: { config: [{ subnet: '10.250.0.0/24' }] } })
+  t.same(doc.networks?.sandbox, { name: 'box', driver: 'bridge', internal: true, enable_ipv6: false, driver_opts: { 'com.docker.network.bridge.inhibit_ipv4': 'true' }, ipam: { config: [{ subnet: '10.250.0.0/24', aux_addresses: { DefaultGatewayIPv4: '10.250.0.254' } }] } })
   t.same(doc.networks?.egress, { name: 'box-egress' })
   const run = runSettings(p)
   const workload = doc.services?.workload ?? {}
@@ -69,7 +69,9 @@ t.test('Docker: proxy-gate and both networks, the internal one without a host ad
   t.ok('http_proxy' in run.env && 'no_proxy' in run.env, 'run sets the lowercase spellings')
   t.same(workload.dns, run.dns)
   t.same(workload.networks, ['sandbox'])
-  t.notOk('sysctls' in workload || 'cap_drop' in workload, 'Docker needs nothing more')
+  t.same(workload.cap_drop, run.capDrop)
+  t.same(run.capDrop, ['NET_RAW'], 'no raw frames to the bridge')
+  t.notOk('sysctls' in workload, 'Docker gives such containers no IPv6 by itself')
   t.notOk('user' in (valid(t, composeFile(plan('docker', {}))).services?.['proxy-gate'] ?? {}), 'a root-owned rules file: the image user')
 })
 

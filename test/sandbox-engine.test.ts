@@ -16,10 +16,11 @@ const DOCKER = { Client: DOCKER_CLIENT, Server: { Platform: { Name: '' }, Compon
 const DOCKER_ON_PODMAN = { Client: DOCKER_CLIENT, Server: { Platform: { Name: 'linux/amd64/debian-12' }, Components: [{ Name: 'Podman Engine', Version: '4.3.1' }, { Name: 'Conmon', Version: 'conmon version 2.1.6' }], Version: '4.3.1', ApiVersion: '1.41' } }
 
 t.test('the version output names the engine', async (t) => {
-  t.same(identifyEngine('podman', JSON.stringify(PODMAN)), { ok: true, value: { kind: 'podman', name: 'Podman 4.3.1' } })
-  t.same(identifyEngine('docker', JSON.stringify(PODMAN)), { ok: true, value: { kind: 'podman', name: 'Podman 4.3.1' } }, 'a docker that is Podman')
-  t.same(identifyEngine('podman', JSON.stringify({ ...PODMAN, Server: { ...PODMAN.Client, Version: '5.0.0' } })), { ok: true, value: { kind: 'podman', name: 'Podman 5.0.0' } }, 'podman --remote: the server')
-  t.same(identifyEngine('docker', JSON.stringify(DOCKER)), { ok: true, value: { kind: 'docker', name: 'Docker Engine 20.10.24+dfsg1' } })
+  const podman = { ok: true, value: { kind: 'podman', version: '4.3.1', name: 'Podman 4.3.1' } }
+  t.same(identifyEngine('podman', JSON.stringify(PODMAN)), podman)
+  t.same(identifyEngine('docker', JSON.stringify(PODMAN)), podman, 'a docker that is Podman')
+  t.same(identifyEngine('podman', JSON.stringify({ ...PODMAN, Server: { ...PODMAN.Client, Version: '5.0.0' } })), { ok: true, value: { kind: 'podman', version: '5.0.0', name: 'Podman 5.0.0' } }, 'podman --remote: the server')
+  t.same(identifyEngine('docker', JSON.stringify(DOCKER)), { ok: true, value: { kind: 'docker', version: '20.10.24+dfsg1', name: 'Docker Engine 20.10.24+dfsg1' } })
   const onPodman = identifyEngine('docker', JSON.stringify(DOCKER_ON_PODMAN))
   t.notOk(onPodman.ok)
   t.match(onPodman.ok ? '' : onPodman.error, /Podman 4\.3\.1 through its Docker-compatible API.*gateway.*--engine podman/)
@@ -67,7 +68,7 @@ t.test('a Docker CLI on Podman\'s Docker API is refused with the reason; a missi
   const up = await runCli(['sandbox', 'up', '--name', 'box'], { env: { PATH: cli.path } })
   t.equal(up.code, 1)
   t.match(up.stderr, /Docker-compatible API/)
-  t.same(cli.calls().map((c) => c[0]), ['version'], 'nothing was created')
+  t.notOk(cli.calls().some((c) => c[0] === 'run' || c[1] === 'create'), 'nothing was created')
   const none = await runCli(['sandbox', 'run', '--engine', 'podman', '--', 'alpine'], { env: { PATH: '/nonexistent' } })
   t.equal(none.code, 1)
   t.match(none.stderr, /cannot run podman/)

@@ -6,27 +6,43 @@ import { rmSync, statSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { VERSION } from '../core/version.js'
+import { parseIp } from '../policy/ip.js'
 import { podmanNetworkProblems, subnetTemplate, type EngineIdentity, type EngineKind } from '../wiring/engine.js'
 import { checkNameAndSubnet, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
+import { escapes } from '../wiring/sandbox-args.js'
 import { composeFile } from '../wiring/sandbox-compose.js'
+import { DEFAULT_PROBE_ADDRESSES } from '../wiring/sandbox-verify.js'
 import { loadRulesFile, rulesPath } from '../rules/file.js'
 import { printErrors, usageError } from './common.js'
 import { detectEngine } from './engine.js'
 import { prepareContext } from './sandbox-image.js'
+import { probeCommand } from './sandbox-probe.js'
+import { printOutcome, verifySandbox } from './sandbox-verify.js'
 
 /** The image `sandbox build` tags and `up` runs; deploy/kubernetes names it too. */
 export const DEFAULT_IMAGE = `proxy-gate:${VERSION}`
 
-const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|down|compose> [options]
+const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compose> [options]
 
   build   [--base IMAGE] [--tag TAG]       build the proxy-gate image with no network access
                                            (base default node:22-slim; tag default ${DEFAULT_IMAGE})
   up      [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR (default 10.250.0.0/24)]
                                            create the internal network N (default proxy-gate), its egress
                                            network and the proxy-gate container on both (rules mounted
-                                           read-only: edits reload); run again to apply a new image
+                                           read-only: edits reload); run again to apply a new image.
+                                           Then verifies it (below): a network with a way out is removed
+          [--probe-address A]...           the public addresses it tries (as for verify)
+          [--no-verify]                    skip that check (not recommended)
   run     [--name N] -- DOCKER-RUN-ARGS    docker run --rm on N only, DNS and HTTP(S)_PROXY set to
-                                           proxy-gate; the arguments go to docker run as they are
+                                           proxy-gate; the arguments go to docker run as they are, but
+                                           those that undo the confinement (--network, --privileged,
+                                           --cap-add NET_ADMIN, --dns, ...) are refused
+          [--allow-escape]                 pass them on anyway, with a warning
+  verify  [--name N] [--json] [--probe-address A]...
+                                           prove from inside N that proxy-gate is the only way out: a
+                                           short-lived probe container tries the host's addresses, the
+                                           metadata address, public addresses (default ${DEFAULT_PROBE_ADDRESSES.join(', ')})
+                                           and DNS. Exit 0 confined, 1 a path is open, 2 could not run
   down    [--name N]                       remove the container and both networks
   compose [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR]
                                            print the same topology as a Compose file
@@ -43,10 +59,15 @@ const OPTIONS = {
   base: { type: 'string', default: 'node:22-slim' },
   subnet: { type: 'string' },
   engine: { type: 'string', default: 'docker' },
+  json: { type: 'boolean', default: false },
+  'probe-address': { type: 'string', multiple: true },
+  'no-verify': { type: 'boolean', default: false },
+  'allow-escape': { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 } as const
 
-type Values = { readonly [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K] extends { default: boolean } ? boolean : (typeof OPTIONS)[K] extends { default: string } ? string : string | undefined }
+type Value<O> = O extends { multiple: true } ? string[] | undefined : O extends { default: boolean } ? boolean : O extends { default: string } ? string : string | undefined
+type Values = { readonly [K in keyof typeof OPTIONS]: Value<(typeof OPTIONS)[K]> }
 
 /** Runs the engine with its output shown; resolves with its exit code. */
 function engine(values: Values, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
@@ -85,22 +106,20 @@ function existingSubnet(values: Values, kind: EngineKind, network: string): stri
   return r.status === 0 ? r.stdout.trim().split(' ')[0] || undefined : undefined
 }
 
-/** The engine behind the CLI, or undefined after saying why there is none to drive. */
-function identify(values: Values, verb: string): EngineIdentity | undefined {
+/**
+ * The engine behind the CLI, or, when it does not say, the one --engine names with why it did not
+ * (the plan is still made: run's refusals and compose do not need an engine that answers).
+ */
+function identify(values: Values): { readonly engine: EngineIdentity; readonly error?: string } {
   const found = detectEngine(values.engine)
-  if (found.ok) return found.value
-  if (verb === 'compose' && (values.engine === 'docker' || values.engine === 'podman')) {
-    console.error(`proxy-gate sandbox: ${found.error}; printing the ${values.engine} file as --engine says`)
-    return { kind: values.engine, name: values.engine }
-  }
-  console.error(`proxy-gate sandbox: ${found.error}`)
-  return undefined
+  if (found.ok) return { engine: found.value }
+  return { engine: { kind: values.engine === 'podman' ? 'podman' : 'docker', version: '', name: values.engine }, error: found.error }
 }
 
-function plan(values: Values, kind: EngineKind): SandboxPlan | undefined {
+function plan(values: Values, found: EngineIdentity): SandboxPlan | undefined {
   const { file: rules } = rulesPath(values.rules)
-  const subnet = values.subnet ?? existingSubnet(values, kind, values.name) ?? DEFAULT_SUBNET
-  const planned = sandboxPlan({ name: values.name, subnet, image: values.image, rulesDir: dirname(rules), rulesFile: basename(rules), user: ownerOf(rules), engine: kind })
+  const subnet = values.subnet ?? existingSubnet(values, found.kind, values.name) ?? DEFAULT_SUBNET
+  const planned = sandboxPlan({ name: values.name, subnet, image: values.image, rulesDir: dirname(rules), rulesFile: basename(rules), user: ownerOf(rules), engine: found.kind, engineVersion: found.version })
   if (!planned.ok) {
     usageError(planned.error)
     return undefined
@@ -197,11 +216,42 @@ async function up(values: Values, p: SandboxPlan, engineName: string): Promise<n
     await engine(values, ['rm', '-f', p.container])
     return 1
   }
+  const verified = await verifyAfterUp(values, p)
+  if (verified !== 0) return verified
   console.log(`sandbox "${p.name}" is up on ${engineName}: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)})
 run a workload:  proxy-gate sandbox run --name ${p.name} -- IMAGE [COMMAND...]
 its log:         ${values.engine} logs -f ${p.container}
 remove it:       proxy-gate sandbox down --name ${p.name}`)
   return 0
+}
+
+function verifyRequest(values: Values, p: SandboxPlan): Parameters<typeof verifySandbox>[0] {
+  return { engine: values.engine, plan: p, probeAddresses: values['probe-address'] ?? DEFAULT_PROBE_ADDRESSES, rulesFile: join(p.rulesDir, p.rulesFile) }
+}
+
+/** `up`'s last step: a sandbox with a way out (or one that could not be checked) is removed, not reported ready. */
+async function verifyAfterUp(values: Values, p: SandboxPlan): Promise<number> {
+  if (values['no-verify']) {
+    console.error(`WARNING: --no-verify: nothing has shown that proxy-gate is the only way out of "${p.network}".\nRun "proxy-gate sandbox verify --name ${p.name}" before you rely on it.`)
+    return 0
+  }
+  const outcome = await verifySandbox(verifyRequest(values, p))
+  printOutcome(outcome, false)
+  if (outcome.code === 0) return 0
+  const why = outcome.code === 1 ? 'it is not confined' : 'it could not be verified'
+  console.error(`proxy-gate sandbox up: ${why}: removing it (the proxy-gate container and both networks) so that "sandbox run" cannot use it`)
+  await down(values, p)
+  return outcome.code
+}
+
+/** `run`'s arguments that undo the confinement: refused, or with --allow-escape passed on with a warning. */
+function refusesEscapes(values: Values, p: SandboxPlan, args: readonly string[]): boolean {
+  const found = escapes(p, args)
+  const allow = values['allow-escape']
+  for (const e of found) console.error(`proxy-gate sandbox run: ${allow ? 'WARNING: passing on' : 'refused:'} ${e.arg}: ${e.reason}`)
+  if (found.length === 0 || allow) return false
+  console.error('proxy-gate sandbox run: --allow-escape passes such arguments on (the workload is then not confined)')
+  return true
 }
 
 async function down(values: Values, p: SandboxPlan): Promise<number> {
@@ -214,6 +264,7 @@ async function down(values: Values, p: SandboxPlan): Promise<number> {
 }
 
 export async function sandboxCommand(argv: readonly string[]): Promise<number> {
+  if (argv[0] === 'probe') return probeCommand(argv.slice(1))
   let parsed
   try {
     parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true })
@@ -229,15 +280,27 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   if (verb === 'build' && rest.length === 0) return build(values)
   const checked = checkNameAndSubnet(values.name, values.subnet)
   if (!checked.ok) return usageError(checked.error)
-  const engineFound = identify(values, verb)
-  if (!engineFound) return 1
-  const p = plan(values, engineFound.kind)
+  const badProbe = (values['probe-address'] ?? []).find((a) => parseIp(a) === undefined)
+  if (badProbe !== undefined) return usageError(`--probe-address ${badProbe}: an IP address`)
+  const identified = identify(values)
+  const p = plan(values, identified.engine)
   if (!p) return 2
-  if (verb === 'up' && rest.length === 0) return up(values, p, engineFound.name)
+  if (verb === 'run' && rest.length > 0 && refusesEscapes(values, p, rest)) return 2
+  if (identified.error !== undefined) {
+    const guess = verb === 'compose' && rest.length === 0 && (values.engine === 'docker' || values.engine === 'podman')
+    console.error(`proxy-gate sandbox: ${identified.error}${guess ? `; printing the ${values.engine} file as --engine says` : ''}`)
+    if (!guess) return 1
+  }
+  if (verb === 'up' && rest.length === 0) return up(values, p, identified.engine.name)
   if (verb === 'down' && rest.length === 0) return down(values, p)
   if (verb === 'compose' && rest.length === 0) {
     process.stdout.write(composeFile(p))
     return 0
+  }
+  if (verb === 'verify' && rest.length === 0) {
+    const outcome = await verifySandbox(verifyRequest(values, p))
+    printOutcome(outcome, values.json)
+    return outcome.code
   }
   if (verb === 'run') {
     if (rest.length === 0) return usageError('sandbox run needs an image: proxy-gate sandbox run -- IMAGE [COMMAND...]')

@@ -59,12 +59,13 @@ function proxyGate(plan: SandboxPlan): Mapping {
 }
 
 function dockerDocument(plan: SandboxPlan): Mapping {
-  const { driverOpts } = plan.construction
+  const { driverOpts, auxAddresses } = plan.construction
+  const ipam = { subnet: plan.subnet, ...(Object.keys(auxAddresses).length > 0 ? { aux_addresses: auxAddresses } : {}) }
   return {
     name: plan.name,
     services: { 'proxy-gate': proxyGate(plan), workload: workload(plan, true) },
     networks: {
-      sandbox: { name: plan.network, driver: 'bridge', internal: true, enable_ipv6: false, driver_opts: driverOpts, ipam: { config: [{ subnet: plan.subnet }] } },
+      sandbox: { name: plan.network, driver: 'bridge', internal: true, enable_ipv6: false, driver_opts: driverOpts, ipam: { config: [ipam] } },
       egress: { name: plan.egress },
     },
   }

@@ -44,14 +44,16 @@ export function checkNameAndSubnet(name: string, subnet: string | undefined): Re
   return { ok: true, value: cidr }
 }
 
-export function sandboxPlan(options: { name: string; subnet: string; image: string; rulesDir: string; rulesFile: string; user: string | undefined; engine: EngineKind }): Result<SandboxPlan> {
+/** `engineVersion`: the engine's own (the server's), for options that only newer engines take. */
+export function sandboxPlan(options: { name: string; subnet: string; image: string; rulesDir: string; rulesFile: string; user: string | undefined; engine: EngineKind; engineVersion: string | undefined }): Result<SandboxPlan> {
   const checked = checkNameAndSubnet(options.name, options.subnet)
   if (!checked.ok) return checked
   const cidr = checked.value
   if (cidr === undefined) return { ok: false, error: '--subnet is missing' }
   const { name } = options
   const address = formatIp(secondAddress(cidr))
-  return { ok: true, value: { ...options, network: name, egress: `${name}-egress`, container: `${name}-proxy`, subnet: options.subnet, address, construction: construction(options.engine, cidr) } }
+  const { engineVersion, ...rest } = options
+  return { ok: true, value: { ...rest, network: name, egress: `${name}-egress`, container: `${name}-proxy`, subnet: options.subnet, address, construction: construction(options.engine, cidr, engineVersion) } }
 }
 
 const label = (plan: SandboxPlan): string[] => ['--label', `proxy-gate.sandbox=${plan.name}`]
@@ -67,7 +69,7 @@ export function startArgs(plan: SandboxPlan): string[] {
 /** Creates the networks (the caller skips those that exist) and the proxy-gate container. */
 export function networkCommands(plan: SandboxPlan): { readonly name: string; readonly create: string[] }[] {
   return [
-    { name: plan.network, create: ['network', 'create', '--driver', 'bridge', '--internal', '--subnet', plan.subnet, ...internalNetworkArgs(plan.construction), ...label(plan), plan.network] },
+    { name: plan.network, create: ['network', 'create', '--driver', 'bridge', '--internal', '--ipv6=false', '--subnet', plan.subnet, ...internalNetworkArgs(plan.construction), ...label(plan), plan.network] },
     { name: plan.egress, create: ['network', 'create', '--driver', 'bridge', ...egressNetworkArgs(plan.construction), ...label(plan), plan.egress] },
   ]
 }
