@@ -2,10 +2,10 @@
 // (`version`), so a `docker` that is really Podman gets Podman's construction, a Docker CLI on
 // Podman's Docker API is refused with the reason, and an engine that is not there is said to be.
 // The CLIs here are stand-in scripts that answer `version` as the real ones do and log the rest.
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { identifyEngine } from '../lib/wiring/engine.js'
 import { runCli } from './helpers/cli.js'
 
@@ -30,9 +30,16 @@ t.test('the version output names the engine', async (t) => {
   t.match(garbage.ok ? '' : garbage.error, /did not describe an engine: Usage/)
 })
 
-/** A folder with a stand-in CLI named `name` that prints `version` and logs every call. */
-function standIn(name: string, version: object, inspect = ''): { path: string; calls: () => string[][] } {
+/** A temporary folder, removed when the test ends. */
+function folder(t: Test): string {
   const dir = mkdtempSync(join(tmpdir(), 'pg-engine-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** A folder with a stand-in CLI named `name` that prints `version` and logs every call. */
+function standIn(t: Test, name: string, version: object, inspect = ''): { path: string; calls: () => string[][] } {
+  const dir = folder(t)
   const log = join(dir, 'calls')
   writeFileSync(join(dir, 'version.json'), JSON.stringify(version))
   writeFileSync(join(dir, 'inspect.json'), inspect)
@@ -52,7 +59,7 @@ exit 0
 }
 
 t.test('a docker that is really Podman gets Podman\'s construction, in run and in the Compose file', async (t) => {
-  const cli = standIn('docker', PODMAN)
+  const cli = standIn(t, 'docker', PODMAN)
   const compose = await runCli(['sandbox', 'compose', '--name', 'box'], { env: { PATH: cli.path } })
   t.equal(compose.code, 0, compose.stderr)
   t.match(compose.stdout, /external: true/)
@@ -64,7 +71,7 @@ t.test('a docker that is really Podman gets Podman\'s construction, in run and i
 })
 
 t.test('a Docker CLI on Podman\'s Docker API is refused with the reason; a missing engine is named', async (t) => {
-  const cli = standIn('docker', DOCKER_ON_PODMAN)
+  const cli = standIn(t, 'docker', DOCKER_ON_PODMAN)
   const up = await runCli(['sandbox', 'up', '--name', 'box'], { env: { PATH: cli.path } })
   t.equal(up.code, 1)
   t.match(up.stderr, /Docker-compatible API/)
@@ -80,8 +87,8 @@ t.test('a Docker CLI on Podman\'s Docker API is refused with the reason; a missi
 
 t.test('up does not put proxy-gate on an existing Podman network that leaks, and run does not start a workload there', async (t) => {
   const leaky = [{ name: 'box', internal: true, dns_enabled: true, subnets: [{ subnet: '10.250.0.0/24', gateway: '10.250.0.1' }] }]
-  const cli = standIn('podman', PODMAN, JSON.stringify(leaky))
-  const rules = join(mkdtempSync(join(tmpdir(), 'pg-engine-rules-')), 'rules.json')
+  const cli = standIn(t, 'podman', PODMAN, JSON.stringify(leaky))
+  const rules = join(folder(t), 'rules.json')
   writeFileSync(rules, JSON.stringify({ allow: ['example.com'] }))
   const up = await runCli(['sandbox', 'up', '--engine', 'podman', '--name', 'box', '--rules', rules], { env: { PATH: cli.path } })
   t.equal(up.code, 1)

@@ -10,7 +10,7 @@
 // refuses the network and removes it. `down` leaves nothing behind.
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -85,6 +85,7 @@ t.test('sandbox on Podman: the only way out is proxy-gate', { skip: podmanMissin
   t.match(built.out, `Successfully tagged localhost/${IMAGE}`, 'built with Podman (--network none)')
 
   const rulesDir = mkdtempSync(join(tmpdir(), 'pg-sandbox-rules-'))
+  t.teardown(() => rmSync(rulesDir, { recursive: true, force: true }))
   chmodSync(rulesDir, 0o755)
   writeFileSync(join(rulesDir, 'rules.json'), JSON.stringify({ allow: ['allowed.test:80,443'], dns: { servers: [upstreamDns.server] } }), { mode: 0o644 })
   const upArgs = ['up', '--name', NAME, '--rules', join(rulesDir, 'rules.json'), '--image', IMAGE, '--subnet', SUBNET]
