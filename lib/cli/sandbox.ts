@@ -45,7 +45,8 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compos
                                            and DNS. Exit 0 confined, 1 a path is open, 2 could not run
   down    [--name N]                       remove the container and both networks
   compose [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR]
-                                           print the same topology as a Compose file
+                                           print a Compose file: on Docker the same topology, on
+                                           Podman services that join the network up made
 
   --engine docker|podman                   the CLI to drive (default docker; DOCKER_HOST is honoured);
                                            its "version" tells which engine it drives (a docker
