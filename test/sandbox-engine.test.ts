@@ -9,11 +9,12 @@ import t, { type Test } from 'tap'
 import { identifyEngine } from '../lib/wiring/engine.js'
 import { runCli } from './helpers/cli.js'
 
-// what Debian's podman 4.3.1 and a Docker CLI 28.2 with a Debian 20.10.24 engine print, shortened
+// what Debian's podman 4.3.1, a Docker CLI 28.2 with a Debian 20.10.24 engine and the same CLI on
+// `podman system service` print, shortened (Podman's API also lists a component named "Engine")
 const PODMAN = { Client: { APIVersion: '4.3.1', Version: '4.3.1', GoVersion: 'go1.19.8', GitCommit: '', BuiltTime: 'Thu Jan  1 00:00:00 1970', Built: 0, OsArch: 'linux/amd64', Os: 'linux' } }
 const DOCKER_CLIENT = { Version: '28.2.2', ApiVersion: '1.41', DefaultAPIVersion: '1.50', GitCommit: 'e6534b4', GoVersion: 'go1.24.3', Os: 'linux', Arch: 'amd64', Context: 'default' }
 const DOCKER = { Client: DOCKER_CLIENT, Server: { Platform: { Name: '' }, Components: [{ Name: 'Engine', Version: '20.10.24+dfsg1' }, { Name: 'containerd', Version: '1.6.20~ds1' }], Version: '20.10.24+dfsg1', ApiVersion: '1.41' } }
-const DOCKER_ON_PODMAN = { Client: DOCKER_CLIENT, Server: { Platform: { Name: 'linux/amd64/debian-12' }, Components: [{ Name: 'Podman Engine', Version: '4.3.1' }, { Name: 'Conmon', Version: 'conmon version 2.1.6' }], Version: '4.3.1', ApiVersion: '1.41' } }
+const DOCKER_ON_PODMAN = { Client: DOCKER_CLIENT, Server: { Platform: { Name: 'linux/amd64/debian-12' }, Components: [{ Name: 'Podman Engine', Version: '4.3.1' }, { Name: 'Conmon', Version: 'conmon version 2.1.6' }, { Name: 'Engine', Version: '4.3.1' }], Version: '4.3.1', ApiVersion: '1.41' } }
 
 t.test('the version output names the engine', async (t) => {
   const podman = { ok: true, value: { kind: 'podman', version: '4.3.1', name: 'Podman 4.3.1' } }
