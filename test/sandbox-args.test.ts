@@ -8,7 +8,7 @@ import { sandboxPlan, type SandboxPlan } from '../lib/wiring/sandbox.js'
 import { runCli } from './helpers/cli.js'
 
 function plan(): SandboxPlan {
-  const planned = sandboxPlan({ name: 'box', subnet: '10.250.0.0/24', image: 'i', rulesDir: '/r', rulesFile: 'rules.json', user: undefined })
+  const planned = sandboxPlan({ name: 'box', subnet: '10.250.0.0/24', image: 'i', rulesDir: '/r', rulesFile: 'rules.json', user: undefined, engine: 'docker', engineVersion: '20.10.24+dfsg1' })
   if (!planned.ok) throw new Error(planned.error)
   return planned.value
 }

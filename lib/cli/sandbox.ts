@@ -1,16 +1,20 @@
 // `proxy-gate sandbox build|up|run|down|compose`: a container network whose only way out is
-// proxy-gate, driven through the docker CLI (DOCKER_HOST honoured; --engine podman for Podman).
+// proxy-gate, driven through the docker CLI (DOCKER_HOST honoured) or Podman's (--engine podman),
+// in the words of the engine the CLI turns out to drive (engine.ts asks it).
 import { spawn, spawnSync } from 'node:child_process'
 import { rmSync, statSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { VERSION } from '../core/version.js'
 import { parseIp } from '../policy/ip.js'
-import { composeFile, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, supportsIsolatedGateway, type SandboxPlan } from '../wiring/sandbox.js'
+import { podmanNetworkProblems, subnetTemplate, type EngineIdentity, type EngineKind } from '../wiring/engine.js'
+import { checkNameAndSubnet, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
 import { escapes } from '../wiring/sandbox-args.js'
+import { composeFile } from '../wiring/sandbox-compose.js'
 import { DEFAULT_PROBE_ADDRESSES } from '../wiring/sandbox-verify.js'
 import { loadRulesFile, rulesPath } from '../rules/file.js'
 import { printErrors, usageError } from './common.js'
+import { detectEngine } from './engine.js'
 import { prepareContext } from './sandbox-image.js'
 import { probeCommand } from './sandbox-probe.js'
 import { printOutcome, verifySandbox } from './sandbox-verify.js'
@@ -41,9 +45,12 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compos
                                            and DNS. Exit 0 confined, 1 a path is open, 2 could not run
   down    [--name N]                       remove the container and both networks
   compose [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR]
-                                           print the same topology as a Compose file
+                                           print a Compose file: on Docker the same topology, on
+                                           Podman services that join the network up made
 
-  --engine docker|podman                   the CLI to drive (default docker; DOCKER_HOST is honoured)`
+  --engine docker|podman                   the CLI to drive (default docker; DOCKER_HOST is honoured);
+                                           its "version" tells which engine it drives (a docker
+                                           that is Podman gets Podman's construction)`
 
 const OPTIONS = {
   name: { type: 'string', default: 'proxy-gate' },
@@ -75,8 +82,13 @@ function engine(values: Values, args: readonly string[], env: NodeJS.ProcessEnv 
   })
 }
 
+/** Whether the engine has it; a failure other than "no such ..." is shown, so that a "no" for another reason is seen. */
 function exists(values: Values, kind: 'network' | 'container', name: string): boolean {
-  return spawnSync(values.engine, [kind, 'inspect', name], { stdio: 'ignore' }).status === 0
+  const r = spawnSync(values.engine, [kind, 'inspect', name], { encoding: 'utf8' })
+  if (r.status === 0) return true
+  const said = r.stderr.trim()
+  if (!/no such|not found/i.test(said)) console.error(`proxy-gate sandbox: ${values.engine} ${kind} inspect ${name} failed (${r.status ?? r.signal}): ${said || r.error?.message}`)
+  return false
 }
 
 /** The rules file's owner, unless root: the container runs as that user so that it can read what the user can. */
@@ -90,15 +102,25 @@ function ownerOf(path: string): string | undefined {
 }
 
 /** The subnet of an existing sandbox network: `run` and `down` find proxy-gate where `up` put it. */
-function existingSubnet(values: Values, network: string): string | undefined {
-  const r = spawnSync(values.engine, ['network', 'inspect', '-f', '{{range .IPAM.Config}}{{.Subnet}} {{end}}', network], { encoding: 'utf8' })
+function existingSubnet(values: Values, kind: EngineKind, network: string): string | undefined {
+  const r = spawnSync(values.engine, ['network', 'inspect', '-f', subnetTemplate(kind), network], { encoding: 'utf8' })
   return r.status === 0 ? r.stdout.trim().split(' ')[0] || undefined : undefined
 }
 
-function plan(values: Values): SandboxPlan | undefined {
+/**
+ * The engine behind the CLI, or, when it does not say, the one --engine names with why it did not
+ * (the plan is still made: run's refusals and compose do not need an engine that answers).
+ */
+function identify(values: Values): { readonly engine: EngineIdentity; readonly error?: string } {
+  const found = detectEngine(values.engine)
+  if (found.ok) return { engine: found.value }
+  return { engine: { kind: values.engine === 'podman' ? 'podman' : 'docker', version: '', name: values.engine }, error: found.error }
+}
+
+function plan(values: Values, found: EngineIdentity): SandboxPlan | undefined {
   const { file: rules } = rulesPath(values.rules)
-  const subnet = values.subnet ?? existingSubnet(values, values.name) ?? DEFAULT_SUBNET
-  const planned = sandboxPlan({ name: values.name, subnet, image: values.image, rulesDir: dirname(rules), rulesFile: basename(rules), user: ownerOf(rules) })
+  const subnet = values.subnet ?? existingSubnet(values, found.kind, values.name) ?? DEFAULT_SUBNET
+  const planned = sandboxPlan({ name: values.name, subnet, image: values.image, rulesDir: dirname(rules), rulesFile: basename(rules), user: ownerOf(rules), engine: found.kind, engineVersion: found.version })
   if (!planned.ok) {
     usageError(planned.error)
     return undefined
@@ -159,15 +181,32 @@ function started(values: Values, container: string): Promise<boolean> {
   })
 }
 
-async function up(values: Values, p: SandboxPlan): Promise<number> {
+/**
+ * Why an existing network cannot be the sandbox's as it is, or undefined. Podman's own inspect shows
+ * how a network was made; a Docker network's isolation is for `verify` to judge.
+ */
+function existingNetworkProblem(values: Values, p: SandboxPlan): string | undefined {
+  if (p.engine !== 'podman') return undefined
+  const r = spawnSync(values.engine, ['network', 'inspect', p.network], { encoding: 'utf8' })
+  const problems = podmanNetworkProblems(r.stdout)
+  if (problems.length === 0) return undefined
+  return `network ${p.network} exists but is not the airtight kind that up makes: ${problems.join('; ')}. Remove it (proxy-gate sandbox down --name ${p.name} --engine ${values.engine}) and run up again`
+}
+
+async function up(values: Values, p: SandboxPlan, engineName: string): Promise<number> {
   const rules = join(p.rulesDir, p.rulesFile)
   const loaded = loadRulesFile(rules)
   if (!loaded.ok) {
     printErrors(rules, loaded.errors)
     return 1
   }
-  for (const network of networkCommands(p, { isolatedGateway: supportsIsolatedGateway(serverVersion(values)) })) {
-    if (exists(values, 'network', network.name)) continue
+  for (const network of networkCommands(p)) {
+    if (exists(values, 'network', network.name)) {
+      const problem = network.name === p.network ? existingNetworkProblem(values, p) : undefined
+      if (problem === undefined) continue
+      console.error(`proxy-gate sandbox up: ${problem}`)
+      return 1
+    }
     const code = await engine(values, network.create)
     if (code !== 0) return code
   }
@@ -180,17 +219,11 @@ async function up(values: Values, p: SandboxPlan): Promise<number> {
   }
   const verified = await verifyAfterUp(values, p)
   if (verified !== 0) return verified
-  console.log(`sandbox "${p.name}" is up: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)})
+  console.log(`sandbox "${p.name}" is up on ${engineName}: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)})
 run a workload:  proxy-gate sandbox run --name ${p.name} -- IMAGE [COMMAND...]
 its log:         ${values.engine} logs -f ${p.container}
 remove it:       proxy-gate sandbox down --name ${p.name}`)
   return 0
-}
-
-/** The engine's version (Docker's server), for options that only newer engines take. */
-function serverVersion(values: Values): string | undefined {
-  const r = spawnSync(values.engine, ['version', '--format', '{{.Server.Version}}'], { encoding: 'utf8' })
-  return r.status === 0 ? r.stdout.trim() : undefined
 }
 
 function verifyRequest(values: Values, p: SandboxPlan): Parameters<typeof verifySandbox>[0] {
@@ -246,11 +279,20 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
     return values.help ? 0 : 2
   }
   if (verb === 'build' && rest.length === 0) return build(values)
-  const p = plan(values)
-  if (!p) return 2
+  const checked = checkNameAndSubnet(values.name, values.subnet)
+  if (!checked.ok) return usageError(checked.error)
   const badProbe = (values['probe-address'] ?? []).find((a) => parseIp(a) === undefined)
   if (badProbe !== undefined) return usageError(`--probe-address ${badProbe}: an IP address`)
-  if (verb === 'up' && rest.length === 0) return up(values, p)
+  const identified = identify(values)
+  const p = plan(values, identified.engine)
+  if (!p) return 2
+  if (verb === 'run' && rest.length > 0 && refusesEscapes(values, p, rest)) return 2
+  if (identified.error !== undefined) {
+    const guess = verb === 'compose' && rest.length === 0 && (values.engine === 'docker' || values.engine === 'podman')
+    console.error(`proxy-gate sandbox: ${identified.error}${guess ? `; printing the ${values.engine} file as --engine says` : ''}`)
+    if (!guess) return 1
+  }
+  if (verb === 'up' && rest.length === 0) return up(values, p, identified.engine.name)
   if (verb === 'down' && rest.length === 0) return down(values, p)
   if (verb === 'compose' && rest.length === 0) {
     process.stdout.write(composeFile(p))
@@ -263,8 +305,12 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   }
   if (verb === 'run') {
     if (rest.length === 0) return usageError('sandbox run needs an image: proxy-gate sandbox run -- IMAGE [COMMAND...]')
-    if (refusesEscapes(values, p, rest)) return 2
     if (!exists(values, 'container', p.container)) console.error(`proxy-gate sandbox: ${p.container} is not running: run "proxy-gate sandbox up --name ${p.name}" first`)
+    const problem = exists(values, 'network', p.network) ? existingNetworkProblem(values, p) : undefined
+    if (problem !== undefined) {
+      console.error(`proxy-gate sandbox run: ${problem}`)
+      return 1
+    }
     return engine(values, runArgs(p, rest))
   }
   return usageError(`unknown sandbox command: ${[verb, ...rest].join(' ')} (see proxy-gate sandbox --help)`)

@@ -76,8 +76,8 @@ function libraries(binary: string): string[] {
   return [...out.matchAll(/(\/\S+)/g)].map((m) => m[1] ?? '').filter((path) => path !== '' && existsSync(path))
 }
 
-/** `docker import`s a root filesystem with this machine's node (and busybox, if installed), as uid 1000 "node". */
-export function importNodeImage(engine: Engine, tag: string): void {
+/** `docker import`s (or `podman import`s) a root filesystem with this machine's node (and busybox, if installed), as uid 1000 "node". */
+export function importNodeImage(engine: Pick<Engine, 'env'>, tag: string, cli = 'docker'): void {
   const root = mkdtempSync(join(tmpdir(), 'pg-node-image-'))
   try {
     for (const file of [process.execPath, ...libraries(process.execPath)]) {
@@ -95,8 +95,8 @@ export function importNodeImage(engine: Engine, tag: string): void {
       copyFileSync(BUSYBOX, join(root, 'bin/busybox'))
       symlinkSync('busybox', join(root, 'bin/sh'))
     }
-    const tar = spawnSync('sh', ['-c', `tar -C '${root}' -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' - ${tag}`], { env: engine.env, encoding: 'utf8' })
-    if (tar.status !== 0) throw new Error(`docker import failed: ${tar.stderr}`)
+    const tar = spawnSync('sh', ['-c', `tar -C '${root}' -c . | ${cli} import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' - ${tag}`], { env: engine.env, encoding: 'utf8' })
+    if (tar.status !== 0) throw new Error(`${cli} import failed: ${tar.stderr}`)
   } finally {
     rmSync(root, { recursive: true, force: true })
   }
