@@ -19,7 +19,7 @@ import { CLI_PATH } from './helpers/cli.js'
 import { importNodeImage } from './helpers/docker.js'
 import { startDns } from './helpers/dns.js'
 import { startHttpsUpstream, startHttpUpstream } from './helpers/net.js'
-import { podmanMissing, startPodman, type Podman } from './helpers/podman.js'
+import { holdPodmanLock, podmanMissing, startPodman, type Podman } from './helpers/podman.js'
 import { probes, WORKLOAD, type Probe } from './helpers/sandbox-workload.js'
 
 // stand-ins on the namespace's loopback; sandbox.test.ts (Docker) takes 11.22.33.44 and .46 on the same ports
@@ -67,8 +67,12 @@ function ip(args: readonly string[]): string {
 t.setTimeout(240_000)
 
 t.test('sandbox on Podman: the only way out is proxy-gate', { skip: podmanMissing() }, async (t) => {
+  const release = await holdPodmanLock()
   const podman = startPodman()
-  t.teardown(() => podman.stop())
+  t.teardown(() => {
+    podman.stop()
+    release()
+  })
   const upstreamDns = await startDns({ 'allowed.test': { A: [ORIGIN] }, 'denied.test': { A: [ORIGIN] } }, { host: ORIGIN, port: 53 })
   t.teardown(() => upstreamDns.close())
   const answer = (req: { url?: string }, res: { end(text: string): void }) => res.end(`origin ${req.url ?? ''}`)

@@ -3,7 +3,7 @@
 // and firewall rules stay there. Its storage and network definitions go to a temporary folder
 // (CONTAINERS_STORAGE_CONF, CONTAINERS_CONF), with ulimits this machine's hard limits allow
 // (without them every `podman run` fails setting RLIMIT_NOFILE/NPROC).
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -56,4 +56,19 @@ export function startPodman(): Podman {
       rmSync(dir, { recursive: true, force: true })
     },
   }
+}
+
+/**
+ * Rootful Podman keeps machine-wide state whatever its configuration says (the IP allocation
+ * database under /run/containers, a blob cache under /var/lib/containers): CI runs the suite on three
+ * Node lines at once, so each Podman test holds this lock (flock) while it uses the engine. The lock
+ * goes with the flock process, which ends when this process's end of its stdin closes.
+ */
+export async function holdPodmanLock(): Promise<() => void> {
+  const child = spawn('flock', ['--exclusive', '/tmp/proxy-gate-podman-tests.lock', 'sh', '-c', 'echo locked; exec cat'], { stdio: ['pipe', 'pipe', 'ignore'] })
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => (d.toString().includes('locked') ? resolve() : undefined))
+    child.once('exit', (code) => reject(new Error(`flock exited ${String(code)}`)))
+  })
+  return () => void child.stdin.end()
 }
