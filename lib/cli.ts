@@ -37,6 +37,7 @@ commands:
   learn      run in report mode (or read logs) and write a suggested rules file
   suggest    print the entries that would allow what a log shows denied
   sandbox    a container network whose only way out is proxy-gate (build, up, run, verify, down, compose)
+  service    start proxy-gate at login (install, uninstall, status): launchd, systemd --user, Task Scheduler
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
@@ -135,6 +136,23 @@ Writes a starter rules file (default: ./rules.json): a copy of the rules that sh
 each entry with a "note" saying what it allows, and "$schema" pointing at the packaged
 rules.schema.json so editors check and complete it; mode 0600, as passwd keeps password hashes in
 it. It never replaces an existing file without --force. Edit it, run "proxy-gate validate", then "proxy-gate start" (which picks ./rules.json).`,
+  service: `usage: proxy-gate service install|uninstall|status [--rules FILE] [--dir DIR] [--dry-run] [--os macos|linux|windows] [--force]
+
+Runs "proxy-gate start" at login through the OS's service manager, restarted when it fails, with
+absolute paths to this node, this proxy-gate, the rules file (default as for "start") and the CA
+folder (--dir, default as for "ca"), in the current folder. Install it for good first (npm install -g
+proxy-gate, or a clone): npx's cache is not a stable place, so install refuses it.
+  macOS    ~/Library/LaunchAgents/io.github.proxy-gate.plist (launchctl bootstrap gui/UID), log in
+           ~/Library/Logs/proxy-gate/proxy-gate.log
+  Linux    ~/.config/systemd/user/proxy-gate.service (systemctl --user enable --now), log in the journal
+  Windows  a Task Scheduler task "proxy-gate" at logon (schtasks /Create /XML), its file and log in
+           %USERPROFILE%\\AppData\\Local\\proxy-gate
+
+  install     writes the file and loads it; re-running it is harmless; a different existing file is
+              replaced only with --force
+  --dry-run   prints the file on stdout, and where it goes and the commands it would run on stderr
+  uninstall   stops it and removes the file
+  status      installed or not, running or not, and where the log is (exit 0 only when both)`,
   validate: `usage: proxy-gate validate [--rules FILE] [--dir DIR]
 
 Checks a rules file and prints every problem with its place and why. Exit status 0 when valid, 1 when not.
@@ -325,6 +343,10 @@ export async function main(argv: string[]): Promise<number> {
     return learnCommand({ rules, out, from, collapse, force, duration, mode, listen }, async (hooks) => (await import('./cli/start.js')).startCommand({ ...values, mode: 'report' }, hooks))
   }
   if (command === 'suggest' && rest.length === 0) return (await import('./cli/learn.js')).suggestCommand({ from: values.from, json: values.json })
+  if (command === 'service') {
+    const { rules, dir, os, force } = values
+    return (await import('./cli/service.js')).serviceCommand(rest, { rules, dir, os, force, dryRun: values['dry-run'] })
+  }
   if (command === 'ca') return (await import('./cli/ca.js')).caCommand(rest, { dir: values.dir, force: values.force })
   if ((command === 'docker' || command === 'system-proxy') && rest.length === 0) {
     const config = loadOrReport(values)
