@@ -63,7 +63,7 @@ function systemdWord(word: string): string {
  * the rules and the CA folder, and writing the admin token there, work as in a terminal.
  * MemoryDenyWriteExecute would stop Node's JIT, so it is not here.
  */
-export function systemdUnit(spec: ServiceSpec): string {
+function systemdUnit(spec: ServiceSpec): string {
   return `[Unit]
 Description=proxy-gate egress allowlist proxy (proxy-gate service install)
 Documentation=https://github.com/proxy-gate/proxy-gate#start-at-login
@@ -92,7 +92,7 @@ function xmlText(text: string): string {
 }
 
 /** The LaunchAgent: started at login and whenever it exits, its output appended to the log. */
-export function launchdPlist(spec: ServiceSpec): string {
+function launchdPlist(spec: ServiceSpec): string {
   const strings = argv(spec).map((a) => `\t\t<string>${xmlText(a)}</string>`).join('\n')
   return `<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
@@ -131,7 +131,7 @@ function windowsArg(word: string): string {
  * (cmd.exe appends the output to the log; /s strips the outer quotes), no time limit, restarted
  * when it fails. Written as UTF-16 with a byte-order mark, the encoding schtasks reads best.
  */
-export function taskXml(spec: ServiceSpec): string {
+function taskXml(spec: ServiceSpec): string {
   const command = `${argv(spec).map(windowsArg).join(' ')} >> ${windowsArg(spec.log)} 2>&1`
   const user = xmlText(spec.user)
   return `<?xml version="1.0"?>
