@@ -128,3 +128,16 @@ t.test('init writes ./rules.json with the installed schema, validate accepts it,
   t.equal(again.code, 1)
   t.match(again.stderr, /already exists: pass --force/)
 })
+
+t.test('service install --dry-run from the installed package names that install: its dist/cli.js and rules, this node', { skip }, async (t) => {
+  const home = join(work, 'home')
+  // a folder with no rules.json: the packaged rules, which live in the install too
+  const cwd = join(work, 'elsewhere')
+  for (const dir of [home, cwd]) mkdirSync(dir)
+  const res = await runCli(['service', 'install', '--dry-run', '--os', 'linux'], { cwd, command: [join(app, 'node_modules', '.bin', 'proxy-gate')], env: { ...ENV, HOME: home } })
+  t.equal(res.code, 0, res.stderr)
+  const lines = res.stdout.split('\n')
+  t.ok(lines.includes(`ExecStart=${process.execPath} ${join(installed, 'dist', 'cli.js')} start --rules ${join(installed, 'rules.json')} --dir ${join(config, 'proxy-gate', 'certs')}`), res.stdout)
+  t.ok(lines.includes(`WorkingDirectory=${cwd}`))
+  t.match(res.stderr, `# would write ${join(home, '.config', 'systemd', 'user', 'proxy-gate.service')}\n`)
+})
