@@ -246,3 +246,22 @@ t.test('run from npx\'s cache: refused, saying how to install for good', async (
   t.equal(res.stdout, '')
   t.match(res.stderr, `this proxy-gate runs from npx's cache (${join(pkg, 'dist', 'cli.js')}), which npm clears and replaces: a login service cannot point there. Install it for good with "npm install -g proxy-gate", then run "proxy-gate service install"`)
 })
+
+t.test('linux uninstall without a user manager: the unit stays, and it prints what to run', async (t) => {
+  const m = machine('nobus-uninstall')
+  const file = join(m.home, '.config', 'systemd', 'user', 'proxy-gate.service')
+  t.equal((await m.service(['install'], 'linux')).code, 0)
+  writeFileSync(join(m.state, 'nobus'), '')
+  const res = await m.service(['uninstall'], 'linux')
+  t.equal(res.code, 1)
+  t.ok(existsSync(file), 'not removed while it may still run')
+  t.match(res.stderr, `proxy-gate: could not stop it (${file} is left in place), but there is no systemd user manager to talk to here`)
+  t.match(res.stderr, /run:\n {2}systemctl --user disable --now proxy-gate.service\n {2}systemctl --user daemon-reload\n/)
+})
+
+t.test('status where the platform tool is missing: installed or not, running unknown, saying why', async (t) => {
+  const m = machine('no-tool')
+  const res = await runCli(['service', 'status', '--os', 'macos'], { cwd: m.cwd, env: { HOME: m.home, PATH: '/nonexistent' }, command: [process.execPath, CLI_PATH] })
+  t.equal(res.code, 1)
+  t.equal(res.stdout, `installed: no (no ${join(m.home, 'Library', 'LaunchAgents', 'io.github.proxy-gate.plist')})\nrunning:   unknown (launchctl: spawnSync launchctl ENOENT)\nlog:       ${join(m.home, 'Library', 'Logs', 'proxy-gate', 'proxy-gate.log')}\n`)
+})
