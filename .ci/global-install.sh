@@ -17,8 +17,10 @@ npm install -g --prefix "$tmp/prefix" --prefer-offline --no-audit --no-fund "$tm
 echo "# global install of the packed tarball: $((SECONDS - start)) s"
 installed="$tmp/prefix/lib/node_modules/proxy-gate"
 mkdir "$tmp/home" "$tmp/work"
-unit="$(cd "$tmp/work" && env -u XDG_CONFIG_HOME HOME="$tmp/home" "$tmp/prefix/bin/proxy-gate" service install --dry-run --os linux 2>"$tmp/stderr")" || { cat "$tmp/stderr"; echo "service install --dry-run failed"; exit 1; }
-expected="ExecStart=$(node -p process.execPath) $installed/dist/cli.js start --rules $installed/rules.json --dir $tmp/home/.config/proxy-gate/certs"
+# the node that runs it first on PATH, so that it is the node the service file names
+node="$(node -p process.execPath)"
+unit="$(cd "$tmp/work" && env -u XDG_CONFIG_HOME HOME="$tmp/home" PATH="$(dirname "$node"):$PATH" "$tmp/prefix/bin/proxy-gate" service install --dry-run --os linux 2>"$tmp/stderr")" || { cat "$tmp/stderr"; echo "service install --dry-run failed"; exit 1; }
+expected="ExecStart=$node $installed/dist/cli.js start --rules $installed/rules.json --dir $tmp/home/.config/proxy-gate/certs"
 if ! grep -qxF "$expected" <<<"$unit" || ! grep -qxF "WorkingDirectory=$tmp/work" <<<"$unit" || ! grep -qxF "# would write $tmp/home/.config/systemd/user/proxy-gate.service" "$tmp/stderr"; then
   printf 'the globally installed proxy-gate does not name its own install; expected\n%s\ngot\n%s\n%s\n' "$expected" "$unit" "$(cat "$tmp/stderr")"
   exit 1

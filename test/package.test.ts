@@ -3,7 +3,7 @@
 // (test/run.sh), so npm takes every dependency from the cache that `npm ci` filled.
 import { execFile } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { runCli, startCli, type SpawnOptions } from './helpers/cli.js'
@@ -134,7 +134,7 @@ t.test('service install --dry-run from the installed package names that install:
   // a folder with no rules.json: the packaged rules, which live in the install too
   const cwd = join(work, 'elsewhere')
   for (const dir of [home, cwd]) mkdirSync(dir)
-  const res = await runCli(['service', 'install', '--dry-run', '--os', 'linux'], { cwd, command: [join(app, 'node_modules', '.bin', 'proxy-gate')], env: { ...ENV, HOME: home } })
+  const res = await runCli(['service', 'install', '--dry-run', '--os', 'linux'], { cwd, command: [join(app, 'node_modules', '.bin', 'proxy-gate')], env: { ...ENV, HOME: home, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}` } })
   t.equal(res.code, 0, res.stderr)
   const lines = res.stdout.split('\n')
   t.ok(lines.includes(`ExecStart=${process.execPath} ${join(installed, 'dist', 'cli.js')} start --rules ${join(installed, 'rules.json')} --dir ${join(config, 'proxy-gate', 'certs')}`), res.stdout)

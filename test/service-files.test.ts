@@ -4,7 +4,7 @@
 // format must escape.
 import { execFile } from 'node:child_process'
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { CLI_PATH, runCli } from './helpers/cli.js'
@@ -27,7 +27,7 @@ function setUp(name: string, rulesName: string): { home: string; cwd: string; ru
 }
 
 async function dryRun(os: string, s: ReturnType<typeof setUp>): Promise<{ stdout: string; stderr: string }> {
-  const res = await runCli(['service', 'install', '--dry-run', '--os', os, '--rules', s.rules, '--dir', s.ca], { cwd: s.cwd, env: { HOME: s.home } })
+  const res = await runCli(['service', 'install', '--dry-run', '--os', os, '--rules', s.rules, '--dir', s.ca], { cwd: s.cwd, env: { HOME: s.home, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}` } })
   if (res.code !== 0) throw new Error(`service install --dry-run --os ${os}: ${String(res.code)} ${res.stderr}`)
   return res
 }

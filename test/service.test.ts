@@ -9,6 +9,8 @@ import { CLI_PATH, runCli, type CliResult } from './helpers/cli.js'
 import { tempDir } from './helpers/files.js'
 
 const ROOT = new URL('..', import.meta.url).pathname
+// first on PATH: this node is then the `node` the service file names (see the PATH test below)
+const NODE_DIR = dirname(process.execPath)
 
 const RECORD = `{ printf '%s' "\${0##*/}"; for a in "$@"; do printf '\\037%s' "$a"; done; printf '\\036'; } >> "$FAKE_STATE/calls"`
 
@@ -64,7 +66,7 @@ function machine(name: string): Machine {
     cwd,
     rules,
     state,
-    service: (args, os) => runCli(['service', ...args, '--os', os], { cwd, env: { HOME: home, FAKE_STATE: state, PATH: `${bin}:${process.env.PATH ?? ''}` } }),
+    service: (args, os) => runCli(['service', ...args, '--os', os], { cwd, env: { HOME: home, FAKE_STATE: state, PATH: `${bin}:${NODE_DIR}:${process.env.PATH ?? ''}` } }),
     calls: () => {
       const file = join(state, 'calls')
       const all = existsSync(file) ? readFileSync(file, 'utf8').split('\x1e').filter(Boolean) : []
@@ -264,4 +266,27 @@ t.test('status where the platform tool is missing: installed or not, running unk
   const res = await runCli(['service', 'status', '--os', 'macos'], { cwd: m.cwd, env: { HOME: m.home, PATH: '/nonexistent' }, command: [process.execPath, CLI_PATH] })
   t.equal(res.code, 1)
   t.equal(res.stdout, `installed: no (no ${join(m.home, 'Library', 'LaunchAgents', 'io.github.proxy-gate.plist')})\nrunning:   unknown (launchctl: spawnSync launchctl ENOENT)\nlog:       ${join(m.home, 'Library', 'Logs', 'proxy-gate', 'proxy-gate.log')}\n`)
+})
+
+t.test('node by a name that survives upgrades: the first node on PATH that is this binary, in a folder reached without symlinks', async (t) => {
+  const m = machine('stable-node')
+  const base = tempDir('service-node')
+  // Homebrew's layout: a real bin folder whose node is a symlink to the versioned binary
+  const stable = join(base, 'bin')
+  mkdirSync(stable)
+  symlinkSync(process.execPath, join(stable, 'node'))
+  // fnm's per-shell folder: a symlink to an installation, gone when the shell ends
+  mkdirSync(join(base, 'installation'))
+  symlinkSync(process.execPath, join(base, 'installation', 'node'))
+  symlinkSync(join(base, 'installation'), join(base, 'shell'))
+  // another node first: not this binary
+  const other = join(base, 'other')
+  mkdirSync(other)
+  writeFileSync(join(other, 'node'), '#!/bin/sh\n', { mode: 0o755 })
+  const dryRun = (path: string): Promise<CliResult> => runCli(['service', 'install', '--dry-run', '--os', 'linux'], { cwd: m.cwd, env: { HOME: m.home, PATH: path }, command: [process.execPath, CLI_PATH] })
+  const picked = await dryRun([other, join(base, 'shell'), stable, NODE_DIR].join(':'))
+  t.equal(picked.code, 0, picked.stderr)
+  t.match(picked.stdout, `\nExecStart=${join(stable, 'node')} ${CLI_PATH} start `)
+  const none = await dryRun([other, join(base, 'shell')].join(':'))
+  t.match(none.stdout, `\nExecStart=${process.execPath} ${CLI_PATH} start `, 'none on PATH: process.execPath')
 })

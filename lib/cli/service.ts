@@ -2,9 +2,9 @@
 // manager (launchd, the systemd user manager, Task Scheduler). The files come from
 // lib/wiring/service.ts; this writes them and drives launchctl, systemctl and schtasks.
 import { spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
 import { homedir, userInfo } from 'node:os'
-import { dirname, resolve, win32 } from 'node:path'
+import { delimiter, dirname, isAbsolute, join, resolve, win32 } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { LAUNCHD_LABEL, SERVICE_OSES, TASK_NAME, UNIT_NAME, renderService, servicePaths, unsafePath, type ServiceOs, type ServicePaths, type ServiceSpec } from '../wiring/service.js'
 import { loadRulesFile, packagedNotice, rulesPath } from '../rules/file.js'
@@ -139,6 +139,29 @@ function installedCli(): Result<string> {
   return { ok: true, value: cli }
 }
 
+function realpath(path: string): string | undefined {
+  try {
+    return realpathSync(path)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * This node by a name that survives upgrades: the first `node` on PATH that is this very binary,
+ * in a folder reached without symlinks (Homebrew's /opt/homebrew/bin/node, not the versioned
+ * Cellar path it points to; not fnm's per-shell folders, which are symlinks that go away). Else
+ * process.execPath.
+ */
+function stableNode(): string {
+  const self = realpath(process.execPath)
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    const candidate = join(dir, process.platform === 'win32' ? 'node.exe' : 'node')
+    if (isAbsolute(dir) && realpath(dir) === dir && realpath(candidate) === self) return candidate
+  }
+  return process.execPath
+}
+
 function windowsUser(): string {
   const name = process.env.USERNAME ?? userInfo().username
   return process.env.USERDOMAIN ? `${process.env.USERDOMAIN}\\${name}` : name
@@ -155,7 +178,7 @@ function serviceSpec(os: ServiceOs, args: ServiceArgs, log: string): Result<Serv
     printErrors(rules.file, loaded.errors)
     return { ok: false, error: `the service would not start with ${rules.file}: fix it first (proxy-gate validate)` }
   }
-  const spec = { node: process.execPath, cli: cli.value, rules: rules.file, caDir: resolve(caDir(args.dir)), workdir: process.cwd(), log, user: windowsUser(), shell: win32.join(process.env.SystemRoot ?? 'C:\\Windows', 'System32', 'cmd.exe') }
+  const spec = { node: stableNode(), cli: cli.value, rules: rules.file, caDir: resolve(caDir(args.dir)), workdir: process.cwd(), log, user: windowsUser(), shell: win32.join(process.env.SystemRoot ?? 'C:\\Windows', 'System32', 'cmd.exe') }
   for (const path of [spec.node, spec.cli, spec.rules, spec.caDir, spec.workdir, spec.log]) {
     const why = unsafePath(os, path)
     if (why) return { ok: false, error: `cannot write ${path} into the service file: ${why}` }
