@@ -234,6 +234,10 @@ t.test('usage: an unknown action or OS, and --dry-run outside install', async (t
   const dry = await m.service(['status', '--dry-run'], 'linux')
   t.equal(dry.code, 2)
   t.match(dry.stderr, '--dry-run goes with install')
+  const help = await runCli(['service', '--help'])
+  t.equal(help.code, 0)
+  t.match(help.stdout, /^usage: proxy-gate service install\|uninstall\|status \[--rules FILE\] \[--dir DIR\] \[--dry-run\] \[--os macos\|linux\|windows\] \[--force\]\n/)
+  t.match((await runCli(['--help'])).stdout, /^ {2}service {4}start proxy-gate at login/m)
 })
 
 t.test('run from npx\'s cache: refused, saying how to install for good', async (t) => {
