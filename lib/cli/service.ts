@@ -118,8 +118,14 @@ function platform(os: ServiceOs, home: string): Platform {
   return os === 'macos' ? macos(paths) : os === 'linux' ? linux(paths) : windows(paths)
 }
 
+/** The login service as `status` (and doctor) report it: running is undefined when the manager cannot be asked. */
+export interface ServiceState extends ServicePaths, Probe {
+  /** its file exists */
+  readonly installed: boolean
+}
+
 /** Whether the login service is installed (its file exists) and what the service manager says of it. */
-export function serviceStatus(os: ServiceOs, home: string): ServicePaths & Probe & { readonly installed: boolean } {
+export function serviceStatus(os: ServiceOs, home: string): ServiceState {
   const p = platform(os, home)
   const installed = existsSync(p.paths.file)
   return { ...p.paths, installed, ...p.probe() }
