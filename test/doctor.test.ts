@@ -135,7 +135,7 @@ t.test('doctor: a bypass without *.docker.internal, the containers proxy unset, 
   const first = await doctor(s)
   t.equal(first.code, 1)
   const store = check(first.report, 'docker settings-store')
-  t.match(store.detail, 'OverrideProxyExclude does not keep *.docker.internal direct')
+  t.match(store.detail, 'OverrideProxyExclude does not keep kubernetes.docker.internal, *.docker.internal direct')
   t.match(store.fix, /add "localhost", "127.0.0.1" and "\*\.docker\.internal" to "bypass"/)
 
   const url = `http://127.0.0.1:${s.port}`

@@ -101,24 +101,25 @@ function excluded(name: string, entries: readonly string[], star: boolean): bool
   })
 }
 
-/** What Docker Desktop must reach directly: itself, and its *.docker.internal names (kubernetes.docker.internal among them). */
+/** What Docker Desktop must reach directly: itself, Kubernetes, and every *.docker.internal name. */
 function missingBypass(target: DockerTarget, value: Json | undefined): string[] {
   const star = starStyle(target)
   const entries = Array.isArray(value) ? value.filter((v): v is string => typeof v === 'string') : typeof value === 'string' ? value.split(/[,\s]+/) : []
-  const wildcard = star ? '*.docker.internal' : '.docker.internal'
   const needed: [string, string][] = [
     ['localhost', 'localhost'],
     ['127.0.0.1', '127.0.0.1'],
-    ['host.docker.internal', wildcard],
+    ['kubernetes.docker.internal', 'kubernetes.docker.internal'],
+    // a name nobody lists on its own: only the wildcard covers it
+    ['any-name.docker.internal', star ? '*.docker.internal' : '.docker.internal'],
   ]
-  const missing = needed.filter(([name]) => !excluded(name, entries, star)).map(([, spelling]) => spelling)
-  if (!missing.includes(wildcard) && !excluded('kubernetes.docker.internal', entries, star)) missing.push('kubernetes.docker.internal')
-  return missing
+  return needed.filter(([name]) => !excluded(name, entries, star)).map(([, spelling]) => spelling)
 }
 
 interface GroupState {
   readonly wired: boolean
   readonly problems: string[]
+  /** the bypass lacks entries Docker Desktop needs: the rules' "bypass" must change first */
+  readonly bypass: boolean
 }
 
 function groupState(target: DockerTarget, keys: readonly Key[], file: JsonObject, here: HereAddress): GroupState {
@@ -128,14 +129,14 @@ function groupState(target: DockerTarget, keys: readonly Key[], file: JsonObject
   for (const s of set) {
     if (!pointsHere(s.value, here, s.key.role === 'pac')) problems.push(`${s.key.path.join('.')} is ${s.value}, not this proxy-gate (${s.key.role === 'pac' ? `http://${here.display}/proxy.pac` : here.display})`)
   }
-  if (set.length === 0) return { wired: false, problems }
+  if (set.length === 0) return { wired: false, problems, bypass: false }
   const mode = keys.find((k) => k.role === 'mode')
   const modeValue = mode && valueAt(file, mode.path)
   if (mode && modeValue !== 'manual') problems.push(`${mode.path.join('.')} is ${JSON.stringify(modeValue ?? null)}, not "manual": Docker Desktop ignores the proxy values`)
   const exclude = keys.find((k) => k.role === 'exclude')
   const missing = exclude ? missingBypass(target, valueAt(file, exclude.path)) : []
   if (exclude && missing.length > 0) problems.push(`${exclude.path.join('.')} does not keep ${missing.join(', ')} direct`)
-  return { wired: true, problems }
+  return { wired: true, problems, bypass: missing.length > 0 }
 }
 
 function fixCommand(target: DockerTarget, flags: FixFlags): string {
@@ -154,7 +155,6 @@ export function dockerFileCheck(target: DockerTarget, path: string, fact: FileFa
   if (states.every((s) => !s.wired) && problems.length === 0) return { name, status: 'not configured', detail: `${path} sets no proxy`, fix: fixCommand(target, flags) }
   for (const s of states) if (!s.wired) problems.push(`the ${s.group === 'containers' ? 'containers' : 'Docker Desktop'} proxy is not set (${keys.filter((k) => k.group === s.group && k.role === 'proxy').map((k) => k.path.join('.')).join(', ')})`)
   if (problems.length === 0) return { name, status: 'ok', detail: `${path} points at ${here.display}` }
-  const bypass = problems.some((p) => p.includes(' direct'))
-  const fix = bypass ? `add "localhost", "127.0.0.1" and "*.docker.internal" to "bypass" in the rules, then: ${fixCommand(target, flags)}` : fixCommand(target, flags)
+  const fix = states.some((s) => s.bypass) ? `add "localhost", "127.0.0.1" and "*.docker.internal" to "bypass" in the rules, then: ${fixCommand(target, flags)}` : fixCommand(target, flags)
   return { name, status: 'problem', detail: `${path}: ${problems.join('; ')}`, fix }
 }
