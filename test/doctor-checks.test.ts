@@ -4,6 +4,7 @@
 import t from 'tap'
 import { caCheck, dockerInfoCheck, formatChecks, loginServiceCheck, probeCheck, runningCheck } from '../lib/wiring/doctor-checks.js'
 import { dockerFileCheck, type HereAddress } from '../lib/wiring/doctor-docker.js'
+import { createActivity } from '../lib/observe/activity.js'
 
 const HERE: HereAddress = { display: '127.0.0.1:3128', hosts: ['127.0.0.1', 'localhost', '::1', 'host.docker.internal'], port: 3128 }
 const FLAGS = { rules: '', advertise: '' }
@@ -69,4 +70,13 @@ t.test('the probe: answered by another proxy-gate is a problem; the text form', 
     '                          fix: pass doctor the --admin-listen and --admin-token-file (or --dir) that "proxy-gate start" uses',
     'ok       login service    proxy-gate starts at login',
   ].join('\n'))
+})
+
+t.test('activity keeps the last 64 probes: older nonces are forgotten, memory stays bounded', async (t) => {
+  const activity = createActivity()
+  const nonce = (i: number) => i.toString(16).padStart(32, '0')
+  for (let i = 0; i < 65; i++) activity.observe({ type: 'probe', nonce: nonce(i), client: `10.0.0.1:${1000 + i}` })
+  t.equal(activity.probe(nonce(0)), undefined, 'the first of 65 is gone')
+  t.match(activity.probe(nonce(1)), { nonce: nonce(1), client: '10.0.0.1:1001' })
+  t.match(activity.probe(nonce(64)), { nonce: nonce(64), client: '10.0.0.1:1064' })
 })

@@ -174,7 +174,8 @@ async function confirm(values: Values, nonce: string): Promise<{ ok: true; clien
   if ('error' in answer) return { ok: false, why: `no admin API at ${values['admin-listen']}: ${answer.error}` }
   if (answer.status === 404) return { ok: false, why: `the proxy-gate whose admin API is at ${values['admin-listen']} did not see it: another proxy-gate answered` }
   if (answer.status !== 200) return { ok: false, why: `the admin API answered ${answer.status}: ${answer.body.trim().slice(0, 200)}` }
-  return { ok: true, client: (JSON.parse(answer.body) as { client: string }).client }
+  const client = /"client":"([^"]*)"/.exec(answer.body)?.[1]
+  return client === undefined ? { ok: false, why: `the admin API's answer is not a probe record: ${answer.body.slice(0, 200)}` } : { ok: true, client }
 }
 
 async function probe(values: Values): Promise<ProbeFact> {
