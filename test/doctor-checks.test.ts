@@ -1,10 +1,14 @@
 // doctor's verdicts as pure functions: the admin-settings.json and PAC forms, the bypass in each
 // target's spelling, the CA (needed, missing, near expiry), `docker info` (Docker Desktop's own
-// proxy, another one), /readyz saying 503, and a probe answered by a proxy-gate that is not this one.
+// proxy, another one), /readyz saying 503, a probe answered by a proxy-gate that is not this one; the
+// activity's bounded probe memory, and the probe route answered before the proxy login.
 import t from 'tap'
 import { caCheck, dockerInfoCheck, formatChecks, loginServiceCheck, probeCheck, runningCheck } from '../lib/wiring/doctor-checks.js'
 import { dockerFileCheck, type HereAddress } from '../lib/wiring/doctor-docker.js'
 import { createActivity } from '../lib/observe/activity.js'
+import { hashPassword } from '../lib/proxy/auth.js'
+import { startProxy } from './helpers/proxy.js'
+import { rawExchange, statusOf } from './helpers/net.js'
 
 const HERE: HereAddress = { display: '127.0.0.1:3128', hosts: ['127.0.0.1', 'localhost', '::1', 'host.docker.internal'], port: 3128 }
 const FLAGS = { rules: '', advertise: '' }
@@ -79,4 +83,15 @@ t.test('activity keeps the last 64 probes: older nonces are forgotten, memory st
   t.equal(activity.probe(nonce(0)), undefined, 'the first of 65 is gone')
   t.match(activity.probe(nonce(1)), { nonce: nonce(1), client: '10.0.0.1:1001' })
   t.match(activity.probe(nonce(64)), { nonce: nonce(64), client: '10.0.0.1:1064' })
+})
+
+t.test('probe route: answered without the proxy login that other requests need, and only in that shape', async (t) => {
+  const proxy = await startProxy({ allow: ['*.invalid:80'], auth: { users: { alice: await hashPassword('a long password') } } })
+  t.teardown(() => proxy.close())
+  const nonce = 'a'.repeat(32)
+  const send = (path: string) => rawExchange(proxy.port, `GET http://proxy-gate.invalid${path} HTTP/1.1\r\nHost: proxy-gate.invalid\r\nConnection: close\r\n\r\n`)
+  const probe = await send(`/doctor/${nonce}`)
+  t.equal(statusOf(probe.text), 200)
+  t.match(probe.text, `proxy-gate answered probe ${nonce}`)
+  t.equal(statusOf((await send('/doctor/other')).text), 407, 'anything else needs the login first')
 })
