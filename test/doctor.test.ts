@@ -1,9 +1,10 @@
 // `proxy-gate doctor` against a real running proxy-gate and Docker settings files in a temporary
 // HOME: files written by `docker --write` pass, a file pointing elsewhere is a problem naming both
-// addresses, missing files are "not configured", malformed JSON is a clear problem (never a crash),
-// an incomplete bypass or an unset containers proxy is a problem; --json's shape and the exit
-// codes. And the probe route: proxy-gate answers exactly the probe's shape itself, the admin API
-// confirms it with the token, and anything else addressed to the probe name goes to the rules.
+// addresses, missing files (and a settings.json that Docker Desktop 4.35+ no longer reads) are
+// "not configured", malformed JSON is a clear problem (never a crash), an incomplete bypass or an
+// unset containers proxy is a problem; --json's shape and the exit codes. And the probe route:
+// proxy-gate answers exactly the probe's shape itself, the admin API confirms it with the token,
+// and anything else addressed to the probe name goes to the rules.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
@@ -67,6 +68,8 @@ t.test('doctor: files written by "docker --write" pass; --json shape; exit 0', a
   await wire(s, 'settings-store')
   await wire(s, 'cli')
   await wire(s, 'daemon', ['--file', join(s.home, 'daemon.json')])
+  // what Docker Desktop 4.34 used, left beside settings-store.json: 4.35+ no longer reads it
+  writeJson(join(s.home, '.docker/desktop'), 'settings.json', { proxyHttpMode: 'manual', overrideProxyHttp: 'http://10.9.9.9:3130' })
   const { code, report, stderr } = await doctor(s)
   t.equal(stderr, '')
   t.equal(code, 0, JSON.stringify(report))
@@ -91,6 +94,7 @@ t.test('doctor: files written by "docker --write" pass; --json shape; exit 0', a
   t.match(check(report, 'proxy-gate').detail, `running at 127.0.0.1:${s.port}`)
   t.match(check(report, 'docker settings-store').detail, `points at 127.0.0.1:${s.port}`)
   t.match(check(report, 'container probe').detail, 'skipped: no Docker engine answers')
+  t.match(check(report, 'docker settings').detail, 'settings.json is not read: settings-store.json is there')
 })
 
 t.test('doctor: a setting pointing elsewhere is a problem naming both addresses; exit 1; the text report', async (t) => {

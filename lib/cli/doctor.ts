@@ -4,7 +4,7 @@
 // in wiring/doctor-*.ts. Exit status 0 when no check found a problem, 1 when one did, 2 on usage.
 import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { networkInterfaces } from 'node:os'
 import { resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
@@ -197,9 +197,13 @@ function flag(name: string, value: string | undefined): string {
 async function dockerChecks(values: Values, here: HereAddress, files: Map<string, string>): Promise<Check[]> {
   const flags: FixFlags = { rules: flag('rules', values.rules), advertise: flag('advertise', values.advertise) }
   const env = environment(currentOs())
-  const checks = DOCKER_TARGETS.map((target) => {
-    const path = files.get(target) ?? defaultPath(target, env)
-    return dockerFileCheck(target, path, fileFact(path), here, flags)
+  const pathOf = (target: DockerTarget): string => files.get(target) ?? defaultPath(target, env)
+  const store = fileFact(pathOf('settings-store'))
+  const checks = DOCKER_TARGETS.map((target): Check => {
+    const path = pathOf(target)
+    // Docker Desktop 4.35+ reads settings-store.json only; a settings.json left beside it is history
+    if (target === 'settings' && store.kind !== 'missing' && existsSync(path)) return { name: 'docker settings', status: 'not configured', detail: `${path} is not read: settings-store.json is there (Docker Desktop 4.35+)` }
+    return dockerFileCheck(target, path, target === 'settings-store' ? store : fileFact(path), here, flags)
   })
   const info = dockerInfo()
   checks.push(dockerInfoCheck(info, here))
