@@ -38,6 +38,7 @@ commands:
   suggest    print the entries that would allow what a log shows denied
   sandbox    a container network whose only way out is proxy-gate (build, up, run, verify, down, compose)
   service    start proxy-gate at login (install, uninstall, status): launchd, systemd --user, Task Scheduler
+  doctor     check that Docker goes through proxy-gate, and say how to fix what does not
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
@@ -314,6 +315,7 @@ async function validate(values: Values): Promise<number> {
 // the proxy, its HTTP client and its logger (about 0.3 s of CPU at every start).
 export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'sandbox') return (await import('./cli/sandbox.js')).sandboxCommand(argv.slice(1))
+  if (argv[0] === 'doctor') return (await import('./cli/doctor.js')).doctorCommand(argv.slice(1))
   let parsed
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })

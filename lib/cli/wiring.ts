@@ -28,11 +28,11 @@ export interface WiringArgs {
 
 const OS_NAMES: readonly OsName[] = ['macos', 'windows', 'linux']
 
-function currentOs(): OsName {
+export function currentOs(): OsName {
   return process.platform === 'darwin' ? 'macos' : process.platform === 'win32' ? 'windows' : 'linux'
 }
 
-function environment(os: OsName): Environment {
+export function environment(os: OsName): Environment {
   const home = homedir()
   return {
     os,

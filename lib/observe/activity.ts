@@ -3,7 +3,7 @@
 import { LRUCache } from 'lru-cache'
 import type { DnsRecord } from '../dns/answer.js'
 import { DEFAULT_POLICY } from '../policy/clients.js'
-import type { DecisionRecord, ProxyEvent, ReloadRecord } from '../proxy/runtime.js'
+import type { DecisionRecord, ProbeRecord, ProxyEvent, ReloadRecord } from '../proxy/runtime.js'
 
 export interface DeniedTarget {
   /** names this row for POST /allow */
@@ -30,9 +30,14 @@ export interface Activity {
   forgetDenied(id: string): void
   counters(): Readonly<Record<'allow' | 'deny' | 'error', number>>
   lastReload(): (ReloadRecord & { at: string }) | undefined
+  /** a `proxy-gate doctor` probe that arrived, by its nonce (the last PROBES_KEPT are kept) */
+  probe(nonce: string): (ProbeRecord & { at: string }) | undefined
   /** live decisions and DNS queries for server-sent events; returns the unsubscribe function */
   subscribe(listener: (entry: LiveEntry) => void): () => void
 }
+
+/** Probes remembered: doctor asks within seconds of sending its own, and anyone may send probes. */
+const PROBES_KEPT = 64
 
 export function createActivity(options: { recent?: number; targets?: number } = {}): Activity {
   const keep = options.recent ?? 200
@@ -41,6 +46,7 @@ export function createActivity(options: { recent?: number; targets?: number } = 
   const counters = { allow: 0, deny: 0, error: 0 }
   const listeners = new Set<(entry: LiveEntry) => void>()
   let reload: (ReloadRecord & { at: string }) | undefined
+  const probes = new LRUCache<string, ProbeRecord & { at: string }>({ max: PROBES_KEPT })
 
   const live = (entry: LiveEntry): void => {
     recent.push(entry)
@@ -71,6 +77,7 @@ export function createActivity(options: { recent?: number; targets?: number } = 
       if (event.type === 'decision') onDecision(event)
       else if (event.type === 'dns') onDns(event)
       else if (event.type === 'reload') reload = { ...event, at: new Date().toISOString() }
+      else if (event.type === 'probe') probes.set(event.nonce, { nonce: event.nonce, client: event.client, at: new Date().toISOString() })
     },
     recent: () => recent,
     topDenied: (limit) => [...denied.values()].sort((a, b) => b.count - a.count).slice(0, limit),
@@ -78,6 +85,7 @@ export function createActivity(options: { recent?: number; targets?: number } = 
     forgetDenied: (id) => void denied.delete(id),
     counters: () => counters,
     lastReload: () => reload,
+    probe: (nonce) => probes.get(nonce),
     subscribe(listener) {
       listeners.add(listener)
       return () => listeners.delete(listener)

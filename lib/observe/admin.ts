@@ -254,6 +254,13 @@ function post(sources: AdminSources, hosts: ReadonlySet<string>, path: string, r
   json(res, result.ok ? 200 : 422, result)
 }
 
+/** GET /api/probe/NONCE, with the admin token: whether `proxy-gate doctor`'s probe NONCE arrived. */
+function probe(sources: AdminSources, req: IncomingMessage, res: ServerResponse, nonce: string): void {
+  if (!tokenMatches(req, sources.token)) return text(res, 401, TOKEN_REQUIRED)
+  const seen = sources.activity.probe(nonce)
+  json(res, seen ? 200 : 404, seen ? { seen: true, at: seen.at, client: seen.client } : { seen: false })
+}
+
 function route(sources: AdminSources, hosts: ReadonlySet<string>, streams: EventStreams, req: IncomingMessage, res: ServerResponse): void {
   const path = (req.url ?? '/').split('?')[0] ?? '/'
   if (req.method === 'POST' && (path === '/reload' || path === '/allow')) return post(sources, hosts, path, req, res)
@@ -263,6 +270,7 @@ function route(sources: AdminSources, hosts: ReadonlySet<string>, streams: Event
   if (path === '/healthz') return text(res, 200, 'ok')
   if (path === '/readyz') return sources.ready() ? text(res, 200, 'ready') : text(res, 503, 'not ready')
   if (path === '/api/state') return json(res, 200, state(sources))
+  if (path.startsWith('/api/probe/')) return probe(sources, req, res, path.slice('/api/probe/'.length))
   if (path === '/events') return events(req, res, sources, streams)
   if (path === '/metrics') {
     void sources.metrics.render().then(

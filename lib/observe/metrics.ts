@@ -190,7 +190,7 @@ export function createMetrics(open: () => OpenView): Metrics {
       else if (event.type === 'closed') onClosed(event)
       else if (event.type === 'timing') onTiming(event)
       else if (event.type === 'dns') counts.dnsQueries.add(`${event.answer} ${event.reason}`, () => ({ answer: event.answer, reason: event.reason })) // both from fixed lists (DnsRecord)
-      else {
+      else if (event.type === 'reload') {
         const result = event.ok ? 'ok' : 'failed'
         counts.reloads.add(result, () => ({ result }))
       }

@@ -120,6 +120,12 @@ export interface ReloadRecord {
   readonly errors?: readonly string[]
 }
 
+/** A `proxy-gate doctor` probe that proxy-gate answered itself (route-probe.ts). */
+export interface ProbeRecord {
+  readonly nonce: string
+  readonly client: string
+}
+
 export type ProxyEvent =
   | ({ readonly type: 'decision' } & DecisionRecord)
   | ({ readonly type: 'closed' } & ClosedRecord)
@@ -127,6 +133,7 @@ export type ProxyEvent =
   | ({ readonly type: 'reload' } & ReloadRecord)
   /** a query to the sandbox's DNS server */
   | ({ readonly type: 'dns' } & DnsRecord)
+  | ({ readonly type: 'probe' } & ProbeRecord)
 
 export interface Runtime {
   /** the current gate; for a client, with the policy chosen for it */
@@ -272,7 +279,7 @@ export function createRecorder(log: Logger, observe: ((event: ProxyEvent) => voi
   return (event) => {
     if (event.type === 'decision') logTypedEvent(log, event, decisionJson)
     else if (event.type === 'closed') logTypedEvent(log, event, closedJson)
-    else if (event.type === 'dns') logTypedEvent(log, event)
+    else if (event.type === 'dns' || event.type === 'probe') logTypedEvent(log, event)
     observe?.(event)
   }
 }

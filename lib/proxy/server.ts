@@ -32,6 +32,7 @@ import { ABSOLUTE_FORM, type RequestForm } from './absolute-form.js'
 import { transparentConnect, transparentTlsRoute } from './route-transparent.js'
 import { createTransparentListeners, sameListeners } from './transparent.js'
 import { localRoute, type PacFile } from './route-local.js'
+import { answerProbe, probeNonce } from './route-probe.js'
 import { createUpgradeProxy, upgradeRoute } from './route-upgrade.js'
 import { createRecorder, logDecision, timedLookup, type OpenConnection, type OpenView, type ProxyEvent, type ReloadRecord, type Runtime } from './runtime.js'
 import { formatTarget } from '../policy/target.js'
@@ -260,6 +261,11 @@ export function createProxy(options: ProxyOptions): Proxy {
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void => {
     const form = formOf(req.socket)
     if (form === ABSOLUTE_FORM && req.url?.startsWith('/')) return localRoute(req, res, { pac: pacFile, caCert: () => options.caCertPem ?? options.ca?.certPem, ready: () => ready })
+    const probe = form === ABSOLUTE_FORM ? probeNonce(req) : undefined
+    if (probe !== undefined) {
+      record({ type: 'probe', nonce: probe, client: `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}` })
+      return answerProbe(res, probe)
+    }
     authenticated('forward', req, (r) => replyOnResponse(res, r, hasBody(req) || r.status >= 500), (who) => forwardRoute(rt, currentAgent(), who, req, res, expectsContinue, form))
   }
   server.on('connection', (socket: Socket) => {

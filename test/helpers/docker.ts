@@ -44,12 +44,13 @@ function untilReady(daemon: ChildProcess, log: () => string): Promise<void> {
   })
 }
 
-export async function startEngine(): Promise<Engine> {
+/** `args`: more dockerd flags (another bridge, --iptables=false for a second engine in the namespace). */
+export async function startEngine(args: readonly string[] = []): Promise<Engine> {
   const dir = mkdtempSync(join(tmpdir(), 'pg-dockerd-'))
   const socket = join(dir, 'docker.sock')
   const env = { ...process.env, DOCKER_HOST: `unix://${socket}`, DOCKER_CLI_HINTS: 'false' }
   const output: Buffer[] = []
-  const daemon = spawn('dockerd', ['--data-root', join(dir, 'root'), '--exec-root', join(dir, 'exec'), '-H', `unix://${socket}`, '--pidfile', join(dir, 'dockerd.pid')], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const daemon = spawn('dockerd', ['--data-root', join(dir, 'root'), '--exec-root', join(dir, 'exec'), '-H', `unix://${socket}`, '--pidfile', join(dir, 'dockerd.pid'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
   daemon.stdout.on('data', (c: Buffer) => output.push(c))
   daemon.stderr.on('data', (c: Buffer) => output.push(c))
   const log = (): string => Buffer.concat(output).toString('utf8').slice(-4000)
@@ -74,6 +75,22 @@ export async function startEngine(): Promise<Engine> {
 function libraries(binary: string): string[] {
   const out = spawnSync('ldd', [binary], { encoding: 'utf8' }).stdout
   return [...out.matchAll(/(\/\S+)/g)].map((m) => m[1] ?? '').filter((path) => path !== '' && existsSync(path))
+}
+
+/** `docker import`s a root filesystem with only this machine's busybox, its sh and nc linked in PATH. */
+export function importBusyboxImage(engine: Pick<Engine, 'env'>, tag: string): void {
+  const root = mkdtempSync(join(tmpdir(), 'pg-busybox-image-'))
+  try {
+    mkdirSync(join(root, 'bin'))
+    mkdirSync(join(root, 'etc'))
+    copyFileSync(BUSYBOX, join(root, 'bin/busybox'))
+    for (const applet of ['sh', 'nc']) symlinkSync('busybox', join(root, 'bin', applet))
+    writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n')
+    const tar = spawnSync('sh', ['-c', `tar -C '${root}' -c . | docker import -c 'ENV PATH=/bin' - ${tag}`], { env: engine.env, encoding: 'utf8' })
+    if (tar.status !== 0) throw new Error(`docker import failed: ${tar.stderr}`)
+  } finally {
+    rmSync(root, { recursive: true, force: true })
+  }
 }
 
 /** `docker import`s (or `podman import`s) a root filesystem with this machine's node (and busybox, if installed), as uid 1000 "node". */
