@@ -5,7 +5,7 @@ import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Result } from '../policy/target.js'
 
-export function secretsKeyPath(dir: string): string {
+function secretsKeyPath(dir: string): string {
   return join(dir, 'secrets-key')
 }
 
