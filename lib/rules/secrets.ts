@@ -66,10 +66,11 @@ function parseSecret(report: Report, name: string, value: unknown): SecretSpec |
     return undefined
   }
   const obj = value as Record<string, unknown>
-  for (const key of Object.keys(obj)) if (!KEYS.includes(key)) report(`${path}.${key}`, obj[key], `unknown key "${key}" (allowed: ${KEYS.join(', ')})`)
+  const unknown = Object.keys(obj).filter((key) => !KEYS.includes(key))
+  for (const key of unknown) report(`${path}.${key}`, obj[key], `unknown key "${key}" (allowed: ${KEYS.join(', ')})`)
   const from = parseSource(report, `${path}.from`, obj.from)
   const hosts = parseHosts(report, `${path}.hosts`, obj.hosts)
-  return from && hosts.length > 0 && NAME.test(name) ? { name, from, hosts } : undefined
+  return from && hosts.length > 0 && NAME.test(name) && unknown.length === 0 ? { name, from, hosts } : undefined
 }
 
 /** The "secrets" object; every problem is reported with the secret's name. */
