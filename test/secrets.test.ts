@@ -87,7 +87,7 @@ t.test('placeholders: stable for a key and name, different otherwise, shaped lik
     ['AKIAABCDEFGHIJKLMNOP', ''],
     [undefined, ''],
   ]
-  for (const [value, prefix] of prefixes) t.equal(valuePrefix(value), prefix, `${value ?? '(no value)'}`)
+  for (const [value, prefix] of prefixes) t.equal(valuePrefix(value), prefix, value ?? '(no value)')
 })
 
 t.test('the key: made once with mode 0600, refused when others can read it or it is too short', async (t) => {
