@@ -3,10 +3,16 @@
 // credentials decoded and encoded again), the policy's bindings, the sandbox DNS server's refusal,
 // and plain HTTP (and its upgrades) to a bound host, only on a port the secret names.
 import { chmodSync, statSync, writeFileSync } from 'node:fs'
+import { createServer as createHttpsServer } from 'node:https'
+import { connect as netConnect, type AddressInfo } from 'node:net'
+import { connect as tlsConnect, type TLSSocket } from 'node:tls'
 import { join } from 'node:path'
 import { inspect } from 'node:util'
 import * as packet from 'dns-packet'
 import t from 'tap'
+import { WebSocket, WebSocketServer } from 'ws'
+import { createCa } from '../lib/certs/ca.js'
+import { connectHead } from './helpers/http.js'
 import { answer } from '../lib/dns/answer.js'
 import { parseQuery } from '../lib/dns/message.js'
 import { needsInterception } from '../lib/policy/decide.js'
@@ -19,7 +25,7 @@ import { armSecrets, readSecretValue } from '../lib/secrets/values.js'
 import { headerObject } from '../lib/proxy/secrets.js'
 import { ip, target } from './helpers/fixtures.js'
 import { tempDir } from './helpers/files.js'
-import { rawExchange, startHttpUpstream, startWsUpstream, statusOf } from './helpers/net.js'
+import { rawExchange, selfSigned, startHttpUpstream, startWsUpstream, statusOf } from './helpers/net.js'
 import { startDns } from './helpers/dns.js'
 import { configFrom, logLine, startProxy } from './helpers/proxy.js'
 import type { Config } from '../lib/rules/config.js'
@@ -207,5 +213,58 @@ t.test('plain HTTP: the value goes only where a secret names the port, upgrades 
   const line = await logLine(proxy, (l) => l.reason === 'secret-misplaced', 'the refusal')
   t.match(line, { secret: 'GH', decision: 'deny', target: `plain.test:${origin.port}` })
   t.equal(origin.requests.length, 1)
+  t.notOk(JSON.stringify(proxy.logs()).includes(VALUE))
+})
+
+t.test('an opened tunnel\'s WebSocket upgrade gets the value in its URL and headers', async (t) => {
+  const ca = await createCa()
+  const material = selfSigned(['ws.bound.test'])
+  const seen: Array<{ url: string | undefined; key: string | string[] | undefined }> = []
+  const server = createHttpsServer({ cert: material.cert, key: material.key })
+  const wss = new WebSocketServer({ server })
+  wss.on('connection', (ws, req) => {
+    seen.push({ url: req.url, key: req.headers['x-key'] })
+    ws.on('message', (m) => ws.send(`echo: ${(m as Buffer).toString()}`))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  const dns = await startDns({ 'ws.bound.test': { A: ['127.0.0.1'] } })
+  const dir = tempDir('secrets-wss')
+  const arm = (c: Config): Config => {
+    const result = armSecrets(c, dir, join(dir, 'rules.json'), { V: VALUE })
+    if (!result.ok) throw new Error(result.error)
+    return result.value
+  }
+  const rules = { allow: [`ws.bound.test:${port}`, `127.0.0.1:${port}`], dns: { servers: [dns.server] }, tls: { ports: [port] }, secrets: { GH: { from: 'env:V', hosts: [`ws.bound.test:${port}`] } } }
+  const proxy = await startProxy(rules, { ca, upstreamCa: [material.cert], arm })
+  t.teardown(async () => {
+    await proxy.close()
+    for (const c of wss.clients) c.terminate()
+    server.close()
+    await dns.close()
+  })
+  const placeholder = arm(configFrom(rules)).policy.secrets?.[0]?.placeholder ?? ''
+  const tls = await new Promise<TLSSocket>((resolve, reject) => {
+    const raw = netConnect({ host: '127.0.0.1', port: proxy.port })
+    raw.once('data', (d) => {
+      if (!d.toString().startsWith('HTTP/1.1 200')) return reject(new Error(d.toString()))
+      const socket = tlsConnect({ socket: raw, servername: 'ws.bound.test', ca: ca.certPem })
+      socket.once('secureConnect', () => resolve(socket))
+    })
+    raw.write(connectHead(`ws.bound.test:${port}`))
+  })
+  const echoed = await new Promise<string>((resolve) => {
+    const ws = new WebSocket(`wss://ws.bound.test:${port}/socket?k=${placeholder}`, { createConnection: () => tls, headers: { 'X-Key': placeholder } })
+    ws.on('open', () => ws.send('hi'))
+    ws.on('message', (m) => {
+      resolve((m as Buffer).toString())
+      ws.close()
+    })
+    ws.on('error', (e) => resolve(e.message))
+  })
+  t.equal(echoed, 'echo: hi')
+  t.same(seen, [{ url: `/socket?k=${VALUE}`, key: VALUE }])
+  const line = await logLine(proxy, (l) => l.message === 'decision' && l.intercepted === true, 'the upgrade\'s decision')
+  t.match(line, { secret: 'GH', decision: 'allow', path: '/socket' })
   t.notOk(JSON.stringify(proxy.logs()).includes(VALUE))
 })
