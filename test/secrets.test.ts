@@ -182,7 +182,7 @@ t.test('plain HTTP: the value goes only where a secret names the port, upgrades 
   const dns = await startDns({ 'plain.test': { A: ['127.0.0.1'] } })
   const dir = tempDir('secrets-plain')
   const rules = (hosts: string[]) => ({
-    allow: [`plain.test:${origin.port},${ws.port}`, `127.0.0.1:${origin.port},${ws.port}`],
+    allow: [`plain.test:${origin.port},${ws.port}`, `*.plain.test:${origin.port}`, `127.0.0.1:${origin.port},${ws.port}`],
     dns: { servers: [dns.server] },
     secrets: { GH: { from: 'env:V', hosts } },
   })
@@ -213,6 +213,9 @@ t.test('plain HTTP: the value goes only where a secret names the port, upgrades 
   const line = await logLine(proxy, (l) => l.reason === 'secret-misplaced', 'the refusal')
   t.match(line, { secret: 'GH', decision: 'deny', target: `plain.test:${origin.port}` })
   t.equal(origin.requests.length, 1)
+  const elsewhere = await rawExchange(proxy.port, [`GET http://other.plain.test:${origin.port}/ HTTP/1.1`, `Host: other.plain.test:${origin.port}`, `X-Key: ${placeholder ?? ''}`, '', ''].join('\r\n'), { until: (text) => text.includes('\r\n\r\n') })
+  t.equal(statusOf(elsewhere.text), 403, 'toward another allowed host')
+  t.equal(dns.queries('other.plain.test'), 0, 'refused before its name is looked up')
   t.notOk(JSON.stringify(proxy.logs()).includes(VALUE))
 })
 

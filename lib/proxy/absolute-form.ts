@@ -10,7 +10,7 @@ import { decideForwarded } from '../policy/decide.js'
 import { denial } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { logDecision, type Runtime } from './runtime.js'
-import { carrySecrets, type Wire } from './secrets.js'
+import { carrySecrets, misplacedInHead, type Wire } from './secrets.js'
 import { formatTarget, parseAbsoluteUrl, parseOriginRequest, type AbsoluteUrl, type Result, type Target } from '../policy/target.js'
 
 export interface Forwardable {
@@ -69,6 +69,13 @@ export async function decideHttp(rt: Runtime, who: ClientIdentity, req: Incoming
   if (problem) return refuse(rt, req, form, id, gate.policyName, problem, parsed.ok ? parsed.value.target : undefined, answer, true)
   if (!parsed.ok) return refuse(rt, req, form, id, gate.policyName, reply(400, 'http_request_error', parsed.error), undefined, answer, true)
   const { target, path } = parsed.value
+  // a secret's placeholder toward a host it is not bound to: refused before its name is looked up
+  const carried = misplacedInHead(gate, target, req.url ?? '', req.rawHeaders, 'the request')
+  if (carried?.verdict === 'deny') {
+    logDecision(rt, { id, req, method, target, rawTarget: '', decision: carried, policy: gate.policyName, listener: listenerOf(form) })
+    answer(denial(method, formatTarget(target), carried), false)
+    return undefined
+  }
   // under the rules in force when DNS answers: a reload meanwhile decides it again
   const { gate: current, value: admission } = await underCurrent(() => rt.gate(who), (g) => admit(g, target))
   if (admission.kind === 'failed') return refuse(rt, req, form, id, current.policyName, admission.reply, target, answer, false)

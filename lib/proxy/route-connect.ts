@@ -13,14 +13,14 @@ import { admit, admitHello, underCurrent, type Admission, type Gate } from '../n
 import { formatIp, type Ip } from '../policy/ip.js'
 import type { ClientIdentity } from '../policy/clients.js'
 import type { Interceptor } from './intercept.js'
-import { defersToSni, isTlsPort, misplacedSecret, needsInterception, type Decision, type HelloView } from '../policy/decide.js'
+import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloView } from '../policy/decide.js'
 import { relay, upstreamReads, type Held, type Inspect, type Screen } from './relay.js'
 import { denial, destroySocket, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { logDecision, tunnelClosed, TunnelEntry, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from '../policy/target.js'
 import { parentFor } from '../net/upstream.js'
-import { findMisplaced } from './secrets.js'
+import { misplacedInHead } from './secrets.js'
 import { startsLikeTls } from '../policy/tls-hello.js'
 import { laterHellos, readHello, type Hello } from './hello.js'
 
@@ -58,7 +58,8 @@ export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, 
   if (problem) return refuse(asked, socket, parsed.ok ? parsed.value : undefined, problem)
   if (!parsed.ok) return refuse(asked, socket, undefined, reply(400, 'http_request_error', `bad CONNECT target: ${parsed.error}`))
   const target = parsed.value
-  const carried = misplacedInHead(gate, target, req)
+  // a secret's placeholder in the head: nothing of it leaves, but the attempt is refused and named
+  const carried = misplacedInHead(gate, target, rawTarget, req.rawHeaders, 'the CONNECT request')
   if (carried?.verdict === 'deny') {
     logAsked(asked, target, carried, undefined)
     replyOnSocket(socket, denial('CONNECT', rawTarget, carried))
@@ -68,12 +69,6 @@ export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, 
   const decided = underCurrent(() => rt.gate(who), (g) => admit(g, target))
   if (decided instanceof Promise) return decided.then((d) => admitted(asked, interceptor, who, socket, head, d.gate, target, d.value))
   return admitted(asked, interceptor, who, socket, head, decided.gate, target, decided.value)
-}
-
-/** A secret's placeholder in the CONNECT head (its target, its headers) not bound to where it goes: nothing of the head leaves, but the attempt is refused and named. */
-function misplacedInHead(gate: Gate, target: Target, req: IncomingMessage): Decision | undefined {
-  const misplaced = findMisplaced(gate.policy.secrets, target, req.url ?? '', req.rawHeaders)
-  return misplaced && misplacedSecret(gate.ctx, misplaced, target, 'the CONNECT request')
 }
 
 function admitted(asked: Asked, interceptor: Interceptor | undefined, who: ClientIdentity, socket: Socket, head: Buffer, gate: Gate, target: Target, admission: Admission): Routed {

@@ -4,7 +4,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Gate } from '../net/gate.js'
 import { misplacedSecret, withSecrets, type Decision } from '../policy/decide.js'
-import { boundTo, placeholdersIn, type SecretBinding } from '../policy/secrets.js'
+import { boundTo, placeholdersIn } from '../policy/secrets.js'
 import type { Target } from '../policy/target.js'
 import { basicCredentials, substituteHeaders, substituteText } from '../secrets/substitute.js'
 
@@ -31,12 +31,14 @@ function readable(url: string, raw: readonly string[]): string[] {
 }
 
 /**
- * The placeholder of a secret not bound to `target` in what proxy-gate read, if any: refused (the
- * single check every route runs on a head it reads; SOCKS names too: pass the name as `url`).
+ * The refusal for a head that carries the placeholder of a secret not bound to `target` (its
+ * request-target or name, its headers), before anything is looked up or dialled; undefined when
+ * there is none. The one check for every head proxy-gate reads: CONNECT, plain HTTP, a SOCKS
+ * request (pass its host name as `url`). `where` names what carried it.
  */
-export function findMisplaced(bindings: readonly SecretBinding[] | undefined, target: Target | undefined, url: string, raw: readonly string[] = []): SecretBinding | undefined {
-  const found = placeholdersIn(bindings, readable(url, raw))
-  return found.find((b) => target === undefined || !boundTo(b, target))
+export function misplacedInHead(gate: Gate, target: Target, url: string, raw: readonly string[], where: string): Decision | undefined {
+  const misplaced = placeholdersIn(gate.policy.secrets, readable(url, raw)).find((b) => !boundTo(b, target))
+  return misplaced && misplacedSecret(gate.ctx, misplaced, target, where)
 }
 
 /**
