@@ -11,9 +11,11 @@ const LAYERS = {
   wiring: ['core', 'policy'],
   net: ['core', 'policy', 'rules'],
   dns: ['core', 'policy', 'rules'],
-  proxy: ['core', 'policy', 'rules', 'certs', 'net', 'wiring', 'dns'],
+  // secrets' placeholders, values and substitution; the policy sees only their bindings
+  secrets: ['core', 'policy', 'rules'],
+  proxy: ['core', 'policy', 'rules', 'certs', 'net', 'wiring', 'dns', 'secrets'],
   observe: ['core', 'policy', 'rules', 'wiring', 'proxy', 'dns'],
-  cli: ['core', 'policy', 'rules', 'certs', 'wiring', 'net', 'dns', 'proxy', 'observe'],
+  cli: ['core', 'policy', 'rules', 'certs', 'wiring', 'net', 'dns', 'proxy', 'observe', 'secrets'],
 }
 // The policy decides; it never touches files, DNS or sockets.
 const IO_MODULES = ['net', 'dns', 'http', 'https', 'fs', 'tls', 'dgram', 'child_process'].flatMap((m) => [m, `node:${m}`, `${m}/*`, `node:${m}/*`])

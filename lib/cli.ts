@@ -39,6 +39,7 @@ commands:
   sandbox    a container network whose only way out is proxy-gate (build, up, run, verify, down, compose)
   service    start proxy-gate at login (install, uninstall, status): launchd, systemd --user, Task Scheduler
   doctor     check that Docker goes through proxy-gate, and say how to fix what does not
+  secrets    print the placeholders the workload holds instead of the secrets' values (env)
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
@@ -104,6 +105,16 @@ SHA-256 fingerprint and the expiry, and exits 1 when there is no usable CA.
               $XDG_CONFIG_HOME/proxy-gate/certs or ~/.config/proxy-gate/certs, on Windows
               %APPDATA%\\proxy-gate\\certs)
   --force     replace an existing CA (clients that trust the old one must trust the new ca.crt)`,
+  secrets: `usage: proxy-gate secrets env [--rules FILE] [--dir DIR]
+
+Prints NAME=PLACEHOLDER for each secret in the rules' "secrets" (for docker run --env-file, Compose,
+CI). The workload holds the placeholder; proxy-gate puts the value in its place in requests to the
+secret's hosts, and refuses the placeholder anywhere else. Never prints a value, and needs none: a
+placeholder is derived from DIR/secrets-key (made on first use, mode 0600, beside the admin token)
+and the secret's name, so it stays the same across restarts. When the value can be read here, the
+placeholder keeps its prefix (ghp_, sk-, ...), which some clients check for.
+
+  --dir DIR   the local CA folder, which keeps the key (default: as for "ca")`,
   learn: `usage: proxy-gate learn [--rules FILE] [--out FILE] [--collapse] [--from LOG] [--listen HOST:PORT] [--duration SECONDS] [--force]
 
 Runs the proxy in report mode (as "start --mode report": what the rules would deny passes and is
@@ -301,11 +312,19 @@ async function validate(values: Values): Promise<number> {
   if (upstream) console.log(`upstream: ${upstream.display} (${upstreamBypass.length} upstreamBypass)`)
   const warnings = configWarnings(config)
   if (warnings.length > 0) for (const line of formatRuleErrors(warnings).split('\n')) console.log(`warning: ${line}`)
-  // rules that limit methods or paths can never match without the local CA: "start" refuses them
-  if (rulesWithRequestLimits(policy).length > 0) {
+  // rules that limit methods or paths can never match without the local CA, nor secrets be put in: "start" refuses them
+  if (rulesWithRequestLimits(policy).length > 0 || config.secrets.length > 0) {
     const [{ caDir, needsCa }, { loadCa }] = await Promise.all([import('./cli/ca.js'), import('./certs/ca.js')])
     const problem = needsCa(config, loadCa(caDir(values.dir)))
     if (problem) console.log(`warning: ${problem}; "proxy-gate start" refuses these rules until "proxy-gate ca init" has made it`)
+  }
+  if (config.secrets.length > 0) {
+    const { readSecretValue } = await import('./secrets/values.js')
+    // read here only to say whether start can: the value itself is never shown
+    for (const spec of config.secrets) {
+      const value = readSecretValue(spec, rulesPath(values.rules).file, process.env)
+      if (!value.ok) console.log(`warning: ${value.error}; "proxy-gate start" refuses to run without it`)
+    }
   }
   return 0
 }
@@ -349,6 +368,7 @@ export async function main(argv: string[]): Promise<number> {
     const { rules, dir, os, force } = values
     return (await import('./cli/service.js')).serviceCommand(rest, { rules, dir, os, force, dryRun: values['dry-run'] })
   }
+  if (command === 'secrets') return (await import('./cli/secrets.js')).secretsCommand(rest, { rules: values.rules, dir: values.dir })
   if (command === 'ca') return (await import('./cli/ca.js')).caCommand(rest, { dir: values.dir, force: values.force })
   if ((command === 'docker' || command === 'system-proxy') && rest.length === 0) {
     const config = loadOrReport(values)

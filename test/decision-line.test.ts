@@ -54,7 +54,7 @@ t.test('decisionJson writes what JSON.stringify writes for every kind of decisio
     eventOf({ id: 'a-2', req: { socket }, method: 'CONNECT', target: target('bad.example:443'), rawTarget: 'bad.example:443', decision: decided('bad.example:443') }),
     eventOf({ id: 'a-3', req: { socket }, method: 'CONNECT', target: target('203.0.113.9:22'), rawTarget: '203.0.113.9:22', decision: decided('203.0.113.9:22'), resolved: ip ? [ip, ip] : [] }),
     eventOf({ id: 'a-4', req: { socket: unconnected }, method: 'GET', target: undefined, rawTarget: 'http://u:p@x/\u0001"\\\ud800', reply: reply(400, 'http_request_error', 'bad "target"\n\u2028 \ud83d\ude00 \udc00') }),
-    eventOf({ id: 'a-5', req: { socket }, method: 'GET', target: target('ok.example:443'), rawTarget: '', decision: decided('203.0.113.9:443'), sni: 'ok.example', path: '/a"b', intercepted: true, policy: 'team "x"', listener: 'transparent' }),
+    eventOf({ id: 'a-5', req: { socket }, method: 'GET', target: target('ok.example:443'), rawTarget: '', decision: { ...decided('203.0.113.9:443'), secret: 'GH,NPM' }, sni: 'ok.example', path: '/a"b', intercepted: true, policy: 'team "x"', listener: 'transparent' }),
     eventOf({ id: 'a-6', req: { socket }, method: 'TLS', target: target('ok.example:443'), rawTarget: '', reply: { ...reply(502, 'destination_unavailable', 'gone'), status: Number.NaN } }),
   ]
   for (const event of events) t.equal(decisionJson(event), JSON.stringify(event), `${event.id}: the same text`)

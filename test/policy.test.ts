@@ -649,5 +649,5 @@ t.test('every decision has the same fields in the same order (one object shape f
   ]
   const [first] = decisions
   for (const [what, d] of decisions) t.same(Object.keys(d), Object.keys(first?.[1] ?? {}), what)
-  t.same(Object.keys(first?.[1] ?? {}), ['verdict', 'reason', 'rule', 'wouldDeny', 'detail', 'suggestion', 'address', 'dial'])
+  t.same(Object.keys(first?.[1] ?? {}), ['verdict', 'reason', 'rule', 'wouldDeny', 'detail', 'suggestion', 'address', 'dial', 'secret'])
 })

@@ -85,10 +85,14 @@ export function caCertToServe(dir: string | undefined, warn: (message: string, m
   return undefined
 }
 
-/** Why these rules cannot run with this CA (rules that limit methods or paths need one), or undefined. */
+/** Why these rules cannot run with this CA (rules that limit methods or paths need one, and secrets), or undefined. */
 export function needsCa(config: Config, ca: LoadedCa): string | undefined {
   const rules = rulesWithRequestLimits(config.policy)
-  if (rules.length === 0 || ca.ok) return undefined
+  if ((rules.length === 0 && config.secrets.length === 0) || ca.ok) return undefined
   const which = rules.map((r) => `allow[${r.index}]`).join(', ')
-  return `${which} limit${rules.length === 1 ? 's' : ''} methods or paths, which needs the local CA to open TLS tunnels: ${ca.error}${ca.missing ? '' : ' (see "proxy-gate ca show")'}`
+  const what = [
+    ...(rules.length > 0 ? [`${which} limit${rules.length === 1 ? 's' : ''} methods or paths`] : []),
+    ...(config.secrets.length > 0 ? [`secrets ${config.secrets.map((s) => s.name).join(', ')} are put into requests`] : []),
+  ].join(' and ')
+  return `${what}, which needs the local CA to open TLS tunnels: ${ca.error}${ca.missing ? '' : ' (see "proxy-gate ca show")'}`
 }

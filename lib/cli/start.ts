@@ -19,6 +19,7 @@ import { loadRulesFile, rulesPath, watchRulesFile, withOverrides, type Overrides
 import { sameListeners } from '../proxy/transparent.js'
 import { dnsListener } from '../dns/server.js'
 import { createProxy, type Proxy } from '../proxy/server.js'
+import { armSecrets } from '../secrets/values.js'
 import type { Result } from '../policy/target.js'
 
 const MIN_NODE = [20, 19, 2]
@@ -130,15 +131,17 @@ function check(flags: StartFlags): Checked<Setup> {
     printErrors(file, loaded.errors)
     return refuse('fix the rules file (see "proxy-gate validate")')
   }
-  const config = loaded.value
-  const advertise = flags.advertise === undefined ? { ok: true as const, value: undefined } : advertisedAddress(config, flags.advertise)
+  const advertise = flags.advertise === undefined ? { ok: true as const, value: undefined } : advertisedAddress(loaded.value, flags.advertise)
   if (!advertise.ok) return { ok: false, code: usageError(advertise.error) }
-  const problem = listenProblem(config, flags['insecure-open'])
+  const problem = listenProblem(loaded.value, flags['insecure-open'])
   if (problem) return refuse(problem)
   const dir = caDir(flags.dir)
   const ca = loadCa(dir)
-  const caMissing = needsCa(config, ca)
+  const caMissing = needsCa(loaded.value, ca)
   if (caMissing) return refuse(caMissing)
+  const armed = armSecrets(loaded.value, dir, file, process.env)
+  if (!armed.ok) return refuse(armed.error)
+  const config = armed.value
   const upstreamCa = readUpstreamCa(file, config)
   if (!upstreamCa.ok) return refuse(upstreamCa.error)
   return { ok: true, value: { file, hash: loaded.hash, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, caDir: dir, upstreamCa: upstreamCa.value, insecureOpen: flags['insecure-open'] } }
@@ -215,8 +218,11 @@ function readNext(setup: Setup): Next {
   if (!next.ok) return { ok: false, errors: formatRuleErrors(next.errors).split('\n') }
   const problem = reloadProblem(setup, next.value)
   if (problem) return { ok: false, errors: [problem] }
+  // every secret's value read again (a rotated token); one missing keeps the running rules and secrets
+  const armed = armSecrets(next.value, setup.caDir, setup.file, process.env)
+  if (!armed.ok) return { ok: false, errors: [armed.error] }
   const upstreamCa = readUpstreamCa(setup.file, next.value)
-  return upstreamCa.ok ? { ok: true, config: next.value, upstreamCa: upstreamCa.value } : { ok: false, errors: [upstreamCa.error] }
+  return upstreamCa.ok ? { ok: true, config: armed.value, upstreamCa: upstreamCa.value } : { ok: false, errors: [upstreamCa.error] }
 }
 
 /**

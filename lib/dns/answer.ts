@@ -2,9 +2,10 @@
 // gets proxy-gate's own sandbox address (every connection is then decided when it arrives), any
 // other name NXDOMAIN. Nothing is looked up or forwarded. Pure: no sockets.
 import { choosePolicy, type PolicySet } from '../policy/clients.js'
-import { decideName, type Decision, type DecisionContext, type Reason } from '../policy/decide.js'
+import { decideName, misplacedSecret, type Decision, type DecisionContext, type Reason } from '../policy/decide.js'
 import type { Ip } from '../policy/ip.js'
 import { ruleLabel } from '../policy/rules.js'
+import { placeholdersIn } from '../policy/secrets.js'
 import { buildResponse, typeName, TYPE_A, TYPE_AAAA, TYPE_ANY, type Parsed, type Question, type Rcode } from './message.js'
 
 /** What the client got: the name answered (NOERROR), NXDOMAIN, or an error code. */
@@ -29,6 +30,8 @@ export interface DnsRecord {
   readonly qtype: string | undefined
   readonly answer: DnsAnswer
   readonly reason: DnsReason
+  /** the secret whose placeholder the name carried */
+  readonly secret?: string | undefined
   readonly rule?: string | undefined
   readonly detail?: string | undefined
   /** the rules.json entry that would let the name resolve, for denials that have one */
@@ -83,8 +86,11 @@ function asked(q: Question | undefined): Pick<DnsRecord, 'name' | 'qtype'> {
 
 function answerQuestion(q: Question, asker: Asker, rules: DnsRules): Outcome {
   if (!q.inClass) return { ...asked(q), answer: 'refused', reason: 'class-not-in', detail: 'only class IN is answered', wouldDeny: false }
-  if (!q.name.ok) return { ...asked(q), answer: 'deny', reason: 'invalid-name', detail: q.name.error, wouldDeny: false }
   const chosen = choosePolicy(rules.policies, { source: asker.source, user: undefined })
+  // a name is never where a secret's value goes: its placeholder in one is on its way out
+  const [misplaced] = placeholdersIn(chosen.policy.secrets, [q.name.ok ? q.name.value : q.display])
+  if (misplaced) return { ...asked(q), ...fromDecision(misplacedSecret(rules.ctx, misplaced, undefined, `the DNS name ${q.display}`)), secret: misplaced.name, policy: chosen.name }
+  if (!q.name.ok) return { ...asked(q), answer: 'deny', reason: 'invalid-name', detail: q.name.error, wouldDeny: false }
   return { ...asked(q), ...fromDecision(decideName(chosen.policy, rules.ctx, q.name.value)), policy: chosen.name }
 }
 

@@ -4,6 +4,7 @@ import { choosePolicy, type ClientIdentity, type PolicySet } from '../policy/cli
 import type { Ip } from '../policy/ip.js'
 import { checkHello, confirmSniAddress, decideAddresses, decideForwarded, decideTarget, needsInterception, unseenRequests, type Decision, type DecisionContext, type HelloView, type Pending } from '../policy/decide.js'
 import type { Policy } from '../policy/rules.js'
+import type { SecretValues } from '../rules/secrets.js'
 import { DnsFailure, type Lookup } from './resolve.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { formatTarget, type Target } from '../policy/target.js'
@@ -17,6 +18,8 @@ export interface Gate {
   readonly lookup: Lookup
   /** which rules load made it: a reload makes a gate with a higher one */
   readonly generation: number
+  /** the secrets' values, put in by lib/proxy/secrets.ts toward their hosts only (the bindings: policy.secrets) */
+  readonly values?: SecretValues | undefined
 }
 
 /** The gate for one client: the same context and DNS, with the policy chosen for who it is. */

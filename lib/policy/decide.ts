@@ -3,6 +3,7 @@
 // Every wire path consumes it. Pure: no files, no DNS, no sockets.
 import { PRIVATE_KINDS, classifyIp, formatIp, formatIpPort, type Ip } from './ip.js'
 import { allowCandidates, allowRuleOnAnyPort, coversEveryPort, hasRequestLimits, matchIp, matchName, matchNameOnAnyPort, ruleLabel, specialRuleCovers, type Mode, type Policy, type PortRange, type Rule } from './rules.js'
+import { bindsAny, type SecretBinding } from './secrets.js'
 import { requestSuggestion } from './suggest.js'
 import { formatTarget, hostText, normaliseName, normalisePath, type Result, type Target } from './target.js'
 
@@ -23,6 +24,7 @@ export const REASONS = [
   'request-not-allowed', // the host is allowed, but not this method or path
   'bad-path', // a path that could mean different things to different servers
   'host-mismatch', // inside an opened tunnel, a Host header that is not the tunnel's server name
+  'secret-misplaced', // a secret's placeholder on its way somewhere its value may not go
 ] as const
 export type Reason = (typeof REASONS)[number]
 
@@ -42,6 +44,8 @@ export interface Decision {
   readonly address: Ip | undefined
   /** addresses cleared to dial, in order; empty on deny */
   readonly dial: readonly Ip[]
+  /** the secrets (by name, never a value) whose placeholders the request carried */
+  readonly secret: string | undefined
 }
 
 /** A name allowed by the rules (or let through by report mode): it must now be resolved and guarded. */
@@ -81,8 +85,8 @@ export function denyErrorType(reason: Reason): ErrorType {
 
 /** Every decision built with the same fields in the same order: one shape for all that read them (a spread made several). */
 function decision(fields: Partial<Decision> & Pick<Decision, 'verdict' | 'reason' | 'detail'>): Decision {
-  const { verdict, reason, rule, wouldDeny = false, detail, suggestion, address, dial = NO_ADDRESSES } = fields
-  return { verdict, reason, rule, wouldDeny, detail, suggestion, address, dial }
+  const { verdict, reason, rule, wouldDeny = false, detail, suggestion, address, dial = NO_ADDRESSES, secret } = fields
+  return { verdict, reason, rule, wouldDeny, detail, suggestion, address, dial, secret }
 }
 
 const NO_ADDRESSES: readonly Ip[] = []
@@ -307,8 +311,12 @@ export function confirmSniAddress(ctx: DecisionContext, target: Target, byName: 
 
 // ---- requests the proxy can see (plain HTTP, intercepted tunnels) -----------------------
 
-/** True when every allow rule for this host:port limits methods or paths: its tunnels must be opened. */
+/**
+ * True when every allow rule for this host:port limits methods or paths, or a secret's value may
+ * go there (its placeholder is replaced inside): its tunnels must be opened.
+ */
 export function needsInterception(policy: Policy, target: Target): boolean {
+  if (bindsAny(policy.secrets, target)) return true
   if (!policy.limitsRequests) return false
   const rules = allowCandidates(policy, target)
   return rules.length > 0 && rules.every(hasRequestLimits)
@@ -375,4 +383,20 @@ export function checkInnerHost(ctx: DecisionContext, target: Target, header: str
   if (name?.ok && portOk && name.value === hostText(target.host)) return undefined
   const shown = header === undefined ? 'no Host header' : `Host ${JSON.stringify(header.slice(0, 100))}`
   return waive(decision({ verdict: 'deny', reason: 'host-mismatch', detail: `${shown} in a tunnel to ${formatTarget(target)}: requests must name the tunnel's host` }), ctx, [])
+}
+
+/**
+ * A request that carries a secret's placeholder toward a destination its value may not go to (`where`
+ * says what carried it): refused, and named, so the attempt is seen. Report mode lets it through unchanged.
+ */
+export function misplacedSecret(ctx: DecisionContext, binding: SecretBinding, target: Target | undefined, where: string, admitted?: Decision): Decision {
+  const to = target === undefined ? 'anywhere else' : formatTarget(target)
+  const bound = binding.hosts.map((h) => h.text).join(', ')
+  const detail = `${where} carries the placeholder of secret ${binding.name}, whose value goes only to ${bound}, not to ${to}`
+  return waive(decision({ verdict: 'deny', reason: 'secret-misplaced', rule: admitted?.rule, address: admitted?.address, detail, secret: binding.name }), ctx, admitted?.dial ?? [])
+}
+
+/** An allowed decision that names the secrets whose values the request now carries. */
+export function withSecrets(allowed: Decision, names: readonly string[]): Decision {
+  return names.length === 0 ? allowed : decision({ ...allowed, secret: names.join(',') })
 }

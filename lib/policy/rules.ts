@@ -3,6 +3,7 @@
 import { cidrContains, formatCidr, isSingleAddress, metadataWithin, parseCidr, specialRangeHolding, type Cidr, type Ip, type SpecialRange } from './ip.js'
 import { normalisePath, normaliseRuleName, parsePort, redactCredentials, type Host, type Result, type Target } from './target.js'
 import { visible } from '../core/visible.js'
+import type { SecretBinding } from './secrets.js'
 
 export type PortRange = readonly [number, number]
 export type ListName = 'allow' | 'deny'
@@ -232,6 +233,8 @@ export interface Policy {
   readonly denyIndex: RuleIndex
   /** some allow rule limits methods or paths: only then do requests need a second look */
   readonly limitsRequests: boolean
+  /** the secrets' placeholders and where their values may go (set at start, with the local CA): never values */
+  readonly secrets?: readonly SecretBinding[]
 }
 
 function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {

@@ -10,6 +10,7 @@ import { decideForwarded } from '../policy/decide.js'
 import { denial } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { logDecision, type Runtime } from './runtime.js'
+import { carrySecrets, misplacedInHead, type Wire } from './secrets.js'
 import { formatTarget, parseAbsoluteUrl, parseOriginRequest, type AbsoluteUrl, type Result, type Target } from '../policy/target.js'
 
 export interface Forwardable {
@@ -22,6 +23,8 @@ export interface Forwardable {
   readonly ip: Ip
   /** every checked address, in the order to try them (`ip` is the first) */
   readonly dial: readonly Ip[]
+  /** the path and headers to send when secrets' values were put in */
+  readonly wire: Wire | undefined
 }
 
 /**
@@ -66,11 +69,19 @@ export async function decideHttp(rt: Runtime, who: ClientIdentity, req: Incoming
   if (problem) return refuse(rt, req, form, id, gate.policyName, problem, parsed.ok ? parsed.value.target : undefined, answer, true)
   if (!parsed.ok) return refuse(rt, req, form, id, gate.policyName, reply(400, 'http_request_error', parsed.error), undefined, answer, true)
   const { target, path } = parsed.value
+  // a secret's placeholder toward a host it is not bound to: refused before its name is looked up
+  const carried = misplacedInHead(gate, target, req.url ?? '', req.rawHeaders, 'the request')
+  if (carried?.verdict === 'deny') {
+    logDecision(rt, { id, req, method, target, rawTarget: '', decision: carried, policy: gate.policyName, listener: listenerOf(form) })
+    answer(denial(method, formatTarget(target), carried), false)
+    return undefined
+  }
   // under the rules in force when DNS answers: a reload meanwhile decides it again
   const { gate: current, value: admission } = await underCurrent(() => rt.gate(who), (g) => admit(g, target))
   if (admission.kind === 'failed') return refuse(rt, req, form, id, current.policyName, admission.reply, target, answer, false)
   const { resolved } = admission
-  const decision = decideForwarded(current.policy, current.ctx, admission.decision, target, method, path)
+  const head = { url: req.url ?? '', rawHeaders: req.rawHeaders, path }
+  const { decision, wire } = carrySecrets(current, target, decideForwarded(current.policy, current.ctx, admission.decision, target, method, path), head, 'the request')
   const pathLimited = decision.rule?.paths || decision.reason === 'request-not-allowed' || decision.reason === 'bad-path'
   // rawTarget is logged only when there is no target
   logDecision(rt, { id, req, method, target, rawTarget: '', decision, resolved, policy: current.policyName, listener: listenerOf(form), path: pathLimited ? path.split('?')[0] : undefined })
@@ -80,5 +91,5 @@ export async function decideHttp(rt: Runtime, who: ClientIdentity, req: Incoming
   }
   const ip = decision.dial[0]
   if (ip === undefined) throw new Error('allowed decision without an address')
-  return { id, target, path, resolved, ip, dial: decision.dial }
+  return { id, target, path, resolved, ip, dial: decision.dial, wire }
 }

@@ -26,6 +26,7 @@ import { parentFor, type Upstream } from '../net/upstream.js'
 import { connectOrigin, type OriginRoute } from '../net/origin.js'
 import { relayUpgrade } from './route-upgrade.js'
 import { logDecision, type OpenConnection, type Runtime, type TunnelEntry } from './runtime.js'
+import { carrySecrets, headerObject, type Carried } from './secrets.js'
 import { formatHost, formatTarget, hostText, type Target } from '../policy/target.js'
 
 /** A tunnel handed over for opening: what was already read, where it goes, and whose it is. */
@@ -76,11 +77,13 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
   const server: Server = http.createServer({ maxHeaderSize: rt.limits().maxHeaderBytes, insecureHTTPParser: false, requireHostHeader: false })
   server.maxHeadersCount = 0
 
-  // each request under the rules in force: the host's as well as the methods' and paths' (a reload may have removed either)
-  const decide = (tunnel: OpenedTunnel, req: IncomingMessage): Decision => {
+  // each request under the rules in force: the host's as well as the methods' and paths' (a reload may have removed either);
+  // then the secrets it carries, toward the tunnel's own checked host and nowhere else
+  const decide = (tunnel: OpenedTunnel, req: IncomingMessage): Carried => {
     const gate = rt.gate(tunnel.who)
     const request = { method: req.method ?? 'GET', path: req.url ?? '' }
-    return checkInnerHost(gate.ctx, tunnel.target, req.headers.host) ?? redecide(gate, { target: tunnel.target, resolved: tunnel.resolved, request })
+    const decision = checkInnerHost(gate.ctx, tunnel.target, req.headers.host) ?? redecide(gate, { target: tunnel.target, resolved: tunnel.resolved, request })
+    return carrySecrets(gate, tunnel.target, decision, { url: request.path, rawHeaders: req.rawHeaders, path: request.path }, 'the request')
   }
 
   const log = (tunnel: OpenedTunnel, req: IncomingMessage, decision: Decision): void => {
@@ -103,14 +106,14 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     if (!tunnel) return replyOnResponse(res, reply(500, 'proxy_internal_error', 'request outside an opened tunnel'), true)
     const problem = refusedHead(tunnel, req)
     if (problem) return replyOnResponse(res, problem, true)
-    const decision = decide(tunnel, req)
+    const { decision, wire } = decide(tunnel, req)
     log(tunnel, req, decision)
     const method = req.method ?? 'GET'
     if (decision.verdict === 'deny') return replyOnResponse(res, denial(method, `${formatTarget(tunnel.target)}${(req.url ?? '').split('?')[0]}`, decision), hasBody(req))
     const origin = `${tunnel.tls ? 'https' : 'http'}://${formatHost(tunnel.target.host)}:${tunnel.target.port}`
     const authority = req.headers.host ?? formatTarget(tunnel.target)
     const via = tunnel.parent ? { via: tunnel.parent.hop, tunnelled: true } : {}
-    const up = { id: tunnel.id, kind: 'forward' as const, who: tunnel.who, target: tunnel.target, resolved: tunnel.resolved, origin, authority, chosen: tunnel.ip, path: req.url ?? '/', ...via }
+    const up = { id: tunnel.id, kind: 'forward' as const, who: tunnel.who, target: tunnel.target, resolved: tunnel.resolved, origin, authority, chosen: tunnel.ip, path: req.url ?? '/', wire, ...via }
     relayRequest(rt, tunnel.client, up, req, res).catch(() => res.destroy())
   })
 
@@ -120,10 +123,13 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     if (!tunnel) return socket.destroy()
     const problem = refusedHead(tunnel, req)
     if (problem) return replyOnSocket(socket, problem)
-    const decision = decide(tunnel, req)
+    const { decision, wire } = decide(tunnel, req)
     log(tunnel, req, decision)
     if (decision.verdict === 'deny') return replyOnSocket(socket, denial(req.method ?? 'GET', formatTarget(tunnel.target), decision))
-    req.headers = { ...upgradeRequestHeaders(req.headers), host: req.headers.host } // Host was checked against the server name
+    const host = req.headers.host // checked against the server name
+    req.headers = { ...upgradeRequestHeaders(wire ? headerObject(wire.rawHeaders) : req.headers), host }
+    const path = req.url ?? '/' // what the reload re-decides: the path as the client sent it
+    if (wire) req.url = wire.path
     let proxy: httpProxy
     try {
       proxy = wsProxy()
@@ -134,7 +140,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     const { id, target, ip, parent, who } = tunnel
     const started = Date.now()
     // re-decided by a reload with its own method and path, as upgrades on the proxy port are
-    const entry: OpenConnection = { id, kind: 'upgrade', target, resolved: tunnel.resolved, who, request: { method: req.method ?? 'GET', path: req.url ?? '/' }, close: () => socket.destroy() }
+    const entry: OpenConnection = { id, kind: 'upgrade', target, resolved: tunnel.resolved, who, request: { method: req.method ?? 'GET', path }, close: () => socket.destroy() }
     rt.open.add(entry)
     // the tunnel's own address (or parent), as its requests: the address its decision logged
     const chosen = relayUpgrade(proxy, req, socket, head, { target, addresses: [ip], parent, tls: tunnel.tls ? originTls() : undefined }, rt.limits())

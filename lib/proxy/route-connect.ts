@@ -20,6 +20,7 @@ import { reply, type ProxyReply } from '../core/reply.js'
 import { logDecision, tunnelClosed, TunnelEntry, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from '../policy/target.js'
 import { parentFor } from '../net/upstream.js'
+import { misplacedInHead } from './secrets.js'
 import { startsLikeTls } from '../policy/tls-hello.js'
 import { laterHellos, readHello, type Hello } from './hello.js'
 
@@ -57,6 +58,13 @@ export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, 
   if (problem) return refuse(asked, socket, parsed.ok ? parsed.value : undefined, problem)
   if (!parsed.ok) return refuse(asked, socket, undefined, reply(400, 'http_request_error', `bad CONNECT target: ${parsed.error}`))
   const target = parsed.value
+  // a secret's placeholder in the head: nothing of it leaves, but the attempt is refused and named
+  const carried = misplacedInHead(gate, target, rawTarget, req.rawHeaders, 'the CONNECT request')
+  if (carried?.verdict === 'deny') {
+    logAsked(asked, target, carried, undefined)
+    replyOnSocket(socket, denial('CONNECT', rawTarget, carried))
+    return undefined
+  }
   // IP literals and names no rule allows are decided at once; only a resolution is waited for
   const decided = underCurrent(() => rt.gate(who), (g) => admit(g, target))
   if (decided instanceof Promise) return decided.then((d) => admitted(asked, interceptor, who, socket, head, d.gate, target, d.value))

@@ -14,6 +14,7 @@ import { formatIp, formatIpPort, type Ip } from '../policy/ip.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { replyOnResponse } from './respond.js'
 import { type OpenConnection, type Runtime } from './runtime.js'
+import type { Wire } from './secrets.js'
 import { formatTarget, hostHeader, type Target } from '../policy/target.js'
 import { parentFailure, parentFor, parentRefused, throughParent } from '../net/upstream.js'
 
@@ -21,12 +22,14 @@ export async function forwardRoute(rt: Runtime, agent: Agent, who: ClientIdentit
   const allowed = await decideHttp(rt, who, req, form, (r, unreadable) => replyOnResponse(res, r, unreadable || hasBody(req)))
   if (!allowed) return
   if (expectsContinue) res.writeContinue()
-  const { id, target, resolved, ip, dial, path } = allowed
+  const { id, target, resolved, ip, dial, path, wire } = allowed
   const origin = `http://${formatIpPort(ip, target.port)}`
-  const up = { id, kind: 'forward' as const, who, target, resolved, origin, authority: hostHeader(target), chosen: ip, dial, path }
+  const up = { id, kind: 'forward' as const, who, target, resolved, origin, authority: hostHeader(target), chosen: ip, dial, path, wire }
   // with "upstream": absolute-form to the parent proxy, unless upstreamBypass sends it direct
   const parent = parentFor(rt.upstream?.(), target)
-  await relayRequest(rt, parent ? parent.dispatcher : agent, parent ? throughParent(up, parent) : up, req, res)
+  // through the parent the request-target is absolute-form, the one sent with values too
+  const sent = parent ? { ...throughParent(up, parent), wire: wire && { ...wire, path: `http://${up.authority}${wire.path}` } } : up
+  await relayRequest(rt, parent ? parent.dispatcher : agent, sent, req, res)
 }
 
 export interface UpstreamRequest {
@@ -47,6 +50,8 @@ export interface UpstreamRequest {
    */
   readonly dial?: readonly Ip[]
   readonly path: string
+  /** what is sent instead of `path` and the client's headers when secrets' values were put in (never logged: `path` is) */
+  readonly wire?: Wire | undefined
   /** the parent proxy (`host:port`) the dispatcher sends it to, when "upstream" is set */
   readonly via?: string
   /**
@@ -108,9 +113,9 @@ class Relay implements OpenConnection {
     const limits = rt.limits()
     this.options = {
       origin: up.origin,
-      path: up.path,
+      path: up.wire?.path ?? up.path,
       method: this.method,
-      headers: upstreamRequestHeaders(req.rawHeaders, up.authority),
+      headers: upstreamRequestHeaders(up.wire?.rawHeaders ?? req.rawHeaders, up.authority),
       body: hasBody(req) ? req : null,
       headersTimeout: limits.upstreamHeadersTimeoutMs,
       bodyTimeout: limits.tunnelIdleTimeoutMs,

@@ -20,6 +20,7 @@ import { clientResponseHeaders, upgradeRequestHeaders } from './headers.js'
 import { formatIp, type Ip } from '../policy/ip.js'
 import { refuserFor, replyOnSocket } from './respond.js'
 import { type OpenConnection, type Runtime } from './runtime.js'
+import { headerObject } from './secrets.js'
 import { hostHeader, hostText } from '../policy/target.js'
 
 /** An agent for one upgrade whose connection is `open`'s: it never looks a name up. */
@@ -63,10 +64,10 @@ export function relayUpgrade(proxy: httpProxy, req: IncomingMessage, socket: Soc
 export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer, form: RequestForm): Promise<void> {
   const allowed = await decideHttp(rt, who, req, form, (r) => replyOnSocket(socket, r))
   if (!allowed || socket.destroyed) return
-  const { id, target, path, resolved } = allowed
-  req.headers = upgradeRequestHeaders(req.headers)
+  const { id, target, path, resolved, wire } = allowed
+  req.headers = upgradeRequestHeaders(wire ? headerObject(wire.rawHeaders) : req.headers)
   req.headers.host = hostHeader(target)
-  req.url = path
+  req.url = wire?.path ?? path
   const limits = rt.limits()
   const route: OriginRoute = { target, addresses: allowed.dial, parent: parentFor(rt.upstream?.(), target), tls: undefined }
   const started = Date.now()

@@ -79,6 +79,8 @@ export interface DecisionRecord {
   readonly decision: 'allow' | 'deny' | 'error'
   readonly rule?: string | undefined
   readonly reason?: string | undefined
+  /** the secrets (names) whose placeholders it carried: put in as values, or refused */
+  readonly secret?: string | undefined
   readonly detail?: string | undefined
   /** the rules.json entry that would allow it, for denials that have one */
   readonly suggestion?: string | undefined
@@ -208,6 +210,7 @@ export function logDecision(rt: Runtime, entry: DecisionLog): void {
     decision: decision?.verdict ?? 'error',
     rule: decision?.rule ? ruleLabel(decision.rule) : undefined,
     reason: decision?.reason ?? reply?.type,
+    secret: decision?.secret,
     detail: reply?.details ?? decision?.detail,
     suggestion: decision?.verdict === 'deny' ? decision.suggestion : undefined,
     status: reply?.status,
@@ -249,7 +252,7 @@ export function decisionJson(e: DecisionEvent): string {
   return (
     `{"type":"decision","id":${jsonString(e.id)},"client":${jsonString(e.client)},"method":${jsonString(e.method)},"target":${jsonString(e.target)}` +
     `${resolved}${jsonField('chosen', e.chosen)}${jsonField('sni', e.sni)}${jsonField('path', e.path)}${intercepted},"decision":${jsonString(e.decision)}` +
-    `${jsonField('rule', e.rule)}${jsonField('reason', e.reason)}${jsonField('detail', e.detail)}${jsonField('suggestion', e.suggestion)}${status}` +
+    `${jsonField('rule', e.rule)}${jsonField('reason', e.reason)}${jsonField('secret', e.secret)}${jsonField('detail', e.detail)}${jsonField('suggestion', e.suggestion)}${status}` +
     `,"mode":${jsonString(e.mode)}${jsonField('policy', e.policy)}${jsonField('listener', e.listener)},"wouldDeny":${String(e.wouldDeny)}}`
   )
 }

@@ -109,6 +109,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     ctx: { mode: c.mode, self, tls: c.tls },
     lookup: lookupFor(c),
     generation: ++generation,
+    values: c.secretValues,
   })
   let gate = makeGate(config)
   let seq = 0

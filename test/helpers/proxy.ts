@@ -35,7 +35,10 @@ export function configFrom(rules: Record<string, unknown>): Config {
   return parsed.value
 }
 
-export type StartOptions = Omit<ProxyOptions, 'config' | 'log'>
+export type StartOptions = Omit<ProxyOptions, 'config' | 'log'> & {
+  /** what `start` does to the rules before running them (secrets: armSecrets), at start and reload */
+  readonly arm?: (config: Config) => Config
+}
 
 export async function startProxy(rules: Record<string, unknown>, options: StartOptions = {}): Promise<TestProxy> {
   const stream = new PassThrough()
@@ -59,7 +62,8 @@ export async function startProxy(rules: Record<string, unknown>, options: StartO
     }
   })
   const log = createLogger({ level: 'debug', format: 'json', stream })
-  const proxy = createProxy({ ...options, config: configFrom(rules), log })
+  const { arm = (c: Config) => c, ...proxyOptions } = options
+  const proxy = createProxy({ ...proxyOptions, config: arm(configFrom(rules)), log })
   const address = await proxy.listen()
   return {
     port: address.port,
@@ -71,7 +75,7 @@ export async function startProxy(rules: Record<string, unknown>, options: StartO
       if (found) return Promise.resolve(found)
       return new Promise((resolve) => waiters.push({ match, resolve }))
     },
-    reload: (next) => proxy.reload(configFrom(next)),
+    reload: (next) => proxy.reload(arm(configFrom(next))),
     close: () => proxy.shutdown(),
   }
 }

@@ -1,0 +1,70 @@
+// Secrets on the wire, after the decision and toward its checked destination: a request that
+// carries placeholders only of secrets bound to where it goes leaves with their values; one that
+// carries any other placeholder is refused, naming the secret (report mode: let through as it is).
+import type { IncomingHttpHeaders } from 'node:http'
+import type { Gate } from '../net/gate.js'
+import { misplacedSecret, withSecrets, type Decision } from '../policy/decide.js'
+import { boundTo, placeholdersIn } from '../policy/secrets.js'
+import type { Target } from '../policy/target.js'
+import { basicCredentials, substituteHeaders, substituteText } from '../secrets/substitute.js'
+
+/** What goes on the wire instead of what the client sent: its placeholders replaced. */
+export interface Wire {
+  readonly path: string
+  readonly rawHeaders: readonly string[]
+}
+
+export interface Carried {
+  readonly decision: Decision
+  /** set when values were put in: the path and headers to send (never logged) */
+  readonly wire?: Wire
+}
+
+/** What proxy-gate read of a request: its request-target, header names and values, Basic credentials decoded. */
+function readable(url: string, raw: readonly string[]): string[] {
+  const texts = [url, ...raw]
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = (raw[i] as string).toLowerCase()
+    if (name === 'authorization' || name === 'proxy-authorization') texts.push(basicCredentials(raw[i + 1] as string) ?? '')
+  }
+  return texts
+}
+
+/**
+ * The refusal for a head that carries the placeholder of a secret not bound to `target` (its
+ * request-target or name, its headers), before anything is looked up or dialled; undefined when
+ * there is none. The one check for every head proxy-gate reads: CONNECT, plain HTTP, a SOCKS
+ * request (pass its host name as `url`). `where` names what carried it.
+ */
+export function misplacedInHead(gate: Gate, target: Target, url: string, raw: readonly string[], where: string): Decision | undefined {
+  const misplaced = placeholdersIn(gate.policy.secrets, readable(url, raw)).find((b) => !boundTo(b, target))
+  return misplaced && misplacedSecret(gate.ctx, misplaced, target, where)
+}
+
+/**
+ * An allowed request's secrets: a misplaced placeholder refuses it, bound ones are replaced in
+ * `path` (what goes upstream as the request-target) and the headers. `where` names what carried it.
+ */
+export function carrySecrets(gate: Gate, target: Target, allowed: Decision, head: { url: string; rawHeaders: readonly string[]; path: string }, where: string): Carried {
+  const bindings = gate.policy.secrets
+  if (allowed.verdict !== 'allow' || bindings === undefined || bindings.length === 0) return { decision: allowed }
+  const found = placeholdersIn(bindings, readable(head.url, head.rawHeaders))
+  if (found.length === 0) return { decision: allowed }
+  const misplaced = found.find((b) => !boundTo(b, target))
+  if (misplaced) return { decision: misplacedSecret(gate.ctx, misplaced, target, where, allowed) }
+  const values = gate.values
+  if (values === undefined) return { decision: allowed }
+  const wire = { path: substituteText(head.path, found, values), rawHeaders: substituteHeaders(head.rawHeaders, found, values) }
+  return { decision: withSecrets(allowed, found.map((b) => b.name)), wire }
+}
+
+/** Raw header pairs as Node's header object (repeated values joined; set-cookie is a request header nowhere). */
+export function headerObject(raw: readonly string[]): IncomingHttpHeaders {
+  const headers: Record<string, string> = {}
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = (raw[i] as string).toLowerCase()
+    const value = raw[i + 1] as string
+    headers[name] = headers[name] === undefined ? value : `${headers[name]}${name === 'cookie' ? '; ' : ', '}${value}`
+  }
+  return headers
+}
