@@ -186,7 +186,7 @@ function reloadProblem(setup: Setup, next: Config): string | undefined {
     return `"listen" changed to ${formatListen(listen)} (running on ${formatListen(running.listen)}): restart proxy-gate to apply it`
   }
   if (!sameListeners(running.sandbox, next.sandbox) || dnsListener(running.sandbox) !== dnsListener(next.sandbox)) {
-    return '"sandbox" listeners changed (address, http, tls or dns ports): restart proxy-gate to apply them'
+    return '"sandbox" listeners changed (address, http, tls, socks or dns ports): restart proxy-gate to apply them'
   }
   return listenProblem(next, setup.insecureOpen) ?? needsCa(next, setup.ca)
 }
