@@ -1,0 +1,95 @@
+// ssh and git over SSH through proxy-gate's HTTP port, with real OpenSSH (sshd on port 22 of a
+// stand-in address, a fixture DNS name for it) and OpenBSD netcat as ssh's ProxyCommand
+// (`nc -X connect -x PROXY %h %p`), as the README's "SSH, git and other TCP" recipes do it. A name
+// rule on port 22 lets them through; a name or an IP literal without one never reaches port 22,
+// and proxy-gate's log says why.
+import { execFile } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import { startDns } from './helpers/dns.js'
+import { NETNS_SKIP, startCanary } from './helpers/net.js'
+import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
+import { REPO_FILE, REPO_TEXT, SSH_SKIP, startSshd, type TestSshd } from './helpers/ssh.js'
+
+const SKIP = NETNS_SKIP || SSH_SKIP
+const SERVER = '11.22.33.44'
+const OTHER = '11.22.33.45'
+
+interface Ran {
+  readonly code: number
+  readonly stdout: string
+  readonly stderr: string
+}
+
+function exec(command: string, args: readonly string[], env: Readonly<Record<string, string>> = {}): Promise<Ran> {
+  return new Promise((resolve) => {
+    execFile(command, args, { env: { ...process.env, ...env }, timeout: 30_000 }, (error, stdout, stderr) => {
+      const code = error ? (typeof error.code === 'number' ? error.code : -1) : 0
+      resolve({ code, stdout, stderr })
+    })
+  })
+}
+
+const decisionFor = (target: string) => (l: LogLine) => l.message === 'decision' && l.target === target
+
+interface Setup {
+  readonly sshd: TestSshd
+  readonly proxy: TestProxy
+  /** ssh's ProxyCommand through proxy-gate's HTTP port */
+  readonly viaHttp: string
+  /** counts connections to port 22 of the address denied.test resolves to */
+  readonly canaryConnections: () => number
+}
+
+/** sshd at git.test:22, a canary at denied.test:22, proxy-gate allowing git.test:22 only. */
+async function setup(t: Test): Promise<Setup> {
+  const sshd = await startSshd(SERVER)
+  const canary = await startCanary(OTHER, 22)
+  const dns = await startDns({ 'git.test': { A: [SERVER] }, 'denied.test': { A: [OTHER] } })
+  const proxy = await startProxy({ allow: ['git.test:22'], dns: { servers: [dns.server], timeoutMs: 2000 } })
+  t.teardown(async () => {
+    await proxy.close()
+    await dns.close()
+    await canary.close()
+    await sshd.close()
+  })
+  return { sshd, proxy, viaHttp: `nc -X connect -x 127.0.0.1:${proxy.port} %h %p`, canaryConnections: () => canary.connections() }
+}
+
+t.test('ssh through the HTTP port: an allowed name on 22 logs in; a denied name or IP literal never reaches port 22', { skip: SKIP }, async (t) => {
+  const { sshd, proxy, viaHttp, canaryConnections } = await setup(t)
+  const ssh = sshd.sshCommand(viaHttp)
+  const [program = 'ssh', ...options] = ssh
+  const allowed = await exec(program, [...options, `${sshd.user}@git.test`, 'echo logged-in-over-ssh'])
+  t.equal(allowed.code, 0, `ssh exits 0: ${allowed.stderr}`)
+  t.equal(allowed.stdout, 'logged-in-over-ssh\n', 'the command ran on the server (whose host key the client pinned)')
+  t.match(sshd.log(), new RegExp(`Accepted publickey for ${sshd.user} from `), 'sshd logged the client in with the test key')
+  t.match(await logLine(proxy, decisionFor('git.test:22'), 'the allowed decision'), { method: 'CONNECT', decision: 'allow', rule: 'allow[0] git.test:22', chosen: SERVER })
+
+  const denied = await exec(program, [...options, `${sshd.user}@denied.test`, 'true'])
+  t.equal(denied.code, 255, 'ssh fails')
+  t.match(denied.stderr, /nc: Proxy error: "HTTP\/1\.1 403 Forbidden"/, 'nc says the proxy refused (ssh itself only sees the connection close)')
+  t.match(await logLine(proxy, decisionFor('denied.test:22'), 'the denial'), { decision: 'deny', reason: 'no-rule', suggestion: 'denied.test:22' })
+
+  const literal = await exec(program, [...options, `${sshd.user}@${OTHER}`, 'true'])
+  t.equal(literal.code, 255, 'an IP literal without an IP rule fails too')
+  t.match(await logLine(proxy, decisionFor(`${OTHER}:22`), 'the IP denial'), { decision: 'deny', reason: 'no-rule' })
+  t.equal(canaryConnections(), 0, 'nothing reached port 22 of the denied address')
+})
+
+t.test('git clone over SSH through the HTTP port (GIT_SSH_COMMAND), and not from a denied name', { skip: SKIP }, async (t) => {
+  const { sshd, proxy, viaHttp, canaryConnections } = await setup(t)
+  const env = { GIT_SSH_COMMAND: sshd.gitSshCommand(viaHttp), GIT_TERMINAL_PROMPT: '0' }
+  const into = join(sshd.dir, 'clone')
+  const cloned = await exec('git', ['clone', '-q', `${sshd.user}@git.test:${sshd.repo}`, into], env)
+  t.equal(cloned.code, 0, `git clone exits 0: ${cloned.stderr}`)
+  t.equal(readFileSync(join(into, REPO_FILE), 'utf8'), REPO_TEXT, "the server's commit, checked out")
+  t.match(await logLine(proxy, decisionFor('git.test:22'), 'the allowed decision'), { decision: 'allow', rule: 'allow[0] git.test:22' })
+
+  const refused = await exec('git', ['clone', '-q', `${sshd.user}@denied.test:${sshd.repo}`, join(sshd.dir, 'refused')], env)
+  t.equal(refused.code, 128, 'git clone fails')
+  t.match(refused.stderr, /Could not read from remote repository/)
+  t.match(await logLine(proxy, decisionFor('denied.test:22'), 'the denial'), { decision: 'deny', reason: 'no-rule' })
+  t.equal(canaryConnections(), 0, 'nothing reached port 22 of the denied address')
+})
