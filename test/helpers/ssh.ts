@@ -3,7 +3,7 @@
 // address, serving a bare git repository with one commit. Clients get an `ssh` command line that
 // trusts exactly this host key and reaches the server through a ProxyCommand.
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { userInfo } from 'node:os'
 import { join } from 'node:path'
 import { tempDir } from './files.js'
@@ -138,6 +138,7 @@ export async function startSshd(host: string): Promise<TestSshd> {
     close: async () => {
       child.kill('SIGTERM')
       await exited
+      rmSync(dir, { recursive: true, force: true })
     },
   }
 }
