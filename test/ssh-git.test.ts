@@ -10,7 +10,7 @@ import t, { type Test } from 'tap'
 import { startDns } from './helpers/dns.js'
 import { NETNS_SKIP, startCanary } from './helpers/net.js'
 import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
-import { REPO_FILE, REPO_TEXT, SSH_SKIP, startSshd, type TestSshd } from './helpers/ssh.js'
+import { REPO_FILE, REPO_TEXT, shellQuote, SSH_SKIP, startSshd, type TestSshd } from './helpers/ssh.js'
 
 const SKIP = NETNS_SKIP || SSH_SKIP
 const SERVER = '11.22.33.44'
@@ -29,6 +29,25 @@ function exec(command: string, args: readonly string[], env: Readonly<Record<str
       resolve({ code, stdout, stderr })
     })
   })
+}
+
+const README = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+const RECIPES = README.slice(README.indexOf('## SSH, git and other TCP'), README.indexOf('## The sandbox: proxy-gate as the only way out'))
+
+/** The README's recipe line (in "SSH, git and other TCP") that holds `has`, without its # comment. */
+function recipe(has: string): string {
+  const line = RECIPES.split('\n').find((l) => l.includes(has))
+  if (line === undefined) throw new Error(`no recipe with ${has} in the README`)
+  return line.replace(/\s+#.*$/, '')
+}
+
+/** A README recipe as it runs here: the test server for GitHub, proxy-gate's real port, the test key and pinned host key. */
+function adapted(line: string, sshd: TestSshd, from: string, to: string): string {
+  return line
+    .replaceAll(from, to)
+    .replace('git@github.com:owner/repo.git', `${sshd.user}@git.test:${sshd.repo}`)
+    .replace('git@github.com', `${sshd.user}@git.test`)
+    .replace(/\bssh -o /, `ssh ${sshd.sshOptions.map(shellQuote).join(' ')} -o `)
 }
 
 const decisionFor = (target: string) => (l: LogLine) => l.message === 'decision' && l.target === target
@@ -92,4 +111,13 @@ t.test('git clone over SSH through the HTTP port (GIT_SSH_COMMAND), and not from
   t.match(refused.stderr, /Could not read from remote repository/)
   t.match(await logLine(proxy, decisionFor('denied.test:22'), 'the denial'), { decision: 'deny', reason: 'no-rule' })
   t.equal(canaryConnections(), 0, 'nothing reached port 22 of the denied address')
+})
+
+t.test("the README's ssh recipe through the HTTP port works as written", { skip: SKIP }, async (t) => {
+  const { sshd, proxy } = await setup(t)
+  const line = recipe("nc -X connect -x 127.0.0.1:3128 %h %p' git@github.com")
+  t.equal(line, "ssh -o ProxyCommand='nc -X connect -x 127.0.0.1:3128 %h %p' git@github.com")
+  const ran = await exec('sh', ['-c', `${adapted(line, sshd, '127.0.0.1:3128', `127.0.0.1:${proxy.port}`)} echo readme-recipe`])
+  t.equal(ran.code, 0, ran.stderr)
+  t.equal(ran.stdout, 'readme-recipe\n')
 })

@@ -33,10 +33,9 @@ export interface TestSshd {
   readonly repo: string
   /** a scratch folder for the test (clones go here) */
   readonly dir: string
-  /**
-   * `ssh` and the options that make it log in with the test key, trust only the test server's host
-   * key and reach the server through `proxyCommand` (OpenSSH expands %h and %p).
-   */
+  /** the options that make ssh log in with the test key and trust only the test server's host key */
+  readonly sshOptions: readonly string[]
+  /** `ssh`, those options and `-o ProxyCommand=...` (OpenSSH expands %h and %p) */
   sshCommand(proxyCommand: string): string[]
   /** the same as one shell command line, for GIT_SSH_COMMAND */
   gitSshCommand(proxyCommand: string): string
@@ -103,7 +102,7 @@ function listening(child: ChildProcessWithoutNullStreams, said: () => string): P
   })
 }
 
-const shellQuote = (word: string): string => `'${word.replaceAll("'", `'\\''`)}'`
+export const shellQuote = (word: string): string => `'${word.replaceAll("'", `'\\''`)}'`
 
 /** Starts sshd on HOST:22 (a stand-in address of the test namespace). */
 export async function startSshd(host: string): Promise<TestSshd> {
@@ -123,15 +122,14 @@ export async function startSshd(host: string): Promise<TestSshd> {
   child.stderr.on('data', (d: Buffer) => (said += d.toString()))
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
   await listening(child, () => said)
-  const sshCommand = (proxyCommand: string): string[] => [
-    'ssh', '-F', '/dev/null', '-i', join(dir, 'client_key'), '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes',
-    '-o', `UserKnownHostsFile=${join(dir, 'known_hosts')}`, '-o', 'StrictHostKeyChecking=yes', '-o', `ProxyCommand=${proxyCommand}`,
-  ]
+  const sshOptions = ['-F', '/dev/null', '-i', join(dir, 'client_key'), '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', `UserKnownHostsFile=${join(dir, 'known_hosts')}`, '-o', 'StrictHostKeyChecking=yes']
+  const sshCommand = (proxyCommand: string): string[] => ['ssh', ...sshOptions, '-o', `ProxyCommand=${proxyCommand}`]
   return {
     host,
     user,
     repo,
     dir,
+    sshOptions,
     sshCommand,
     gitSshCommand: (proxyCommand) => sshCommand(proxyCommand).map(shellQuote).join(' '),
     log: () => said,
