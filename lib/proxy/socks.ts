@@ -84,9 +84,12 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
   let phase: Phase = 'greeting'
   let user: string | undefined
   const source = socket.remoteAddress ?? ''
+  let done = false
   const stop = (): void => {
+    done = true
     clearTimeout(timer)
     socket.off('data', onData)
+    socket.off('end', onEnd)
   }
   const timer = setTimeout(() => {
     stop()
@@ -96,7 +99,7 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
   const fail = (why: Bad): void => {
     stop()
     if (phase === 'greeting') return notSocks(socket, why)
-    logRefusal(rt, socket, reply(400, 'http_request_error', `bad SOCKS5 ${phase}: ${why.reason}`))
+    logRefusal(rt, socket, reply(400, 'http_request_error', `bad SOCKS5 ${phase === 'waiting' ? 'handshake' : phase}: ${why.reason}`))
     socket.destroy()
   }
   const step = (): void => {
@@ -153,12 +156,19 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
     phase = 'request'
     step()
   }
+  // each message is far shorter than the limit: only a client that sends on while its login is checked reaches it
   const onData = (chunk: Buffer): void => {
     buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk])
-    if (buffered.length > MAX_HANDSHAKE_BYTES) return fail({ kind: 'bad', reason: `more than ${MAX_HANDSHAKE_BYTES} bytes before the handshake is complete` })
     if (phase !== 'waiting') step()
+    if (!done && buffered.length > MAX_HANDSHAKE_BYTES) fail({ kind: 'bad', reason: `more than ${MAX_HANDSHAKE_BYTES} bytes before the handshake is complete` })
+  }
+  // a client that stops sending mid-handshake can never complete it
+  const onEnd = (): void => {
+    stop()
+    socket.destroy()
   }
   socket.on('data', onData)
+  socket.once('end', onEnd)
   socket.once('close', () => clearTimeout(timer))
 }
 
