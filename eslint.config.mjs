@@ -6,12 +6,13 @@ import tseslint from 'typescript-eslint'
 const LAYERS = {
   core: [],
   policy: ['core'],
+  socks: ['core', 'policy'],
   rules: ['core', 'policy'],
   certs: ['core', 'policy'],
   wiring: ['core', 'policy'],
   net: ['core', 'policy', 'rules'],
   dns: ['core', 'policy', 'rules'],
-  proxy: ['core', 'policy', 'rules', 'certs', 'net', 'wiring', 'dns'],
+  proxy: ['core', 'policy', 'rules', 'certs', 'net', 'wiring', 'dns', 'socks'],
   observe: ['core', 'policy', 'rules', 'wiring', 'proxy', 'dns'],
   cli: ['core', 'policy', 'rules', 'certs', 'wiring', 'net', 'dns', 'proxy', 'observe'],
 }
