@@ -1,10 +1,10 @@
-// ssh and git over SSH through proxy-gate's HTTP port, with real OpenSSH (sshd on port 22 of a
-// stand-in address, a fixture DNS name for it) and OpenBSD netcat as ssh's ProxyCommand
-// (`nc -X connect -x PROXY %h %p`), as the README's "SSH, git and other TCP" recipes do it. A name
-// rule on port 22 lets them through; a name or an IP literal without one never reaches port 22,
-// and proxy-gate's log says why.
+// ssh and git over SSH through proxy-gate, with real OpenSSH (sshd on port 22 of a stand-in
+// address, a fixture DNS name for it) and OpenBSD netcat as ssh's ProxyCommand: through the HTTP
+// port (`nc -X connect -x PROXY %h %p`) and the SOCKS5 listener (`nc -X 5 -x SOCKS %h %p`), and the
+// README's "SSH, git and other TCP" recipes run as written. A name rule on port 22 lets them
+// through; a name or an IP literal without one never reaches port 22, and proxy-gate's log says why.
 import { execFile } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { startDns } from './helpers/dns.js'
@@ -57,23 +57,34 @@ interface Setup {
   readonly proxy: TestProxy
   /** ssh's ProxyCommand through proxy-gate's HTTP port */
   readonly viaHttp: string
+  /** ssh's ProxyCommand through its SOCKS5 listener */
+  readonly viaSocks: string
+  readonly socksPort: number
   /** counts connections to port 22 of the address denied.test resolves to */
   readonly canaryConnections: () => number
 }
 
-/** sshd at git.test:22, a canary at denied.test:22, proxy-gate allowing git.test:22 only. */
+/** sshd at git.test:22, a canary at denied.test:22, proxy-gate allowing git.test:22 only, with its SOCKS5 listener. */
 async function setup(t: Test): Promise<Setup> {
   const sshd = await startSshd(SERVER)
   const canary = await startCanary(OTHER, 22)
   const dns = await startDns({ 'git.test': { A: [SERVER] }, 'denied.test': { A: [OTHER] } })
-  const proxy = await startProxy({ allow: ['git.test:22'], dns: { servers: [dns.server], timeoutMs: 2000 } })
+  const proxy = await startProxy({ allow: ['git.test:22'], dns: { servers: [dns.server], timeoutMs: 2000 }, socks: { listen: '127.0.0.1:0' } })
+  const socksPort = proxy.proxy.socksAddress()?.port
   t.teardown(async () => {
     await proxy.close()
     await dns.close()
     await canary.close()
     await sshd.close()
   })
-  return { sshd, proxy, viaHttp: `nc -X connect -x 127.0.0.1:${proxy.port} %h %p`, canaryConnections: () => canary.connections() }
+  return {
+    sshd,
+    proxy,
+    viaHttp: `nc -X connect -x 127.0.0.1:${proxy.port} %h %p`,
+    viaSocks: `nc -X 5 -x 127.0.0.1:${String(socksPort)} %h %p`,
+    socksPort: socksPort ?? 0,
+    canaryConnections: () => canary.connections(),
+  }
 }
 
 t.test('ssh through the HTTP port: an allowed name on 22 logs in; a denied name or IP literal never reaches port 22', { skip: SKIP }, async (t) => {
@@ -113,11 +124,63 @@ t.test('git clone over SSH through the HTTP port (GIT_SSH_COMMAND), and not from
   t.equal(canaryConnections(), 0, 'nothing reached port 22 of the denied address')
 })
 
-t.test("the README's ssh recipe through the HTTP port works as written", { skip: SKIP }, async (t) => {
-  const { sshd, proxy } = await setup(t)
-  const line = recipe("nc -X connect -x 127.0.0.1:3128 %h %p' git@github.com")
-  t.equal(line, "ssh -o ProxyCommand='nc -X connect -x 127.0.0.1:3128 %h %p' git@github.com")
-  const ran = await exec('sh', ['-c', `${adapted(line, sshd, '127.0.0.1:3128', `127.0.0.1:${proxy.port}`)} echo readme-recipe`])
-  t.equal(ran.code, 0, ran.stderr)
-  t.equal(ran.stdout, 'readme-recipe\n')
+t.test("the README's ssh recipes through SOCKS5 and the HTTP port work as written", { skip: SKIP }, async (t) => {
+  const { sshd, proxy, socksPort } = await setup(t)
+  const recipes: [string, string, string][] = [
+    ["ssh -o ProxyCommand='nc -X 5 -x 127.0.0.1:1080 %h %p' git@github.com", '127.0.0.1:1080', `127.0.0.1:${socksPort}`],
+    ["ssh -o ProxyCommand='nc -X connect -x 127.0.0.1:3128 %h %p' git@github.com", '127.0.0.1:3128', `127.0.0.1:${proxy.port}`],
+  ]
+  for (const [written, from, to] of recipes) {
+    t.equal(recipe(written), written, 'the README has this line')
+    const ran = await exec('sh', ['-c', `${adapted(written, sshd, from, to)} echo readme-recipe`])
+    t.equal(ran.code, 0, `${written}: ${ran.stderr}`)
+    t.equal(ran.stdout, 'readme-recipe\n')
+  }
+  t.same(proxy.logs().filter((l) => l.message === 'decision').map((l) => [l.listener ?? 'proxy port', l.target, l.decision]), [['socks', 'git.test:22', 'allow'], ['proxy port', 'git.test:22', 'allow']])
+})
+
+t.test('ssh through SOCKS5 (nc -X 5): an allowed name on 22 logs in; a denied name or IP literal never reaches port 22', { skip: SKIP }, async (t) => {
+  const { sshd, proxy, viaSocks, canaryConnections } = await setup(t)
+  const [program = 'ssh', ...options] = sshd.sshCommand(viaSocks)
+  const allowed = await exec(program, [...options, `${sshd.user}@git.test`, 'echo logged-in-over-socks'])
+  t.equal(allowed.code, 0, `ssh exits 0: ${allowed.stderr}`)
+  t.equal(allowed.stdout, 'logged-in-over-socks\n')
+  t.match(await logLine(proxy, decisionFor('git.test:22'), 'the allowed decision'), { listener: 'socks', decision: 'allow', rule: 'allow[0] git.test:22', chosen: SERVER })
+
+  const denied = await exec(program, [...options, `${sshd.user}@denied.test`, 'true'])
+  t.equal(denied.code, 255, 'ssh fails')
+  t.match(denied.stderr, /Connection not allowed by ruleset/, 'nc reads reply 0x02')
+  t.match(await logLine(proxy, decisionFor('denied.test:22'), 'the denial'), { listener: 'socks', decision: 'deny', reason: 'no-rule', suggestion: 'denied.test:22' })
+
+  const literal = await exec(program, [...options, `${sshd.user}@${OTHER}`, 'true'])
+  t.equal(literal.code, 255, 'an IP literal without an IP rule fails too')
+  t.match(await logLine(proxy, decisionFor(`${OTHER}:22`), 'the IP denial'), { listener: 'socks', decision: 'deny', reason: 'no-rule' })
+  t.equal(canaryConnections(), 0, 'nothing reached port 22 of the denied address')
+})
+
+t.test("git clone over SSH through SOCKS5 with the README's GIT_SSH_COMMAND and ~/.ssh/config block, as written", { skip: SKIP }, async (t) => {
+  const { sshd, proxy, socksPort, canaryConnections } = await setup(t)
+  const socks = `127.0.0.1:${socksPort}`
+  const line = recipe('GIT_SSH_COMMAND=')
+  t.equal(line, `GIT_SSH_COMMAND="ssh -o ProxyCommand='nc -X 5 -x 127.0.0.1:1080 %h %p'" git clone git@github.com:owner/repo.git`)
+  const into = join(sshd.dir, 'clone')
+  const cloned = await exec('sh', ['-c', `${adapted(line, sshd, '127.0.0.1:1080', socks)} ${into}`], { GIT_TERMINAL_PROMPT: '0' })
+  t.equal(cloned.code, 0, `git clone exits 0: ${cloned.stderr}`)
+  t.equal(readFileSync(join(into, REPO_FILE), 'utf8'), REPO_TEXT, "the server's commit, checked out")
+  t.match(await logLine(proxy, decisionFor('git.test:22'), 'the allowed decision'), { listener: 'socks', decision: 'allow' })
+
+  const block = /```\n(Host github\.com[^`]*)```/.exec(RECIPES)?.[1]
+  t.ok(block, 'the README has the ~/.ssh/config block')
+  const config = join(sshd.dir, 'ssh_config')
+  writeFileSync(config, (block ?? '').replace(/^Host .*$/m, 'Host git.test denied.test').replaceAll('127.0.0.1:1080', socks))
+  const options = sshd.sshOptions.filter((o, i, all) => o !== '-F' && all[i - 1] !== '-F')
+  const env = { GIT_SSH_COMMAND: ['ssh', '-F', config, ...options].map(shellQuote).join(' '), GIT_TERMINAL_PROMPT: '0' }
+  const again = await exec('git', ['clone', '-q', `${sshd.user}@git.test:${sshd.repo}`, join(sshd.dir, 'again')], env)
+  t.equal(again.code, 0, `git clone with the config block exits 0: ${again.stderr}`)
+  t.equal(readFileSync(join(sshd.dir, 'again', REPO_FILE), 'utf8'), REPO_TEXT)
+
+  const refused = await exec('git', ['clone', '-q', `${sshd.user}@denied.test:${sshd.repo}`, join(sshd.dir, 'refused')], env)
+  t.equal(refused.code, 128, 'git clone of a denied name fails')
+  t.match(await logLine(proxy, decisionFor('denied.test:22'), 'the denial'), { listener: 'socks', decision: 'deny', reason: 'no-rule' })
+  t.equal(canaryConnections(), 0, 'nothing reached port 22 of the denied address')
 })
