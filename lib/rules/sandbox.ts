@@ -1,6 +1,6 @@
 // The "sandbox" section of rules.json: proxy-gate as the only way out of a container network,
 // with its own DNS server and transparent listeners on its address there. Validated once at load.
-import { formatIpPort, parseIp, type Ip } from '../policy/ip.js'
+import { formatIp, formatIpPort, parseIp, type Ip } from '../policy/ip.js'
 import { entryText, type RuleError } from '../policy/rules.js'
 import { wholeNumberWithin } from './bounds.js'
 
@@ -84,9 +84,9 @@ export function parseSandbox(errors: RuleError[], value: unknown): SandboxSettin
   return address ? { address, ...settings } : undefined
 }
 
-/** Where the sandbox's SOCKS5 listener binds (`ADDRESS:PORT`, IPv6 in brackets), or undefined for none. */
-export function sandboxSocksListen(sandbox: SandboxSettings): string | undefined {
-  return sandbox.socksPort === undefined ? undefined : sandboxListener(sandbox, sandbox.socksPort)
+/** Where the sandbox's SOCKS5 listener binds, in the shape of "listen" and "socks.listen" (the host as an IP literal), or undefined for none. */
+export function sandboxSocksListen(sandbox: SandboxSettings): { readonly host: string; readonly port: number } | undefined {
+  return sandbox.socksPort === undefined ? undefined : { host: formatIp(sandbox.address), port: sandbox.socksPort }
 }
 
 /** `ADDRESS:PORT` of one sandbox listener, IPv6 in brackets. */
