@@ -3,7 +3,8 @@
 // port (`nc -X connect -x PROXY %h %p`) and the SOCKS5 listener (`nc -X 5 -x SOCKS %h %p`), and the
 // README's "SSH, git and other TCP" recipes run as written. A name rule on port 22 lets them
 // through; a name or an IP literal without one never reaches port 22, and proxy-gate's log says why.
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
@@ -183,4 +184,45 @@ t.test("git clone over SSH through SOCKS5 with the README's GIT_SSH_COMMAND and 
   t.equal(refused.code, 128, 'git clone of a denied name fails')
   t.match(await logLine(proxy, decisionFor('denied.test:22'), 'the denial'), { listener: 'socks', decision: 'deny', reason: 'no-rule' })
   t.equal(canaryConnections(), 0, 'nothing reached port 22 of the denied address')
+})
+
+t.test('ssh to a TLS port (as ssh.github.com:443) is refused as not-tls (ConnectTimeout ends the wait), and goes through with tls.allowNonTls', { skip: SKIP }, async (t) => {
+  const TLS_PORT = 2443 // a TLS port of these rules only: 443 on the stand-in address belongs to other tests
+  const sshd = await startSshd(SERVER, [TLS_PORT])
+  const dns = await startDns({ 'ssh.git.test': { A: [SERVER] } })
+  const rules = { allow: [`ssh.git.test:${TLS_PORT}`], dns: { servers: [dns.server], timeoutMs: 2000 }, tls: { ports: [443, TLS_PORT] }, socks: { listen: '127.0.0.1:0' } }
+  const proxy = await startProxy(rules)
+  t.teardown(async () => {
+    await proxy.close()
+    await dns.close()
+    await sshd.close()
+  })
+  const [program = 'ssh', ...options] = sshd.sshCommand(`nc -X 5 -x 127.0.0.1:${String(proxy.proxy.socksAddress()?.port)} %h %p`)
+  // proxy-gate closes the tunnel once it sees ssh's banner, but nc does not pass that close on while ssh's side is open
+  const login = ['-o', 'ConnectTimeout=2', '-p', String(TLS_PORT), `${sshd.user}@ssh.git.test`, 'echo over-a-tls-port']
+  const refused = await exec(program, [...options, ...login])
+  t.equal(refused.code, 255, 'ssh fails')
+  t.match(refused.stderr, /Connection timed out during banner exchange/, 'when ConnectTimeout runs out')
+  t.match(await logLine(proxy, (l) => l.message === 'decision' && l.reason === 'not-tls', 'the not-tls line'), { listener: 'socks', target: `ssh.git.test:${TLS_PORT}`, decision: 'deny' })
+  t.notMatch(sshd.log(), /Accepted publickey/, 'the server never saw a login')
+
+  proxy.reload({ ...rules, tls: { ...rules.tls, allowNonTls: true } })
+  const allowed = await exec(program, [...options, ...login])
+  t.equal(allowed.code, 0, allowed.stderr)
+  t.equal(allowed.stdout, 'over-a-tls-port\n')
+})
+
+t.test('a reload that denies an open ssh session closes it; ServerAliveInterval makes ssh notice', { skip: SKIP }, async (t) => {
+  const { sshd, proxy, viaSocks } = await setup(t)
+  const [program = 'ssh', ...options] = sshd.sshCommand(viaSocks)
+  const child = spawn(program, [...options, '-o', 'ServerAliveInterval=1', `${sshd.user}@git.test`, 'echo in; exec sleep 60'])
+  t.teardown(() => child.kill())
+  let stderr = ''
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+  const exited = once(child, 'exit') as Promise<[number | null]>
+  await once(child.stdout, 'data')
+  t.same(proxy.reload({ allow: [], dns: { servers: ['127.0.0.1:9'] }, socks: { listen: '127.0.0.1:0' } }), { closed: 1, kept: 0 }, 'the tunnel is closed')
+  t.match(await logLine(proxy, (l) => l.message === 'revoked', 'the revoked line'), { kind: 'tunnel', target: 'git.test:22', reason: 'no-rule' })
+  const [code] = await exited
+  t.equal(code, 255, `ssh ends at its next keepalive, long before the remote command would: ${stderr.trim()}`)
 })

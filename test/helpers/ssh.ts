@@ -25,7 +25,7 @@ export const REPO_FILE = 'README'
 export const REPO_TEXT = 'served over ssh\n'
 
 export interface TestSshd {
-  /** the address it listens on, port 22 */
+  /** the address it listens on, port 22 (and the ports startSshd was given) */
   readonly host: string
   /** the account clients log in as (the test's own: sshd can only log in existing users) */
   readonly user: string
@@ -68,10 +68,10 @@ function bareRepo(dir: string): string {
   return repo
 }
 
-function config(dir: string, host: string, user: string): string {
+function config(dir: string, host: string, ports: readonly number[], user: string): string {
   const file = join(dir, 'sshd_config')
   const lines = [
-    `ListenAddress ${host}:22`,
+    ...ports.map((port) => `ListenAddress ${host}:${port}`),
     `HostKey ${join(dir, 'host_key')}`,
     `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
     `PidFile ${join(dir, 'sshd.pid')}`,
@@ -104,8 +104,8 @@ function listening(child: ChildProcessWithoutNullStreams, said: () => string): P
 
 export const shellQuote = (word: string): string => `'${word.replaceAll("'", `'\\''`)}'`
 
-/** Starts sshd on HOST:22 (a stand-in address of the test namespace). */
-export async function startSshd(host: string): Promise<TestSshd> {
+/** Starts sshd on HOST:22 (a stand-in address of the test namespace) and on any `morePorts` there. */
+export async function startSshd(host: string, morePorts: readonly number[] = []): Promise<TestSshd> {
   const dir = tempDir('sshd')
   const user = userInfo().username
   const hostKey = keygen(join(dir, 'host_key'))
@@ -116,7 +116,7 @@ export async function startSshd(host: string): Promise<TestSshd> {
   // sshd's privilege separation folder; Debian's service makes it at boot, a machine without the service running has none
   if (!existsSync('/run/sshd')) mkdirSync('/run/sshd', { mode: 0o755 })
   // through setpriv where it is there: sshd dies with the test process even when tap kills it
-  const args = ['-D', '-e', '-f', config(dir, host, user)]
+  const args = ['-D', '-e', '-f', config(dir, host, [22, ...morePorts], user)]
   const child = existsSync('/usr/bin/setpriv') ? spawn('/usr/bin/setpriv', ['--pdeathsig', 'KILL', SSHD, ...args]) : spawn(SSHD, args)
   let said = ''
   child.stderr.on('data', (d: Buffer) => (said += d.toString()))
