@@ -11,7 +11,7 @@ import { rulesFile, tempDir } from './helpers/files.js'
 import { connectHead } from './helpers/http.js'
 import { NETNS_SKIP, rawExchange, startBannerUpstream, startCanary, startHttpsUpstream, statusOf, type Canary } from './helpers/net.js'
 import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
-import { socksConnect, type Opened } from './helpers/socks.js'
+import { greeting, socksConnect, socksSession, type Opened } from './helpers/socks.js'
 import { join } from 'node:path'
 
 async function startSocks(t: Test, rules: Record<string, unknown>): Promise<TestProxy & { socks: number }> {
@@ -217,4 +217,35 @@ t.test('differential: for the same targets SOCKS and CONNECT reach exactly the s
   const reached = Object.entries(canaries.snapshot()).filter(([, n]) => n > 0).map(([k]) => k)
   t.same(reached, ['11.22.33.44', '11.22.33.46'], 'only the allowed name and the allowed IP literal were ever reached, each by both')
   t.same([canaries.seen.get('11.22.33.44'), canaries.seen.get('11.22.33.46')], [2, 2], 'once over CONNECT and once over SOCKS')
+})
+
+t.test('limits.maxConnections counts the proxy port and the SOCKS listener together', async (t) => {
+  const proxy = await startSocks(t, { allow: [], limits: { maxConnections: 2 } })
+  // a keep-alive HTTP client of the proxy port, and a SOCKS client, each answered once: both accepted
+  const http = await socksSession(proxy.port)
+  http.socket.write('GET /proxy.pac HTTP/1.1\r\nHost: x\r\n\r\n')
+  t.equal((await http.read(12))?.toString(), 'HTTP/1.1 200')
+  const first = await socksSession(proxy.socks)
+  first.socket.write(greeting([0]))
+  t.same([...((await first.read(2)) ?? [])], [5, 0])
+  const refused = await socksSession(proxy.socks)
+  refused.socket.write(greeting([0]))
+  await refused.closed
+  t.equal(refused.pending().length, 0, 'a third connection is closed unanswered')
+  http.socket.destroy()
+  first.socket.destroy()
+})
+
+t.test('shutdown drains SOCKS too: the listener stops accepting and open tunnels are closed at the grace deadline', async (t) => {
+  const banner = await startBannerUpstream('127.0.0.1', 'hi\n')
+  t.teardown(() => banner.close())
+  const proxy = await startSocks(t, { allow: [`127.0.0.1:${banner.port}`], limits: { shutdownGraceMs: 200 } })
+  const opened = await socksConnect(proxy.socks, '127.0.0.1', banner.port)
+  t.equal(opened.code, 0x00)
+  t.equal((await opened.session.read(3))?.toString(), 'hi\n')
+  const stopped = proxy.proxy.shutdown()
+  await opened.session.closed
+  await stopped
+  t.ok(proxy.logs().some((l) => l.message === 'closing what is still open'), 'closed at the grace deadline')
+  await t.rejects(socksSession(proxy.socks), { code: 'ECONNREFUSED' }, 'the SOCKS listener no longer accepts')
 })
