@@ -1,6 +1,7 @@
 // SOCKS on CONNECT's decision path: the "socks" settings and `start --socks` (validation, exposure
 // checks), the SNI check on TLS ports, per-client policies by SOCKS user, reloads that revoke a
 // SOCKS tunnel, and a differential run: for the same targets SOCKS and CONNECT reach the same canaries.
+import { writeFileSync } from 'node:fs'
 import { connect as tlsConnect } from 'node:tls'
 import t, { type Test } from 'tap'
 import { parseConfig } from '../lib/rules/config.js'
@@ -248,4 +249,23 @@ t.test('shutdown drains SOCKS too: the listener stops accepting and open tunnels
   await stopped
   t.ok(proxy.logs().some((l) => l.message === 'closing what is still open'), 'closed at the grace deadline')
   await t.rejects(socksSession(proxy.socks), { code: 'ECONNREFUSED' }, 'the SOCKS listener no longer accepts')
+})
+
+t.test('start: a reload that changes "socks" fails (it needs a restart); one that leaves it as it was goes through', async (t) => {
+  const file = rulesFile({ allow: [], socks: { listen: '127.0.0.1:0' } })
+  const tokenFile = join(tempDir('token'), 'admin-token')
+  const cli = await startCli(['start', '--log-format', 'json', '--admin-listen', 'off', '--admin-token-file', tokenFile, '--rules', file, '--listen', '127.0.0.1:0'])
+  t.teardown(() => cli.stop())
+  const reloadWith = async (rules: Record<string, unknown>): Promise<Record<string, unknown>> => {
+    const before = cli.lines.length
+    writeFileSync(file, JSON.stringify(rules))
+    cli.child.kill('SIGHUP')
+    return cli.waitFor((l) => cli.lines.indexOf(l) >= before && (l.message === 'reloaded' || l.message === 'reload failed: keeping the previous rules'))
+  }
+  const moved = await reloadWith({ allow: [], socks: { listen: '127.0.0.1:1' } })
+  t.match(moved, { message: 'reload failed: keeping the previous rules', errors: [/"socks" changed to 127\.0\.0\.1:1 \(running: 127\.0\.0\.1:0\): restart/] })
+  const removed = await reloadWith({ allow: [] })
+  t.match(removed, { message: 'reload failed: keeping the previous rules', errors: [/"socks" changed to none/] })
+  const same = await reloadWith({ allow: ['example.test:22'], socks: { listen: '127.0.0.1:0' } })
+  t.equal(same.message, 'reloaded')
 })
