@@ -1,6 +1,7 @@
 // SOCKS on CONNECT's decision path: the "socks" settings and `start --socks` (validation, exposure
 // checks), the SNI check on TLS ports, per-client policies by SOCKS user, reloads that revoke a
 // SOCKS tunnel, and a differential run: for the same targets SOCKS and CONNECT reach the same canaries.
+import { writeFileSync } from 'node:fs'
 import { connect as tlsConnect } from 'node:tls'
 import t, { type Test } from 'tap'
 import { parseConfig } from '../lib/rules/config.js'
@@ -11,7 +12,7 @@ import { rulesFile, tempDir } from './helpers/files.js'
 import { connectHead } from './helpers/http.js'
 import { NETNS_SKIP, rawExchange, startBannerUpstream, startCanary, startHttpsUpstream, statusOf, type Canary } from './helpers/net.js'
 import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
-import { socksConnect, type Opened } from './helpers/socks.js'
+import { greeting, socksConnect, socksSession, type Opened } from './helpers/socks.js'
 import { join } from 'node:path'
 
 async function startSocks(t: Test, rules: Record<string, unknown>): Promise<TestProxy & { socks: number }> {
@@ -217,4 +218,54 @@ t.test('differential: for the same targets SOCKS and CONNECT reach exactly the s
   const reached = Object.entries(canaries.snapshot()).filter(([, n]) => n > 0).map(([k]) => k)
   t.same(reached, ['11.22.33.44', '11.22.33.46'], 'only the allowed name and the allowed IP literal were ever reached, each by both')
   t.same([canaries.seen.get('11.22.33.44'), canaries.seen.get('11.22.33.46')], [2, 2], 'once over CONNECT and once over SOCKS')
+})
+
+t.test('limits.maxConnections counts the proxy port and the SOCKS listener together', async (t) => {
+  const proxy = await startSocks(t, { allow: [], limits: { maxConnections: 2 } })
+  // a keep-alive HTTP client of the proxy port, and a SOCKS client, each answered once: both accepted
+  const http = await socksSession(proxy.port)
+  http.socket.write('GET /proxy.pac HTTP/1.1\r\nHost: x\r\n\r\n')
+  t.equal((await http.read(12))?.toString(), 'HTTP/1.1 200')
+  const first = await socksSession(proxy.socks)
+  first.socket.write(greeting([0]))
+  t.same([...((await first.read(2)) ?? [])], [5, 0])
+  const refused = await socksSession(proxy.socks)
+  refused.socket.write(greeting([0]))
+  await refused.closed
+  t.equal(refused.pending().length, 0, 'a third connection is closed unanswered')
+  http.socket.destroy()
+  first.socket.destroy()
+})
+
+t.test('shutdown drains SOCKS too: the listener stops accepting and open tunnels are closed at the grace deadline', async (t) => {
+  const banner = await startBannerUpstream('127.0.0.1', 'hi\n')
+  t.teardown(() => banner.close())
+  const proxy = await startSocks(t, { allow: [`127.0.0.1:${banner.port}`], limits: { shutdownGraceMs: 200 } })
+  const opened = await socksConnect(proxy.socks, '127.0.0.1', banner.port)
+  t.equal(opened.code, 0x00)
+  t.equal((await opened.session.read(3))?.toString(), 'hi\n')
+  const stopped = proxy.proxy.shutdown()
+  await opened.session.closed
+  await stopped
+  t.ok(proxy.logs().some((l) => l.message === 'closing what is still open'), 'closed at the grace deadline')
+  await t.rejects(socksSession(proxy.socks), { code: 'ECONNREFUSED' }, 'the SOCKS listener no longer accepts')
+})
+
+t.test('start: a reload that changes "socks" fails (it needs a restart); one that leaves it as it was goes through', async (t) => {
+  const file = rulesFile({ allow: [], socks: { listen: '127.0.0.1:0' } })
+  const tokenFile = join(tempDir('token'), 'admin-token')
+  const cli = await startCli(['start', '--log-format', 'json', '--admin-listen', 'off', '--admin-token-file', tokenFile, '--rules', file, '--listen', '127.0.0.1:0'])
+  t.teardown(() => cli.stop())
+  const reloadWith = async (rules: Record<string, unknown>): Promise<Record<string, unknown>> => {
+    const before = cli.lines.length
+    writeFileSync(file, JSON.stringify(rules))
+    cli.child.kill('SIGHUP')
+    return cli.waitFor((l) => cli.lines.indexOf(l) >= before && (l.message === 'reloaded' || l.message === 'reload failed: keeping the previous rules'))
+  }
+  const moved = await reloadWith({ allow: [], socks: { listen: '127.0.0.1:1' } })
+  t.match(moved, { message: 'reload failed: keeping the previous rules', errors: [/"socks" changed to 127\.0\.0\.1:1 \(running: 127\.0\.0\.1:0\): restart/] })
+  const removed = await reloadWith({ allow: [] })
+  t.match(removed, { message: 'reload failed: keeping the previous rules', errors: [/"socks" changed to none/] })
+  const same = await reloadWith({ allow: ['example.test:22'], socks: { listen: '127.0.0.1:0' } })
+  t.equal(same.message, 'reloaded')
 })

@@ -17,7 +17,7 @@ import { COMMAND, REPLY, requestReply } from '../socks/parse.js'
 import type { Target, Result } from '../policy/target.js'
 
 /** The reply code a client gets for what an HTTP client would get as `r`. */
-export function socksCode(r: ProxyReply): number {
+function socksCode(r: ProxyReply): number {
   switch (r.type) {
     case 'http_request_denied':
     case 'destination_ip_prohibited':

@@ -2,7 +2,7 @@
 // ones, and reads the proxy's answers byte for byte, so every reply code and corner can be asserted.
 import { connect, isIPv4, isIPv6, type Socket } from 'node:net'
 
-export const ATYP = { ipv4: 1, name: 3, ipv6: 4 } as const
+const ATYP = { ipv4: 1, name: 3, ipv6: 4 } as const
 
 export function greeting(methods: readonly number[]): Buffer {
   return Buffer.from([5, methods.length, ...methods])
