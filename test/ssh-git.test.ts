@@ -14,6 +14,8 @@ import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/pro
 import { REPO_FILE, REPO_TEXT, shellQuote, SSH_SKIP, startSshd, type TestSshd } from './helpers/ssh.js'
 
 const SKIP = NETNS_SKIP || SSH_SKIP
+// seven sshd starts, key generation and git clones: about 17 s alone, more beside the rest of the suite
+t.setTimeout(120_000)
 const SERVER = '11.22.33.44'
 const OTHER = '11.22.33.45'
 
