@@ -208,6 +208,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     })
   /** where a request says it goes: its URL on the proxy port, its Host on a transparent one */
   // SOCKS5 listeners, bound once like the sandbox's: what each needs from this proxy, then the one "socks" asks for
+  // (another address, such as the sandbox's, is one more createSocksListener(LISTEN, socksServe) in the list)
   const socksServe: SocksServe = {
     rt,
     auth: () => (config.auth ? authenticator : undefined),

@@ -112,8 +112,7 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
         stop()
         const wanted = method === METHOD.password ? 'username/password (the rules have "auth")' : 'no authentication'
         logRefusal(rt, socket, reply(407, 'http_request_denied', `the SOCKS5 client offers no acceptable method: proxy-gate takes ${wanted}`))
-        socket.end(methodReply(METHOD.unacceptable))
-        return
+        return endWith(socket, methodReply(METHOD.unacceptable))
       }
       socket.write(methodReply(method))
       phase = method === METHOD.password ? 'credentials' : 'request'
@@ -148,8 +147,7 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
     if (!result?.ok) {
       stop()
       logRefusal(rt, socket, result?.reply ?? reply(407, 'http_request_denied', 'proxy credentials not accepted'))
-      socket.end(credentialsReply(false))
-      return
+      return endWith(socket, credentialsReply(false))
     }
     user = result.user
     socket.write(credentialsReply(true))
@@ -170,6 +168,12 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
   socket.on('data', onData)
   socket.once('end', onEnd)
   socket.once('close', () => clearTimeout(timer))
+}
+
+/** The last answer: written, then the connection closed (not left half-open for the client to hold). */
+function endWith(socket: Socket, bytes: Buffer): void {
+  socket.end(bytes)
+  socket.destroySoon()
 }
 
 /** A decision line for a handshake refused before any destination was asked for. */
