@@ -42,7 +42,7 @@ commands:
   secrets    print the placeholders the workload holds instead of the secrets' values (env)
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
-  start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
+  start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open] [--socks HOST:PORT]
 
 Runs the proxy. It reloads the rules when the file changes or on SIGHUP (a bad file is
 reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
@@ -58,7 +58,9 @@ reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
   --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)
   --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: as for "ca")
   --sandbox ADDRESS    serve a sandbox network from ADDRESS: DNS on 53, transparent HTTP on 80 and TLS on 443
-                       (as the "sandbox" section of rules.json with only "address"; see proxy-gate sandbox)`,
+                       (as the "sandbox" section of rules.json with only "address"; see proxy-gate sandbox)
+  --socks HOST:PORT    a SOCKS5 listener too (ssh, git over ssh, databases), decided by the same rules;
+                       overrides "socks" (off by default; 127.0.0.1:1080 is the usual address)`,
   check: `usage: proxy-gate check TARGET [--rules FILE] [--source IP] [--user NAME]
 
 TARGET is host:port (as in CONNECT) or a URL (http://host/..., https://host/...). --source and
@@ -183,6 +185,7 @@ const OPTIONS = {
   'insecure-open': { type: 'boolean', default: false },
   'admin-listen': { type: 'string' },
   sandbox: { type: 'string' },
+  socks: { type: 'string' },
   'admin-token-file': { type: 'string' },
   advertise: { type: 'string' },
   flavor: { type: 'string', default: 'standard' },

@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util'
 import { VERSION } from '../core/version.js'
 import { parseIp } from '../policy/ip.js'
 import { podmanNetworkProblems, subnetTemplate, type EngineIdentity, type EngineKind } from '../wiring/engine.js'
-import { checkNameAndSubnet, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
+import { checkNameAndSubnet, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, socksUrl, type SandboxPlan } from '../wiring/sandbox.js'
 import { escapes } from '../wiring/sandbox-args.js'
 import { composeFile } from '../wiring/sandbox-compose.js'
 import { DEFAULT_PROBE_ADDRESSES } from '../wiring/sandbox-verify.js'
@@ -33,8 +33,9 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compos
                                            Then verifies it (below): a network with a way out is removed
           [--probe-address A]...           the public addresses it tries (as for verify)
           [--no-verify]                    skip that check (not recommended)
-  run     [--name N] -- DOCKER-RUN-ARGS    docker run --rm on N only, DNS and HTTP(S)_PROXY set to
-                                           proxy-gate; the arguments go to docker run as they are, but
+  run     [--name N] -- DOCKER-RUN-ARGS    docker run --rm on N only, DNS, HTTP(S)_PROXY and ALL_PROXY
+                                           (SOCKS5, port 1080) set to proxy-gate; the arguments go to
+                                           docker run as they are, but
                                            those that undo the confinement (--network, --privileged,
                                            --cap-add NET_ADMIN, --dns, ...) are refused
           [--allow-escape]                 pass them on anyway, with a warning
@@ -219,7 +220,7 @@ async function up(values: Values, p: SandboxPlan, engineName: string): Promise<n
   }
   const verified = await verifyAfterUp(values, p)
   if (verified !== 0) return verified
-  console.log(`sandbox "${p.name}" is up on ${engineName}: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)})
+  console.log(`sandbox "${p.name}" is up on ${engineName}: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)}, SOCKS5 ${socksUrl(p)})
 run a workload:  proxy-gate sandbox run --name ${p.name} -- IMAGE [COMMAND...]
 its log:         ${values.engine} logs -f ${p.container}
 remove it:       proxy-gate sandbox down --name ${p.name}`)

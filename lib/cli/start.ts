@@ -15,6 +15,7 @@ import { parseIp } from '../policy/ip.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
 import { describePattern, formatRuleErrors, type Mode, type RuleError } from '../policy/rules.js'
 import { parseSandbox, type SandboxSettings } from '../rules/sandbox.js'
+import type { SocksSettings } from '../rules/socks.js'
 import { loadRulesFile, rulesPath, watchRulesFile, withOverrides, type Overrides } from '../rules/file.js'
 import { sameListeners } from '../proxy/transparent.js'
 import { dnsListener } from '../dns/server.js'
@@ -36,6 +37,7 @@ export interface StartFlags {
   readonly 'admin-listen': string | undefined
   readonly 'admin-token-file': string | undefined
   readonly sandbox: string | undefined
+  readonly socks: string | undefined
 }
 
 /** Everything `start` needs, checked before anything listens. */
@@ -72,11 +74,16 @@ function nodeTooOld(): boolean {
 }
 
 function overridesFrom(flags: StartFlags): Result<Overrides> {
-  const overrides: { listen?: Config['listen']; mode?: Mode; sandbox?: SandboxSettings } = {}
+  const overrides: { listen?: Config['listen']; mode?: Mode; sandbox?: SandboxSettings; socks?: SocksSettings } = {}
   if (flags.listen !== undefined) {
     const listen = parseListen(flags.listen)
     if (!listen.ok) return { ok: false, error: `--listen: ${listen.error}` }
     overrides.listen = listen.value
+  }
+  if (flags.socks !== undefined) {
+    const socks = parseListen(flags.socks)
+    if (!socks.ok) return { ok: false, error: `--socks: ${socks.error}` }
+    overrides.socks = { listen: socks.value }
   }
   if (flags.mode !== undefined) {
     if (flags.mode !== 'enforce' && flags.mode !== 'report') return { ok: false, error: '--mode must be enforce or report' }
@@ -106,11 +113,15 @@ function readUpstreamCa(rulesFile: string, config: Config): Result<string[]> {
   return { ok: true, value: pems }
 }
 
-/** Exposure rules for the listener: open listeners need consent or auth, report mode stays local. */
+/** Exposure rules for the listeners (the proxy port's, the SOCKS one's): open listeners need consent or auth, report mode stays local. */
 function listenProblem(config: Config, insecureOpen: boolean): string | undefined {
-  if (isLoopback(config.listen.host)) return undefined
-  if (config.mode === 'report') return `report mode lets everything through, so it only runs on a loopback listener (not ${config.listen.host})`
-  if (!insecureOpen && !config.auth) return `listening on ${config.listen.host} lets anyone who can reach it use the proxy; add "auth" (proxy-gate passwd USER) or pass --insecure-open`
+  return exposed(config, config.listen.host, '', insecureOpen) ?? (config.socks && exposed(config, config.socks.listen.host, 'the SOCKS listener: ', insecureOpen))
+}
+
+function exposed(config: Config, host: string, which: string, insecureOpen: boolean): string | undefined {
+  if (isLoopback(host)) return undefined
+  if (config.mode === 'report') return `${which}report mode lets everything through, so it only runs on a loopback listener (not ${host})`
+  if (!insecureOpen && !config.auth) return `${which}listening on ${host} lets anyone who can reach it use the proxy; add "auth" (proxy-gate passwd USER) or pass --insecure-open`
   return undefined
 }
 
@@ -148,7 +159,7 @@ function check(flags: StartFlags): Checked<Setup> {
 }
 
 /** Where it listens, where the PAC file is, and the commands that wire clients to it. */
-function announce(log: Logger, setup: Setup, address: AddressInfo): void {
+function announce(log: Logger, setup: Setup, address: AddressInfo, socks: AddressInfo | undefined): void {
   const { config, advertise, file } = setup
   if (!isLoopback(address.address)) log.warn('listening on a non-loopback address: anyone who can reach it can use this proxy', { address: address.address })
   const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
@@ -161,6 +172,7 @@ function announce(log: Logger, setup: Setup, address: AddressInfo): void {
     containerEnv: 'npx proxy-gate docker --target cli --write',
     systemProxy: `npx proxy-gate system-proxy --pac   (PAC URL ${pacUrl})`,
   })
+  if (socks) log.info('SOCKS5 listening', { socks: formatListen({ host: socks.address, port: socks.port }), auth: config.auth ? 'username/password' : 'none' })
   warnAboutRules(log, file, config)
   const open = openBypass(config.bypass)
   if (open.length > 0) log.warn('bypass lets clients wired by proxy-gate reach these hosts directly, unchecked by the rules', { bypass: open.map(describePattern) })
@@ -189,7 +201,10 @@ function reloadProblem(setup: Setup, next: Config): string | undefined {
     return `"listen" changed to ${formatListen(listen)} (running on ${formatListen(running.listen)}): restart proxy-gate to apply it`
   }
   if (!sameListeners(running.sandbox, next.sandbox) || dnsListener(running.sandbox) !== dnsListener(next.sandbox)) {
-    return '"sandbox" listeners changed (address, http, tls or dns ports): restart proxy-gate to apply them'
+    return '"sandbox" listeners changed (address, http, tls, socks or dns ports): restart proxy-gate to apply them'
+  }
+  if (JSON.stringify(next.socks?.listen) !== JSON.stringify(running.socks?.listen)) {
+    return `"socks" changed to ${next.socks ? formatListen(next.socks.listen) : 'none'} (running: ${running.socks ? formatListen(running.socks.listen) : 'none'}): restart proxy-gate to apply it`
   }
   return listenProblem(next, setup.insecureOpen) ?? needsCa(next, setup.ca)
 }
@@ -285,7 +300,7 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
     // the error names the address: the proxy port's own, or a transparent listener's
     return refuse(`cannot listen: ${(error as Error).message}`).code
   }
-  announce(log, setup, address)
+  announce(log, setup, address, proxy.socksAddress())
   let mode = setup.config.mode
   const reload = reloader(setup, proxy, log, (next) => (mode = next))
   watchers.watch(proxy)

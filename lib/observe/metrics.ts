@@ -40,6 +40,9 @@ const ending = (text: string): string => ENDINGS.find(([pattern]) => pattern.tes
 type Labels = Record<string, string>
 const FROM_CLIENT = (): Labels => ({ direction: 'from_client' })
 const TO_CLIENT = (): Labels => ({ direction: 'to_client' })
+type Listener = 'transparent' | 'socks' | undefined
+/** Labels with `listener` for what came in on another listener than the proxy port (none there: its series stay as they were). */
+const on = (labels: Labels, listener: Listener): Labels => (listener ? { ...labels, listener } : labels)
 const status = (s: number | undefined): string => (s !== undefined && s >= 100 && s <= 599 ? String(s) : 'none')
 
 /**
@@ -126,9 +129,10 @@ function createRegistry(counts: Counts, open: () => OpenView): Registry {
   const registers = [registry]
   const tallied = (tally: Tally, name: string, help: string, labelNames: string[]): Counter =>
     new prom.Counter({ name, help, labelNames, registers, collect: function (this: Counter) { tally.report(this) } })
-  tallied(counts.decisions, 'proxygate_decisions_total', 'Decisions by result and reason', ['decision', 'reason', 'would_deny'])
-  tallied(counts.requests, 'proxygate_requests_total', 'Requests by method and the status the client got', ['method', 'status'])
-  tallied(counts.bytes, 'proxygate_tunnel_bytes_total', 'Bytes relayed through tunnels and upgraded connections', ['direction'])
+  // `listener` only on series from a transparent or SOCKS listener
+  tallied(counts.decisions, 'proxygate_decisions_total', 'Decisions by result and reason', ['decision', 'reason', 'would_deny', 'listener'])
+  tallied(counts.requests, 'proxygate_requests_total', 'Requests by method and the status the client got', ['method', 'status', 'listener'])
+  tallied(counts.bytes, 'proxygate_tunnel_bytes_total', 'Bytes relayed through tunnels and upgraded connections', ['direction', 'listener'])
   tallied(counts.errors, 'proxygate_errors_total', 'Errors by type: refused requests and how connections ended badly', ['type'])
   tallied(counts.dnsQueries, 'proxygate_dns_queries_total', 'Queries to the sandbox DNS server by answer and reason', ['answer', 'reason'])
   tallied(counts.reloads, 'proxygate_reloads_total', 'Rules reloads by result', ['result'])
@@ -162,22 +166,24 @@ export function createMetrics(open: () => OpenView): Metrics {
   const { decisions, requests, bytes, errors } = counts
   let registry: Registry | undefined
 
-  const request = (m: string, s: string): void => requests.add(`${m} ${s}`, () => ({ method: m, status: s }))
+  const request = (m: string, s: string, l?: Listener): void => requests.add(`${m} ${s} ${l ?? ''}`, () => on({ method: m, status: s }, l))
   const error = (type: string): void => errors.add(type, () => ({ type }))
   const onDecision = (e: Extract<ProxyEvent, { type: 'decision' }>): void => {
     const r = reason(e.reason)
     const wouldDeny = e.wouldDeny ? 'true' : 'false'
-    decisions.add(`${e.decision} ${r} ${wouldDeny}`, () => ({ decision: e.decision, reason: r, would_deny: wouldDeny }))
+    const l = e.listener
+    decisions.add(`${e.decision} ${r} ${wouldDeny} ${l ?? ''}`, () => on({ decision: e.decision, reason: r, would_deny: wouldDeny }, l))
     if (e.decision === 'error') error(r)
-    if (e.decision === 'deny') request(method(e.method), '403')
-    else if (e.decision === 'error') request(method(e.method), status(e.status))
-    else if (e.method === 'CONNECT' || e.method === 'TLS') request(e.method, '200')
+    if (e.decision === 'deny') request(method(e.method), '403', l)
+    else if (e.decision === 'error') request(method(e.method), status(e.status), l)
+    else if (e.method === 'CONNECT' || e.method === 'TLS') request(e.method, '200', l)
   }
   const onClosed = (e: Extract<ProxyEvent, { type: 'closed' }>): void => {
     if (e.kind === 'forward') request(method(e.method), status(e.status))
     if (e.kind === 'upgrade') request('GET', '101')
-    if (e.bytesFromClient !== undefined) bytes.add('from_client', FROM_CLIENT, e.bytesFromClient)
-    if (e.bytesToClient !== undefined) bytes.add('to_client', TO_CLIENT, e.bytesToClient)
+    const l = e.listener
+    if (e.bytesFromClient !== undefined) bytes.add(`from_client ${l ?? ''}`, () => on(FROM_CLIENT(), l), e.bytesFromClient)
+    if (e.bytesToClient !== undefined) bytes.add(`to_client ${l ?? ''}`, () => on(TO_CLIENT(), l), e.bytesToClient)
     if (e.error !== undefined) error(ending(e.error))
   }
   const onTiming = (e: Extract<ProxyEvent, { type: 'timing' }>): void => {

@@ -51,7 +51,7 @@ export async function transparentTlsRoute(rt: Runtime, interceptor: Interceptor 
   const entry = new TunnelEntry(rt, id, who, target, resolved, 'pending', socket)
   entry.hello = hello.view
   if (opened) return openTunnelFor(opened, entry, socket, hello.bytes, decision, true)
-  return openTunnel(rt, entry, socket, decision.dial, hello.bytes, false, undefined, laterHellos(hello))
+  return openTunnel(rt, entry, socket, decision.dial, hello.bytes, undefined, undefined, laterHellos(hello))
 }
 
 /** CONNECT on a transparent HTTP port: refused, such clients reach origins through the proxy port. */

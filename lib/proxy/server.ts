@@ -1,6 +1,7 @@
 // The running proxy: one HTTP listener that routes CONNECT, Upgrade and absolute-form requests,
 // answers its own health check, swaps rules atomically on reload and shuts down gracefully; with
-// "sandbox", transparent listeners too (transparent.ts), whose HTTP connections it also parses.
+// "sandbox", transparent listeners too (transparent.ts), whose HTTP connections it also parses; with
+// "socks", a SOCKS5 listener (socks.ts) whose tunnels take CONNECT's path.
 import type { IncomingMessage, OutgoingHttpHeader, OutgoingHttpHeaders, Server, ServerResponse } from 'node:http'
 import { http, tls } from '../core/builtins.js'
 import type { AddressInfo, Socket } from 'node:net'
@@ -39,6 +40,8 @@ import { formatTarget } from '../policy/target.js'
 import { nextUpstream, type UpstreamOptions } from '../net/upstream.js'
 import { VERSION } from '../core/version.js'
 import { createSandboxDns, dnsListener } from '../dns/server.js'
+import { createSocksListener, type SocksListener, type SocksServe } from './socks.js'
+import { socksRoute } from './route-socks.js'
 
 export interface ProxyOptions {
   readonly config: Config
@@ -65,6 +68,8 @@ export interface ReloadOutcome {
 export interface Proxy {
   listen(): Promise<AddressInfo>
   address(): AddressInfo
+  /** where the "socks" listener is bound, when there is one */
+  socksAddress(): AddressInfo | undefined
   /** swaps in new rules; open connections the new rules deny are closed */
   /** `upstreamCa`: the tls.upstreamCaFiles contents as now read (absent: unchanged) */
   reload(config: Config, upstreamCa?: readonly string[]): ReloadOutcome
@@ -204,6 +209,20 @@ export function createProxy(options: ProxyOptions): Proxy {
       tls: (socket, listener) => guarded('transparent-tls', () => socket.destroy(), () => transparentTlsRoute(rt, interceptor, listener, socket)),
     })
   /** where a request says it goes: its URL on the proxy port, its Host on a transparent one */
+  // SOCKS5 listeners, bound once like the sandbox's: what each needs from this proxy, then the one "socks" asks for
+  // (another address, such as the sandbox's, is one more createSocksListener(LISTEN, socksServe) in the list)
+  const socksServe: SocksServe = {
+    rt,
+    auth: () => (config.auth ? authenticator : undefined),
+    full: () => sockets.size >= config.limits.maxConnections,
+    track: (socket) => {
+      sockets.add(socket)
+      socket.on('close', untrack)
+    },
+    route: (who, socket, request, head) => guarded('socks', () => socket.destroy(), () => socksRoute(rt, interceptor, who, socket, request, head)),
+  }
+  const socksAt = config.socks?.listen
+  const socksListeners: SocksListener[] = socksAt ? [createSocksListener(socksAt, socksServe)] : []
   const formOf = (socket: Socket): RequestForm => {
     const listener = transparent?.httpListener(socket)
     return listener ? { kind: 'transparent', port: listener.port } : ABSOLUTE_FORM
@@ -293,6 +312,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   return {
     open,
     address: () => server.address() as AddressInfo,
+    socksAddress: () => (socksAt ? socksListeners[0]?.address() : undefined),
     listen: async () => {
       const address = await new Promise<AddressInfo>((resolve, reject) => {
         server.once('error', reject)
@@ -309,7 +329,11 @@ export function createProxy(options: ProxyOptions): Proxy {
         await Promise.all([new Promise((closed) => server.close(closed)), transparent?.close()])
         throw error
       })
-      self = [...selfAddresses(address), ...(transparent?.self ?? []), ...dnsSelf(config.sandbox)]
+      await Promise.all(socksListeners.map((l) => l.listen())).catch(async (error: unknown) => {
+        await Promise.all([new Promise((closed) => server.close(closed)), transparent?.close(), sandboxDns?.close(), ...socksListeners.map((l) => l.close())])
+        throw error
+      })
+      self = [...selfAddresses(address), ...(transparent?.self ?? []), ...dnsSelf(config.sandbox), ...socksListeners.flatMap((l) => l.self())]
       gate = makeGate(config)
       ready = true
       return address
@@ -325,6 +349,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       upstream = nextUpstream(upstream, config, upstreamOptions())
       if (upstream ? !upstream.proxy.sameAs(parentBefore) : parentBefore) log.info('upstream changed', { upstream: upstream?.proxy.display ?? 'none: direct' })
       const dnsNext = dnsListener(config.sandbox)
+      if (JSON.stringify(config.socks?.listen) !== JSON.stringify(socksAt)) log.warn('"socks" listener changed: restart proxy-gate to apply it')
       if (dnsNext !== dnsAt) log.warn('sandbox DNS address or port changed: restart proxy-gate to apply it', { running: dnsAt ?? 'none', configured: dnsNext ?? 'none' })
       pacCache.clear()
       let closed = 0
@@ -383,7 +408,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       for (const socket of sockets) socket.destroy()
       transparent?.destroyAll()
     })
-    await Promise.all([closedServer, closedTransparent, sandboxDns?.close()])
+    await Promise.all([closedServer, closedTransparent, sandboxDns?.close(), ...socksListeners.map((l) => l.close())])
     stopped = true
     hurried.abort() // ends the grace period's timer
     upgradeProxy?.close()
