@@ -5,16 +5,10 @@ import './cli/hangup.js'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { printErrors, usageError } from './cli/common.js'
 import { advertisedAddress, type WiringArgs } from './cli/wiring.js'
-import { DEFAULT_POLICY } from './policy/clients.js'
 import { configWarnings, type Config } from './rules/config.js'
 import { formatRuleErrors, rulesWithRequestLimits } from './policy/rules.js'
-import { admit, gateFor } from './net/gate.js'
-import { formatIp, parseIp, type Ip } from './policy/ip.js'
 import { generatePac } from './wiring/pac.js'
-import { createResolve, type AnswerSource } from './net/resolve.js'
 import { loadRulesFile, packagedNotice, rulesPath } from './rules/file.js'
-import { selfAddresses } from './net/self.js'
-import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './policy/target.js'
 import { VERSION } from './core/version.js'
 import { escapeConsole } from './core/visible.js'
 
@@ -56,12 +50,17 @@ reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
   --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: as for "ca")
   --sandbox ADDRESS    serve a sandbox network from ADDRESS: DNS on 53, transparent HTTP on 80 and TLS on 443
                        (as the "sandbox" section of rules.json with only "address"; see proxy-gate sandbox)`,
-  check: `usage: proxy-gate check TARGET [--rules FILE] [--source IP] [--user NAME]
+  check: `usage: proxy-gate check TARGET [--method METHOD] [--rules FILE] [--source IP] [--user NAME]
 
-TARGET is host:port (as in CONNECT) or a URL (http://host/..., https://host/...). --source and
---user decide it as for that client (the policy chosen by "clients" in the rules).
+Decides TARGET as the proxy would, with the same rules, DNS and address guard. TARGET is host:port
+(a tunnel, as in CONNECT) or a URL (http://host/path, https://host/path: one request, whose method
+and path count where rules limit them). Internationalised names are accepted as rules accept them.
 Prints allow or deny, the rule, and for names the resolved addresses and the address guard's
-verdict. Exit status: 0 allowed, 1 denied, 2 error.`,
+verdict. Exit status: 0 allowed, 1 denied, 2 error (a DNS failure is one: the proxy answers 502).
+
+  --method METHOD   the request's method, for a URL (default: GET)
+  --source IP       decide it as for a client at this address (the policy "clients" chooses)
+  --user NAME       decide it as for this proxy user`,
   pac: `usage: proxy-gate pac [--rules FILE] [--advertise HOST:PORT] [--flavor standard|docker]
 
 Prints the PAC file that "proxy-gate start" serves at /proxy.pac: hosts in "bypass" go DIRECT,
@@ -167,6 +166,7 @@ const OPTIONS = {
   os: { type: 'string' },
   source: { type: 'string' },
   user: { type: 'string' },
+  method: { type: 'string' },
   dir: { type: 'string' },
   force: { type: 'boolean', default: false },
   out: { type: 'string' },
@@ -180,62 +180,6 @@ const OPTIONS = {
 
 type Values = { [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K] extends { type: 'boolean' } ? boolean : string | undefined }
 
-
-function parseCheckTarget(text: string): Result<Target> {
-  const https = /^https:\/\/([^/?#]*)/i.exec(text)
-  if (https) {
-    if ((https[1] ?? '').includes('@')) return { ok: false, error: 'URL contains userinfo ("@")' }
-    return parseAuthority(https[1] ?? '', 443)
-  }
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
-    const url = parseAbsoluteUrl(text)
-    return url.ok ? { ok: true, value: url.value.target } : url
-  }
-  return parseAuthority(text)
-}
-
-async function check(values: Values, positional: string[]): Promise<number> {
-  const [text] = positional
-  if (text === undefined || positional.length > 1) return usageError('check takes one TARGET (host:port or URL)')
-  const target = parseCheckTarget(text)
-  if (!target.ok) {
-    console.error(`bad target: ${target.error}`)
-    return 2
-  }
-  const config = loadOrReport(values)
-  if (!config) return 2
-  const source = values.source === undefined ? undefined : parseIp(values.source)
-  if (values.source !== undefined && !source) return usageError('--source must be an IP address')
-  const ctx = { mode: config.mode, self: selfAddresses({ address: config.listen.host, port: config.listen.port }), tls: config.tls }
-  const resolve = createResolve(config.dns)
-  let from: AnswerSource | undefined
-  const lookup = async (name: string): Promise<Ip[]> => {
-    const resolution = await resolve(name)
-    from = resolution.from
-    return resolution.addresses
-  }
-  const base = { policy: config.policy, policyName: DEFAULT_POLICY, policies: config.policies, ctx, lookup, generation: 0 }
-  const gate = gateFor(base, { source, user: values.user })
-  const admission = await admit(gate, target.value)
-  console.log(`target:   ${formatTarget(target.value)}`)
-  console.log(`policy:   ${gate.policyName}`)
-  if (admission.kind === 'failed') {
-    console.log(`error:    ${admission.reply.details}`)
-    return 2
-  }
-  const { decision, resolved } = admission
-  if (resolved) console.log(`resolved: ${resolved.map(formatIp).join(', ')} (from ${from?.kind === 'hosts' ? from.path : 'DNS'})`)
-  if (resolved || target.value.host.kind === 'ip') {
-    const guard = decision.reason === 'address-prohibited' || decision.reason === 'self-connection' ? `refused (${decision.detail})` : 'every address passed'
-    console.log(`guard:    ${decision.reason === 'deny-rule' || decision.reason === 'no-rule' ? 'not reached' : guard}`)
-  }
-  console.log(`decision: ${decision.verdict}${decision.wouldDeny ? ' (report mode: enforce would deny)' : ''}`)
-  console.log(`rule:     ${decision.rule ? `${decision.rule.list}[${decision.rule.index}] ${decision.rule.text}` : '(none)'}`)
-  console.log(`why:      ${decision.detail}`)
-  if (decision.verdict === 'deny' && decision.suggestion) console.log(`fix:      add to "allow" in rules.json: ${decision.suggestion}`)
-  if (decision.verdict === 'allow' && config.upstream) console.log(`route:    ${(await import('./net/upstream.js')).describeRoute(config, target.value)}`)
-  return decision.verdict === 'allow' ? 0 : 1
-}
 
 function pac(values: Values): number {
   const flavor = values.flavor
@@ -314,7 +258,10 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (command === 'start' && rest.length === 0) return (await import('./cli/start.js')).startCommand(values)
   if (command === 'init' && rest.length === 0) return (await import('./cli/init.js')).initCommand({ rules: values.rules, force: values.force })
-  if (command === 'check') return check(values, rest)
+  if (command === 'check') {
+    const config = loadOrReport(values)
+    return config ? (await import('./cli/check.js')).checkCommand(config, values, rest) : 2
+  }
   if (command === 'validate' && rest.length === 0) return validate(values)
   if (command === 'pac' && rest.length === 0) return pac(values)
   if (command === 'passwd' && rest.length <= 1) return (await import('./cli/passwd.js')).passwdCommand(rulesPath(values.rules), rest[0])
