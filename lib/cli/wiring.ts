@@ -138,7 +138,8 @@ export function systemProxyCommand(config: Config, args: WiringArgs): number {
   const script = os === 'windows' ? commands.filter((c) => !c.startsWith('REM')).join(' && ') : commands.join('\n')
   try {
     if (os === 'windows') execFileSync(join(process.env.SystemRoot ?? 'C:\\Windows', 'System32', 'cmd.exe'), ['/d', '/c', script], { stdio: 'inherit' })
-    else execFileSync('/bin/sh', ['-c', script], { stdio: 'inherit' })
+    // -e: the first command that fails stops the rest and is the exit status (else only the last one's counted)
+    else execFileSync('/bin/sh', ['-e', '-c', script], { stdio: 'inherit' })
   } catch (error) {
     return fail(`the commands failed: ${(error as Error).message}`, 1)
   }
