@@ -12,6 +12,7 @@ import type { StartHooks } from './learn.js'
 import { advertisedAddress, openBypass } from './wiring.js'
 import { configWarnings, parseConfig, parseListen, type Config, type Listen } from '../rules/config.js'
 import { parseIp } from '../policy/ip.js'
+import { shellWord } from '../core/shell.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
 import { describePattern, formatRuleErrors, type Mode, type RuleError } from '../policy/rules.js'
 import { parseSandbox, type SandboxSettings } from '../rules/sandbox.js'
@@ -162,10 +163,6 @@ function announce(log: Logger, setup: Setup, address: AddressInfo): void {
   warnAboutRules(log, file, config)
   const open = openBypass(config.bypass)
   if (open.length > 0) log.warn('bypass lets clients wired by proxy-gate reach these hosts directly, unchecked by the rules', { bypass: open.map(describePattern) })
-}
-
-function shellWord(word: string): string {
-  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`
 }
 
 /**
