@@ -2,7 +2,8 @@
 // Command line: parses flags, prints help, and hands each command to its module (check, validate, pac here).
 // first: a SIGHUP from the first moment of `start` is a reload, not the end of the process
 import './cli/hangup.js'
-import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { parseArgs } from 'node:util'
+import { foreignFlag, OPTIONS, type Values } from './cli/flags.js'
 import { printErrors, usageError } from './cli/common.js'
 import { advertisedAddress, type WiringArgs } from './cli/wiring.js'
 import { configWarnings, type Config } from './rules/config.js'
@@ -34,6 +35,7 @@ commands:
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
+                        [--advertise H:P] [--dir DIR] [--admin-listen HOST:PORT|off] [--admin-token-file FILE] [--sandbox ADDRESS]
 
 Runs the proxy. It reloads the rules when the file changes or on SIGHUP (a bad file is
 reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
@@ -49,7 +51,11 @@ reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
   --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)
   --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: as for "ca")
   --sandbox ADDRESS    serve a sandbox network from ADDRESS: DNS on 53, transparent HTTP on 80 and TLS on 443
-                       (as the "sandbox" section of rules.json with only "address"; see proxy-gate sandbox)`,
+                       (as the "sandbox" section of rules.json with only "address"; see proxy-gate sandbox)
+  --admin-listen A     the dashboard, /metrics, /healthz and /readyz (default 127.0.0.1:3129; "off" for none;
+                       a non-loopback address needs --insecure-open)
+  --admin-token-file F the dashboard's token, created mode 0600 on first use (default: admin-token in --dir);
+                       refused when others can read it`,
   check: `usage: proxy-gate check TARGET [--method METHOD] [--rules FILE] [--source IP] [--user NAME]
 
 Decides TARGET as the proxy would, with the same rules, DNS and address guard. TARGET is host:port
@@ -68,7 +74,7 @@ everything else to proxy-gate (never a DIRECT fallback). With --flavor docker, h
 rule can match are refused by Docker Desktop itself (PROXY reject.docker.internal:1).
 
   --advertise HOST:PORT   the proxy address written into the file (default: "listen" from the rules)`,
-  docker: `usage: proxy-gate docker --target T [--pac] [--write [--file PATH] [--dry-run] | --revert] [--os macos|windows|linux] [--advertise HOST:PORT] [--rules FILE]
+  docker: `usage: proxy-gate docker --target T [--pac] [--write [--file PATH] [--dry-run] | --revert [--dry-run]] [--os macos|windows|linux] [--advertise HOST:PORT] [--rules FILE]
 
 Targets:
   settings-store  Docker Desktop 4.35+ user settings (host and container proxy keys)
@@ -79,7 +85,8 @@ Targets:
 
 Without --write it prints the JSON to merge and says where it goes and what to restart.
 --write merges into the file (every other key kept, a backup beside it, atomic, no BOM);
---dry-run shows the change; --revert puts back the values from the backup. --pac also sets
+--dry-run (with --write or --revert) shows the change and writes nothing; --revert puts back the
+values from the backup, and removes the file if proxy-gate created it. --pac also sets
 the PAC URL (http://ADVERTISE/proxy.pac). The address defaults to "listen" from the rules, and
 to host.docker.internal:PORT for the cli target (127.0.0.1 inside a container is the container).`,
   'system-proxy': `usage: proxy-gate system-proxy [--os macos|windows|gnome] [--pac | --manual] [--revert] [--apply] [--advertise HOST:PORT] [--rules FILE]
@@ -102,6 +109,7 @@ SHA-256 fingerprint and the expiry, and exits 1 when there is no usable CA.
               %APPDATA%\\proxy-gate\\certs)
   --force     replace an existing CA (clients that trust the old one must trust the new ca.crt)`,
   learn: `usage: proxy-gate learn [--rules FILE] [--out FILE] [--collapse] [--from LOG] [--listen HOST:PORT] [--duration SECONDS] [--force]
+                        [--log-level L] [--log-format F] [--dir DIR] [--admin-listen HOST:PORT|off] [--admin-token-file FILE] [--mode report]
 
 Runs the proxy in report mode (as "start --mode report": what the rules would deny passes and is
 logged, the address guard still holds) until SIGINT/SIGTERM or --duration, then writes a suggested
@@ -114,7 +122,8 @@ and listed with a warning; targets refused by a deny rule stay denied. Review th
   --collapse          write *.example.com instead of two or more names seen under example.com
   --from LOG          learn from JSON decision logs ("start --log-format json"; "-" for stdin) instead of running
   --duration SECONDS  stop after this long
-  --listen, --log-level, --log-format, --dir as for "start"`,
+  --listen, --log-level, --log-format, --dir, --admin-listen, --admin-token-file as for "start"
+  --mode report       the only mode learn runs in (any other is refused)`,
   suggest: `usage: proxy-gate suggest --from LOG [--json]
 
 Reads JSON decision logs ("-" for stdin; other lines are ignored) and prints, for what was denied (or
@@ -143,42 +152,6 @@ address (169.254.0.0/16 holds 169.254.169.254) gets a warning too: only a rule n
 address allows it.`,
 }
 
-const OPTIONS = {
-  rules: { type: 'string' },
-  listen: { type: 'string' },
-  mode: { type: 'string' },
-  'log-level': { type: 'string', default: 'info' },
-  'log-format': { type: 'string' },
-  'insecure-open': { type: 'boolean', default: false },
-  'admin-listen': { type: 'string' },
-  sandbox: { type: 'string' },
-  'admin-token-file': { type: 'string' },
-  advertise: { type: 'string' },
-  flavor: { type: 'string', default: 'standard' },
-  target: { type: 'string' },
-  pac: { type: 'boolean', default: false },
-  manual: { type: 'boolean', default: false },
-  write: { type: 'boolean', default: false },
-  file: { type: 'string' },
-  'dry-run': { type: 'boolean', default: false },
-  revert: { type: 'boolean', default: false },
-  apply: { type: 'boolean', default: false },
-  os: { type: 'string' },
-  source: { type: 'string' },
-  user: { type: 'string' },
-  method: { type: 'string' },
-  dir: { type: 'string' },
-  force: { type: 'boolean', default: false },
-  out: { type: 'string' },
-  from: { type: 'string' },
-  collapse: { type: 'boolean', default: false },
-  duration: { type: 'string' },
-  json: { type: 'boolean', default: false },
-  help: { type: 'boolean', short: 'h', default: false },
-  version: { type: 'boolean', short: 'v', default: false },
-} satisfies ParseArgsConfig['options']
-
-type Values = { [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K] extends { type: 'boolean' } ? boolean : string | undefined }
 
 
 function pac(values: Values): number {
@@ -242,12 +215,14 @@ export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'sandbox') return (await import('./cli/sandbox.js')).sandboxCommand(argv.slice(1))
   let parsed
   try {
-    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true, tokens: true })
   } catch (error) {
     return usageError(`${(error as Error).message} (see --help)`)
   }
   const values = parsed.values as Values
   const [command, ...rest] = parsed.positionals
+  const foreign = command === undefined ? undefined : foreignFlag(command, parsed.tokens.flatMap((t) => (t.kind === 'option' ? [t.name] : [])))
+  if (foreign !== undefined) return usageError(`${command} does not take --${foreign} (see proxy-gate ${command} --help)`)
   if (values.version) {
     console.log(VERSION)
     return 0

@@ -52,7 +52,7 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compos
                                            its "version" tells which engine it drives (a docker
                                            that is Podman gets Podman's construction)`
 
-const OPTIONS = {
+export const SANDBOX_OPTIONS = {
   name: { type: 'string', default: 'proxy-gate' },
   rules: { type: 'string' },
   image: { type: 'string', default: DEFAULT_IMAGE },
@@ -71,7 +71,7 @@ const OPTIONS = {
 const ENGINE_CLI = /^(docker|podman|podman-remote)(\.exe)?$/
 
 type Value<O> = O extends { multiple: true } ? string[] | undefined : O extends { default: boolean } ? boolean : O extends { default: string } ? string : string | undefined
-type Values = { readonly [K in keyof typeof OPTIONS]: Value<(typeof OPTIONS)[K]> }
+type Values = { readonly [K in keyof typeof SANDBOX_OPTIONS]: Value<(typeof SANDBOX_OPTIONS)[K]> }
 
 /** Runs the engine with its output shown; resolves with its exit code. */
 function engine(values: Values, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
@@ -285,7 +285,7 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'probe') return probeCommand(argv.slice(1))
   let parsed
   try {
-    parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true })
+    parsed = parseArgs({ args: [...argv], options: SANDBOX_OPTIONS, allowPositionals: true, strict: true })
   } catch (error) {
     return usageError(`${(error as Error).message} (see proxy-gate sandbox --help)`)
   }
