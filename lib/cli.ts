@@ -133,7 +133,7 @@ Private and special-purpose destinations come with a warning; a deny rule's refu
   --json   one JSON object per line instead of the list`,
   passwd: `usage: proxy-gate passwd USER [--rules FILE]
 
-Reads a password (not echoed on a terminal; one line from stdin otherwise) and writes its salted
+Reads a password of at least 8 characters (not echoed on a terminal; one line from stdin otherwise) and writes its salted
 scrypt hash to "auth.users" in the rules file, keeping every other key and a backup beside it
 (both mode 0600). The rules file must exist and load; nothing is written otherwise.
 With "auth" in the rules, clients must send proxy credentials (curl --proxy-user USER:PASSWORD).`,

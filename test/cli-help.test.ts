@@ -5,7 +5,9 @@ import { readFileSync } from 'node:fs'
 import t from 'tap'
 import { COMMAND_FLAGS, OPTIONS } from '../lib/cli/flags.js'
 import { SANDBOX_OPTIONS } from '../lib/cli/sandbox.js'
+import { parseConfig } from '../lib/rules/config.js'
 import { runCli } from './helpers/cli.js'
+import { rulesFile } from './helpers/files.js'
 
 const README = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
 
@@ -57,4 +59,27 @@ t.test('a flag of another command is refused, not ignored', async (t) => {
   const res = await runCli(['check', 'example.com:443', '--write'])
   t.equal(res.code, 2)
   t.match(res.stderr, /check does not take --write \(see proxy-gate check --help\)/)
+})
+
+t.test("the README's whole rules documents load, and what it says of passwords and ports holds", async (t) => {
+  const documents = [...README.matchAll(/```json\n([\s\S]*?)```/g)].flatMap((m) => {
+    try {
+      const value = JSON.parse(m[1] ?? '') as unknown
+      return typeof value === 'object' && value !== null && 'allow' in value ? [value] : []
+    } catch {
+      return []
+    }
+  })
+  t.ok(documents.some((d) => 'auth' in d), 'the auth example is among them')
+  for (const document of documents) {
+    const loaded = parseConfig(document)
+    t.ok(loaded.ok, `loads: ${JSON.stringify(document).slice(0, 80)}${loaded.ok ? '' : ` (${loaded.errors.map((e) => e.message).join('; ')})`}`)
+  }
+  const short = await runCli(['passwd', 'alice', '--rules', rulesFile({ allow: [] })], { input: '1234567\n' })
+  t.equal(short.code, 1, short.stderr)
+  t.match(short.stderr, /at least 8 characters/)
+  t.match(README, /passwd USER` reads a password \(at least 8\s+characters/, 'the README says so')
+  t.match((await runCli(['passwd', '--help'])).stdout, /at least 8 characters/, 'and so does passwd --help')
+  const troubleshooting = README.slice(README.indexOf('## Troubleshooting'))
+  t.notMatch(troubleshooting, /--listen [^\s`]*:3129/, 'a busy port is not moved to the admin port')
 })
