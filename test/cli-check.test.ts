@@ -4,6 +4,8 @@ import t from 'tap'
 import { runCli } from './helpers/cli.js'
 import { startDns } from './helpers/dns.js'
 import { rulesFile } from './helpers/files.js'
+import { rawExchange, startHttpUpstream, statusOf } from './helpers/net.js'
+import { startProxy } from './helpers/proxy.js'
 
 const LIMITED = { host: 'api.test', ports: [18443, 18080], methods: ['GET'], paths: ['/yes/**'] }
 
@@ -66,4 +68,23 @@ t.test('check: internationalised names, as rules accept them (punycode)', async 
   const invisible = await runCli(['check', 'b\u00adücher.test:443', '--rules', file])
   t.equal(invisible.code, 2, 'a soft hyphen IDNA would drop is refused, as in rules')
   t.match(invisible.stderr, /not a valid internationalised domain name/)
+})
+
+t.test('check and the proxy agree on each request: the same rules, the same verdicts', async (t) => {
+  const upstream = await startHttpUpstream()
+  t.teardown(() => upstream.close())
+  const dns = await startDns({ 'api.test': { A: ['127.0.0.1'] } })
+  t.teardown(() => dns.close())
+  const rules = { allow: [{ host: 'api.test', ports: [upstream.port], methods: ['GET'], paths: ['/yes/**'] }, `127.0.0.1:${upstream.port}`], dns: { servers: [dns.server], timeoutMs: 2000 } }
+  const proxy = await startProxy(rules)
+  t.teardown(() => proxy.close())
+  const file = rulesFile(rules)
+  const requests: [string, string][] = [['GET', '/no'], ['GET', '/yes/x'], ['POST', '/yes/x'], ['GET', '/yes/../no']]
+  for (const [method, path] of requests) {
+    const url = `http://api.test:${upstream.port}${path}`
+    const answer = await rawExchange(proxy.port, `${method} ${url} HTTP/1.1\r\nHost: api.test:${upstream.port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`)
+    const status = statusOf(answer.text)
+    const checked = await runCli(['check', url, '--method', method, '--rules', file])
+    t.equal(checked.code, status === 403 ? 1 : 0, `${method} ${path}: the proxy answered ${status}, check said ${checked.code === 0 ? 'allow' : 'deny'}`)
+  }
 })
