@@ -312,7 +312,7 @@ t.test('loadRulesFile: reads and validates a file, names it on failure, and lets
   const jsonError = badJson.ok ? undefined : badJson.errors[0]
   t.equal(jsonError?.path, '(file)')
   t.equal(jsonError?.entry, join(dir, 'bad-json.json'), 'the error names the file')
-  t.match(jsonError?.message, /^not valid JSON: /)
+  t.match(jsonError?.message, /^not valid JSON at line 1, column 27: /)
 
   const missing = loadRulesFile(join(dir, 'nope.json'))
   t.notOk(missing.ok)

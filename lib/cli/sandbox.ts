@@ -2,7 +2,7 @@
 // proxy-gate, driven through the docker CLI (DOCKER_HOST honoured) or Podman's (--engine podman),
 // in the words of the engine the CLI turns out to drive (engine.ts asks it).
 import { spawn, spawnSync } from 'node:child_process'
-import { rmSync, statSync } from 'node:fs'
+import { existsSync, rmSync, statSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { VERSION } from '../core/version.js'
@@ -53,7 +53,7 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compos
                                            its "version" tells which engine it drives (a docker
                                            that is Podman gets Podman's construction)`
 
-const OPTIONS = {
+export const SANDBOX_OPTIONS = {
   name: { type: 'string', default: 'proxy-gate' },
   rules: { type: 'string' },
   image: { type: 'string', default: DEFAULT_IMAGE },
@@ -68,8 +68,11 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h', default: false },
 } as const
 
+/** the engines the sandbox is built for (a path to one, Podman's remote client and Windows' .exe too) */
+const ENGINE_CLI = /^(docker|podman|podman-remote)(\.exe)?$/
+
 type Value<O> = O extends { multiple: true } ? string[] | undefined : O extends { default: boolean } ? boolean : O extends { default: string } ? string : string | undefined
-type Values = { readonly [K in keyof typeof OPTIONS]: Value<(typeof OPTIONS)[K]> }
+type Values = { readonly [K in keyof typeof SANDBOX_OPTIONS]: Value<(typeof SANDBOX_OPTIONS)[K]> }
 
 /** Runs the engine with its output shown; resolves with its exit code. */
 function engine(values: Values, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
@@ -194,13 +197,27 @@ function existingNetworkProblem(values: Values, p: SandboxPlan): string | undefi
   return `network ${p.network} exists but is not the airtight kind that up makes: ${problems.join('; ')}. Remove it (proxy-gate sandbox down --name ${p.name} --engine ${values.engine}) and run up again`
 }
 
-async function up(values: Values, p: SandboxPlan, engineName: string): Promise<number> {
+/** Whether the rules file the container will run on loads (its problems are printed if not). */
+function rulesLoad(p: SandboxPlan): boolean {
   const rules = join(p.rulesDir, p.rulesFile)
   const loaded = loadRulesFile(rules)
-  if (!loaded.ok) {
-    printErrors(rules, loaded.errors)
-    return 1
-  }
+  if (!loaded.ok) printErrors(rules, loaded.errors)
+  return loaded.ok
+}
+
+/**
+ * The rules file's whole folder is mounted (so that an editor's rename is seen and reloads): in a
+ * clone, that is certs/ too, the local CA's key and the admin token, which the container never reads.
+ */
+function warnAboutMount(p: SandboxPlan): void {
+  const found = ['certs', '.git'].filter((entry) => existsSync(join(p.rulesDir, entry)))
+  if (found.length === 0) return
+  console.error(`proxy-gate sandbox: WARNING: the proxy-gate container gets all of ${p.rulesDir} (read-only), ${found.map((e) => `${e}/`).join(' and ')} included${found.includes('certs') ? ' (the local CA key and the admin token)' : ''}: keep the rules in a folder of their own (proxy-gate init --rules DIR/rules.json) and pass --rules DIR/rules.json`)
+}
+
+async function up(values: Values, p: SandboxPlan, engineName: string): Promise<number> {
+  if (!rulesLoad(p)) return 1
+  warnAboutMount(p)
   for (const network of networkCommands(p)) {
     if (exists(values, 'network', network.name)) {
       const problem = network.name === p.network ? existingNetworkProblem(values, p) : undefined
@@ -269,7 +286,7 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'probe') return probeCommand(argv.slice(1))
   let parsed
   try {
-    parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true })
+    parsed = parseArgs({ args: [...argv], options: SANDBOX_OPTIONS, allowPositionals: true, strict: true })
   } catch (error) {
     return usageError(`${(error as Error).message} (see proxy-gate sandbox --help)`)
   }
@@ -279,6 +296,7 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
     console.log(SANDBOX_HELP)
     return values.help ? 0 : 2
   }
+  if (!ENGINE_CLI.test(basename(values.engine))) return usageError(`--engine must name the docker or podman CLI, not ${JSON.stringify(values.engine)}`)
   if (verb === 'build' && rest.length === 0) return build(values)
   const checked = checkNameAndSubnet(values.name, values.subnet)
   if (!checked.ok) return usageError(checked.error)
@@ -296,6 +314,8 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   if (verb === 'up' && rest.length === 0) return up(values, p, identified.engine.name)
   if (verb === 'down' && rest.length === 0) return down(values, p)
   if (verb === 'compose' && rest.length === 0) {
+    if (!rulesLoad(p)) return 1
+    warnAboutMount(p)
     process.stdout.write(composeFile(p))
     return 0
   }

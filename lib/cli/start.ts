@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { dirname, join, resolve } from 'node:path'
 import { loadCa, type LoadedCa } from '../certs/ca.js'
-import { createWatchers, startAdmin } from './admin.js'
+import { createWatchers, planAdmin, startAdmin, type AdminPlan } from './admin.js'
 import { onHangup } from './hangup.js'
 import { caCertToServe, caDir, needsCa } from './ca.js'
 import { isLoopback, printErrors, usageError } from './common.js'
@@ -12,6 +12,7 @@ import type { StartHooks } from './learn.js'
 import { advertisedAddress, openBypass } from './wiring.js'
 import { configWarnings, parseConfig, parseListen, type Config, type Listen } from '../rules/config.js'
 import { parseIp } from '../policy/ip.js'
+import { shellWord } from '../core/shell.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
 import { describePattern, formatRuleErrors, type Mode, type RuleError } from '../policy/rules.js'
 import { parseSandbox, type SandboxSettings } from '../rules/sandbox.js'
@@ -43,6 +44,8 @@ export interface StartFlags {
 /** Everything `start` needs, checked before anything listens. */
 interface Setup {
   readonly file: string
+  /** --rules as given: the wiring hints pass the file on only then (the commands find ./rules.json as start did) */
+  readonly rulesFlag: string | undefined
   /** sha256 of the bytes the rules were loaded from: the watcher starts from these, not from a later read */
   readonly hash: string
   /** the rules that ship in the package: announced, never watched */
@@ -56,6 +59,8 @@ interface Setup {
   /** where the local CA lives (--dir) */
   readonly caDir: string
   readonly upstreamCa: string[]
+  /** the admin listener, checked (address, token file) before the proxy listens; undefined: off */
+  readonly admin: AdminPlan | undefined
   /** --insecure-open: a non-loopback listener without "auth" was consented to */
   readonly insecureOpen: boolean
 }
@@ -155,7 +160,9 @@ function check(flags: StartFlags): Checked<Setup> {
   const config = armed.value
   const upstreamCa = readUpstreamCa(file, config)
   if (!upstreamCa.ok) return refuse(upstreamCa.error)
-  return { ok: true, value: { file, hash: loaded.hash, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, caDir: dir, upstreamCa: upstreamCa.value, insecureOpen: flags['insecure-open'] } }
+  const admin = planAdmin(flags['admin-listen'] ?? '127.0.0.1:3129', flags['insecure-open'], resolve(flags['admin-token-file'] ?? join(dir, 'admin-token')))
+  if (!admin.ok) return refuse(admin.error)
+  return { ok: true, value: { admin: admin.value, file, rulesFlag: flags.rules, hash: loaded.hash, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, caDir: dir, upstreamCa: upstreamCa.value, insecureOpen: flags['insecure-open'] } }
 }
 
 /** Where it listens, where the PAC file is, and the commands that wire clients to it. */
@@ -166,16 +173,31 @@ function announce(log: Logger, setup: Setup, address: AddressInfo, socks: Addres
   if (!advertise && parseIp(address.address)?.value === 0n) log.warn('listening on every interface: pass --advertise HOST:PORT so the PAC file names an address clients can reach')
   const pacUrl = `${advertise ? `http://${advertise}` : url}/proxy.pac`
   log.info('listening', { url, pac: pacUrl, rules: file, allow: config.policy.allow.length, deny: config.policy.deny.length, mode: config.mode, upstream: config.upstream?.display })
-  log.info('wire it up', {
-    dockerDesktop: 'npx proxy-gate docker --target settings-store --write   (then restart Docker Desktop)',
-    dockerDesktopAdmin: 'npx proxy-gate docker --target admin --write   (Docker Business, locked for every user)',
-    containerEnv: 'npx proxy-gate docker --target cli --write',
-    systemProxy: `npx proxy-gate system-proxy --pac   (PAC URL ${pacUrl})`,
-  })
+  log.info('wire it up', wiringHints(setup, address, pacUrl))
   if (socks) log.info('SOCKS5 listening', { socks: formatListen({ host: socks.address, port: socks.port }), auth: config.auth ? 'username/password' : 'none' })
   warnAboutRules(log, file, config)
   const open = openBypass(config.bypass)
   if (open.length > 0) log.warn('bypass lets clients wired by proxy-gate reach these hosts directly, unchecked by the rules', { bypass: open.map(describePattern) })
+}
+
+/**
+ * The wiring commands for this proxy as it runs: they read the address from the rules file, so they
+ * are given the same --rules, and --advertise when --listen or --advertise moved it from the file's.
+ */
+function wiringHints(setup: Setup, address: AddressInfo, pacUrl: string): Record<string, string> {
+  const rules = setup.rulesFlag === undefined ? '' : ` --rules ${shellWord(setup.file)}`
+  const moved = setup.advertise !== undefined || setup.overrides.listen !== undefined
+  const wildcard = parseIp(address.address)?.value === 0n
+  const host = wildcard ? '127.0.0.1' : address.family === 'IPv6' ? `[${address.address}]` : address.address
+  const advertise = moved ? ` --advertise ${setup.advertise ?? `${host}:${address.port}`}` : ''
+  // containers reach the host as host.docker.internal (127.0.0.1 in a container is the container)
+  const cliAdvertise = moved ? ` --advertise ${setup.advertise ?? `host.docker.internal:${address.port}`}` : ''
+  return {
+    dockerDesktop: `npx proxy-gate docker --target settings-store --write${rules}${advertise}   (then restart Docker Desktop)`,
+    dockerDesktopAdmin: `npx proxy-gate docker --target admin --pac --write${rules}${advertise}   (Docker Business, locked for every user; PAC URL ${pacUrl})`,
+    containerEnv: `npx proxy-gate docker --target cli --write${rules}${cliAdvertise}`,
+    systemProxy: `npx proxy-gate system-proxy --pac${rules}${advertise}   (PAC URL ${pacUrl})`,
+  }
 }
 
 /** Rules that load but may not do what they seem to: logged at start and after each reload, as validate prints them. */
@@ -305,9 +327,7 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
   const reload = reloader(setup, proxy, log, (next) => (mode = next))
   watchers.watch(proxy)
   const admin = await startAdmin({
-    listen: flags['admin-listen'] ?? '127.0.0.1:3129',
-    insecureOpen: flags['insecure-open'],
-    tokenFile: resolve(flags['admin-token-file'] ?? join(caDir(flags.dir), 'admin-token')),
+    plan: setup.admin,
     rulesFile: setup.file,
     packaged: setup.packaged,
     proxy,
@@ -317,10 +337,6 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
     problems: (document) => problemsIn(setup, document),
     log,
   })
-  if (!admin.ok) {
-    await proxy.shutdown()
-    return refuse(admin.error).code
-  }
   const watcher = setup.packaged
     ? undefined
     : watchRulesFile(setup.file, setup.hash, () => reload('file changed'), { onSame: () => log.debug('rules file touched, its content is unchanged: not reloading', { rules: setup.file }) })
@@ -337,7 +353,7 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
       log.info('shutting down', { signal, open: proxy.open.size })
       watcher?.close()
       // the admin listener's /readyz says 503 for as long as the proxy drains
-      void proxy.shutdown().then(() => admin.value?.close()).then(() => done())
+      void proxy.shutdown().then(() => admin?.close()).then(() => done())
     }
     process.on('SIGINT', () => stop('SIGINT'))
     process.on('SIGTERM', () => stop('SIGTERM'))

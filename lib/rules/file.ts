@@ -106,7 +106,8 @@ function parseRulesText(text: string, file: string): { ok: true; value: unknown 
   try {
     value = JSON.parse(text)
   } catch (error) {
-    return { ok: false, errors: [fileError(file, `not valid JSON: ${(error as Error).message}`)] }
+    const where = scan.syntaxError ? ` at ${at(scan.syntaxError)}` : ''
+    return { ok: false, errors: [fileError(file, `not valid JSON${where}: ${(error as Error).message}`)] }
   }
   if (scan.duplicates.length === 0) return { ok: true, value }
   const message = (d: DuplicateKey): string => `duplicate key ${JSON.stringify(d.key)}, also at ${at(d.first)}: JSON keeps only the last one, so the other would be ignored without a word`
