@@ -230,3 +230,21 @@ t.test('truncated, oversized and slow handshakes are closed; the listener keeps 
   t.equal(ok.code, 0x00, 'still serving')
   ok.session.socket.destroy()
 })
+
+t.test('IPv6 literals (address type 4) are decided by IP rules; an IPv4-mapped one is read as the IPv4 address', { skip: NETNS_SKIP }, async (t) => {
+  const canary = await startCanary('2600:1f00::10')
+  const loop = await startCanary('127.0.0.1', canary.port)
+  t.teardown(async () => {
+    await canary.close()
+    await loop.close()
+  })
+  const proxy = await startSocks(t, { allow: [`[2600:1f00::10]:${canary.port}`] })
+  const v6 = await socksConnect(proxy.socks, '2600:1f00::10', canary.port)
+  t.equal(v6.code, 0x00, 'an allowed IPv6 literal')
+  v6.session.socket.destroy()
+  t.match(await logLine(proxy, decisionFor(`[2600:1f00::10]:${canary.port}`), 'v6'), { decision: 'allow', chosen: '2600:1f00::10', listener: 'socks' })
+  const mapped = await socksConnect(proxy.socks, '::ffff:127.0.0.1', canary.port)
+  t.equal(mapped.code, 0x02, '::ffff:127.0.0.1 is 127.0.0.1, which no rule allows')
+  t.match(await logLine(proxy, decisionFor(`127.0.0.1:${canary.port}`), 'mapped'), { decision: 'deny', listener: 'socks' })
+  t.equal(loop.connections(), 0, 'the loopback canary never saw a connection')
+})

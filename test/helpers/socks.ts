@@ -23,7 +23,9 @@ export function request(host: string, port: number, command = 1): Buffer {
   return Buffer.concat([Buffer.from([5, command, 0, ATYP.name, name.length]), name, portBytes])
 }
 
-function ipv6Bytes(text: string): Buffer {
+function ipv6Bytes(address: string): Buffer {
+  // a dotted IPv4 tail (::ffff:127.0.0.1) is the last two groups
+  const text = address.replace(/(\d+)\.(\d+)\.(\d+)\.(\d+)$/, (_m, a: string, b: string, c: string, d: string) => `${((+a << 8) | +b).toString(16)}:${((+c << 8) | +d).toString(16)}`)
   const [left = '', right = ''] = text.split('::')
   const l = left ? left.split(':') : []
   const r = right ? right.split(':') : []
