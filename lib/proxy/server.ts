@@ -21,7 +21,7 @@ import { createLeafMinter } from '../certs/leaf.js'
 import { LinkedSet } from './linked-set.js'
 import { generatePac, pacEtag, type PacFlavor } from '../wiring/pac.js'
 import type { Logger } from '../core/log.js'
-import type { SandboxSettings } from '../rules/sandbox.js'
+import { sandboxSocksListen, type SandboxSettings } from '../rules/sandbox.js'
 import type { SelfAddress } from '../policy/decide.js'
 import { createLookup, type Lookup } from '../net/resolve.js'
 import { selfAddresses } from '../net/self.js'
@@ -210,7 +210,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     })
   /** where a request says it goes: its URL on the proxy port, its Host on a transparent one */
   // SOCKS5 listeners, bound once like the sandbox's: what each needs from this proxy, then the one "socks" asks for
-  // (another address, such as the sandbox's, is one more createSocksListener(LISTEN, socksServe) in the list)
+  // and the sandbox's ("socks" first: socksAddress reads it)
   const socksServe: SocksServe = {
     rt,
     auth: () => (config.auth ? authenticator : undefined),
@@ -222,7 +222,12 @@ export function createProxy(options: ProxyOptions): Proxy {
     route: (who, socket, request, head) => guarded('socks', () => socket.destroy(), () => socksRoute(rt, interceptor, who, socket, request, head)),
   }
   const socksAt = config.socks?.listen
-  const socksListeners: SocksListener[] = socksAt ? [createSocksListener(socksAt, socksServe)] : []
+  const sandboxSocks = sandbox && sandboxSocksListen(sandbox)
+  const socksListeners: SocksListener[] = [
+    ...(socksAt ? [createSocksListener(socksAt, socksServe)] : []),
+    // the sandbox's asks for no login: ALL_PROXY carries none, as transparent clients send none; source policies still apply
+    ...(sandboxSocks ? [createSocksListener(sandboxSocks, { ...socksServe, auth: () => undefined })] : []),
+  ]
   const formOf = (socket: Socket): RequestForm => {
     const listener = transparent?.httpListener(socket)
     return listener ? { kind: 'transparent', port: listener.port } : ABSOLUTE_FORM
