@@ -5,7 +5,7 @@
 //   TLS ports:   client --CONNECT host:port--> check head -> parse -> admit -> 200 -> ClientHello (SNI) -> admit again -> dial -> relay
 //   rules with methods/paths: ... -> 200 [-> ClientHello] -> interceptor (intercept.ts); on other ports
 //                the first bytes tell TLS from plain HTTP
-import type { IncomingMessage } from 'node:http'
+import type { RequestHead } from './connect-head.js'
 import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
 import { dial, DialFailure } from '../net/dial.js'
@@ -29,7 +29,7 @@ const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
 interface Asked {
   readonly rt: Runtime
   readonly id: string
-  readonly req: IncomingMessage
+  readonly req: RequestHead
   readonly rawTarget: string
   readonly policy: string
 }
@@ -48,7 +48,7 @@ function refuse(asked: Asked, socket: Socket, target: Target | undefined, r: Pro
 /** A route's work: a promise while it waits for something (DNS, a dial), undefined when it finished at once. */
 type Routed = Promise<void> | undefined
 
-export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Routed {
+export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: RequestHead, socket: Socket, head: Buffer): Routed {
   const rawTarget = req.url ?? ''
   const parsed = parseAuthority(rawTarget)
   const gate = rt.gate(who)
