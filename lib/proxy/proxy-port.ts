@@ -30,6 +30,11 @@ type Waiting = Socket & { [SINCE]?: number }
 
 function noop(): void {}
 
+/** readableFlowing is writable on every Node line, though typed read-only */
+function stopFlow(stream: { readableFlowing: boolean | null }): void {
+  stream.readableFlowing = null
+}
+
 /**
  * Takes over `server`'s 'connection' event: node:http's listener (the only one, as every Node line
  * registers it in the constructor) is kept and called for what goes to node:http.
@@ -55,8 +60,7 @@ export function takeProxyPort(server: Server, hooks: PortHooks, checkEveryMs: nu
   function onFirst(this: Waiting, chunk: Buffer): void {
     release(this)
     // stops the flow where node:http stops it for a CONNECT (readableFlowing null): its listener, or the route, starts it again
-    const flow: { readableFlowing: boolean | null } = this // writable on every Node line, though typed read-only
-    flow.readableFlowing = null
+    stopFlow(this)
     const head = readConnectHead(chunk, hooks.maxHeaderBytes(), this)
     if (head === undefined) {
       this.unshift(chunk)
