@@ -300,3 +300,22 @@ t.test('a connection that sends nothing gets node:http\'s 408 at the header time
   t.match(http, /^HTTP\/1\.1 408 /, 'node:http answers 408')
   t.equal(fast, http, 'the fast path answers the same')
 })
+
+t.test('a client that resets before its first byte: no answer, and the proxy serves the next one', async (t) => {
+  const upstream = await startRecorder()
+  const T = `127.0.0.1:${upstream.port}`
+  const pair = await startPair({ allow: [T] })
+  t.teardown(async () => {
+    await Promise.all([pair.fast.close(), pair.http.close()])
+    await upstream.close()
+  })
+  const reset = (port: number): Promise<void> =>
+    new Promise((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port }, () => socket.resetAndDestroy())
+      socket.on('close', () => resolve())
+    })
+  await Promise.all([reset(pair.fast.port), reset(pair.http.port)])
+  const { fast, http } = await compare(pair, [Buffer.from(`CONNECT ${T} HTTP/1.1\r\n\r\nping`, 'latin1')])
+  t.match(fast, /^HTTP\/1\.1 200 Connection established\r\n\r\n\[upstream got 4: ping\]/, 'the next CONNECT is served')
+  t.equal(fast, http, 'as node:http serves it')
+})
