@@ -22,69 +22,28 @@ export interface ConnectHead extends RequestHead {
   readonly end: number
 }
 
-const SP = 0x20
-const HTAB = 0x09
-const CR = 0x0d
-const LF = 0x0a
-const COLON = 0x3a
 const PREFIX = Buffer.from('CONNECT ', 'latin1')
-const VERSION = Buffer.from(' HTTP/1.', 'latin1')
+/**
+ * The plain form, read by irregexp (native code from the first call, where a byte loop in JavaScript
+ * is slow until V8 optimises it): an authority of letters, digits and `.-_~:[]` (no userinfo,
+ * percent-encoding or path), HTTP/1.1 or 1.0, then header lines of tchar names and values of visible
+ * ASCII with spaces and tabs only inside (node:http trims them at the ends; plain heads have none there).
+ * Each line can only fail where it ends: no backtracking beyond a line.
+ */
+const PLAIN = /^CONNECT ([A-Za-z0-9._~:[\]-]+) HTTP\/1\.([01])\r\n((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*(?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?\r\n)*)\r\n/
+/** One header line of a head PLAIN matched: the name, and the value without its leading blanks. */
+const LINE = /([^:\r\n]+):[ \t]*([^\r\n]*)\r\n/g
 
-/** Bytes of an authority-form target taken here: letters, digits, `.-_~:[]` (no userinfo, no percent-encoding, no path). */
-const TARGET = byteTable('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_~:[]')
-/** RFC 9110 tchar: a header name. */
-const TCHAR = byteTable("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~")
-
-function byteTable(chars: string): Uint8Array {
-  const table = new Uint8Array(256)
-  for (let i = 0; i < chars.length; i++) table[chars.charCodeAt(i)] = 1
-  return table
-}
-
-function startsWith(chunk: Buffer, at: number, bytes: Buffer): boolean {
-  if (chunk.length < at + bytes.length) return false
-  for (let i = 0; i < bytes.length; i++) if (chunk[at + i] !== bytes[i]) return false
+function startsWith(chunk: Buffer, bytes: Buffer): boolean {
+  if (chunk.length < bytes.length) return false
+  for (let i = 0; i < bytes.length; i++) if (chunk[i] !== bytes[i]) return false
   return true
-}
-
-/** A header value's bytes: visible ASCII, with spaces and tabs only inside (node:http trims them at the ends; plain heads have none there). */
-function valueEnd(chunk: Buffer, from: number, limit: number): number {
-  let i = from
-  while (i < limit) {
-    const c = chunk[i] as number
-    if (c === CR) break
-    if ((c < 0x21 || c > 0x7e) && c !== SP && c !== HTAB) return -1
-    i++
-  }
-  if (i + 1 >= limit || chunk[i + 1] !== LF) return -1
-  const last = chunk[i - 1] as number
-  return i > from && (last === SP || last === HTAB) ? -1 : i
 }
 
 interface Fields {
   rawHeaders: string[]
   host: string | undefined
   auth: string | undefined
-}
-
-/** Reads the header lines from `at` to the blank line; the index after it, or -1 when a line is not in the plain form. */
-function readHeaders(chunk: Buffer, at: number, limit: number, fields: Fields): number {
-  let i = at
-  for (;;) {
-    if (i + 1 >= limit) return -1
-    if (chunk[i] === CR) return chunk[i + 1] === LF ? i + 2 : -1
-    const nameStart = i
-    while (i < limit && TCHAR[chunk[i] as number] === 1) i++
-    if (i === nameStart || i >= limit || chunk[i] !== COLON) return -1
-    const name = chunk.toString('latin1', nameStart, i)
-    i++
-    while (i < limit && (chunk[i] === SP || chunk[i] === HTAB)) i++
-    const end = valueEnd(chunk, i, limit)
-    if (end < 0) return -1
-    const value = chunk.toString('latin1', i, end)
-    i = end + 2
-    if (!noted(name, value, fields)) return -1
-  }
 }
 
 /** Keeps what the checks and proxy authentication read (first value wins, as in req.headers); false for framing headers, left to node:http. */
@@ -101,26 +60,23 @@ function noted(name: string, value: string, fields: Fields): boolean {
  * `maxBytes` (node:http counts part of the same bytes against the same limit); otherwise undefined.
  */
 export function readConnectHead(chunk: Buffer, maxBytes: number, socket: Socket): ConnectHead | undefined {
-  if (!startsWith(chunk, 0, PREFIX)) return undefined
-  const limit = Math.min(chunk.length, maxBytes - 1)
-  let i = PREFIX.length
-  while (i < limit && TARGET[chunk[i] as number] === 1) i++
-  if (i === PREFIX.length || !startsWith(chunk, i, VERSION)) return undefined
-  const url = chunk.toString('latin1', PREFIX.length, i)
-  i += VERSION.length
-  const minor = chunk[i]
-  if ((minor !== 0x31 && minor !== 0x30) || chunk[i + 1] !== CR || chunk[i + 2] !== LF) return undefined
+  if (!startsWith(chunk, PREFIX)) return undefined
+  const plain = PLAIN.exec(chunk.toString('latin1', 0, Math.min(chunk.length, maxBytes - 1)))
+  if (plain === null) return undefined
+  const [head, url = '', minor, lines = ''] = plain
   const fields: Fields = { rawHeaders: [], host: undefined, auth: undefined }
-  const end = readHeaders(chunk, i + 3, limit, fields)
-  if (end < 0) return undefined
+  LINE.lastIndex = 0
+  for (let line = LINE.exec(lines); line !== null; line = LINE.exec(lines)) {
+    if (!noted(line[1] ?? '', line[2] ?? '', fields)) return undefined
+  }
   return {
     method: 'CONNECT',
     url,
-    httpVersion: minor === 0x31 ? '1.1' : '1.0',
+    httpVersion: minor === '1' ? '1.1' : '1.0',
     httpVersionMajor: 1,
     rawHeaders: fields.rawHeaders,
     headers: { host: fields.host, 'proxy-authorization': fields.auth },
     socket,
-    end,
+    end: head.length,
   }
 }
