@@ -7,7 +7,7 @@
 //                the first bytes tell TLS from plain HTTP
 // Everything from admit on is tunnelRoute, which the SOCKS listener (route-socks.ts) calls too: only
 // how the client is answered differs (TunnelAnswer: a 200 or an HTTP error here, a reply code there).
-import type { IncomingMessage } from 'node:http'
+import type { RequestHead } from './connect-head.js'
 import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
 import { dial, DialFailure } from '../net/dial.js'
@@ -62,7 +62,7 @@ export function refuse(asked: Asked, socket: Socket, target: Target | undefined,
 /** A route's work: a promise while it waits for something (DNS, a dial), undefined when it finished at once. */
 type Routed = Promise<void> | undefined
 
-export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Routed {
+export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: RequestHead, socket: Socket, head: Buffer): Routed {
   const rawTarget = req.url ?? ''
   const parsed = parseAuthority(rawTarget)
   const gate = rt.gate(who)

@@ -28,6 +28,8 @@ import { selfAddresses } from '../net/self.js'
 import { destroySocket, refuserFor, replyOnResponse } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { connectRoute } from './route-connect.js'
+import type { RequestHead } from './connect-head.js'
+import { takeProxyPort } from './proxy-port.js'
 import { forwardRoute } from './route-forward.js'
 import { ABSOLUTE_FORM, type RequestForm } from './absolute-form.js'
 import { transparentConnect, transparentTlsRoute } from './route-transparent.js'
@@ -58,6 +60,8 @@ export interface ProxyOptions {
   readonly upstreamCa?: readonly string[]
   /** sees every decision and finished connection, as logged */
   readonly observe?: (event: ProxyEvent) => void
+  /** false: CONNECT heads on the proxy port are read by node:http too (the fast path's differential test) */
+  readonly connectFastPath?: boolean
 }
 
 export interface ReloadOutcome {
@@ -244,6 +248,13 @@ export function createProxy(options: ProxyOptions): Proxy {
     requireHostHeader: false, // checkRequestHead answers a missing Host with Proxy-Status
   })
   server.maxHeadersCount = 0 // count them ourselves: Node would otherwise drop headers past 2000 silently
+  const fastPath = options.connectFastPath !== false
+  const port = takeProxyPort(server, {
+    connect: (req, socket, head) => onConnect(req, socket, head),
+    clientError: (error, socket) => onClientError(error, socket),
+    fast: (socket) => fastPath && !transparent?.httpListener(socket),
+    maxHeaderBytes: () => config.limits.maxHeaderBytes,
+  }, Math.min(1_000, limits.headerTimeoutMs))
   const applyLimits = (l: Config['limits']): void => {
     // read for each new connection (Node 20 _http_server: server.maxHeaderSize); undocumented, so test/reload covers it
     Object.assign(server, { maxHeaderSize: l.maxHeaderBytes })
@@ -270,7 +281,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     running?.catch((error: unknown) => failed(what, fallback, error))
   }
   /** Proxy authentication comes first: a client it refuses never reaches a route, which learns who the client is. */
-  const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void> | undefined): void => {
+  const authenticated = (what: string, req: RequestHead, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void> | undefined): void => {
     const source = req.socket.remoteAddress ?? ''
     // without proxy authentication (none on transparent listeners: clients there know no proxy), straight to the route
     if (!config.auth || transparent?.httpListener(req.socket)) return guarded(what, refuse, () => route({ source: parseIp(source), user: undefined }))
@@ -299,20 +310,22 @@ export function createProxy(options: ProxyOptions): Proxy {
   })
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
-  server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+  function onConnect(req: RequestHead, socket: Socket, head: Buffer): void {
     socket.on('error', destroySocket)
     if (transparent?.httpListener(socket)) return transparentConnect(rt, req, socket)
     authenticated('connect', req, refuserFor(socket), (who) => connectRoute(rt, interceptor, who, req, socket, head))
-  })
+  }
+  server.on('connect', onConnect)
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
     authenticated('upgrade', req, refuserFor(socket), (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
   })
-  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) =>
+  function onClientError(error: NodeJS.ErrnoException, socket: Socket): void {
     answerClientError(error, socket, (r) => {
       record({ type: 'decision', id: rt.nextId(), client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, method: '', target: '', decision: 'error', reason: r.type, status: r.status, detail: r.details, mode: gate.ctx.mode, wouldDeny: false })
-    }),
-  )
+    })
+  }
+  server.on('clientError', onClientError)
 
   return {
     open,
@@ -403,6 +416,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     const closedServer = new Promise<void>((resolve) => server.close(() => resolve()))
     const closedTransparent = transparent?.close()
     server.closeIdleConnections()
+    port.closeIdle()
     log.info('stopped accepting', { connections: sockets.size, graceMs: config.limits.shutdownGraceMs })
     let stopped = false
     void pause(config.limits.shutdownGraceMs).then(() => {
