@@ -80,7 +80,12 @@ class Tally {
 
   // the proxy port's series carry no `listener`: they stay as they were before other listeners came
   private labelsOf(values: readonly string[]): Labels {
-    return Object.fromEntries(this.names.map((name, i) => [name, values[i] ?? '']).filter(([name, value]) => name !== 'listener' || value !== ''))
+    const labels: Labels = {}
+    this.names.forEach((name, i) => {
+      const value = values[i] ?? ''
+      if (name !== 'listener' || value !== '') labels[name] = value
+    })
+    return labels
   }
 
   /** for the counter's collect(): what was counted since the last scrape */
