@@ -83,7 +83,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     const gate = rt.gate(tunnel.who)
     const request = { method: req.method ?? 'GET', path: req.url ?? '' }
     const decision = checkInnerHost(gate.ctx, tunnel.target, req.headers.host) ?? redecide(gate, { target: tunnel.target, resolved: tunnel.resolved, request })
-    return carrySecrets(gate, tunnel.target, decision, { url: request.path, rawHeaders: req.rawHeaders, path: request.path }, 'the request')
+    return carrySecrets(gate, tunnel.target, decision, { url: request.path, rawHeaders: req.rawHeaders, path: request.path }, 'the request', !tunnel.tls)
   }
 
   const log = (tunnel: OpenedTunnel, req: IncomingMessage, decision: Decision): void => {
