@@ -110,3 +110,17 @@ t.test('an absolute-form request-target inside an opened tunnel never carries th
   t.same(origin.requests.map((r) => r.url), [`/x?k=${VALUE}`])
   t.notOk(JSON.stringify(proxy.logs()).includes(VALUE))
 })
+
+t.test('a bound origin reflecting the request in its response headers never hands the value to the workload', async (t) => {
+  // as many servers answer: CORS reflecting Origin, a redirect keeping the query
+  const { origin, placeholder, send } = await boundOrigin(t, 'review-secrets-reflect', (req, res) => {
+    const query = (req.url ?? '').split('?')[1] ?? ''
+    res.writeHead(302, { 'Access-Control-Allow-Origin': req.headers.origin ?? '', Location: `/next?${query}` }).end('moved')
+  })
+  const text = await send([`GET /x?k=${placeholder} HTTP/1.1`, `Host: api.bound.test:${origin.port}`, `Origin: https://${placeholder}.example`])
+  t.same(origin.requests.map((r) => [r.url, r.headers.origin]), [[`/x?k=${VALUE}`, `https://${VALUE}.example`]], 'the origin got the value')
+  t.equal(statusOf(text), 302)
+  t.notOk(text.includes(VALUE), 'the answer holds no value')
+  t.match(text, `access-control-allow-origin: https://${placeholder}.example\r\n`, 'reflected as the placeholder')
+  t.match(text, `location: /next?k=${placeholder}\r\n`)
+})

@@ -7,12 +7,14 @@ import { isTlsPort, misplacedSecret, withSecrets, type Decision, type DecisionCo
 import type { SecretBinding } from '../policy/secrets.js'
 import { boundTo, placeholdersIn } from '../policy/secrets.js'
 import { formatTarget, type Target } from '../policy/target.js'
-import { basicCredentials, substituteHeaders, substituteText } from '../secrets/substitute.js'
+import { basicCredentials, concealText, substituteHeaders, substituteText } from '../secrets/substitute.js'
 
 /** What goes on the wire instead of what the client sent: its placeholders replaced. */
 export interface Wire {
   readonly path: string
   readonly rawHeaders: readonly string[]
+  /** a response header's text with the values put back as placeholders: an origin that reflects a request (CORS, a redirect keeping the query) does not hand the value to the client */
+  readonly conceal: (text: string) => string
 }
 
 export interface Carried {
@@ -81,7 +83,7 @@ export function carrySecrets(gate: Gate, target: Target, allowed: Decision, head
   if (unsafe) return { decision: unsafe }
   const values = gate.values
   if (values === undefined) return { decision: allowed }
-  const wire = { path: substituteText(head.path, found, values), rawHeaders: substituteHeaders(head.rawHeaders, found, values) }
+  const wire = { path: substituteText(head.path, found, values), rawHeaders: substituteHeaders(head.rawHeaders, found, values), conceal: (text: string) => concealText(text, found, values) }
   return { decision: withSecrets(allowed, found.map((b) => b.name)), wire }
 }
 

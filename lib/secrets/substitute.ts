@@ -24,6 +24,16 @@ export function substituteText(text: string, found: readonly SecretBinding[], va
   return out
 }
 
+/** The reverse, for what comes back: every value of `found` in `text` replaced by its placeholder. */
+export function concealText(text: string, found: readonly SecretBinding[], values: SecretValues): string {
+  let out = text
+  for (const binding of found) {
+    const value = values.valueOf(binding.name)
+    if (value !== undefined) out = out.split(value).join(binding.placeholder)
+  }
+  return out
+}
+
 /** A header value with the placeholders replaced, inside Basic credentials too. */
 function substituteHeader(name: string, value: string, found: readonly SecretBinding[], values: SecretValues): string {
   const credentials = name.toLowerCase() === 'authorization' ? basicCredentials(value) : undefined
