@@ -10,7 +10,7 @@ import { armSecrets } from '../lib/secrets/values.js'
 import type { Config } from '../lib/rules/config.js'
 import { tempDir } from './helpers/files.js'
 import { connectHead } from './helpers/http.js'
-import { rawExchange, startHttpUpstream, startHttpsUpstream, statusOf } from './helpers/net.js'
+import { rawExchange, startHttpUpstream, startHttpsUpstream, startWsUpstream, statusOf } from './helpers/net.js'
 import { startDns } from './helpers/dns.js'
 import { configFrom, logLine, startProxy } from './helpers/proxy.js'
 
@@ -123,4 +123,34 @@ t.test('a bound origin reflecting the request in its response headers never hand
   t.notOk(text.includes(VALUE), 'the answer holds no value')
   t.match(text, `access-control-allow-origin: https://${placeholder}.example\r\n`, 'reflected as the placeholder')
   t.match(text, `location: /next?k=${placeholder}\r\n`)
+})
+
+t.test('a WebSocket origin echoing the offered subprotocol never hands the value to the workload', async (t) => {
+  // the ws library, as many servers, accepts the first subprotocol offered and names it in its 101
+  const ws = await startWsUpstream('127.0.0.1')
+  const dns = await startDns({ 'ws.bound.test': { A: ['127.0.0.1'] } })
+  const arm = armer('review-secrets-ws')
+  const rules = { allow: [`ws.bound.test:${ws.port}`, `127.0.0.1:${ws.port}`], dns: { servers: [dns.server] }, secrets: { GH: { from: 'env:V', hosts: [`ws.bound.test:${ws.port}`] } } }
+  const proxy = await startProxy(rules, { arm })
+  t.teardown(async () => {
+    await proxy.close()
+    await Promise.all([ws.close(), dns.close()])
+  })
+  const placeholder = arm(configFrom(rules)).policy.secrets?.[0]?.placeholder ?? ''
+  const head = [
+    `GET http://ws.bound.test:${ws.port}/socket HTTP/1.1`,
+    `Host: ws.bound.test:${ws.port}`,
+    'Connection: Upgrade',
+    'Upgrade: websocket',
+    'Sec-WebSocket-Version: 13',
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
+    `Sec-WebSocket-Protocol: ${placeholder}`,
+    '',
+    '',
+  ].join('\r\n')
+  const answer = await rawExchange(proxy.port, head, { until: (text) => text.includes('\r\n\r\n') })
+  t.equal(statusOf(answer.text), 101)
+  t.equal(ws.requests[0]?.headers['sec-websocket-protocol'], VALUE, 'the origin got the value')
+  t.notOk(answer.text.includes(VALUE), 'the 101 holds no value')
+  t.match(answer.text.toLowerCase(), `sec-websocket-protocol: ${placeholder.toLowerCase()}\r\n`, 'the subprotocol named by its placeholder')
 })

@@ -143,7 +143,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     const entry: OpenConnection = { id, kind: 'upgrade', target, resolved: tunnel.resolved, who, request: { method: req.method ?? 'GET', path }, close: () => socket.destroy() }
     rt.open.add(entry)
     // the tunnel's own address (or parent), as its requests: the address its decision logged
-    const chosen = relayUpgrade(proxy, req, socket, head, { target, addresses: [ip], parent, tls: tunnel.tls ? originTls() : undefined }, rt.limits())
+    const chosen = relayUpgrade(proxy, req, socket, head, { target, addresses: [ip], parent, tls: tunnel.tls ? originTls() : undefined }, rt.limits(), wire?.conceal)
     // bytes stay on the tunnel's closed line
     socket.once('close', () => {
       rt.open.delete(entry)
