@@ -77,12 +77,13 @@ t.test('plain HTTP to a bound host on a TLS port: the value is never sent in cle
 })
 
 /** A bound origin over TLS answering as `handle` does, and a proxy-gate whose secret GH is bound to it. */
-async function boundOrigin(t: Test, name: string, handle: Parameters<typeof startHttpsUpstream>[2]) {
+async function boundOrigin(t: Test, name: string, handle: Parameters<typeof startHttpsUpstream>[2], mode = 'enforce') {
   const ca = await createCa()
   const origin = await startHttpsUpstream('127.0.0.1', ['api.bound.test'], handle)
   const dns = await startDns({ 'api.bound.test': { A: ['127.0.0.1'] } })
   const arm = armer(name)
   const rules = {
+    mode,
     allow: [`api.bound.test:${origin.port}`, `127.0.0.1:${origin.port}`],
     dns: { servers: [dns.server] },
     tls: { ports: [origin.port] },
@@ -153,4 +154,17 @@ t.test('a WebSocket origin echoing the offered subprotocol never hands the value
   t.equal(ws.requests[0]?.headers['sec-websocket-protocol'], VALUE, 'the origin got the value')
   t.notOk(answer.text.includes(VALUE), 'the 101 holds no value')
   t.match(answer.text.toLowerCase(), `sec-websocket-protocol: ${placeholder.toLowerCase()}\r\n`, 'the subprotocol named by its placeholder')
+})
+
+t.test('report mode: a request enforce mode would refuse (Host naming another host) goes on without the value', async (t) => {
+  // the bound host's address may be a shared front end that routes by Host: the value must not follow it
+  const { origin, proxy, placeholder, send } = await boundOrigin(t, 'review-secrets-report', undefined, 'report')
+  const text = await send([`GET /x HTTP/1.1`, `Host: evil.test:${origin.port}`, `Authorization: Bearer ${placeholder}`])
+  t.equal(statusOf(text), 200, 'report mode lets it through')
+  t.same(origin.requests.map((r) => [r.headers.host, r.headers.authorization]), [[`evil.test:${origin.port}`, `Bearer ${placeholder}`]], 'as it was sent: the placeholder, not the value')
+  const line = await logLine(proxy, (l) => l.message === 'decision' && l.intercepted === true, 'the decision')
+  t.match(line, { decision: 'allow', reason: 'host-mismatch', wouldDeny: true })
+  t.equal(line.secret, undefined, 'no secret was put in')
+  t.equal(statusOf(await send([`GET /y HTTP/1.1`, `Host: api.bound.test:${origin.port}`, `Authorization: Bearer ${placeholder}`])), 200)
+  t.equal(origin.requests[1]?.headers.authorization, `Bearer ${VALUE}`, 'a request enforce mode allows gets the value')
 })

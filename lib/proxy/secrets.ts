@@ -81,8 +81,9 @@ export function carrySecrets(gate: Gate, target: Target, allowed: Decision, head
   if (misplaced) return { decision: misplacedSecret(gate.ctx, misplaced, target, where, allowed) }
   const unsafe = unsafeWire(gate.ctx, found, target, where, cleartext, allowed) ?? otherAuthority(gate.ctx, found, target, head.path, where, allowed)
   if (unsafe) return { decision: unsafe }
+  // report mode lets through what enforce mode would refuse (a Host naming another host, a guarded address): as it came, never with values
   const values = gate.values
-  if (values === undefined) return { decision: allowed }
+  if (values === undefined || allowed.wouldDeny) return { decision: allowed }
   const wire = { path: substituteText(head.path, found, values), rawHeaders: substituteHeaders(head.rawHeaders, found, values), conceal: (text: string) => concealText(text, found, values) }
   return { decision: withSecrets(allowed, found.map((b) => b.name)), wire }
 }
