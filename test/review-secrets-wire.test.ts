@@ -168,3 +168,28 @@ t.test('report mode: a request enforce mode would refuse (Host naming another ho
   t.equal(statusOf(await send([`GET /y HTTP/1.1`, `Host: api.bound.test:${origin.port}`, `Authorization: Bearer ${placeholder}`])), 200)
   t.equal(origin.requests[1]?.headers.authorization, `Bearer ${VALUE}`, 'a request enforce mode allows gets the value')
 })
+
+t.test('a value with characters that mean something in a URL is percent-encoded in the request-target', async (t) => {
+  const value = 'tok en+/=?x#y&z=1'
+  const origin = await startHttpUpstream('127.0.0.1')
+  const dns = await startDns({ 'plain.bound.test': { A: ['127.0.0.1'] } })
+  const dir = tempDir('review-secrets-encode')
+  const arm = (c: Config): Config => {
+    const result = armSecrets(c, dir, join(dir, 'rules.json'), { V: value })
+    if (!result.ok) throw new Error(result.error)
+    return result.value
+  }
+  const rules = { allow: [`plain.bound.test:${origin.port}`, `127.0.0.1:${origin.port}`], dns: { servers: [dns.server] }, secrets: { K: { from: 'env:V', hosts: [`plain.bound.test:${origin.port}`] } } }
+  const proxy = await startProxy(rules, { arm })
+  t.teardown(async () => {
+    await proxy.close()
+    await Promise.all([origin.close(), dns.close()])
+  })
+  const placeholder = arm(configFrom(rules)).policy.secrets?.[0]?.placeholder ?? ''
+  const head = [`GET http://plain.bound.test:${origin.port}/x?k=${placeholder}&admin=0 HTTP/1.1`, `Host: plain.bound.test:${origin.port}`, `X-Key: ${placeholder}`, '', ''].join('\r\n')
+  const answer = await rawExchange(proxy.port, head, { until: (text) => text.includes('\r\n\r\n') })
+  t.equal(statusOf(answer.text), 200)
+  const url = new URL(origin.requests[0]?.url ?? '', 'http://x')
+  t.same([...url.searchParams], [['k', value], ['admin', '0']], 'the query means what it did with the placeholder')
+  t.equal(origin.requests[0]?.headers['x-key'], value, 'headers get the value as it is')
+})

@@ -84,7 +84,7 @@ export function carrySecrets(gate: Gate, target: Target, allowed: Decision, head
   // report mode lets through what enforce mode would refuse (a Host naming another host, a guarded address): as it came, never with values
   const values = gate.values
   if (values === undefined || allowed.wouldDeny) return { decision: allowed }
-  const wire = { path: substituteText(head.path, found, values), rawHeaders: substituteHeaders(head.rawHeaders, found, values), conceal: (text: string) => concealText(text, found, values) }
+  const wire = { path: substituteText(head.path, found, values, encodeURIComponent), rawHeaders: substituteHeaders(head.rawHeaders, found, values), conceal: (text: string) => concealText(text, found, values) }
   return { decision: withSecrets(allowed, found.map((b) => b.name)), wire }
 }
 
