@@ -387,12 +387,13 @@ export function checkInnerHost(ctx: DecisionContext, target: Target, header: str
 
 /**
  * A request that carries a secret's placeholder toward a destination its value may not go to (`where`
- * says what carried it): refused, and named, so the attempt is seen. Report mode lets it through unchanged.
+ * says what carried it, `because` why it may not, when not the destination): refused, and named, so
+ * the attempt is seen. Report mode lets it through unchanged.
  */
-export function misplacedSecret(ctx: DecisionContext, binding: SecretBinding, target: Target | undefined, where: string, admitted?: Decision): Decision {
+export function misplacedSecret(ctx: DecisionContext, binding: SecretBinding, target: Target | undefined, where: string, admitted?: Decision, because?: string): Decision {
   const to = target === undefined ? 'anywhere else' : formatTarget(target)
   const bound = binding.hosts.map((h) => h.text).join(', ')
-  const detail = `${where} carries the placeholder of secret ${binding.name}, whose value goes only to ${bound}, not to ${to}`
+  const detail = `${where} carries the placeholder of secret ${binding.name}, whose value goes only to ${bound}, ${because ?? `not to ${to}`}`
   return waive(decision({ verdict: 'deny', reason: 'secret-misplaced', rule: admitted?.rule, address: admitted?.address, detail, secret: binding.name }), ctx, admitted?.dial ?? [])
 }
 

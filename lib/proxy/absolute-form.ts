@@ -70,7 +70,7 @@ export async function decideHttp(rt: Runtime, who: ClientIdentity, req: Incoming
   if (!parsed.ok) return refuse(rt, req, form, id, gate.policyName, reply(400, 'http_request_error', parsed.error), undefined, answer, true)
   const { target, path } = parsed.value
   // a secret's placeholder toward a host it is not bound to: refused before its name is looked up
-  const carried = misplacedInHead(gate, target, req.url ?? '', req.rawHeaders, 'the request')
+  const carried = misplacedInHead(gate, target, req.url ?? '', req.rawHeaders, 'the request', true)
   if (carried?.verdict === 'deny') {
     logDecision(rt, { id, req, method, target, rawTarget: '', decision: carried, policy: gate.policyName, listener: listenerOf(form) })
     answer(denial(method, formatTarget(target), carried), false)
@@ -81,7 +81,7 @@ export async function decideHttp(rt: Runtime, who: ClientIdentity, req: Incoming
   if (admission.kind === 'failed') return refuse(rt, req, form, id, current.policyName, admission.reply, target, answer, false)
   const { resolved } = admission
   const head = { url: req.url ?? '', rawHeaders: req.rawHeaders, path }
-  const { decision, wire } = carrySecrets(current, target, decideForwarded(current.policy, current.ctx, admission.decision, target, method, path), head, 'the request')
+  const { decision, wire } = carrySecrets(current, target, decideForwarded(current.policy, current.ctx, admission.decision, target, method, path), head, 'the request', true)
   const pathLimited = decision.rule?.paths || decision.reason === 'request-not-allowed' || decision.reason === 'bad-path'
   // rawTarget is logged only when there is no target
   logDecision(rt, { id, req, method, target, rawTarget: '', decision, resolved, policy: current.policyName, listener: listenerOf(form), path: pathLimited ? path.split('?')[0] : undefined })

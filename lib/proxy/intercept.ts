@@ -83,7 +83,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     const gate = rt.gate(tunnel.who)
     const request = { method: req.method ?? 'GET', path: req.url ?? '' }
     const decision = checkInnerHost(gate.ctx, tunnel.target, req.headers.host) ?? redecide(gate, { target: tunnel.target, resolved: tunnel.resolved, request })
-    return carrySecrets(gate, tunnel.target, decision, { url: request.path, rawHeaders: req.rawHeaders, path: request.path }, 'the request')
+    return carrySecrets(gate, tunnel.target, decision, { url: request.path, rawHeaders: req.rawHeaders, path: request.path }, 'the request', !tunnel.tls)
   }
 
   const log = (tunnel: OpenedTunnel, req: IncomingMessage, decision: Decision): void => {
@@ -143,7 +143,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
     const entry: OpenConnection = { id, kind: 'upgrade', target, resolved: tunnel.resolved, who, request: { method: req.method ?? 'GET', path }, close: () => socket.destroy() }
     rt.open.add(entry)
     // the tunnel's own address (or parent), as its requests: the address its decision logged
-    const chosen = relayUpgrade(proxy, req, socket, head, { target, addresses: [ip], parent, tls: tunnel.tls ? originTls() : undefined }, rt.limits())
+    const chosen = relayUpgrade(proxy, req, socket, head, { target, addresses: [ip], parent, tls: tunnel.tls ? originTls() : undefined }, rt.limits(), wire?.conceal)
     // bytes stay on the tunnel's closed line
     socket.once('close', () => {
       rt.open.delete(entry)

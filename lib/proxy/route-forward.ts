@@ -178,7 +178,9 @@ class Relay implements OpenConnection {
     }
     this.status = statusCode
     this.resumeUpstream = resume
-    this.res.writeHead(statusCode, clientResponseLines(rawHeaders))
+    const lines = clientResponseLines(rawHeaders)
+    const conceal = up.wire?.conceal
+    this.res.writeHead(statusCode, conceal ? lines.map(conceal) : lines)
     return true
   }
 

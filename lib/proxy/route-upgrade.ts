@@ -43,7 +43,8 @@ function upgradeFailure(error: NodeJS.ErrnoException, where: string): ReturnType
  * Relays an allowed upgrade (its head already rewritten) over connectOrigin's connection: the
  * checked addresses, or the parent; direct and in opened tunnels alike. Returns where it went, once connected.
  */
-export function relayUpgrade(proxy: httpProxy, req: IncomingMessage, socket: Socket, head: Buffer, route: OriginRoute, limits: TunnelLimits): () => Ip | undefined {
+export function relayUpgrade(proxy: httpProxy, req: IncomingMessage, socket: Socket, head: Buffer, route: OriginRoute, limits: TunnelLimits, conceal?: (text: string) => string): () => Ip | undefined {
+  if (conceal) concealers.set(req, conceal)
   let chosen: Ip | undefined
   const open = async (): Promise<Socket> => {
     const connection = await connectOrigin(route, limits)
@@ -74,7 +75,7 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIde
   const entry: OpenConnection = { id, kind: 'upgrade', target, resolved, who, request: { method: req.method ?? 'GET', path }, close: () => socket.destroy() }
   rt.open.add(entry)
   const lifetime = setTimeout(() => socket.destroy(), limits.tunnelMaxLifetimeMs).unref()
-  const chosen = relayUpgrade(proxy, req, socket, head, route, limits)
+  const chosen = relayUpgrade(proxy, req, socket, head, route, limits, wire?.conceal)
   socket.once('close', () => {
     clearTimeout(lifetime)
     rt.open.delete(entry)
@@ -83,12 +84,23 @@ export async function upgradeRoute(rt: Runtime, proxy: httpProxy, who: ClientIde
   })
 }
 
+/** For upgrades that carry secrets' values: their answers' headers get placeholders back (an echoed subprotocol). */
+const concealers = new WeakMap<IncomingMessage, (text: string) => string>()
+
+function concealHeaders(req: IncomingMessage, headers: IncomingMessage['headers']): void {
+  const conceal = concealers.get(req)
+  if (!conceal) return
+  for (const [name, value] of Object.entries(headers)) headers[name] = Array.isArray(value) ? value.map(conceal) : value === undefined ? value : conceal(value)
+}
+
 /** One http-proxy instance for all upgrades: ties both sockets' lifetimes and the idle timeout together. */
 export function createUpgradeProxy(rt: Runtime, proxyFactory: typeof httpProxy): httpProxy {
   const proxy = proxyFactory.createProxyServer({ ws: true, xfwd: false, changeOrigin: false })
-  proxy.on('proxyReqWs', (proxyReq, _req, socket) => {
+  proxy.on('proxyReqWs', (proxyReq, req, socket) => {
     proxyReq.setTimeout(rt.limits().connectTimeoutMs, () => proxyReq.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })))
-    proxyReq.on('upgrade', (_res, upstream: Socket) => {
+    // these listeners run before http-proxy's own, which write the answer's head
+    proxyReq.on('upgrade', (res: IncomingMessage, upstream: Socket) => {
+      concealHeaders(req, res.headers)
       proxyReq.setTimeout(0)
       upstream.setTimeout(rt.limits().tunnelIdleTimeoutMs, () => upstream.destroy())
       upstream.on('close', () => socket.destroy())
@@ -101,6 +113,7 @@ export function createUpgradeProxy(rt: Runtime, proxyFactory: typeof httpProxy):
       const clean = clientResponseHeaders(res.headers)
       for (const name of Object.keys(res.headers)) Reflect.deleteProperty(res.headers, name)
       Object.assign(res.headers, clean, { connection: 'close' })
+      concealHeaders(req, res.headers)
       socket.once('finish', () => socket.destroy())
     })
   })

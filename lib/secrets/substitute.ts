@@ -13,13 +13,28 @@ export function basicCredentials(value: string): string | undefined {
   return Buffer.from(match[2], 'base64').toString('utf8')
 }
 
-/** Every placeholder of `found` in `text` replaced by its secret's value (the whole placeholder first, then a bare marker). */
-export function substituteText(text: string, found: readonly SecretBinding[], values: SecretValues): string {
+/**
+ * Every placeholder of `found` in `text` replaced by its secret's value (the whole placeholder first,
+ * then a bare marker), `encode`d: in a request-target a value's space, `?`, `#`, `&` or `+` must not
+ * change what the request means (the placeholder needed no escaping, so the client escaped nothing).
+ */
+export function substituteText(text: string, found: readonly SecretBinding[], values: SecretValues, encode: (value: string) => string = (v) => v): string {
   let out = text
   for (const binding of found) {
     const value = values.valueOf(binding.name)
     if (value === undefined) continue
-    out = out.split(binding.placeholder).join(value).split(binding.marker).join(value)
+    const put = encode(value)
+    out = out.split(binding.placeholder).join(put).split(binding.marker).join(put)
+  }
+  return out
+}
+
+/** The reverse, for what comes back: every value of `found` in `text`, as it is or percent-encoded, replaced by its placeholder. */
+export function concealText(text: string, found: readonly SecretBinding[], values: SecretValues): string {
+  let out = text
+  for (const binding of found) {
+    const value = values.valueOf(binding.name)
+    if (value !== undefined) out = out.split(value).join(binding.placeholder).split(encodeURIComponent(value)).join(binding.placeholder)
   }
   return out
 }
