@@ -44,13 +44,19 @@ function untilReady(daemon: ChildProcess, log: () => string): Promise<void> {
   })
 }
 
-/** `args`: more dockerd flags (another bridge, --iptables=false for a second engine in the namespace). */
-export async function startEngine(args: readonly string[] = []): Promise<Engine> {
+/**
+ * `args`: more dockerd flags (another bridge, --iptables=false for a second engine in the namespace).
+ * `netns`: a network namespace (a /proc/PID/ns/net path) to run dockerd in instead of this one.
+ */
+export async function startEngine(args: readonly string[] = [], netns?: string): Promise<Engine> {
   const dir = mkdtempSync(join(tmpdir(), 'pg-dockerd-'))
   const socket = join(dir, 'docker.sock')
   const env = { ...process.env, DOCKER_HOST: `unix://${socket}`, DOCKER_CLI_HINTS: 'false' }
   const output: Buffer[] = []
-  const daemon = spawn('dockerd', ['--data-root', join(dir, 'root'), '--exec-root', join(dir, 'exec'), '-H', `unix://${socket}`, '--pidfile', join(dir, 'dockerd.pid'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const command = ['dockerd', '--data-root', join(dir, 'root'), '--exec-root', join(dir, 'exec'), '-H', `unix://${socket}`, '--pidfile', join(dir, 'dockerd.pid'), ...args]
+  // nsenter enters the namespace and execs dockerd: the child is dockerd itself, SIGTERM reaches it
+  const [program = 'dockerd', ...rest] = netns === undefined ? command : ['nsenter', `--net=${netns}`, ...command]
+  const daemon = spawn(program, rest, { stdio: ['ignore', 'pipe', 'pipe'] })
   daemon.stdout.on('data', (c: Buffer) => output.push(c))
   daemon.stderr.on('data', (c: Buffer) => output.push(c))
   const log = (): string => Buffer.concat(output).toString('utf8').slice(-4000)
@@ -114,6 +120,41 @@ export function importNodeImage(engine: Pick<Engine, 'env'>, tag: string, cli = 
     }
     const tar = spawnSync('sh', ['-c', `tar -C '${root}' -c . | ${cli} import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' - ${tag}`], { env: engine.env, encoding: 'utf8' })
     if (tar.status !== 0) throw new Error(`${cli} import failed: ${tar.stderr}`)
+  } finally {
+    rmSync(root, { recursive: true, force: true })
+  }
+}
+
+/** A file for importBinariesImage: its text and mode. */
+export interface ImageFile {
+  readonly text: string
+  readonly mode: number
+}
+
+/**
+ * `docker import`s a root filesystem with this machine's `binaries` (each at the path it has here,
+ * symbolic links followed: Debian's /usr/bin/sh is dash) and the libraries `ldd` names for them,
+ * root's account and `files` (by their path in the image).
+ */
+export function importBinariesImage(engine: Pick<Engine, 'env'>, tag: string, binaries: readonly string[], files: Readonly<Record<string, ImageFile>>): void {
+  const root = mkdtempSync(join(tmpdir(), 'pg-binaries-image-'))
+  try {
+    for (const file of [...binaries, ...binaries.flatMap(libraries)]) {
+      mkdirSync(dirname(join(root, file)), { recursive: true })
+      copyFileSync(file, join(root, file))
+    }
+    symlinkSync('usr/bin', join(root, 'bin'))
+    mkdirSync(join(root, 'root'), { mode: 0o700 })
+    mkdirSync(join(root, 'tmp'))
+    chmodSync(join(root, 'tmp'), 0o1777)
+    const all: Record<string, ImageFile> = { '/etc/passwd': { text: 'root:x:0:0:root:/root:/bin/sh\n', mode: 0o644 }, '/etc/group': { text: 'root:x:0:\n', mode: 0o644 }, ...files }
+    for (const [path, { text, mode }] of Object.entries(all)) {
+      mkdirSync(dirname(join(root, path)), { recursive: true })
+      writeFileSync(join(root, path), text, { mode })
+      chmodSync(join(root, path), mode)
+    }
+    const tar = spawnSync('sh', ['-c', `tar -C '${root}' -c . | docker import -c 'ENV PATH=/usr/bin:/bin' - ${tag}`], { env: engine.env, encoding: 'utf8' })
+    if (tar.status !== 0) throw new Error(`docker import failed: ${tar.stderr}`)
   } finally {
     rmSync(root, { recursive: true, force: true })
   }
