@@ -21,8 +21,11 @@ export interface PortHooks {
 }
 
 export interface ProxyPort {
-  /** closes the connections that have sent nothing yet, as node:http's closeIdleConnections does with its own */
-  closeIdle(): void
+  /**
+   * Closes the connections that have sent nothing yet, after `graceMs`: one accepted just before the
+   * listener closed may have its request on the way, and is answered (with Connection: close) if it comes.
+   */
+  closeIdle(graceMs: number): void
 }
 
 const SINCE = Symbol('waiting since')
@@ -99,8 +102,14 @@ export function takeProxyPort(server: Server, hooks: PortHooks, checkEveryMs: nu
     socket.on('error', onError)
   })
   return {
-    closeIdle: () => {
-      for (const socket of waiting) socket.destroy()
+    closeIdle: (graceMs) => {
+      if (waiting.size === 0) return
+      setTimeout(() => {
+        for (const socket of [...waiting]) {
+          release(socket)
+          socket.destroy()
+        }
+      }, graceMs).unref()
     },
   }
 }

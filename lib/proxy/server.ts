@@ -98,6 +98,9 @@ function dnsSelf(sandbox: SandboxSettings | undefined): SelfAddress[] {
 
 type HeadLines = OutgoingHttpHeaders | OutgoingHttpHeader[]
 
+/** how long a connection accepted just before shutdown has to send its request (a load balancer's, whose bytes are on the way) */
+const STRAGGLER_MS = 1_000
+
 export function createProxy(options: ProxyOptions): Proxy {
   const { log } = options
   let config = options.config
@@ -416,7 +419,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     const closedServer = new Promise<void>((resolve) => server.close(() => resolve()))
     const closedTransparent = transparent?.close()
     server.closeIdleConnections()
-    port.closeIdle()
+    port.closeIdle(Math.min(STRAGGLER_MS, config.limits.shutdownGraceMs))
     log.info('stopped accepting', { connections: sockets.size, graceMs: config.limits.shutdownGraceMs })
     let stopped = false
     void pause(config.limits.shutdownGraceMs).then(() => {
