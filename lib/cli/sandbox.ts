@@ -11,12 +11,16 @@ import { podmanNetworkProblems, subnetTemplate, type EngineIdentity, type Engine
 import { checkNameAndSubnet, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
 import { escapes } from '../wiring/sandbox-args.js'
 import { composeFile } from '../wiring/sandbox-compose.js'
+import type { WorkloadSecrets } from '../wiring/sandbox-secrets.js'
 import { DEFAULT_PROBE_ADDRESSES } from '../wiring/sandbox-verify.js'
+import type { Config } from '../rules/config.js'
 import { loadRulesFile, rulesPath } from '../rules/file.js'
+import { caDir } from './ca.js'
 import { printErrors, usageError } from './common.js'
 import { detectEngine } from './engine.js'
 import { prepareContext } from './sandbox-image.js'
 import { probeCommand } from './sandbox-probe.js'
+import { secretValuesProblem, proxyGateSecrets, workloadSecrets } from './sandbox-secrets.js'
 import { printOutcome, verifySandbox } from './sandbox-verify.js'
 
 /** The image `sandbox build` tags and `up` runs; deploy/kubernetes names it too. */
@@ -38,15 +42,22 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compos
                                            those that undo the confinement (--network, --privileged,
                                            --cap-add NET_ADMIN, --dns, ...) are refused
           [--allow-escape]                 pass them on anyway, with a warning
+          [--no-secrets]                   leave out the secrets' placeholders (each secret's NAME is
+                                           otherwise set to its placeholder; never to a value)
   verify  [--name N] [--json] [--probe-address A]...
                                            prove from inside N that proxy-gate is the only way out: a
                                            short-lived probe container tries the host's addresses, the
                                            metadata address, public addresses (default ${DEFAULT_PROBE_ADDRESSES.join(', ')})
                                            and DNS. Exit 0 confined, 1 a path is open, 2 could not run
   down    [--name N]                       remove the container and both networks
-  compose [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR]
+  compose [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR] [--no-secrets]
                                            print a Compose file: on Docker the same topology, on
                                            Podman services that join the network up made
+
+  --dir DIR                                the local CA folder (default as for "ca"): up, run and
+                                           compose give proxy-gate the CA and secrets key in it, and
+                                           workloads a CA bundle (DIR/ca-bundle.pem) when the rules
+                                           open tunnels (methods/paths rules, secrets)
 
   --engine docker|podman                   the CLI to drive (default docker; DOCKER_HOST is honoured);
                                            its "version" tells which engine it drives (a docker
@@ -64,6 +75,8 @@ const OPTIONS = {
   'probe-address': { type: 'string', multiple: true },
   'no-verify': { type: 'boolean', default: false },
   'allow-escape': { type: 'boolean', default: false },
+  dir: { type: 'string' },
+  'no-secrets': { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 } as const
 
@@ -193,11 +206,23 @@ function existingNetworkProblem(values: Values, p: SandboxPlan): string | undefi
   return `network ${p.network} exists but is not the airtight kind that up makes: ${problems.join('; ')}. Remove it (proxy-gate sandbox down --name ${p.name} --engine ${values.engine}) and run up again`
 }
 
-async function up(values: Values, p: SandboxPlan, engineName: string): Promise<number> {
+/** The rules the sandbox's proxy-gate reads, or undefined with the problems shown. */
+function sandboxRules(p: SandboxPlan): Config | undefined {
   const rules = join(p.rulesDir, p.rulesFile)
   const loaded = loadRulesFile(rules)
-  if (!loaded.ok) {
-    printErrors(rules, loaded.errors)
+  if (loaded.ok) return loaded.value
+  printErrors(rules, loaded.errors)
+  return undefined
+}
+
+async function up(values: Values, p: SandboxPlan, engineName: string): Promise<number> {
+  const rules = join(p.rulesDir, p.rulesFile)
+  const config = sandboxRules(p)
+  if (config === undefined) return 1
+  const secrets = proxyGateSecrets(config, rules, caDir(values.dir))
+  const problem = secrets.ok ? secretValuesProblem(config, rules, process.env) : secrets.error
+  if (!secrets.ok || problem !== undefined) {
+    console.error(`proxy-gate sandbox up: ${problem}`)
     return 1
   }
   for (const network of networkCommands(p)) {
@@ -211,7 +236,7 @@ async function up(values: Values, p: SandboxPlan, engineName: string): Promise<n
     if (code !== 0) return code
   }
   if (exists(values, 'container', p.container)) await engine(values, ['rm', '-f', p.container])
-  const code = await runAll(values, proxyCommands(p))
+  const code = await runAll(values, proxyCommands(p, secrets.value))
   if (code !== 0) return code
   if (!(await started(values, p.container))) {
     await engine(values, ['rm', '-f', p.container])
@@ -264,6 +289,29 @@ async function down(values: Values, p: SandboxPlan): Promise<number> {
   return failed
 }
 
+/** A workload's placeholders (unless --no-secrets) and CA bundle, or undefined with the problem shown. */
+function workloadSide(values: Values, p: SandboxPlan): WorkloadSecrets | undefined {
+  const config = sandboxRules(p)
+  if (config === undefined) return undefined
+  const found = workloadSecrets(config, join(p.rulesDir, p.rulesFile), caDir(values.dir), process.env, !values['no-secrets'])
+  if (found.ok) return found.value
+  console.error(`proxy-gate sandbox: ${found.error}`)
+  return undefined
+}
+
+function compose(values: Values, p: SandboxPlan): number {
+  const workload = workloadSide(values, p)
+  const config = workload && sandboxRules(p)
+  if (workload === undefined || config === undefined) return 1
+  const proxyGate = proxyGateSecrets(config, join(p.rulesDir, p.rulesFile), caDir(values.dir))
+  if (!proxyGate.ok) {
+    console.error(`proxy-gate sandbox compose: ${proxyGate.error}`)
+    return 1
+  }
+  process.stdout.write(composeFile(p, { proxyGate: proxyGate.value, workload }))
+  return 0
+}
+
 export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'probe') return probeCommand(argv.slice(1))
   let parsed
@@ -294,10 +342,7 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   }
   if (verb === 'up' && rest.length === 0) return up(values, p, identified.engine.name)
   if (verb === 'down' && rest.length === 0) return down(values, p)
-  if (verb === 'compose' && rest.length === 0) {
-    process.stdout.write(composeFile(p))
-    return 0
-  }
+  if (verb === 'compose' && rest.length === 0) return compose(values, p)
   if (verb === 'verify' && rest.length === 0) {
     const outcome = await verifySandbox(verifyRequest(values, p))
     printOutcome(outcome, values.json)
@@ -311,7 +356,8 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
       console.error(`proxy-gate sandbox run: ${problem}`)
       return 1
     }
-    return engine(values, runArgs(p, rest))
+    const workload = workloadSide(values, p)
+    return workload === undefined ? 1 : engine(values, runArgs(p, rest, workload))
   }
   return usageError(`unknown sandbox command: ${[verb, ...rest].join(' ')} (see proxy-gate sandbox --help)`)
 }

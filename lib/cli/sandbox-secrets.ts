@@ -1,0 +1,64 @@
+// The sandbox's CA and secrets, gathered from the rules and the CA folder for `sandbox up`, `run`
+// and `compose` (the arguments and Compose entries: lib/wiring/sandbox-secrets.ts). Values are read
+// here only to fail `up` early, naming the secret; none is ever returned.
+import { dirname } from 'node:path'
+import { writeCaBundle } from '../certs/bundle.js'
+import { loadCa } from '../certs/ca.js'
+import { rulesWithRequestLimits } from '../policy/rules.js'
+import type { Result } from '../policy/target.js'
+import type { Config } from '../rules/config.js'
+import { secretsKey } from '../secrets/key.js'
+import { placeholderLines, readSecretValue, type Env } from '../secrets/values.js'
+import { MOUNT } from '../wiring/sandbox.js'
+import { secretFileMounts, type ProxyGateSecrets, type WorkloadSecrets } from '../wiring/sandbox-secrets.js'
+import { needsCa } from './ca.js'
+
+/** What proxy-gate's container needs: the CA folder when there is a CA (refused when the rules need one and there is none), and the secrets' sources. */
+export function proxyGateSecrets(config: Config, rulesFile: string, dir: string): Result<ProxyGateSecrets> {
+  const ca = loadCa(dir)
+  const problem = needsCa(config, ca)
+  if (problem !== undefined) return { ok: false, error: problem }
+  if (config.secrets.length > 0) {
+    // the container sees the folder read-only: the key its placeholders come from must exist before
+    const key = secretsKey(dir)
+    if (!key.ok) return key
+  }
+  const envNames = [...new Set(config.secrets.filter((s) => s.from.kind === 'env').map((s) => s.from.ref))]
+  const files = secretFileMounts(
+    dirname(rulesFile),
+    MOUNT,
+    config.secrets.filter((s) => s.from.kind === 'file').map((s) => s.from.ref),
+  )
+  return { ok: true, value: { caDir: ca.ok ? dir : undefined, envNames, files } }
+}
+
+/** `up` reads every value where it runs, so that a missing one fails here, naming the secret, and not inside the container. */
+export function secretValuesProblem(config: Config, rulesFile: string, env: Env): string | undefined {
+  for (const spec of config.secrets) {
+    const read = readSecretValue(spec, rulesFile, env)
+    if (read.ok) continue
+    const where = spec.from.kind === 'env' ? `; the proxy-gate container gets ${spec.from.ref} from the environment "sandbox up" runs in` : ''
+    return `${read.error}${where}`
+  }
+  return undefined
+}
+
+/** Whether proxy-gate opens tunnels under these rules: only then is a workload's trust changed. */
+function opensTunnels(config: Config): boolean {
+  return config.secrets.length > 0 || rulesWithRequestLimits(config.policy).length > 0
+}
+
+/** What a workload gets: the placeholders (unless `withPlaceholders` is false) and, when proxy-gate opens tunnels, the CA bundle (written here). */
+export function workloadSecrets(config: Config, rulesFile: string, dir: string, env: Env, withPlaceholders: boolean): Result<WorkloadSecrets> {
+  if (!opensTunnels(config)) return { ok: true, value: { placeholders: [], bundle: undefined } }
+  const ca = loadCa(dir)
+  if (!ca.ok) return { ok: false, error: needsCa(config, ca) ?? ca.error }
+  const bundle = writeCaBundle(dir, ca.value.certPem)
+  if (!bundle.ok) return bundle
+  if (!withPlaceholders || config.secrets.length === 0) return { ok: true, value: { placeholders: [], bundle: bundle.value } }
+  const lines = placeholderLines(config, dir, rulesFile, env)
+  if (!lines.ok) return lines
+  // NAME=PLACEHOLDER: a name holds no "="
+  const placeholders = lines.value.map((line): [string, string] => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)])
+  return { ok: true, value: { placeholders, bundle: bundle.value } }
+}
