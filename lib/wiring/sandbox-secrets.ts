@@ -2,7 +2,7 @@
 // proxy-gate's own container gets the CA folder and the secrets' values, by name or by mount, never
 // on a command line; a workload gets each secret's placeholder and a CA bundle it trusts, never a
 // value. Pure.
-import { isAbsolute, posix, relative, resolve } from 'node:path'
+import { isAbsolute, posix, resolve } from 'node:path'
 
 /** Where proxy-gate's container sees the host's CA folder (ca.crt, ca.key, secrets-key): its --dir. */
 export const CERTS_MOUNT = '/etc/proxy-gate-certs'
@@ -39,15 +39,14 @@ export const NO_WORKLOAD_SECRETS: WorkloadSecrets = { placeholders: [], bundle: 
 
 /**
  * The mounts `file:` secrets need: a path is resolved against the rules file's folder, which the
- * container sees at `mount`; a file inside that folder is already there, any other is mounted alone
- * at the path the container resolves it to (so the rules stay as they are).
+ * container sees at `mount`; a relative path into that folder is already there, any other file is
+ * mounted alone at the path the container resolves it to (so the rules stay as they are).
  */
 export function secretFileMounts(rulesDir: string, mount: string, refs: readonly string[]): FileMount[] {
   const mounts = refs.flatMap((ref) => {
-    const host = resolve(rulesDir, ref)
-    const inside = relative(rulesDir, host)
-    if (inside !== '' && !inside.startsWith('..') && !isAbsolute(inside)) return []
-    return [{ host, container: posix.resolve(mount, ref) }]
+    const container = posix.resolve(mount, ref)
+    if (!isAbsolute(ref) && !posix.relative(mount, container).startsWith('..')) return []
+    return [{ host: resolve(rulesDir, ref), container }]
   })
   return [...new Map(mounts.map((m) => [m.container, m])).values()]
 }
