@@ -5,7 +5,7 @@
 // the rules open tunnels, a CA bundle it trusts. No value is ever on a command line or in the
 // Compose file. Through the command line, with a stand-in engine that logs every call.
 import { randomBytes } from 'node:crypto'
-import { chmodSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { parse } from 'yaml'
@@ -82,6 +82,18 @@ async function world(t: Test, rules?: unknown): Promise<World> {
   return { dir, rules: file, certs, engine: standIn(dir), caPem: ca.certPem }
 }
 
+const ROOT = process.getuid?.() === 0
+
+/**
+ * As root, the rules folder is root's, and `up` runs proxy-gate as the image's user (1000): give
+ * it the CA folder (with the key made first) and the outside file, as a root user has to.
+ */
+async function forImageUser(w: World): Promise<void> {
+  if (!ROOT) return
+  await runCli(['secrets', 'env', '--rules', w.rules, '--dir', w.certs])
+  for (const f of [...readdirSync(w.certs).map((f) => join(w.certs, f)), join(w.dir, 'npm_token')]) chownSync(f, 1000, 1000)
+}
+
 const sandbox = (w: World, verb: string, args: readonly string[] = [], env: Record<string, string> = {}) =>
   runCli(['sandbox', verb, '--name', 'box', '--rules', w.rules, '--dir', w.certs, ...args], { env: { PATH: w.engine.path, ...env } })
 
@@ -111,6 +123,7 @@ t.test("file: secrets outside the rules folder are mounted where the container r
 
 t.test("up: proxy-gate's container gets the CA folder, the variables by name and the outside file, never a value", async (t) => {
   const w = await world(t)
+  await forImageUser(w)
   const up = await sandbox(w, 'up', ['--no-verify'], { PG_SANDBOX_GH: VALUE })
   const run = w.engine.calls().find((c) => c[0] === 'run')
   t.ok(run, `up started proxy-gate's container: ${up.stderr}`)
@@ -138,6 +151,14 @@ t.test('up refuses, naming the secret, a variable that is not set and secrets wi
   t.equal(noCa.code, 1)
   t.match(noCa.stderr, /secrets GH_TOKEN, NPM_TOKEN, INNER are put into requests, which needs the local CA/)
   t.notOk(w.engine.calls().some((c) => c[0] === 'run' || c[1] === 'create'), 'no network, no container')
+})
+
+t.test("up refuses what proxy-gate's container could not read, naming its user and the files", { skip: ROOT ? false : 'the rules are not root\'s: the container runs as their owner, who can read the CA' }, async (t) => {
+  const w = await world(t)
+  const up = await sandbox(w, 'up', ['--no-verify'], { PG_SANDBOX_GH: VALUE })
+  t.equal(up.code, 1)
+  t.match(up.stderr, `the proxy-gate container runs as 1000:1000 (the rules file's owner, or the image's user when root owns it) and could not read ${join(w.certs, 'ca.key')}, ${join(w.certs, 'secrets-key')}, ${join(w.dir, 'npm_token')}: give that user the files`)
+  t.notOk(w.engine.calls().some((c) => c[0] === 'run' || c[1] === 'create'), 'nothing created')
 })
 
 t.test('run: each placeholder under its name and the CA bundle; --no-secrets leaves the placeholders out', async (t) => {
@@ -174,6 +195,7 @@ t.test('run: each placeholder under its name and the CA bundle; --no-secrets lea
 
 t.test("rules that open no tunnel leave a workload's trust alone; proxy-gate still gets the CA that exists", async (t) => {
   const w = await world(t, { allow: ['example.com'] })
+  await forImageUser(w)
   const run = await sandbox(w, 'run', ['--', 'alpine', 'true'])
   t.equal(run.code, 0, run.stderr)
   const got = settings(w.engine.calls().find((c) => c[0] === 'run') ?? [])

@@ -1,7 +1,8 @@
 // The sandbox's CA and secrets, gathered from the rules and the CA folder for `sandbox up`, `run`
 // and `compose` (the arguments and Compose entries: lib/wiring/sandbox-secrets.ts). Values are read
 // here only to fail `up` early, naming the secret; none is ever returned.
-import { dirname } from 'node:path'
+import { statSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { writeCaBundle } from '../certs/bundle.js'
 import { loadCa } from '../certs/ca.js'
 import { rulesWithRequestLimits } from '../policy/rules.js'
@@ -41,6 +42,31 @@ export function secretValuesProblem(config: Config, rulesFile: string, env: Env)
     return `${read.error}${where}`
   }
   return undefined
+}
+
+/** The image's user (Dockerfile), when `up` does not pick the rules file's owner. */
+const IMAGE_USER = '1000:1000'
+
+/** Whether `user` (UID:GID, no other groups) may read the file, by its owner, group and mode. */
+function readableBy(path: string, user: string): boolean {
+  const [uid, gid] = user.split(':').map(Number)
+  const { uid: owner, gid: group, mode } = statSync(path)
+  return (mode & (owner === uid ? 0o400 : group === gid ? 0o040 : 0o004)) !== 0
+}
+
+/**
+ * Why proxy-gate's container, running as `user` (undefined: the image's), could not read the CA,
+ * the key or a secret's file it is given, or undefined: said before anything starts.
+ */
+export function unreadableProblem(secrets: ProxyGateSecrets, hasSecrets: boolean, user: string | undefined): string | undefined {
+  const as = user ?? IMAGE_USER
+  const files = [
+    ...(secrets.caDir === undefined ? [] : ['ca.crt', 'ca.key', ...(hasSecrets ? ['secrets-key'] : [])].map((f) => join(secrets.caDir as string, f))),
+    ...secrets.files.map((f) => f.host),
+  ]
+  const unreadable = files.filter((f) => !readableBy(f, as))
+  if (unreadable.length === 0) return undefined
+  return `the proxy-gate container runs as ${as} (the rules file's owner, or the image's user when root owns it) and could not read ${unreadable.join(', ')}: give that user the files (chown), or keep the rules file, the CA folder and the secret files under one user`
 }
 
 /** Whether proxy-gate opens tunnels under these rules: only then is a workload's trust changed. */

@@ -20,7 +20,7 @@ import { printErrors, usageError } from './common.js'
 import { detectEngine } from './engine.js'
 import { prepareContext } from './sandbox-image.js'
 import { probeCommand } from './sandbox-probe.js'
-import { secretValuesProblem, proxyGateSecrets, workloadSecrets } from './sandbox-secrets.js'
+import { proxyGateSecrets, secretValuesProblem, unreadableProblem, workloadSecrets } from './sandbox-secrets.js'
 import { printOutcome, verifySandbox } from './sandbox-verify.js'
 
 /** The image `sandbox build` tags and `up` runs; deploy/kubernetes names it too. */
@@ -220,7 +220,7 @@ async function up(values: Values, p: SandboxPlan, engineName: string): Promise<n
   const config = sandboxRules(p)
   if (config === undefined) return 1
   const secrets = proxyGateSecrets(config, rules, caDir(values.dir))
-  const problem = secrets.ok ? secretValuesProblem(config, rules, process.env) : secrets.error
+  const problem = secrets.ok ? (secretValuesProblem(config, rules, process.env) ?? unreadableProblem(secrets.value, config.secrets.length > 0, p.user)) : secrets.error
   if (!secrets.ok || problem !== undefined) {
     console.error(`proxy-gate sandbox up: ${problem}`)
     return 1
