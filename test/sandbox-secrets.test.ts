@@ -159,6 +159,11 @@ t.test("up refuses what proxy-gate's container could not read, naming its user a
   t.equal(up.code, 1)
   t.match(up.stderr, `the proxy-gate container runs as 1000:1000 (the rules file's owner, or the image's user when root owns it) and could not read ${join(w.certs, 'ca.key')}, ${join(w.certs, 'secrets-key')}, ${join(w.dir, 'npm_token')}: give that user the files`)
   t.notOk(w.engine.calls().some((c) => c[0] === 'run' || c[1] === 'create'), 'nothing created')
+  const plain = await world(t, { allow: ['example.com'] })
+  await sandbox(plain, 'up', ['--no-verify'])
+  const run = plain.engine.calls().find((c) => c[0] === 'run') ?? []
+  t.ok(run.length > 0, 'rules that do not need the CA: proxy-gate starts')
+  t.notOk(run.some((a) => a.includes(CERTS_MOUNT)), 'without the CA it could not read (a reload that needs one fails, naming it)')
 })
 
 t.test('run: each placeholder under its name and the CA bundle; --no-secrets leaves the placeholders out', async (t) => {

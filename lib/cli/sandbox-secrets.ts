@@ -14,8 +14,12 @@ import { MOUNT } from '../wiring/sandbox.js'
 import { secretFileMounts, type ProxyGateSecrets, type WorkloadSecrets } from '../wiring/sandbox-secrets.js'
 import { needsCa } from './ca.js'
 
-/** What proxy-gate's container needs: the CA folder when there is a CA (refused when the rules need one and there is none), and the secrets' sources. */
-export function proxyGateSecrets(config: Config, rulesFile: string, dir: string): Result<ProxyGateSecrets> {
+/**
+ * What proxy-gate's container (running as `user`) needs: the CA folder when the rules need it
+ * (refused when there is none), or when there is one the container can read (so that a reload may
+ * add rules that need it); and the secrets' sources.
+ */
+export function proxyGateSecrets(config: Config, rulesFile: string, dir: string, user: string | undefined): Result<ProxyGateSecrets> {
   const ca = loadCa(dir)
   const problem = needsCa(config, ca)
   if (problem !== undefined) return { ok: false, error: problem }
@@ -30,7 +34,8 @@ export function proxyGateSecrets(config: Config, rulesFile: string, dir: string)
     MOUNT,
     config.secrets.filter((s) => s.from.kind === 'file').map((s) => s.from.ref),
   )
-  return { ok: true, value: { caDir: ca.ok ? dir : undefined, envNames, files } }
+  const mounted = ca.ok && (opensTunnels(config) || caFiles(dir, false).every((f) => readableBy(f, user ?? IMAGE_USER)))
+  return { ok: true, value: { caDir: mounted ? dir : undefined, envNames, files } }
 }
 
 /** `up` reads every value where it runs, so that a missing one fails here, naming the secret, and not inside the container. */
@@ -54,6 +59,11 @@ function readableBy(path: string, user: string): boolean {
   return (mode & (owner === uid ? 0o400 : group === gid ? 0o040 : 0o004)) !== 0
 }
 
+/** The CA folder's files proxy-gate reads. */
+function caFiles(dir: string, withKey: boolean): string[] {
+  return ['ca.crt', 'ca.key', ...(withKey ? ['secrets-key'] : [])].map((f) => join(dir, f))
+}
+
 /**
  * Why proxy-gate's container, running as `user` (undefined: the image's), could not read the CA,
  * the key or a secret's file it is given, or undefined: said before anything starts.
@@ -61,7 +71,7 @@ function readableBy(path: string, user: string): boolean {
 export function unreadableProblem(secrets: ProxyGateSecrets, hasSecrets: boolean, user: string | undefined): string | undefined {
   const as = user ?? IMAGE_USER
   const files = [
-    ...(secrets.caDir === undefined ? [] : ['ca.crt', 'ca.key', ...(hasSecrets ? ['secrets-key'] : [])].map((f) => join(secrets.caDir as string, f))),
+    ...(secrets.caDir === undefined ? [] : caFiles(secrets.caDir, hasSecrets)),
     ...secrets.files.map((f) => f.host),
   ]
   const unreadable = files.filter((f) => !readableBy(f, as))

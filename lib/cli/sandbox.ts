@@ -219,7 +219,7 @@ async function up(values: Values, p: SandboxPlan, engineName: string): Promise<n
   const rules = join(p.rulesDir, p.rulesFile)
   const config = sandboxRules(p)
   if (config === undefined) return 1
-  const secrets = proxyGateSecrets(config, rules, caDir(values.dir))
+  const secrets = proxyGateSecrets(config, rules, caDir(values.dir), p.user)
   const problem = secrets.ok ? (secretValuesProblem(config, rules, process.env) ?? unreadableProblem(secrets.value, config.secrets.length > 0, p.user)) : secrets.error
   if (!secrets.ok || problem !== undefined) {
     console.error(`proxy-gate sandbox up: ${problem}`)
@@ -303,7 +303,7 @@ function compose(values: Values, p: SandboxPlan): number {
   const workload = workloadSide(values, p)
   const config = workload && sandboxRules(p)
   if (workload === undefined || config === undefined) return 1
-  const proxyGate = proxyGateSecrets(config, join(p.rulesDir, p.rulesFile), caDir(values.dir))
+  const proxyGate = proxyGateSecrets(config, join(p.rulesDir, p.rulesFile), caDir(values.dir), p.user)
   if (!proxyGate.ok) {
     console.error(`proxy-gate sandbox compose: ${proxyGate.error}`)
     return 1
