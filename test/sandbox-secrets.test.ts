@@ -11,6 +11,7 @@ import t, { type Test } from 'tap'
 import { parse } from 'yaml'
 import { createCa, writeCa } from '../lib/certs/ca.js'
 import { CERTS_MOUNT, secretFileMounts, WORKLOAD_BUNDLE } from '../lib/wiring/sandbox-secrets.js'
+import { copiedVariables } from '../lib/wiring/sandbox-args.js'
 import { runCli } from './helpers/cli.js'
 import { tempDir, writeJson } from './helpers/files.js'
 
@@ -229,4 +230,21 @@ t.test('compose: the same for both services, and no value in the file', async (t
   t.same(workload.volumes, [`${join(w.certs, 'ca-bundle.pem')}:${WORKLOAD_BUNDLE}:ro`])
   const none = await sandbox(w, 'compose', ['--no-secrets'])
   t.notMatch(none.stdout, /GH_TOKEN/, '--no-secrets')
+})
+
+t.test("run refuses arguments that would copy a secret's variable into the workload; --allow-escape passes them on with a warning", async (t) => {
+  const names = new Set(['GH_TOKEN', 'PG_SANDBOX_GH'])
+  t.same(copiedVariables(['-e', 'PG_SANDBOX_GH', '--env=GH_TOKEN', '-eGH_TOKEN', '--env', 'GH_TOKEN', 'alpine', '-e', 'PG_SANDBOX_GH'], names), ['-e PG_SANDBOX_GH', '--env=GH_TOKEN', '-e GH_TOKEN', '--env GH_TOKEN'], 'every spelling, before the image only')
+  t.same(copiedVariables(['-e', 'GH_TOKEN=mine', '-e', 'OTHER', '--env-host=false', 'alpine'], names), [], 'a value given, another variable, --env-host off')
+  t.same(copiedVariables(['--env-host', 'alpine'], names), ['--env-host'], "Podman's --env-host copies them all")
+  const w = await world(t)
+  const refused = await sandbox(w, 'run', ['--', '-e', 'PG_SANDBOX_GH', 'alpine', 'true'], { PG_SANDBOX_GH: VALUE })
+  t.equal(refused.code, 2)
+  t.match(refused.stderr, "refused: -e PG_SANDBOX_GH: copies a secret's variable from this environment into the workload")
+  t.notOk(w.engine.calls().some((c) => c[0] === 'run'), 'nothing ran')
+  const allowed = await sandbox(w, 'run', ['--allow-escape', '--', '-e', 'PG_SANDBOX_GH', 'alpine', 'true'])
+  t.equal(allowed.code, 0, allowed.stderr)
+  t.match(allowed.stderr, 'WARNING: passing on -e PG_SANDBOX_GH')
+  const plain = await world(t, { allow: ['example.com'] })
+  t.equal((await sandbox(plain, 'run', ['--', '-e', 'PG_SANDBOX_GH', 'alpine', 'true'])).code, 0, 'without secrets, nothing to refuse')
 })

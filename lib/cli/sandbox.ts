@@ -9,7 +9,7 @@ import { VERSION } from '../core/version.js'
 import { parseIp } from '../policy/ip.js'
 import { podmanNetworkProblems, subnetTemplate, type EngineIdentity, type EngineKind } from '../wiring/engine.js'
 import { checkNameAndSubnet, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
-import { escapes } from '../wiring/sandbox-args.js'
+import { copiedVariables, escapes } from '../wiring/sandbox-args.js'
 import { composeFile } from '../wiring/sandbox-compose.js'
 import type { WorkloadSecrets } from '../wiring/sandbox-secrets.js'
 import { DEFAULT_PROBE_ADDRESSES } from '../wiring/sandbox-verify.js'
@@ -289,20 +289,29 @@ async function down(values: Values, p: SandboxPlan): Promise<number> {
   return failed
 }
 
-/** A workload's placeholders (unless --no-secrets) and CA bundle, or undefined with the problem shown. */
-function workloadSide(values: Values, p: SandboxPlan): WorkloadSecrets | undefined {
+/** The rules, and a workload's placeholders (unless --no-secrets) and CA bundle; or undefined with the problem shown. */
+function workloadSide(values: Values, p: SandboxPlan): { config: Config; workload: WorkloadSecrets } | undefined {
   const config = sandboxRules(p)
   if (config === undefined) return undefined
   const found = workloadSecrets(config, join(p.rulesDir, p.rulesFile), caDir(values.dir), process.env, !values['no-secrets'])
-  if (found.ok) return found.value
+  if (found.ok) return { config, workload: found.value }
   console.error(`proxy-gate sandbox: ${found.error}`)
   return undefined
 }
 
+/** `run`'s arguments that would copy a secret's value (or the variable its placeholder goes in) from here into the workload: refused, as escapes are. */
+function copiesSecrets(values: Values, config: Config, args: readonly string[]): boolean {
+  const names = new Set(config.secrets.flatMap((s) => [s.name, ...(s.from.kind === 'env' ? [s.from.ref] : [])]))
+  const found = names.size === 0 ? [] : copiedVariables(args, names)
+  const allow = values['allow-escape']
+  for (const arg of found) console.error(`proxy-gate sandbox run: ${allow ? 'WARNING: passing on' : 'refused:'} ${arg}: copies a secret's variable from this environment into the workload, which is to hold only placeholders`)
+  return found.length > 0 && !allow
+}
+
 function compose(values: Values, p: SandboxPlan): number {
-  const workload = workloadSide(values, p)
-  const config = workload && sandboxRules(p)
-  if (workload === undefined || config === undefined) return 1
+  const side = workloadSide(values, p)
+  if (side === undefined) return 1
+  const { config, workload } = side
   const proxyGate = proxyGateSecrets(config, join(p.rulesDir, p.rulesFile), caDir(values.dir), p.user)
   if (!proxyGate.ok) {
     console.error(`proxy-gate sandbox compose: ${proxyGate.error}`)
@@ -356,8 +365,10 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
       console.error(`proxy-gate sandbox run: ${problem}`)
       return 1
     }
-    const workload = workloadSide(values, p)
-    return workload === undefined ? 1 : engine(values, runArgs(p, rest, workload))
+    const side = workloadSide(values, p)
+    if (side === undefined) return 1
+    if (copiesSecrets(values, side.config, rest)) return 2
+    return engine(values, runArgs(p, rest, side.workload))
   }
   return usageError(`unknown sandbox command: ${[verb, ...rest].join(' ')} (see proxy-gate sandbox --help)`)
 }
