@@ -6,6 +6,7 @@ import tseslint from 'typescript-eslint'
 const LAYERS = {
   core: [],
   policy: ['core'],
+  socks: ['core', 'policy'],
   rules: ['core', 'policy'],
   certs: ['core', 'policy'],
   wiring: ['core', 'policy'],
@@ -13,7 +14,7 @@ const LAYERS = {
   dns: ['core', 'policy', 'rules'],
   // secrets' placeholders, values and substitution; the policy sees only their bindings
   secrets: ['core', 'policy', 'rules'],
-  proxy: ['core', 'policy', 'rules', 'certs', 'net', 'wiring', 'dns', 'secrets'],
+  proxy: ['core', 'policy', 'rules', 'certs', 'net', 'wiring', 'dns', 'secrets', 'socks'],
   observe: ['core', 'policy', 'rules', 'wiring', 'proxy', 'dns'],
   cli: ['core', 'policy', 'rules', 'certs', 'wiring', 'net', 'dns', 'proxy', 'observe', 'secrets'],
 }

@@ -2,19 +2,14 @@
 // Command line: parses flags, prints help, and hands each command to its module (check, validate, pac here).
 // first: a SIGHUP from the first moment of `start` is a reload, not the end of the process
 import './cli/hangup.js'
-import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { parseArgs } from 'node:util'
+import { foreignFlag, OPTIONS, type Values } from './cli/flags.js'
 import { printErrors, usageError } from './cli/common.js'
 import { advertisedAddress, type WiringArgs } from './cli/wiring.js'
-import { DEFAULT_POLICY } from './policy/clients.js'
 import { configWarnings, type Config } from './rules/config.js'
 import { formatRuleErrors, rulesWithRequestLimits } from './policy/rules.js'
-import { admit, gateFor } from './net/gate.js'
-import { formatIp, parseIp, type Ip } from './policy/ip.js'
 import { generatePac } from './wiring/pac.js'
-import { createResolve, type AnswerSource } from './net/resolve.js'
 import { loadRulesFile, packagedNotice, rulesPath } from './rules/file.js'
-import { selfAddresses } from './net/self.js'
-import { formatTarget, parseAbsoluteUrl, parseAuthority, type Result, type Target } from './policy/target.js'
 import { VERSION } from './core/version.js'
 import { escapeConsole } from './core/visible.js'
 
@@ -43,6 +38,7 @@ commands:
 
 Run "proxy-gate <command> --help" for a command's options. "proxy-gate --version" prints the version.`,
   start: `usage: proxy-gate start [--rules FILE] [--listen HOST:PORT] [--mode enforce|report] [--log-level L] [--log-format json|pretty] [--insecure-open]
+                        [--advertise H:P] [--dir DIR] [--admin-listen HOST:PORT|off] [--admin-token-file FILE] [--sandbox ADDRESS] [--socks HOST:PORT]
 
 Runs the proxy. It reloads the rules when the file changes or on SIGHUP (a bad file is
 reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
@@ -58,13 +54,24 @@ reported and the old rules stay), and shuts down gracefully on SIGINT/SIGTERM.
   --advertise H:P      the proxy address clients should use, written into the PAC file (default: the listener)
   --dir DIR            the local CA folder whose ca.crt is served at /ca.crt (default: as for "ca")
   --sandbox ADDRESS    serve a sandbox network from ADDRESS: DNS on 53, transparent HTTP on 80 and TLS on 443
-                       (as the "sandbox" section of rules.json with only "address"; see proxy-gate sandbox)`,
-  check: `usage: proxy-gate check TARGET [--rules FILE] [--source IP] [--user NAME]
+                       (as the "sandbox" section of rules.json with only "address"; see proxy-gate sandbox)
+  --admin-listen A     the dashboard, /metrics, /healthz and /readyz (default 127.0.0.1:3129; "off" for none;
+                       a non-loopback address needs --insecure-open)
+  --admin-token-file F the dashboard's token, created mode 0600 on first use (default: admin-token in --dir);
+                       refused when others can read it
+  --socks HOST:PORT    a SOCKS5 listener too (ssh, git over ssh, databases), decided by the same rules;
+                       overrides "socks" (off by default; 127.0.0.1:1080 is the usual address)`,
+  check: `usage: proxy-gate check TARGET [--method METHOD] [--rules FILE] [--source IP] [--user NAME]
 
-TARGET is host:port (as in CONNECT) or a URL (http://host/..., https://host/...). --source and
---user decide it as for that client (the policy chosen by "clients" in the rules).
+Decides TARGET as the proxy would, with the same rules, DNS and address guard. TARGET is host:port
+(a tunnel, as in CONNECT) or a URL (http://host/path, https://host/path: one request, whose method
+and path count where rules limit them). Internationalised names are accepted as rules accept them.
 Prints allow or deny, the rule, and for names the resolved addresses and the address guard's
-verdict. Exit status: 0 allowed, 1 denied, 2 error.`,
+verdict. Exit status: 0 allowed, 1 denied, 2 error (a DNS failure is one: the proxy answers 502).
+
+  --method METHOD   the request's method, for a URL (default: GET)
+  --source IP       decide it as for a client at this address (the policy "clients" chooses)
+  --user NAME       decide it as for this proxy user`,
   pac: `usage: proxy-gate pac [--rules FILE] [--advertise HOST:PORT] [--flavor standard|docker]
 
 Prints the PAC file that "proxy-gate start" serves at /proxy.pac: hosts in "bypass" go DIRECT,
@@ -72,7 +79,7 @@ everything else to proxy-gate (never a DIRECT fallback). With --flavor docker, h
 rule can match are refused by Docker Desktop itself (PROXY reject.docker.internal:1).
 
   --advertise HOST:PORT   the proxy address written into the file (default: "listen" from the rules)`,
-  docker: `usage: proxy-gate docker --target T [--pac] [--write [--file PATH] [--dry-run] | --revert] [--os macos|windows|linux] [--advertise HOST:PORT] [--rules FILE]
+  docker: `usage: proxy-gate docker --target T [--pac] [--write [--file PATH] [--dry-run] | --revert [--dry-run]] [--os macos|windows|linux] [--advertise HOST:PORT] [--rules FILE]
 
 Targets:
   settings-store  Docker Desktop 4.35+ user settings (host and container proxy keys)
@@ -83,7 +90,8 @@ Targets:
 
 Without --write it prints the JSON to merge and says where it goes and what to restart.
 --write merges into the file (every other key kept, a backup beside it, atomic, no BOM);
---dry-run shows the change; --revert puts back the values from the backup. --pac also sets
+--dry-run (with --write or --revert) shows the change and writes nothing; --revert puts back the
+values from the backup, and removes the file if proxy-gate created it. --pac also sets
 the PAC URL (http://ADVERTISE/proxy.pac). The address defaults to "listen" from the rules, and
 to host.docker.internal:PORT for the cli target (127.0.0.1 inside a container is the container).`,
   'system-proxy': `usage: proxy-gate system-proxy [--os macos|windows|gnome] [--pac | --manual] [--revert] [--apply] [--advertise HOST:PORT] [--rules FILE]
@@ -116,6 +124,7 @@ placeholder keeps its prefix (ghp_, sk-, ...), which some clients check for.
 
   --dir DIR   the local CA folder, which keeps the key (default: as for "ca")`,
   learn: `usage: proxy-gate learn [--rules FILE] [--out FILE] [--collapse] [--from LOG] [--listen HOST:PORT] [--duration SECONDS] [--force]
+                        [--log-level L] [--log-format F] [--dir DIR] [--admin-listen HOST:PORT|off] [--admin-token-file FILE] [--mode report]
 
 Runs the proxy in report mode (as "start --mode report": what the rules would deny passes and is
 logged, the address guard still holds) until SIGINT/SIGTERM or --duration, then writes a suggested
@@ -128,7 +137,8 @@ and listed with a warning; targets refused by a deny rule stay denied. Review th
   --collapse          write *.example.com instead of two or more names seen under example.com
   --from LOG          learn from JSON decision logs ("start --log-format json"; "-" for stdin) instead of running
   --duration SECONDS  stop after this long
-  --listen, --log-level, --log-format, --dir as for "start"`,
+  --listen, --log-level, --log-format, --dir, --admin-listen, --admin-token-file as for "start"
+  --mode report       the only mode learn runs in (any other is refused)`,
   suggest: `usage: proxy-gate suggest --from LOG [--json]
 
 Reads JSON decision logs ("-" for stdin; other lines are ignored) and prints, for what was denied (or
@@ -138,7 +148,7 @@ Private and special-purpose destinations come with a warning; a deny rule's refu
   --json   one JSON object per line instead of the list`,
   passwd: `usage: proxy-gate passwd USER [--rules FILE]
 
-Reads a password (not echoed on a terminal; one line from stdin otherwise) and writes its salted
+Reads a password of at least 8 characters (not echoed on a terminal; one line from stdin otherwise) and writes its salted
 scrypt hash to "auth.users" in the rules file, keeping every other key and a backup beside it
 (both mode 0600). The rules file must exist and load; nothing is written otherwise.
 With "auth" in the rules, clients must send proxy credentials (curl --proxy-user USER:PASSWORD).`,
@@ -174,98 +184,7 @@ address (169.254.0.0/16 holds 169.254.169.254) gets a warning too: only a rule n
 address allows it.`,
 }
 
-const OPTIONS = {
-  rules: { type: 'string' },
-  listen: { type: 'string' },
-  mode: { type: 'string' },
-  'log-level': { type: 'string', default: 'info' },
-  'log-format': { type: 'string' },
-  'insecure-open': { type: 'boolean', default: false },
-  'admin-listen': { type: 'string' },
-  sandbox: { type: 'string' },
-  'admin-token-file': { type: 'string' },
-  advertise: { type: 'string' },
-  flavor: { type: 'string', default: 'standard' },
-  target: { type: 'string' },
-  pac: { type: 'boolean', default: false },
-  manual: { type: 'boolean', default: false },
-  write: { type: 'boolean', default: false },
-  file: { type: 'string' },
-  'dry-run': { type: 'boolean', default: false },
-  revert: { type: 'boolean', default: false },
-  apply: { type: 'boolean', default: false },
-  os: { type: 'string' },
-  source: { type: 'string' },
-  user: { type: 'string' },
-  dir: { type: 'string' },
-  force: { type: 'boolean', default: false },
-  out: { type: 'string' },
-  from: { type: 'string' },
-  collapse: { type: 'boolean', default: false },
-  duration: { type: 'string' },
-  json: { type: 'boolean', default: false },
-  help: { type: 'boolean', short: 'h', default: false },
-  version: { type: 'boolean', short: 'v', default: false },
-} satisfies ParseArgsConfig['options']
 
-type Values = { [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K] extends { type: 'boolean' } ? boolean : string | undefined }
-
-
-function parseCheckTarget(text: string): Result<Target> {
-  const https = /^https:\/\/([^/?#]*)/i.exec(text)
-  if (https) {
-    if ((https[1] ?? '').includes('@')) return { ok: false, error: 'URL contains userinfo ("@")' }
-    return parseAuthority(https[1] ?? '', 443)
-  }
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
-    const url = parseAbsoluteUrl(text)
-    return url.ok ? { ok: true, value: url.value.target } : url
-  }
-  return parseAuthority(text)
-}
-
-async function check(values: Values, positional: string[]): Promise<number> {
-  const [text] = positional
-  if (text === undefined || positional.length > 1) return usageError('check takes one TARGET (host:port or URL)')
-  const target = parseCheckTarget(text)
-  if (!target.ok) {
-    console.error(`bad target: ${target.error}`)
-    return 2
-  }
-  const config = loadOrReport(values)
-  if (!config) return 2
-  const source = values.source === undefined ? undefined : parseIp(values.source)
-  if (values.source !== undefined && !source) return usageError('--source must be an IP address')
-  const ctx = { mode: config.mode, self: selfAddresses({ address: config.listen.host, port: config.listen.port }), tls: config.tls }
-  const resolve = createResolve(config.dns)
-  let from: AnswerSource | undefined
-  const lookup = async (name: string): Promise<Ip[]> => {
-    const resolution = await resolve(name)
-    from = resolution.from
-    return resolution.addresses
-  }
-  const base = { policy: config.policy, policyName: DEFAULT_POLICY, policies: config.policies, ctx, lookup, generation: 0 }
-  const gate = gateFor(base, { source, user: values.user })
-  const admission = await admit(gate, target.value)
-  console.log(`target:   ${formatTarget(target.value)}`)
-  console.log(`policy:   ${gate.policyName}`)
-  if (admission.kind === 'failed') {
-    console.log(`error:    ${admission.reply.details}`)
-    return 2
-  }
-  const { decision, resolved } = admission
-  if (resolved) console.log(`resolved: ${resolved.map(formatIp).join(', ')} (from ${from?.kind === 'hosts' ? from.path : 'DNS'})`)
-  if (resolved || target.value.host.kind === 'ip') {
-    const guard = decision.reason === 'address-prohibited' || decision.reason === 'self-connection' ? `refused (${decision.detail})` : 'every address passed'
-    console.log(`guard:    ${decision.reason === 'deny-rule' || decision.reason === 'no-rule' ? 'not reached' : guard}`)
-  }
-  console.log(`decision: ${decision.verdict}${decision.wouldDeny ? ' (report mode: enforce would deny)' : ''}`)
-  console.log(`rule:     ${decision.rule ? `${decision.rule.list}[${decision.rule.index}] ${decision.rule.text}` : '(none)'}`)
-  console.log(`why:      ${decision.detail}`)
-  if (decision.verdict === 'deny' && decision.suggestion) console.log(`fix:      add to "allow" in rules.json: ${decision.suggestion}`)
-  if (decision.verdict === 'allow' && config.upstream) console.log(`route:    ${(await import('./net/upstream.js')).describeRoute(config, target.value)}`)
-  return decision.verdict === 'allow' ? 0 : 1
-}
 
 function pac(values: Values): number {
   const flavor = values.flavor
@@ -337,12 +256,14 @@ export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'doctor') return (await import('./cli/doctor.js')).doctorCommand(argv.slice(1))
   let parsed
   try {
-    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true, tokens: true })
   } catch (error) {
     return usageError(`${(error as Error).message} (see --help)`)
   }
   const values = parsed.values as Values
   const [command, ...rest] = parsed.positionals
+  const foreign = command === undefined ? undefined : foreignFlag(command, parsed.tokens.flatMap((t) => (t.kind === 'option' ? [t.name] : [])))
+  if (foreign !== undefined) return usageError(`${command} does not take --${foreign} (see proxy-gate ${command} --help)`)
   if (values.version) {
     console.log(VERSION)
     return 0
@@ -353,7 +274,10 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (command === 'start' && rest.length === 0) return (await import('./cli/start.js')).startCommand(values)
   if (command === 'init' && rest.length === 0) return (await import('./cli/init.js')).initCommand({ rules: values.rules, force: values.force })
-  if (command === 'check') return check(values, rest)
+  if (command === 'check') {
+    const config = loadOrReport(values)
+    return config ? (await import('./cli/check.js')).checkCommand(config, values, rest) : 2
+  }
   if (command === 'validate' && rest.length === 0) return validate(values)
   if (command === 'pac' && rest.length === 0) return pac(values)
   if (command === 'passwd' && rest.length <= 1) return (await import('./cli/passwd.js')).passwdCommand(rulesPath(values.rules), rest[0])

@@ -78,7 +78,7 @@ const SLOTS = numbersIn(SCHEMA)
 
 t.test('every number in the schema is a whole number with a minimum and a maximum', async (t) => {
   const found = SLOTS.map((s) => label(s.path))
-  const known = ['limits.headerTimeoutMs', 'limits.drainDelayMs', 'limits.maxHeaderBytes', 'tls.helloTimeoutMs', 'tls.ports[]', 'dns.timeoutMs', 'dns.cacheSize', 'sandbox.dns', 'sandbox.dnsQueriesPerSecond', 'sandbox.http[]', 'allow[].ports[]', 'policies.named.deny[].ports[]']
+  const known = ['limits.headerTimeoutMs', 'limits.drainDelayMs', 'limits.maxHeaderBytes', 'tls.helloTimeoutMs', 'tls.ports[]', 'dns.timeoutMs', 'dns.cacheSize', 'sandbox.dns', 'sandbox.dnsQueriesPerSecond', 'sandbox.http[]', 'sandbox.socks', 'allow[].ports[]', 'policies.named.deny[].ports[]']
   t.same(known.filter((k) => !found.includes(k)), [], 'the walk finds the numbers rules.json has')
   for (const slot of SLOTS) {
     const { type, minimum, maximum } = slot.schema

@@ -100,6 +100,8 @@ t.test('loadCa says clearly what is wrong', async (t) => {
   const empty = tempDir('ca')
   const none = loadCa(empty)
   t.same(none.ok ? undefined : [none.missing, /proxy-gate ca init/.test(none.error)], [true, true], 'no CA: missing, says to run ca init')
+  const spaced = join(empty, "my certs's")
+  t.equal(loadCa(spaced).ok ? '' : (loadCa(spaced) as { error: string }).error, `no CA in ${spaced}: run "proxy-gate ca init --dir '${empty}/my certs'\\''s'" to create one`, 'the folder is named, quoted for a shell')
   t.same(readCaCertificate(empty), { ok: true, value: undefined })
 
   const leafPem = mintLeaf(ca, await leafKey(), host('x.test'))
@@ -284,7 +286,7 @@ t.test('proxy-gate ca init / show', async (t) => {
 
   const none = await runCli(['ca', 'show', '--dir', tempDir('ca')])
   t.equal(none.code, 1)
-  t.match(none.stderr, /no CA in .*run "proxy-gate ca init"/)
+  t.match(none.stderr, /no CA in (\S+): run "proxy-gate ca init --dir \1" to create one/)
   t.equal((await runCli(['ca'])).code, 2)
   t.equal((await runCli(['ca', 'rotate'])).code, 2)
   t.equal((await runCli(['ca', 'show', '--force'])).code, 2)

@@ -236,19 +236,32 @@ t.test('limits: known keys, whole numbers in range, defaults for the rest', asyn
   t.same(errorsOf({ limits: [] }), [['limits', '"limits" must be an object']])
 })
 
-t.test('sandbox: an address, a DNS port (53, or false), HTTP and TLS ports; every mistake named', async (t) => {
+t.test('sandbox: an address, a DNS port (53, or false), HTTP and TLS ports, a SOCKS5 port (1080, or false); every mistake named', async (t) => {
   t.equal(config({}).sandbox, undefined, 'off unless configured')
   const defaults = config({ sandbox: { address: '10.250.0.2' } }).sandbox
-  t.same(defaults && { ...defaults, address: undefined }, { address: undefined, dnsPort: 53, dnsQueriesPerSecond: 100, httpPorts: [80], tlsPorts: [443] })
+  t.same(defaults && { ...defaults, address: undefined }, { address: undefined, dnsPort: 53, dnsQueriesPerSecond: 100, httpPorts: [80], tlsPorts: [443], socksPort: 1080 })
   t.equal(defaults?.address.family, 4)
-  const custom = config({ sandbox: { address: 'fd00::2', dns: false, http: [], tls: [443, 8443], dnsQueriesPerSecond: 5 } }).sandbox
-  t.same(custom && [custom.dnsPort, custom.httpPorts, custom.tlsPorts, custom.dnsQueriesPerSecond, custom.address.family], [undefined, [], [443, 8443], 5, 6])
-  t.same(errorsOf({ sandbox: true }), [['sandbox', '"sandbox" is { "address": IP, "dns": PORT|false, "http": [PORTS], "tls": [PORTS] }']])
+  const custom = config({ sandbox: { address: 'fd00::2', dns: false, http: [], tls: [443, 8443], dnsQueriesPerSecond: 5, socks: false } }).sandbox
+  t.same(custom && [custom.dnsPort, custom.httpPorts, custom.tlsPorts, custom.dnsQueriesPerSecond, custom.address.family, custom.socksPort], [undefined, [], [443, 8443], 5, 6, undefined])
+  t.equal(config({ sandbox: { address: '10.0.0.2', socks: 1081 } }).sandbox?.socksPort, 1081)
+  t.same(errorsOf({ sandbox: true }), [['sandbox', '"sandbox" is { "address": IP, "dns": PORT|false, "http": [PORTS], "tls": [PORTS], "socks": PORT|false }']])
   for (const address of [undefined, 'proxy.local', '0.0.0.0', '::', '10.250.0.2:53', '010.0.0.1']) {
     t.same(errorsOf({ sandbox: { address } }).map(([path]) => path), ['sandbox.address'], `address ${String(address)}`)
   }
   for (const dns of [0, 65536, '53', true, 5.5]) t.same(errorsOf({ sandbox: { address: '10.0.0.2', dns } }).map(([path]) => path), ['sandbox.dns'], `dns ${String(dns)}`)
   for (const http of [80, [0], [80, 80], ['80']]) t.same(errorsOf({ sandbox: { address: '10.0.0.2', http } }).map(([path]) => path), ['sandbox.http'], `http ${JSON.stringify(http)}`)
+  for (const socks of [0, 65536, '1080', true, 1080.5, null]) {
+    t.same(errorsOf({ sandbox: { address: '10.0.0.2', socks } }), [['sandbox.socks', 'must be a port (1-65535) for the SOCKS5 listener, or false for none']], `socks ${String(socks)}`)
+  }
+  const clashes: [Record<string, unknown>, string][] = [
+    [{ socks: 53 }, "port 53 is also sandbox.dns's"],
+    [{ http: [80, 1080] }, "port 1080 is also sandbox.http's"],
+    [{ socks: 443 }, "port 443 is also sandbox.tls's"],
+  ]
+  for (const [settings, said] of clashes) {
+    t.same(errorsOf({ sandbox: { address: '10.0.0.2', ...settings } }), [['sandbox.socks', `${said}: the SOCKS5 listener needs a port of its own (or "socks": false)`]], JSON.stringify(settings))
+  }
+  t.same(config({ sandbox: { address: '10.0.0.2', http: [1080], socks: false } }).sandbox?.httpPorts, [1080], 'no SOCKS5 listener: 1080 is free for HTTP')
   t.same(errorsOf({ sandbox: { address: '10.0.0.2', http: [80, 8443], tls: [8443] } }), [['sandbox.tls', 'port 8443 is also in sandbox.http: a port is either plain HTTP or TLS']])
   t.same(errorsOf({ sandbox: { address: '10.0.0.2', dsn: 53 } }).map(([path]) => path), ['sandbox.dsn'], 'a typo is an unknown key')
   t.same(errorsOf({ sandbox: { address: '10.0.0.2', dnsQueriesPerSecond: 0 } }).map(([path]) => path), ['sandbox.dnsQueriesPerSecond'])
@@ -299,7 +312,7 @@ t.test('loadRulesFile: reads and validates a file, names it on failure, and lets
   const jsonError = badJson.ok ? undefined : badJson.errors[0]
   t.equal(jsonError?.path, '(file)')
   t.equal(jsonError?.entry, join(dir, 'bad-json.json'), 'the error names the file')
-  t.match(jsonError?.message, /^not valid JSON: /)
+  t.match(jsonError?.message, /^not valid JSON at line 1, column 27: /)
 
   const missing = loadRulesFile(join(dir, 'nope.json'))
   t.notOk(missing.ok)

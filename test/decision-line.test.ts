@@ -67,7 +67,7 @@ t.test('decisionJson writes what JSON.stringify writes for every kind of decisio
 t.test('closedJson writes what JSON.stringify writes for a tunnel closed event', async (t) => {
   const events = [
     tunnelClosed('c-1', '192.0.2.1', 5, 1_048_576, 2, undefined, undefined),
-    tunnelClosed('c-2', undefined, 0, 0, 0.5, 'upstream reset "ECONNRESET"\n', 'parent.example:3128'),
+    tunnelClosed('c-2', undefined, 0, 0, 0.5, 'upstream reset "ECONNRESET"\n', 'parent.example:3128', 'socks'),
     tunnelClosed('c-3', '2001:db8::1', -0, Number.NaN, Number.POSITIVE_INFINITY, '\ud800', undefined),
   ]
   for (const event of events) t.equal(closedJson(event), JSON.stringify(event), `${event.id}: the same text`)

@@ -17,7 +17,7 @@ import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/pro
 
 const ADDRESS = '127.53.0.1'
 const PORT = 53
-const SANDBOX = { address: ADDRESS, dns: PORT, http: [], tls: [] }
+const SANDBOX = { address: ADDRESS, dns: PORT, http: [], tls: [], socks: false }
 const RCODE = { NOERROR: 0, FORMERR: 1, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 }
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -355,7 +355,7 @@ t.test('report mode answers what it would deny and says so', { skip: NETNS_SKIP 
 })
 
 t.test('an IPv6 sandbox address is answered to AAAA, and A gets no data', { skip: NETNS_SKIP }, async (t) => {
-  await start(t, { sandbox: { address: '::1', dns: 10053, http: [], tls: [] } })
+  await start(t, { sandbox: { socks: false, address: '::1', dns: 10053, http: [], tls: [] } })
   const r = resolver('[::1]:10053')
   t.same(await r.resolve6('api.allowed.test'), ['::1'])
   t.equal(await failure(r.resolve4('api.allowed.test')), 'ENODATA')

@@ -9,7 +9,7 @@ import { startProxy } from './helpers/proxy.js'
 
 const ADDRESS = '127.53.0.1'
 const PORT = 53
-const SANDBOX = { address: ADDRESS, dns: PORT, http: [], tls: [] }
+const SANDBOX = { address: ADDRESS, dns: PORT, http: [], tls: [], socks: false }
 /** lib/dns/server.ts: TCP_MAX_CONNECTIONS, TCP_MAX_PER_CLIENT, TCP_QUERY_MS, TCP_IDLE_MS */
 const ALL_SLOTS = 256
 const PER_CLIENT = 16

@@ -266,7 +266,7 @@ t.test('a server name that is not a host name (an IP address) is refused, tls.re
 t.test('transparent TLS listener: finding 1 refused, a split ClientHello read', { skip: NETNS_SKIP }, async (t) => {
   const origin = await startOrigin('11.22.33.44')
   const dns = await startDns({ 'origin.test': { A: ['11.22.33.44'] }, 'evil.test': { A: ['11.22.33.44'] } })
-  const proxy = await startProxy({ allow: [`origin.test:${origin.port}`], dns: { servers: [dns.server] }, tls: { helloTimeoutMs: 2_000 }, sandbox: { address: SANDBOX, dns: false, http: [], tls: [origin.port] } })
+  const proxy = await startProxy({ allow: [`origin.test:${origin.port}`], dns: { servers: [dns.server] }, tls: { helloTimeoutMs: 2_000 }, sandbox: { socks: false, address: SANDBOX, dns: false, http: [], tls: [origin.port] } })
   t.teardown(async () => {
     await proxy.close()
     await Promise.all([origin.close(), dns.close()])

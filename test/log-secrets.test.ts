@@ -43,7 +43,7 @@ t.test('a 407 logs host:port, never the query string or the credentials it refus
 
 t.test('a target that does not parse is logged by what it names, without its path, query or userinfo', async (t) => {
   const port = await closedPort()
-  const proxy = await startProxy({ allow: ['api.example.test'], sandbox: { address: '127.80.0.9', dns: false, http: [port], tls: [] } })
+  const proxy = await startProxy({ allow: ['api.example.test'], sandbox: { socks: false, address: '127.80.0.9', dns: false, http: [port], tls: [] } })
   t.teardown(() => proxy.close())
   t.equal(await exchange(proxy.port, [`GET http://bad-.example.test/x?token=${SECRET} HTTP/1.1`, 'Host: bad-.example.test']), 400, 'a bad host name')
   t.equal(await exchange(proxy.port, [`GET http://api.example.test:99999/x?token=${SECRET} HTTP/1.1`, 'Host: api.example.test']), 400, 'a bad port')

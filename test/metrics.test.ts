@@ -195,3 +195,23 @@ t.test('the exposition is what prom-client wrote, scrape after scrape; prom-clie
   ]) t.ok(second.includes(`${line}\n`), line)
   t.equal(second.split('\n').length, EXPECTED_FIRST.split('\n').length + 1, 'one new series (the second DNS answer)')
 })
+
+t.test('decisions, requests and tunnel bytes from the SOCKS listener are series of their own, labelled listener="socks"', async (t) => {
+  const metrics = createMetrics(() => new Set<OpenConnection>())
+  const socks = (event: ProxyEvent): ProxyEvent => ({ ...event, listener: 'socks' }) as ProxyEvent
+  metrics.observe(decision('1', 'CONNECT', 'allow', 'allow-rule'))
+  metrics.observe(socks(decision('2', 'CONNECT', 'allow', 'allow-rule')))
+  metrics.observe(socks(decision('3', 'CONNECT', 'deny', 'no-rule')))
+  metrics.observe(socks({ type: 'closed', id: '2', kind: 'tunnel', bytesFromClient: 5, bytesToClient: 7, durationMs: 1 }))
+  const text = own((await metrics.render()).text)
+  for (const line of [
+    'proxygate_decisions_total{decision="allow",reason="allow-rule",would_deny="false"} 1',
+    'proxygate_decisions_total{decision="allow",reason="allow-rule",would_deny="false",listener="socks"} 1',
+    'proxygate_decisions_total{decision="deny",reason="no-rule",would_deny="false",listener="socks"} 1',
+    'proxygate_requests_total{method="CONNECT",status="200"} 1',
+    'proxygate_requests_total{method="CONNECT",status="200",listener="socks"} 1',
+    'proxygate_requests_total{method="CONNECT",status="403",listener="socks"} 1',
+    'proxygate_tunnel_bytes_total{direction="from_client",listener="socks"} 5',
+    'proxygate_tunnel_bytes_total{direction="to_client",listener="socks"} 7',
+  ]) t.ok(text.includes(`${line}\n`), line)
+})

@@ -50,7 +50,7 @@ t.test('nesting and size are bounded before JSON.parse, with a clear error', asy
   t.match(deep[0]?.message, new RegExp(`^arrays and objects nest more than ${MAX_RULES_DEPTH} deep \\(line 1, column ${10 + MAX_RULES_DEPTH}, in allow(\\[0\\])+…?\\)$`))
   t.match(errorsOf(`{"allow": ["${'a'.repeat(MAX_RULES_BYTES)}"]}`), [{ path: '(file)', message: /^larger than 8 MiB/ }])
   t.match(loadRulesFile('/dev/zero'), { ok: false, errors: [{ message: /^larger than 8 MiB/ }] }, 'a file without end is read no further than the bound')
-  t.match(errorsOf('{"allow": [}'), [{ path: '(file)', message: /^not valid JSON: / }], 'a syntax error is named by JSON.parse')
+  t.match(errorsOf('{"allow": [}'), [{ path: '(file)', message: /^not valid JSON at line 1, column 12: / }], 'a syntax error is named by JSON.parse, at its line and column')
 })
 
 t.test('entryText shows any value without throwing', async (t) => {
@@ -175,13 +175,14 @@ t.test('on mutated documents the scanner never throws, and where JSON.parse read
     const at = Math.floor(next() * text.length)
     const cut = next() < 0.5 ? 1 : 0
     const mutated = text.slice(0, at) + (next() < 0.8 ? (alphabet[Math.floor(next() * alphabet.length)] ?? '') : '') + text.slice(at + cut)
-    scanJson(mutated, MAX_RULES_DEPTH)
+    const alone = scanJson(mutated, MAX_RULES_DEPTH)
     let ok = true
     try {
       JSON.parse(mutated)
     } catch {
       ok = false
     }
+    if (!alone.tooDeep && (alone.syntaxError === undefined) !== ok) return t.fail(`the scanner ${ok ? 'found a syntax error in' : 'missed the syntax error in'} ${JSON.stringify(mutated)}`)
     if (!ok) continue
     parsed++
     // a repeat placed after the document is found only by a scan that read the document correctly
@@ -189,4 +190,24 @@ t.test('on mutated documents the scanner never throws, and where JSON.parse read
     if (scan.tooDeep || scan.duplicates.at(-1)?.path !== 'doc') return t.fail(`the scanner stopped inside ${JSON.stringify(mutated)}`)
   }
   t.ok(parsed > 500, `${parsed} mutated documents were still JSON`)
+})
+
+t.test('a syntax error is named with its line and column', async (t) => {
+  const cases: [string, string][] = [
+    ['{\n  "allow": [\n    "a.test",\n  ]\n}\n', 'line 4, column 3'],
+    ['{ "allow": ["a.test"] } x', 'line 1, column 25'],
+    ['{ "allow": ["a.test" }', 'line 1, column 22'],
+    ['', 'line 1, column 1'],
+    ['{ "allow": ["a.test"]', 'line 1, column 22'],
+  ]
+  for (const [text, where] of cases) {
+    const scan = scanJson(text, MAX_RULES_DEPTH)
+    if (scan.tooDeep) return t.fail('not too deep')
+    t.equal(scan.syntaxError && `line ${scan.syntaxError.line}, column ${scan.syntaxError.column}`, where, JSON.stringify(text))
+  }
+  const file = join(tempDir('syntax'), 'rules.json')
+  writeFileSync(file, '{\n  "allow": [\n    "a.test",\n  ]\n}\n')
+  const loaded = loadRulesFile(file)
+  t.notOk(loaded.ok)
+  t.match(loaded.ok ? '' : loaded.errors[0]?.message, /^not valid JSON at line 4, column 3: /)
 })

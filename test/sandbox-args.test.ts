@@ -47,7 +47,9 @@ t.test('privileges, capabilities, DNS, host entries, the user namespace, IPv6 an
     [['-v', '/var/run/docker.sock:/var/run/docker.sock'], ['-v /var/run/docker.sock:/var/run/docker.sock']],
     [['--mount', 'type=bind,src=/run/podman/podman.sock,dst=/s'], ['--mount type=bind,src=/run/podman/podman.sock,dst=/s']],
     [['--use-api-socket'], ['--use-api-socket']],
+    [['-e', 'ALL_PROXY=', '--env=HTTPS_PROXY=http://elsewhere:3128'], []],
   ]
+  // the proxy variables only say where to go: without them (or with others) the network still leads only to proxy-gate
   for (const [args, expected] of cases) t.same(refused([...args, 'alpine', 'sh']), expected, args.join(' '))
   t.match(escapes(plan(), ['--cap-add', 'NET_ADMIN', 'x'])[0]?.reason, /routes/, 'each refusal says why')
 })

@@ -68,6 +68,7 @@ t.test('Docker: proxy-gate and both networks, the internal one without a host ad
   const workload = doc.services?.workload ?? {}
   t.same(workload.environment, run.env, 'the same variables as run, upper and lower case')
   t.ok('http_proxy' in run.env && 'no_proxy' in run.env, 'run sets the lowercase spellings')
+  t.same([run.env.ALL_PROXY, run.env.all_proxy], ['socks5h://10.250.0.2:1080', 'socks5h://10.250.0.2:1080'], 'SOCKS5 for the rest of TCP (ssh, git over SSH, databases)')
   t.same(workload.dns, run.dns)
   t.same(workload.networks, ['sandbox'])
   t.same(workload.cap_drop, run.capDrop)
@@ -85,6 +86,7 @@ t.test('Podman: the network is the one sandbox up made (external), the workload 
   const run = runSettings(p)
   const workload = doc.services?.workload ?? {}
   t.same(workload.environment, run.env)
+  t.equal(run.env.ALL_PROXY, 'socks5h://10.250.0.2:1080', 'the SOCKS5 listener of the proxy-gate that sandbox up started')
   t.same(workload.dns, run.dns)
   t.same(workload.sysctls, Object.entries(run.sysctls).map(([k, v]) => `${k}=${v}`))
   t.same(run.sysctls, { 'net.ipv6.conf.eth0.disable_ipv6': '1' })

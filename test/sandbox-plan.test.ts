@@ -5,6 +5,7 @@ import t from 'tap'
 import { construction, internalNetworkArgs, podmanNetworkProblems, supportsIsolatedGateway } from '../lib/wiring/engine.js'
 import { downCommands, networkCommands, proxyCommands, runArgs, sandboxPlan, type SandboxPlan } from '../lib/wiring/sandbox.js'
 import { parseCidr, type Cidr } from '../lib/policy/ip.js'
+import { parseSandbox, sandboxSocksListen } from '../lib/rules/sandbox.js'
 import { runCli } from './helpers/cli.js'
 
 function plan(overrides: Partial<Parameters<typeof sandboxPlan>[0]> = {}): SandboxPlan {
@@ -74,8 +75,24 @@ t.test('a workload joins the internal network only, with DNS and both spellings 
   const args = runArgs(plan(), ['-it', 'alpine', 'sh'])
   t.same(args.slice(0, 8), ['run', '--rm', '--network', 'box', '--dns', '10.250.0.2', '--cap-drop', 'NET_RAW'], 'no raw frames to the bridge')
   for (const v of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy']) t.ok(args.includes(`${v}=http://10.250.0.2:3128`), v)
+  for (const v of ['ALL_PROXY', 'all_proxy']) t.ok(args.includes(`${v}=socks5h://10.250.0.2:1080`), `${v}: SOCKS5 with the name sent (socks5h)`)
   for (const v of ['NO_PROXY', 'no_proxy']) t.ok(args.includes(`${v}=localhost,127.0.0.1`), v)
   t.same(args.slice(-3), ['-it', 'alpine', 'sh'], 'the user arguments come last, as given')
+})
+
+t.test("ALL_PROXY names the SOCKS5 listener that proxy-gate's `start --sandbox ADDRESS` opens", async (t) => {
+  const p = plan({ subnet: '172.31.8.0/29' })
+  t.same(proxyCommands(p)[0]?.slice(-2), ['--sandbox', '172.31.8.2'], 'the container is started with the sandbox address alone: every port is the default')
+  const errors: Parameters<typeof parseSandbox>[0] = []
+  const started = parseSandbox(errors, { address: p.address })
+  t.same(errors, [])
+  const listen = started && sandboxSocksListen(started)
+  t.same(listen, { host: '172.31.8.2', port: 1080 }, "sandbox.socks's default")
+  t.ok(runArgs(p, ['alpine']).includes(`ALL_PROXY=socks5h://${listen?.host ?? ''}:${String(listen?.port)}`), 'the workload is sent there')
+  const off = parseSandbox(errors, { address: '10.0.0.2', socks: false })
+  t.equal(off && sandboxSocksListen(off), undefined, '"socks": false: no listener')
+  const v6 = parseSandbox(errors, { address: 'fd00:0::2', socks: 1081 })
+  t.same(v6 && sandboxSocksListen(v6), { host: 'fd00::2', port: 1081 }, 'an IP literal, as "listen" holds it')
 })
 
 t.test('a bad subnet is a usage error before any engine is asked to do anything', async (t) => {

@@ -96,7 +96,7 @@ t.test('idle /events subscribers, a login spray and a DNS-TCP trickle at once hu
   const rules = rulesFile({
     allow: ['allowed.test:80', `127.0.0.1:${origin.port}`],
     auth: { users: { alice: await hashPassword('right horse') } },
-    sandbox: { address: SANDBOX, http: [], tls: [] },
+    sandbox: { socks: false, address: SANDBOX, http: [], tls: [] },
   })
   const cli = await startCli(['start', '--rules', rules, '--listen', '127.0.0.1:0', '--log-format', 'json', '--admin-listen', '127.0.0.1:0', '--admin-token-file', join(tempDir('soak'), 'token')])
   t.teardown(() => void cli.child.kill('SIGKILL'))

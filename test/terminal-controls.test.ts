@@ -43,7 +43,7 @@ t.test('pretty lines: every field, message and stack from a record is shown esca
 
 t.test('a transparent listener: a Host header with C1 controls reaches neither the JSON line nor the pretty line raw', { skip: NETNS_SKIP }, async (t) => {
   const upstream = await startHttpUpstream('127.0.0.1')
-  const proxy = await startProxy({ sandbox: { address: '127.80.0.9', dns: false, http: [upstream.port], tls: [] } })
+  const proxy = await startProxy({ sandbox: { socks: false, address: '127.80.0.9', dns: false, http: [upstream.port], tls: [] } })
   t.teardown(async () => {
     await proxy.close()
     await upstream.close()

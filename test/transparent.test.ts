@@ -65,7 +65,7 @@ function rulesFor(http: Upstream, https: Upstream, ws: Upstream, dns: TestDns, a
       'self.allowed.test:*',
     ],
     dns: { servers: [dns.server], timeoutMs: 2000 },
-    sandbox: { address, dns: false, http: [http.port, ws.port], tls: [https.port] },
+    sandbox: { socks: false, address, dns: false, http: [http.port, ws.port], tls: [https.port] },
   }
 }
 
@@ -222,7 +222,7 @@ t.test('TLS ports: rules with methods/paths open the connection with the local C
   const rules = {
     allow: [{ host: 'limited.allowed.test', ports: [https.port], methods: ['GET'], paths: ['/ok/**'] }],
     dns: { servers: [dns.server] },
-    sandbox: { address: '127.80.0.4', dns: false, http: [], tls: [https.port] },
+    sandbox: { socks: false, address: '127.80.0.4', dns: false, http: [], tls: [https.port] },
   }
   const proxy = await startProxy(rules, { ca, upstreamCa: [https.tls.cert] })
   t.teardown(async () => {
@@ -246,7 +246,7 @@ t.test('TLS ports: a bad or late ClientHello is refused', { skip: NETNS_SKIP }, 
   t.equal(https.connections(), 0)
 
   const port = await closedPort()
-  const slow = await startProxy({ tls: { helloTimeoutMs: 200 }, sandbox: { address: '127.80.0.5', dns: false, http: [], tls: [port] } })
+  const slow = await startProxy({ tls: { helloTimeoutMs: 200 }, sandbox: { socks: false, address: '127.80.0.5', dns: false, http: [], tls: [port] } })
   t.teardown(() => slow.close())
   const silent = await rawSession(port, '127.80.0.5')
   await silent.closed
@@ -266,16 +266,16 @@ t.test('reload: open transparent connections the new rules deny are revoked; new
   const refused = await handshake(https.port, 'api.allowed.test', https.tls.cert, '127.80.0.2')
   t.equal(refused.result, 'closed', 'new connections follow the new rules')
 
-  proxy.reload({ ...rules, sandbox: { address: '127.80.0.2', dns: false, http: [http.port], tls: [https.port] } })
+  proxy.reload({ ...rules, sandbox: { socks: false, address: '127.80.0.2', dns: false, http: [http.port], tls: [https.port] } })
   t.match(await logLine(proxy, (l) => l.message === '"sandbox" listeners changed (address, http or tls ports): restart proxy-gate to apply it', 'the warning'), { level: 'warn' })
 })
 
 t.test('lifecycle: a taken port fails listen() naming it; ready while listening; shutdown closes the listeners', async (t) => {
   const taken = await startCanary('127.80.0.3')
   t.teardown(() => taken.close())
-  await t.rejects(startProxy({ sandbox: { address: '127.80.0.3', dns: false, http: [taken.port], tls: [] } }), { message: new RegExp(`transparent listener 127\\.80\\.0\\.3:${taken.port} \\(sandbox\\.http\\): .*EADDRINUSE`) })
+  await t.rejects(startProxy({ sandbox: { socks: false, address: '127.80.0.3', dns: false, http: [taken.port], tls: [] } }), { message: new RegExp(`transparent listener 127\\.80\\.0\\.3:${taken.port} \\(sandbox\\.http\\): .*EADDRINUSE`) })
 
-  const proxy = await startProxy({ sandbox: { address: '127.80.0.3', dns: false, http: [], tls: [taken.port + 1] } })
+  const proxy = await startProxy({ sandbox: { socks: false, address: '127.80.0.3', dns: false, http: [], tls: [taken.port + 1] } })
   t.ok(proxy.proxy.ready(), 'ready once every listener is bound')
   const closed = proxy.close()
   t.notOk(proxy.proxy.ready(), 'not ready while shutting down')

@@ -3,11 +3,12 @@
 import { generateKeyPair, X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import type forge from 'node-forge'
 import { writeFileAtomic } from '../core/atomic-file.js'
+import { shellWord } from '../core/shell.js'
 import type { Result } from '../policy/target.js'
 import { forgeLibrary, forgePublicKey, randomSerial, setValidity, signCertificate } from './x509.js'
 
@@ -143,18 +144,23 @@ function checkKey(x509: X509Certificate, keyPath: string, pem: string): Result<K
     return { ok: false, error: `${keyPath} is not an unencrypted PEM private key (${(error as Error).message})` }
   }
   if (key.asymmetricKeyType !== 'rsa') return { ok: false, error: `${keyPath} is an ${key.asymmetricKeyType ?? 'unknown'} key; proxy-gate signs with RSA keys only` }
-  if (!x509.checkPrivateKey(key)) return { ok: false, error: `${keyPath} does not belong to ca.crt (a different key pair): restore the matching pair, or run "proxy-gate ca init --force"` }
+  if (!x509.checkPrivateKey(key)) return { ok: false, error: `${keyPath} does not belong to ca.crt (a different key pair): restore the matching pair, or run "${initCommand(dirname(keyPath), true)}"` }
   return { ok: true, value: key }
+}
+
+/** The command that makes a CA in `dir`: with --dir always, since the default folder is not where every command looks from. */
+function initCommand(dir: string, force = false): string {
+  return `proxy-gate ca init${force ? ' --force' : ''} --dir ${shellWord(dir)}`
 }
 
 /** Loads and checks the CA in `dir`: both files present, a CA certificate, the key matching it, in its validity period. */
 export function loadCa(dir: string, now = Date.now()): LoadedCa {
   const paths = caPaths(dir)
   const present = { cert: existsSync(paths.cert), key: existsSync(paths.key) }
-  if (!present.cert && !present.key) return { ok: false, missing: true, error: `no CA in ${dir}: run "proxy-gate ca init" to create one` }
+  if (!present.cert && !present.key) return { ok: false, missing: true, error: `no CA in ${dir}: run "${initCommand(dir)}" to create one` }
   if (!present.cert || !present.key) {
     const [have, lacks] = present.cert ? [paths.cert, paths.key] : [paths.key, paths.cert]
-    return { ok: false, missing: false, error: `${lacks} is missing (only ${have} is there): restore it, or run "proxy-gate ca init --force" for a new CA` }
+    return { ok: false, missing: false, error: `${lacks} is missing (only ${have} is there): restore it, or run "${initCommand(dir, true)}" for a new CA` }
   }
   const certText = readText(paths.cert)
   const keyText = readText(paths.key)
@@ -165,7 +171,7 @@ export function loadCa(dir: string, now = Date.now()): LoadedCa {
   const key = checkKey(x509.value, paths.key, keyText.value)
   if (!key.ok) return { ...key, missing: false }
   const notAfter = new Date(x509.value.validTo)
-  if (notAfter.getTime() <= now) return { ok: false, missing: false, error: `the CA in ${paths.cert} expired on ${notAfter.toISOString()}: run "proxy-gate ca init --force" and trust the new ca.crt` }
+  if (notAfter.getTime() <= now) return { ok: false, missing: false, error: `the CA in ${paths.cert} expired on ${notAfter.toISOString()}: run "${initCommand(dir, true)}" and trust the new ca.crt` }
   let cert
   try {
     cert = forgeLibrary().pki.certificateFromPem(certText.value)

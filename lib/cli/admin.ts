@@ -6,7 +6,7 @@ import { dirname } from 'node:path'
 import { createActivity, type Activity } from '../observe/activity.js'
 import { createAdmin, type Admin } from '../observe/admin.js'
 import { allowEntry, type ReloadResult } from '../observe/allow.js'
-import { parseListen } from '../rules/config.js'
+import { parseListen, type Listen } from '../rules/config.js'
 import { isLoopback } from './common.js'
 import type { Logger } from '../core/log.js'
 import { createMetrics, type Metrics } from '../observe/metrics.js'
@@ -54,10 +54,27 @@ function adminToken(path: string): Result<string> {
   return token.length >= 16 ? { ok: true, value: token } : { ok: false, error: `${path} holds no usable token (delete it to make a new one)` }
 }
 
-export interface AdminStart {
-  readonly listen: string
-  readonly insecureOpen: boolean
+/** The admin listener as checked before anything listens: its address and token. */
+export interface AdminPlan {
+  readonly listen: Listen
+  readonly token: string
   readonly tokenFile: string
+}
+
+/** Checks --admin-listen and the token file (undefined: "off"); `start` does this before the proxy listens. */
+export function planAdmin(listenFlag: string, insecureOpen: boolean, tokenFile: string): Result<AdminPlan | undefined> {
+  if (listenFlag === 'off') return { ok: true, value: undefined }
+  const listen = parseListen(listenFlag)
+  if (!listen.ok) return { ok: false, error: `--admin-listen: ${listen.error}` }
+  if (!isLoopback(listen.value.host) && !insecureOpen) {
+    return { ok: false, error: `the admin listener shows traffic; listening on ${listen.value.host} needs --insecure-open` }
+  }
+  const token = adminToken(tokenFile)
+  return token.ok ? { ok: true, value: { listen: listen.value, token: token.value, tokenFile } } : token
+}
+
+export interface AdminStart {
+  readonly plan: AdminPlan | undefined
   readonly rulesFile: string
   /** the rules that ship in the package, which the dashboard's Allow does not edit */
   readonly packaged: boolean
@@ -70,19 +87,13 @@ export interface AdminStart {
   readonly log: Logger
 }
 
-/** Starts the admin listener unless --admin-listen is "off". */
-export async function startAdmin(options: AdminStart): Promise<Result<Admin | undefined>> {
-  if (options.listen === 'off') return { ok: true, value: undefined }
-  const listen = parseListen(options.listen)
-  if (!listen.ok) return { ok: false, error: `--admin-listen: ${listen.error}` }
-  if (!isLoopback(listen.value.host) && !options.insecureOpen) {
-    return { ok: false, error: `the admin listener shows traffic; listening on ${listen.value.host} needs --insecure-open` }
-  }
-  const token = adminToken(options.tokenFile)
-  if (!token.ok) return token
+/** Starts the admin listener as planned (none when --admin-listen is "off"). */
+export async function startAdmin(options: AdminStart): Promise<Admin | undefined> {
+  const { plan } = options
+  if (!plan) return undefined
   const { watchers, proxy, rulesFile } = options
   const rules = { file: rulesFile, packaged: options.packaged, problems: options.problems, reload: options.reload }
-  const admin = createAdmin(listen.value, {
+  const admin = createAdmin(plan.listen, {
     activity: watchers.activity,
     metrics: watchers.metrics,
     open: () => proxy.open,
@@ -95,18 +106,19 @@ export async function startAdmin(options: AdminStart): Promise<Result<Admin | un
       options.log.info('allow from the dashboard', { rules: rulesFile, entry: suggestion, policy, result: answer.body.message })
       return answer
     },
-    token: token.value,
-    tokenFile: options.tokenFile,
+    token: plan.token,
+    tokenFile: plan.tokenFile,
     log: options.log,
   })
   try {
     const address = await admin.listen()
     const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
-    options.log.info('admin listening', { url: `http://${host}:${address.port}/`, metrics: `http://${host}:${address.port}/metrics`, tokenFile: options.tokenFile })
-    return { ok: true, value: admin }
+    options.log.info('admin listening', { url: `http://${host}:${address.port}/`, metrics: `http://${host}:${address.port}/metrics`, tokenFile: plan.tokenFile })
+    return admin
   } catch (error) {
     // the proxy matters more than its dashboard: run without it rather than not at all
-    options.log.warn('admin listener not started: the dashboard and /metrics are off', { listen: options.listen, error: (error as Error).message })
-    return { ok: true, value: undefined }
+    const { host, port } = plan.listen
+    options.log.warn('admin listener not started: the dashboard and /metrics are off', { listen: `${host.includes(':') ? `[${host}]` : host}:${port}`, error: (error as Error).message })
+    return undefined
   }
 }

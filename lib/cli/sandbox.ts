@@ -2,13 +2,13 @@
 // proxy-gate, driven through the docker CLI (DOCKER_HOST honoured) or Podman's (--engine podman),
 // in the words of the engine the CLI turns out to drive (engine.ts asks it).
 import { spawn, spawnSync } from 'node:child_process'
-import { rmSync, statSync } from 'node:fs'
+import { existsSync, rmSync, statSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { VERSION } from '../core/version.js'
 import { parseIp } from '../policy/ip.js'
 import { podmanNetworkProblems, subnetTemplate, type EngineIdentity, type EngineKind } from '../wiring/engine.js'
-import { checkNameAndSubnet, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, type SandboxPlan } from '../wiring/sandbox.js'
+import { checkNameAndSubnet, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, socksUrl, type SandboxPlan } from '../wiring/sandbox.js'
 import { copiedVariables, escapes } from '../wiring/sandbox-args.js'
 import { composeFile } from '../wiring/sandbox-compose.js'
 import type { WorkloadSecrets } from '../wiring/sandbox-secrets.js'
@@ -37,8 +37,9 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compos
                                            Then verifies it (below): a network with a way out is removed
           [--probe-address A]...           the public addresses it tries (as for verify)
           [--no-verify]                    skip that check (not recommended)
-  run     [--name N] -- DOCKER-RUN-ARGS    docker run --rm on N only, DNS and HTTP(S)_PROXY set to
-                                           proxy-gate; the arguments go to docker run as they are, but
+  run     [--name N] -- DOCKER-RUN-ARGS    docker run --rm on N only, DNS, HTTP(S)_PROXY and ALL_PROXY
+                                           (SOCKS5, port 1080) set to proxy-gate; the arguments go to
+                                           docker run as they are, but
                                            those that undo the confinement (--network, --privileged,
                                            --cap-add NET_ADMIN, --dns, ...) are refused
           [--allow-escape]                 pass them on anyway, with a warning
@@ -63,7 +64,7 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compos
                                            its "version" tells which engine it drives (a docker
                                            that is Podman gets Podman's construction)`
 
-const OPTIONS = {
+export const SANDBOX_OPTIONS = {
   name: { type: 'string', default: 'proxy-gate' },
   rules: { type: 'string' },
   image: { type: 'string', default: DEFAULT_IMAGE },
@@ -80,8 +81,11 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h', default: false },
 } as const
 
+/** the engines the sandbox is built for (a path to one, Podman's remote client and Windows' .exe too) */
+const ENGINE_CLI = /^(docker|podman|podman-remote)(\.exe)?$/
+
 type Value<O> = O extends { multiple: true } ? string[] | undefined : O extends { default: boolean } ? boolean : O extends { default: string } ? string : string | undefined
-type Values = { readonly [K in keyof typeof OPTIONS]: Value<(typeof OPTIONS)[K]> }
+type Values = { readonly [K in keyof typeof SANDBOX_OPTIONS]: Value<(typeof SANDBOX_OPTIONS)[K]> }
 
 /** Runs the engine with its output shown; resolves with its exit code. */
 function engine(values: Values, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
@@ -215,10 +219,21 @@ function sandboxRules(p: SandboxPlan): Config | undefined {
   return undefined
 }
 
+/**
+ * The rules file's whole folder is mounted (so that an editor's rename is seen and reloads): in a
+ * clone, that is certs/ too, the local CA's key and the admin token, which the container never reads.
+ */
+function warnAboutMount(p: SandboxPlan): void {
+  const found = ['certs', '.git'].filter((entry) => existsSync(join(p.rulesDir, entry)))
+  if (found.length === 0) return
+  console.error(`proxy-gate sandbox: WARNING: the proxy-gate container gets all of ${p.rulesDir} (read-only), ${found.map((e) => `${e}/`).join(' and ')} included${found.includes('certs') ? ' (the local CA key and the admin token)' : ''}: keep the rules in a folder of their own (proxy-gate init --rules DIR/rules.json) and pass --rules DIR/rules.json`)
+}
+
 async function up(values: Values, p: SandboxPlan, engineName: string): Promise<number> {
   const rules = join(p.rulesDir, p.rulesFile)
   const config = sandboxRules(p)
   if (config === undefined) return 1
+  warnAboutMount(p)
   const secrets = proxyGateSecrets(config, rules, caDir(values.dir), p.user)
   const problem = secrets.ok ? (secretValuesProblem(config, rules, process.env) ?? unreadableProblem(secrets.value, config.secrets.length > 0, p.user)) : secrets.error
   if (!secrets.ok || problem !== undefined) {
@@ -244,7 +259,7 @@ async function up(values: Values, p: SandboxPlan, engineName: string): Promise<n
   }
   const verified = await verifyAfterUp(values, p)
   if (verified !== 0) return verified
-  console.log(`sandbox "${p.name}" is up on ${engineName}: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)})
+  console.log(`sandbox "${p.name}" is up on ${engineName}: proxy-gate at ${p.address} (DNS :53, HTTP :80, TLS :443, proxy ${proxyUrl(p)}, SOCKS5 ${socksUrl(p)})
 run a workload:  proxy-gate sandbox run --name ${p.name} -- IMAGE [COMMAND...]
 its log:         ${values.engine} logs -f ${p.container}
 remove it:       proxy-gate sandbox down --name ${p.name}`)
@@ -311,6 +326,7 @@ function copiesSecrets(values: Values, config: Config, args: readonly string[]):
 function compose(values: Values, p: SandboxPlan): number {
   const side = workloadSide(values, p)
   if (side === undefined) return 1
+  warnAboutMount(p)
   const { config, workload } = side
   const proxyGate = proxyGateSecrets(config, join(p.rulesDir, p.rulesFile), caDir(values.dir), p.user)
   if (!proxyGate.ok) {
@@ -325,7 +341,7 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'probe') return probeCommand(argv.slice(1))
   let parsed
   try {
-    parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true })
+    parsed = parseArgs({ args: [...argv], options: SANDBOX_OPTIONS, allowPositionals: true, strict: true })
   } catch (error) {
     return usageError(`${(error as Error).message} (see proxy-gate sandbox --help)`)
   }
@@ -335,6 +351,7 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
     console.log(SANDBOX_HELP)
     return values.help ? 0 : 2
   }
+  if (!ENGINE_CLI.test(basename(values.engine))) return usageError(`--engine must name the docker or podman CLI, not ${JSON.stringify(values.engine)}`)
   if (verb === 'build' && rest.length === 0) return build(values)
   const checked = checkNameAndSubnet(values.name, values.subnet)
   if (!checked.ok) return usageError(checked.error)

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { dirname, join, resolve } from 'node:path'
 import { loadCa, type LoadedCa } from '../certs/ca.js'
-import { createWatchers, startAdmin } from './admin.js'
+import { createWatchers, planAdmin, startAdmin, type AdminPlan } from './admin.js'
 import { onHangup } from './hangup.js'
 import { caCertToServe, caDir, needsCa } from './ca.js'
 import { isLoopback, printErrors, usageError } from './common.js'
@@ -12,9 +12,11 @@ import type { StartHooks } from './learn.js'
 import { advertisedAddress, openBypass } from './wiring.js'
 import { configWarnings, parseConfig, parseListen, type Config, type Listen } from '../rules/config.js'
 import { parseIp } from '../policy/ip.js'
+import { shellWord } from '../core/shell.js'
 import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from '../core/log.js'
 import { describePattern, formatRuleErrors, type Mode, type RuleError } from '../policy/rules.js'
 import { parseSandbox, type SandboxSettings } from '../rules/sandbox.js'
+import type { SocksSettings } from '../rules/socks.js'
 import { loadRulesFile, rulesPath, watchRulesFile, withOverrides, type Overrides } from '../rules/file.js'
 import { sameListeners } from '../proxy/transparent.js'
 import { dnsListener } from '../dns/server.js'
@@ -36,11 +38,14 @@ export interface StartFlags {
   readonly 'admin-listen': string | undefined
   readonly 'admin-token-file': string | undefined
   readonly sandbox: string | undefined
+  readonly socks: string | undefined
 }
 
 /** Everything `start` needs, checked before anything listens. */
 interface Setup {
   readonly file: string
+  /** --rules as given: the wiring hints pass the file on only then (the commands find ./rules.json as start did) */
+  readonly rulesFlag: string | undefined
   /** sha256 of the bytes the rules were loaded from: the watcher starts from these, not from a later read */
   readonly hash: string
   /** the rules that ship in the package: announced, never watched */
@@ -54,6 +59,8 @@ interface Setup {
   /** where the local CA lives (--dir) */
   readonly caDir: string
   readonly upstreamCa: string[]
+  /** the admin listener, checked (address, token file) before the proxy listens; undefined: off */
+  readonly admin: AdminPlan | undefined
   /** --insecure-open: a non-loopback listener without "auth" was consented to */
   readonly insecureOpen: boolean
 }
@@ -72,11 +79,16 @@ function nodeTooOld(): boolean {
 }
 
 function overridesFrom(flags: StartFlags): Result<Overrides> {
-  const overrides: { listen?: Config['listen']; mode?: Mode; sandbox?: SandboxSettings } = {}
+  const overrides: { listen?: Config['listen']; mode?: Mode; sandbox?: SandboxSettings; socks?: SocksSettings } = {}
   if (flags.listen !== undefined) {
     const listen = parseListen(flags.listen)
     if (!listen.ok) return { ok: false, error: `--listen: ${listen.error}` }
     overrides.listen = listen.value
+  }
+  if (flags.socks !== undefined) {
+    const socks = parseListen(flags.socks)
+    if (!socks.ok) return { ok: false, error: `--socks: ${socks.error}` }
+    overrides.socks = { listen: socks.value }
   }
   if (flags.mode !== undefined) {
     if (flags.mode !== 'enforce' && flags.mode !== 'report') return { ok: false, error: '--mode must be enforce or report' }
@@ -106,11 +118,15 @@ function readUpstreamCa(rulesFile: string, config: Config): Result<string[]> {
   return { ok: true, value: pems }
 }
 
-/** Exposure rules for the listener: open listeners need consent or auth, report mode stays local. */
+/** Exposure rules for the listeners (the proxy port's, the SOCKS one's): open listeners need consent or auth, report mode stays local. */
 function listenProblem(config: Config, insecureOpen: boolean): string | undefined {
-  if (isLoopback(config.listen.host)) return undefined
-  if (config.mode === 'report') return `report mode lets everything through, so it only runs on a loopback listener (not ${config.listen.host})`
-  if (!insecureOpen && !config.auth) return `listening on ${config.listen.host} lets anyone who can reach it use the proxy; add "auth" (proxy-gate passwd USER) or pass --insecure-open`
+  return exposed(config, config.listen.host, '', insecureOpen) ?? (config.socks && exposed(config, config.socks.listen.host, 'the SOCKS listener: ', insecureOpen))
+}
+
+function exposed(config: Config, host: string, which: string, insecureOpen: boolean): string | undefined {
+  if (isLoopback(host)) return undefined
+  if (config.mode === 'report') return `${which}report mode lets everything through, so it only runs on a loopback listener (not ${host})`
+  if (!insecureOpen && !config.auth) return `${which}listening on ${host} lets anyone who can reach it use the proxy; add "auth" (proxy-gate passwd USER) or pass --insecure-open`
   return undefined
 }
 
@@ -144,26 +160,44 @@ function check(flags: StartFlags): Checked<Setup> {
   const config = armed.value
   const upstreamCa = readUpstreamCa(file, config)
   if (!upstreamCa.ok) return refuse(upstreamCa.error)
-  return { ok: true, value: { file, hash: loaded.hash, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, caDir: dir, upstreamCa: upstreamCa.value, insecureOpen: flags['insecure-open'] } }
+  const admin = planAdmin(flags['admin-listen'] ?? '127.0.0.1:3129', flags['insecure-open'], resolve(flags['admin-token-file'] ?? join(dir, 'admin-token')))
+  if (!admin.ok) return refuse(admin.error)
+  return { ok: true, value: { admin: admin.value, file, rulesFlag: flags.rules, hash: loaded.hash, packaged, overrides: overrides.value, config, level, format, advertise: advertise.value, ca, caDir: dir, upstreamCa: upstreamCa.value, insecureOpen: flags['insecure-open'] } }
 }
 
 /** Where it listens, where the PAC file is, and the commands that wire clients to it. */
-function announce(log: Logger, setup: Setup, address: AddressInfo): void {
+function announce(log: Logger, setup: Setup, address: AddressInfo, socks: AddressInfo | undefined): void {
   const { config, advertise, file } = setup
   if (!isLoopback(address.address)) log.warn('listening on a non-loopback address: anyone who can reach it can use this proxy', { address: address.address })
   const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
   if (!advertise && parseIp(address.address)?.value === 0n) log.warn('listening on every interface: pass --advertise HOST:PORT so the PAC file names an address clients can reach')
   const pacUrl = `${advertise ? `http://${advertise}` : url}/proxy.pac`
   log.info('listening', { url, pac: pacUrl, rules: file, allow: config.policy.allow.length, deny: config.policy.deny.length, mode: config.mode, upstream: config.upstream?.display })
-  log.info('wire it up', {
-    dockerDesktop: 'npx proxy-gate docker --target settings-store --write   (then restart Docker Desktop)',
-    dockerDesktopAdmin: 'npx proxy-gate docker --target admin --write   (Docker Business, locked for every user)',
-    containerEnv: 'npx proxy-gate docker --target cli --write',
-    systemProxy: `npx proxy-gate system-proxy --pac   (PAC URL ${pacUrl})`,
-  })
+  log.info('wire it up', wiringHints(setup, address, pacUrl))
+  if (socks) log.info('SOCKS5 listening', { socks: formatListen({ host: socks.address, port: socks.port }), auth: config.auth ? 'username/password' : 'none' })
   warnAboutRules(log, file, config)
   const open = openBypass(config.bypass)
   if (open.length > 0) log.warn('bypass lets clients wired by proxy-gate reach these hosts directly, unchecked by the rules', { bypass: open.map(describePattern) })
+}
+
+/**
+ * The wiring commands for this proxy as it runs: they read the address from the rules file, so they
+ * are given the same --rules, and --advertise when --listen or --advertise moved it from the file's.
+ */
+function wiringHints(setup: Setup, address: AddressInfo, pacUrl: string): Record<string, string> {
+  const rules = setup.rulesFlag === undefined ? '' : ` --rules ${shellWord(setup.file)}`
+  const moved = setup.advertise !== undefined || setup.overrides.listen !== undefined
+  const wildcard = parseIp(address.address)?.value === 0n
+  const host = wildcard ? '127.0.0.1' : address.family === 'IPv6' ? `[${address.address}]` : address.address
+  const advertise = moved ? ` --advertise ${setup.advertise ?? `${host}:${address.port}`}` : ''
+  // containers reach the host as host.docker.internal (127.0.0.1 in a container is the container)
+  const cliAdvertise = moved ? ` --advertise ${setup.advertise ?? `host.docker.internal:${address.port}`}` : ''
+  return {
+    dockerDesktop: `npx proxy-gate docker --target settings-store --write${rules}${advertise}   (then restart Docker Desktop)`,
+    dockerDesktopAdmin: `npx proxy-gate docker --target admin --pac --write${rules}${advertise}   (Docker Business, locked for every user; PAC URL ${pacUrl})`,
+    containerEnv: `npx proxy-gate docker --target cli --write${rules}${cliAdvertise}`,
+    systemProxy: `npx proxy-gate system-proxy --pac${rules}${advertise}   (PAC URL ${pacUrl})`,
+  }
 }
 
 /** Rules that load but may not do what they seem to: logged at start and after each reload, as validate prints them. */
@@ -189,7 +223,10 @@ function reloadProblem(setup: Setup, next: Config): string | undefined {
     return `"listen" changed to ${formatListen(listen)} (running on ${formatListen(running.listen)}): restart proxy-gate to apply it`
   }
   if (!sameListeners(running.sandbox, next.sandbox) || dnsListener(running.sandbox) !== dnsListener(next.sandbox)) {
-    return '"sandbox" listeners changed (address, http, tls or dns ports): restart proxy-gate to apply them'
+    return '"sandbox" listeners changed (address, http, tls, socks or dns ports): restart proxy-gate to apply them'
+  }
+  if (JSON.stringify(next.socks?.listen) !== JSON.stringify(running.socks?.listen)) {
+    return `"socks" changed to ${next.socks ? formatListen(next.socks.listen) : 'none'} (running: ${running.socks ? formatListen(running.socks.listen) : 'none'}): restart proxy-gate to apply it`
   }
   return listenProblem(next, setup.insecureOpen) ?? needsCa(next, setup.ca)
 }
@@ -285,14 +322,12 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
     // the error names the address: the proxy port's own, or a transparent listener's
     return refuse(`cannot listen: ${(error as Error).message}`).code
   }
-  announce(log, setup, address)
+  announce(log, setup, address, proxy.socksAddress())
   let mode = setup.config.mode
   const reload = reloader(setup, proxy, log, (next) => (mode = next))
   watchers.watch(proxy)
   const admin = await startAdmin({
-    listen: flags['admin-listen'] ?? '127.0.0.1:3129',
-    insecureOpen: flags['insecure-open'],
-    tokenFile: resolve(flags['admin-token-file'] ?? join(caDir(flags.dir), 'admin-token')),
+    plan: setup.admin,
     rulesFile: setup.file,
     packaged: setup.packaged,
     proxy,
@@ -302,10 +337,6 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
     problems: (document) => problemsIn(setup, document),
     log,
   })
-  if (!admin.ok) {
-    await proxy.shutdown()
-    return refuse(admin.error).code
-  }
   const watcher = setup.packaged
     ? undefined
     : watchRulesFile(setup.file, setup.hash, () => reload('file changed'), { onSame: () => log.debug('rules file touched, its content is unchanged: not reloading', { rules: setup.file }) })
@@ -322,7 +353,7 @@ export async function startCommand(flags: StartFlags, hooks: StartHooks = {}): P
       log.info('shutting down', { signal, open: proxy.open.size })
       watcher?.close()
       // the admin listener's /readyz says 503 for as long as the proxy drains
-      void proxy.shutdown().then(() => admin.value?.close()).then(() => done())
+      void proxy.shutdown().then(() => admin?.close()).then(() => done())
     }
     process.on('SIGINT', () => stop('SIGINT'))
     process.on('SIGTERM', () => stop('SIGTERM'))

@@ -5,10 +5,10 @@ import { existsSync, mkdirSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
 import type { Config } from '../rules/config.js'
-import { DOCKER_TARGETS, afterWriting, defaultPath, dockerFragment, type DockerTarget, type Environment, type OsName } from '../wiring/docker.js'
+import { DOCKER_TARGETS, afterWriting, defaultPath, dockerFragment, type DockerTarget, type Environment, type JsonObject, type OsName } from '../wiring/docker.js'
 import { parseIp } from '../policy/ip.js'
 import type { HostPattern } from '../policy/rules.js'
-import { applyRevert, applyWrite, backupPath, planWrite, readJsonFile, type Change } from '../wiring/settings-file.js'
+import { applyRevert, applyWrite, backupPath, planRevert, planWrite, readJsonFile, type Change } from '../wiring/settings-file.js'
 import { SYSTEM_OSES, systemProxyCommands, type SystemOs } from '../wiring/system-proxy.js'
 import { fail } from './common.js'
 import { formatHost, parseAuthority, type Result } from '../policy/target.js'
@@ -59,7 +59,7 @@ export function openBypass(bypass: readonly HostPattern[]): HostPattern[] {
 }
 
 function printChanges(changes: readonly Change[]): void {
-  if (changes.length === 0) console.log('no change: the file already has these values')
+  if (changes.length === 0) console.log('  no change')
   for (const c of changes) console.log(`  ${c.path}: ${c.from === undefined ? '(absent)' : JSON.stringify(c.from)} -> ${c.to === undefined ? '(removed)' : JSON.stringify(c.to)}`)
 }
 
@@ -79,6 +79,9 @@ export function dockerCommand(config: Config, args: WiringArgs): number {
   const path = args.file ?? defaultPath(target, environment(os))
   const notes = afterWriting(target)
 
+  if (args.write && args.revert) return fail('choose --write or --revert, not both')
+  // printing writes nothing already: a --dry-run there would look like a check of the file that never happened
+  if (args.dryRun && !args.write && !args.revert) return fail('--dry-run shows what --write or --revert would change in the file: pass it with one of them')
   if (!args.write && !args.revert) {
     console.error(`# ${target}: merge these keys into ${path}`)
     console.error(`# (proxy-gate docker --target ${target}${args.pac ? ' --pac' : ''} --write does it, keeping every other key and a backup)`)
@@ -89,19 +92,35 @@ export function dockerCommand(config: Config, args: WiringArgs): number {
   if (needsExistingFolder(target) && !existsSync(dirname(path))) {
     return fail(`${dirname(path)} does not exist: is Docker Desktop installed? (pass --file to write elsewhere)`, 1)
   }
-  if (args.revert) {
-    const reverted = applyRevert(path, fragment)
-    if (!reverted.ok) return fail(reverted.error, 1)
-    console.log(`reverted ${path} from its backup:`)
-    printChanges(reverted.value)
+  return args.revert ? revertDocker(path, fragment, args.dryRun) : writeDocker(path, fragment, args.dryRun, notes)
+}
+
+function revertDocker(path: string, fragment: JsonObject, dryRun: boolean): number {
+  const plan = planRevert(path, fragment)
+  if (!plan.ok) return fail(plan.error, 1)
+  const removal = plan.value.remove ? ' (proxy-gate created it: it would be removed)' : ''
+  if (dryRun) {
+    console.log(`dry run: --revert would change ${path} from its backup${removal}:`)
+    printChanges(plan.value.changes)
     return 0
   }
+  applyRevert(path, plan.value)
+  console.log(plan.value.remove ? `reverted: removed ${path}, which proxy-gate had created:` : `reverted ${path} from its backup:`)
+  printChanges(plan.value.changes)
+  return 0
+}
+
+function writeDocker(path: string, fragment: JsonObject, dryRun: boolean, notes: readonly string[]): number {
   const current = readJsonFile(path)
   if (!current.ok) return fail(current.error, 1)
   const plan = planWrite(current.value, fragment)
-  if (args.dryRun) {
+  if (dryRun) {
     console.log(`dry run: would change ${path}:`)
     printChanges(plan.changes)
+    return 0
+  }
+  if (plan.changes.length === 0) {
+    console.log(`no change: ${path} already has these values (nothing written)`)
     return 0
   }
   mkdirSync(dirname(path), { recursive: true })
@@ -138,7 +157,8 @@ export function systemProxyCommand(config: Config, args: WiringArgs): number {
   const script = os === 'windows' ? commands.filter((c) => !c.startsWith('REM')).join(' && ') : commands.join('\n')
   try {
     if (os === 'windows') execFileSync(join(process.env.SystemRoot ?? 'C:\\Windows', 'System32', 'cmd.exe'), ['/d', '/c', script], { stdio: 'inherit' })
-    else execFileSync('/bin/sh', ['-c', script], { stdio: 'inherit' })
+    // -e: the first command that fails stops the rest and is the exit status (else only the last one's counted)
+    else execFileSync('/bin/sh', ['-e', '-c', script], { stdio: 'inherit' })
   } catch (error) {
     return fail(`the commands failed: ${(error as Error).message}`, 1)
   }

@@ -80,7 +80,8 @@ const decision: Render = (r, { paint, open }) => {
     r.intercepted === true && 'in an opened tunnel',
     str(r, 'listener'),
     policy !== undefined && policy !== 'default' && `policy ${policy}`,
-    verdict === 'error' && status !== undefined && `${status} sent`,
+    // a SOCKS client is sent a reply code, not this status
+    verdict === 'error' && status !== undefined && str(r, 'listener') !== 'socks' && `${status} sent`,
   ])
   const suggestion = str(r, 'suggestion')
   return [parts(`${tag} ${what}`, because(r), notes, suggestion && paint('cyan', `-> add ${suggestion}`))]

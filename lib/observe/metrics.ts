@@ -38,28 +38,59 @@ const method = (m: string | undefined): string => (m !== undefined && METHODS.ha
 const reason = (r: string | undefined): string => (r !== undefined && REASONS.has(r) ? r : 'other')
 const ending = (text: string): string => ENDINGS.find(([pattern]) => pattern.test(text))?.[1] ?? 'other'
 type Labels = Record<string, string>
-const FROM_CLIENT = (): Labels => ({ direction: 'from_client' })
-const TO_CLIENT = (): Labels => ({ direction: 'to_client' })
 const status = (s: number | undefined): string => (s !== undefined && s >= 100 && s <= 599 ? String(s) : 'none')
+
+interface Count {
+  readonly labels: Labels
+  value: number
+  /** undefined: not yet in the counter (a first count of 0 is shown too, as inc(0) shows it) */
+  reported: number | undefined
+}
 
 /**
  * Counts kept as plain numbers, one per label set, and added to their prom-client counter when
  * scraped: prom-client's inc() hashes and validates its labels on every call, several per tunnel.
+ * A label set is found by its values, one map level each: they are constant strings whose hash V8
+ * keeps, where a key joined from them would be a new string to hash on every event.
  */
 class Tally {
-  /** `reported` undefined: not yet in the counter (a first count of 0 is shown too, as inc(0) shows it) */
-  private readonly counts = new Map<string, { readonly labels: Labels; value: number; reported: number | undefined }>()
+  private readonly counts = new Map<string, Map<string, Map<string, Map<string, Count>>>>()
+  /** every label set, in the order first seen: the order of the series in the exposition */
+  private readonly seen: Count[] = []
 
-  /** `key` names the label set; `labels` makes it, the first time that key is seen */
-  add(key: string, labels: () => Labels, n = 1): void {
-    const count = this.counts.get(key)
+  /** `names`: the counter's label names (up to four), in order; `listener` is left out of a series whose value for it is '' */
+  constructor(readonly names: readonly string[]) {}
+
+  /** counts `n` for the label values a, b, c, d (as many as names) */
+  add(n: number, a: string, b = '', c = '', d = ''): void {
+    let byB = this.counts.get(a)
+    if (!byB) this.counts.set(a, (byB = new Map<string, Map<string, Map<string, Count>>>()))
+    let byC = byB.get(b)
+    if (!byC) byB.set(b, (byC = new Map<string, Map<string, Count>>()))
+    let byD = byC.get(c)
+    if (!byD) byC.set(c, (byD = new Map<string, Count>()))
+    const count = byD.get(d)
     if (count) count.value += n
-    else this.counts.set(key, { labels: labels(), value: n, reported: undefined })
+    else {
+      const created: Count = { labels: this.labelsOf([a, b, c, d]), value: n, reported: undefined }
+      byD.set(d, created)
+      this.seen.push(created)
+    }
+  }
+
+  // the proxy port's series carry no `listener`: they stay as they were before other listeners came
+  private labelsOf(values: readonly string[]): Labels {
+    const labels: Labels = {}
+    this.names.forEach((name, i) => {
+      const value = values[i] ?? ''
+      if (name !== 'listener' || value !== '') labels[name] = value
+    })
+    return labels
   }
 
   /** for the counter's collect(): what was counted since the last scrape */
   report(counter: Counter): void {
-    for (const count of this.counts.values()) {
+    for (const count of this.seen) {
       if (count.value === count.reported) continue
       counter.inc(count.labels, count.value - (count.reported ?? 0))
       count.reported = count.value
@@ -124,14 +155,14 @@ function createRegistry(counts: Counts, open: () => OpenView): Registry {
   const registry = new prom.Registry()
   prom.collectDefaultMetrics({ register: registry, prefix: 'proxygate_' })
   const registers = [registry]
-  const tallied = (tally: Tally, name: string, help: string, labelNames: string[]): Counter =>
-    new prom.Counter({ name, help, labelNames, registers, collect: function (this: Counter) { tally.report(this) } })
-  tallied(counts.decisions, 'proxygate_decisions_total', 'Decisions by result and reason', ['decision', 'reason', 'would_deny'])
-  tallied(counts.requests, 'proxygate_requests_total', 'Requests by method and the status the client got', ['method', 'status'])
-  tallied(counts.bytes, 'proxygate_tunnel_bytes_total', 'Bytes relayed through tunnels and upgraded connections', ['direction'])
-  tallied(counts.errors, 'proxygate_errors_total', 'Errors by type: refused requests and how connections ended badly', ['type'])
-  tallied(counts.dnsQueries, 'proxygate_dns_queries_total', 'Queries to the sandbox DNS server by answer and reason', ['answer', 'reason'])
-  tallied(counts.reloads, 'proxygate_reloads_total', 'Rules reloads by result', ['result'])
+  const tallied = (tally: Tally, name: string, help: string): Counter =>
+    new prom.Counter({ name, help, labelNames: [...tally.names], registers, collect: function (this: Counter) { tally.report(this) } })
+  tallied(counts.decisions, 'proxygate_decisions_total', 'Decisions by result and reason')
+  tallied(counts.requests, 'proxygate_requests_total', 'Requests by method and the status the client got')
+  tallied(counts.bytes, 'proxygate_tunnel_bytes_total', 'Bytes relayed through tunnels and upgraded connections')
+  tallied(counts.errors, 'proxygate_errors_total', 'Errors by type: refused requests and how connections ended badly')
+  tallied(counts.dnsQueries, 'proxygate_dns_queries_total', 'Queries to the sandbox DNS server by answer and reason')
+  tallied(counts.reloads, 'proxygate_reloads_total', 'Rules reloads by result')
   // not prom-client Histograms: those take no counts from outside, and observing into them per event is what this avoids
   for (const buckets of [counts.dns, counts.connect]) registry.registerMetric(buckets as unknown as Prom.Histogram)
   new prom.Gauge({
@@ -150,34 +181,36 @@ function createRegistry(counts: Counts, open: () => OpenView): Registry {
 
 export function createMetrics(open: () => OpenView): Metrics {
   const counts: Counts = {
-    decisions: new Tally(),
-    requests: new Tally(),
-    bytes: new Tally(),
-    errors: new Tally(),
-    dnsQueries: new Tally(),
-    reloads: new Tally(),
+    decisions: new Tally(['decision', 'reason', 'would_deny', 'listener']),
+    requests: new Tally(['method', 'status', 'listener']),
+    bytes: new Tally(['direction', 'listener']),
+    errors: new Tally(['type']),
+    dnsQueries: new Tally(['answer', 'reason']),
+    reloads: new Tally(['result']),
     dns: new Buckets('proxygate_dns_lookup_seconds', 'DNS lookups of allowed names'),
     connect: new Buckets('proxygate_upstream_connect_seconds', 'TCP connects to upstreams for tunnels'),
   }
   const { decisions, requests, bytes, errors } = counts
   let registry: Registry | undefined
 
-  const request = (m: string, s: string): void => requests.add(`${m} ${s}`, () => ({ method: m, status: s }))
-  const error = (type: string): void => errors.add(type, () => ({ type }))
+  const request = (m: string, s: string, l = ''): void => requests.add(1, m, s, l)
+  const error = (type: string): void => errors.add(1, type)
   const onDecision = (e: Extract<ProxyEvent, { type: 'decision' }>): void => {
     const r = reason(e.reason)
     const wouldDeny = e.wouldDeny ? 'true' : 'false'
-    decisions.add(`${e.decision} ${r} ${wouldDeny}`, () => ({ decision: e.decision, reason: r, would_deny: wouldDeny }))
+    const l = e.listener ?? ''
+    decisions.add(1, e.decision, r, wouldDeny, l)
     if (e.decision === 'error') error(r)
-    if (e.decision === 'deny') request(method(e.method), '403')
-    else if (e.decision === 'error') request(method(e.method), status(e.status))
-    else if (e.method === 'CONNECT' || e.method === 'TLS') request(e.method, '200')
+    if (e.decision === 'deny') request(method(e.method), '403', l)
+    else if (e.decision === 'error') request(method(e.method), status(e.status), l)
+    else if (e.method === 'CONNECT' || e.method === 'TLS') request(e.method, '200', l)
   }
   const onClosed = (e: Extract<ProxyEvent, { type: 'closed' }>): void => {
     if (e.kind === 'forward') request(method(e.method), status(e.status))
     if (e.kind === 'upgrade') request('GET', '101')
-    if (e.bytesFromClient !== undefined) bytes.add('from_client', FROM_CLIENT, e.bytesFromClient)
-    if (e.bytesToClient !== undefined) bytes.add('to_client', TO_CLIENT, e.bytesToClient)
+    const l = e.listener ?? ''
+    if (e.bytesFromClient !== undefined) bytes.add(e.bytesFromClient, 'from_client', l)
+    if (e.bytesToClient !== undefined) bytes.add(e.bytesToClient, 'to_client', l)
     if (e.error !== undefined) error(ending(e.error))
   }
   const onTiming = (e: Extract<ProxyEvent, { type: 'timing' }>): void => {
@@ -189,10 +222,10 @@ export function createMetrics(open: () => OpenView): Metrics {
       if (event.type === 'decision') onDecision(event)
       else if (event.type === 'closed') onClosed(event)
       else if (event.type === 'timing') onTiming(event)
-      else if (event.type === 'dns') counts.dnsQueries.add(`${event.answer} ${event.reason}`, () => ({ answer: event.answer, reason: event.reason })) // both from fixed lists (DnsRecord)
+      else if (event.type === 'dns') counts.dnsQueries.add(1, event.answer, event.reason) // both from fixed lists (DnsRecord)
       else if (event.type === 'reload') {
         const result = event.ok ? 'ok' : 'failed'
-        counts.reloads.add(result, () => ({ result }))
+        counts.reloads.add(1, result)
       }
     },
     render: async () => {

@@ -7,10 +7,11 @@ import type { Limits } from '../rules/config.js'
 import { countHeader } from './headers.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { replyOnSocket } from './respond.js'
+import type { RequestHead } from './connect-head.js'
 
 const NO_TRACE = new Set(['TRACE', 'TRACK'])
 
-export function checkRequestHead(req: IncomingMessage, limits: Limits): ProxyReply | undefined {
+export function checkRequestHead(req: RequestHead, limits: Limits): ProxyReply | undefined {
   if (req.httpVersion !== '1.1' && req.httpVersion !== '1.0') {
     return reply(req.httpVersionMajor >= 2 ? 505 : 400, 'http_request_error', `HTTP/${req.httpVersion} is not supported: use HTTP/1.1`)
   }

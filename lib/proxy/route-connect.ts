@@ -5,7 +5,9 @@
 //   TLS ports:   client --CONNECT host:port--> check head -> parse -> admit -> 200 -> ClientHello (SNI) -> admit again -> dial -> relay
 //   rules with methods/paths: ... -> 200 [-> ClientHello] -> interceptor (intercept.ts); on other ports
 //                the first bytes tell TLS from plain HTTP
-import type { IncomingMessage } from 'node:http'
+// Everything from admit on is tunnelRoute, which the SOCKS listener (route-socks.ts) calls too: only
+// how the client is answered differs (TunnelAnswer: a 200 or an HTTP error here, a reply code there).
+import type { RequestHead } from './connect-head.js'
 import type { Socket } from 'node:net'
 import { checkRequestHead } from './checks.js'
 import { dial, DialFailure } from '../net/dial.js'
@@ -17,52 +19,68 @@ import { defersToSni, isTlsPort, needsInterception, type Decision, type HelloVie
 import { relay, upstreamReads, type Held, type Inspect, type Screen } from './relay.js'
 import { denial, destroySocket, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
-import { logDecision, tunnelClosed, TunnelEntry, type Runtime } from './runtime.js'
+import { logDecision, tunnelClosed, TunnelEntry, type Listener, type Runtime } from './runtime.js'
 import { parseAuthority, type Target } from '../policy/target.js'
 import { parentFor } from '../net/upstream.js'
 import { misplacedInHead } from './secrets.js'
 import { startsLikeTls } from '../policy/tls-hello.js'
 import { laterHellos, readHello, type Hello } from './hello.js'
 
-const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
+/** How a tunnel's client is told the tunnel is open, or why it is not. */
+export interface TunnelAnswer {
+  /** what the client reads before the first tunnel byte */
+  readonly established: string | Buffer
+  /** a refusal before any tunnel byte (an error, or a denial): answered, then closed */
+  refuse(socket: Socket, r: ProxyReply): void
+}
+
+const HTTP_ANSWER: TunnelAnswer = { established: 'HTTP/1.1 200 Connection established\r\n\r\n', refuse: replyOnSocket }
 
 /** What a tunnel's decision lines share: one object per tunnel instead of a closure for each use. */
-interface Asked {
+export interface Asked {
   readonly rt: Runtime
   readonly id: string
-  readonly req: IncomingMessage
+  readonly req: { readonly socket: Socket }
   readonly rawTarget: string
   readonly policy: string
+  readonly answer: TunnelAnswer
+  /** set for tunnels asked for on another listener than the proxy port */
+  readonly listener?: Listener
 }
 
 function logAsked(asked: Asked, target: Target | undefined, decision: Decision | undefined, resolved: readonly Ip[] | undefined, r?: ProxyReply, sni?: string): void {
-  const { rt, id, req, rawTarget, policy } = asked
-  logDecision(rt, { id, req, method: 'CONNECT', target, rawTarget, policy, decision, resolved, reply: r, sni })
+  const { rt, id, req, rawTarget, policy, listener } = asked
+  logDecision(rt, { id, req, method: 'CONNECT', target, rawTarget, policy, decision, resolved, reply: r, sni, listener })
 }
 
-function refuse(asked: Asked, socket: Socket, target: Target | undefined, r: ProxyReply): undefined {
+export function refuse(asked: Asked, socket: Socket, target: Target | undefined, r: ProxyReply): undefined {
   logAsked(asked, target, undefined, undefined, r)
-  replyOnSocket(socket, r)
+  asked.answer.refuse(socket, r)
   return undefined
 }
 
 /** A route's work: a promise while it waits for something (DNS, a dial), undefined when it finished at once. */
 type Routed = Promise<void> | undefined
 
-export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: IncomingMessage, socket: Socket, head: Buffer): Routed {
+export function connectRoute(rt: Runtime, interceptor: Interceptor | undefined, who: ClientIdentity, req: RequestHead, socket: Socket, head: Buffer): Routed {
   const rawTarget = req.url ?? ''
   const parsed = parseAuthority(rawTarget)
   const gate = rt.gate(who)
-  const asked: Asked = { rt, id: rt.nextId(), req, rawTarget, policy: gate.policyName }
+  const asked: Asked = { rt, id: rt.nextId(), req, rawTarget, policy: gate.policyName, answer: HTTP_ANSWER }
   const problem = checkRequestHead(req, rt.limits())
   if (problem) return refuse(asked, socket, parsed.ok ? parsed.value : undefined, problem)
   if (!parsed.ok) return refuse(asked, socket, undefined, reply(400, 'http_request_error', `bad CONNECT target: ${parsed.error}`))
-  const target = parsed.value
-  // a secret's placeholder in the head: nothing of it leaves, but the attempt is refused and named
-  const carried = misplacedInHead(gate, target, rawTarget, req.rawHeaders, 'the CONNECT request')
+  return tunnelRoute(asked, interceptor, who, socket, head, parsed.value, req.rawHeaders)
+}
+
+/** A tunnel to `target` from admission on: the one decision path for CONNECT and SOCKS (whose requests have no headers). */
+export function tunnelRoute(asked: Asked, interceptor: Interceptor | undefined, who: ClientIdentity, socket: Socket, head: Buffer, target: Target, rawHeaders: readonly string[] = []): Routed {
+  const { rt } = asked
+  // a secret's placeholder in the request: nothing of it leaves, but the attempt is refused and named
+  const carried = misplacedInHead(rt.gate(who), target, asked.rawTarget, rawHeaders, asked.listener === 'socks' ? 'the SOCKS request' : 'the CONNECT request')
   if (carried?.verdict === 'deny') {
     logAsked(asked, target, carried, undefined)
-    replyOnSocket(socket, denial('CONNECT', rawTarget, carried))
+    asked.answer.refuse(socket, denial('CONNECT', asked.rawTarget, carried))
     return undefined
   }
   // IP literals and names no rule allows are decided at once; only a resolution is waited for
@@ -77,13 +95,13 @@ function admitted(asked: Asked, interceptor: Interceptor | undefined, who: Clien
   const deferred = defersToSni(gate.ctx, target, decision)
   if (decision.verdict === 'deny' && !deferred) {
     logAsked(asked, target, decision, resolved)
-    replyOnSocket(socket, denial('CONNECT', asked.rawTarget, decision))
+    asked.answer.refuse(socket, denial('CONNECT', asked.rawTarget, decision))
     return undefined
   }
   const opened = interceptor && needsInterception(gate.policy, target) ? interceptor : undefined
   const { rt, id } = asked
   // registered now, in the tick it was decided: a reload from here on re-decides it (a deferred one waits for its server name)
-  const entry = deferred ? undefined : new TunnelEntry(rt, id, who, target, resolved, isTlsPort(gate.ctx, target.port) ? 'pending' : opened ? 'opened' : 'relayed', socket)
+  const entry = deferred ? undefined : new TunnelEntry(rt, id, who, target, resolved, isTlsPort(gate.ctx, target.port) ? 'pending' : opened ? 'opened' : 'relayed', socket, asked.listener)
   if (isTlsPort(gate.ctx, target.port)) return onTlsPort(asked, interceptor, who, socket, head, target, decision, entry)
   logAsked(asked, target, decision, resolved)
   const tunnel = entry as TunnelEntry
@@ -92,7 +110,7 @@ function admitted(asked: Asked, interceptor: Interceptor | undefined, who: Clien
     if (head.length > 0 && startsLikeTls(head)) return openChecked(check, tunnel, head)
     // the upstream is dialled first and relayed at once (server-first protocols: SSH, SMTP); the client's first chunk says whether to read on
     const screen: Screen | undefined = head.length > 0 ? undefined : (first) => (startsLikeTls(first) ? (held) => holdForSni(first, held, check) : undefined)
-    return openTunnel(rt, tunnel, socket, decision.dial, head, true, screen)
+    return openTunnel(rt, tunnel, socket, decision.dial, head, asked.answer, screen)
   }
   return openOpened(check, opened, tunnel, head)
 }
@@ -107,13 +125,13 @@ async function openChecked(check: SniCheck, entry: TunnelEntry, head: Buffer): P
   const { asked, socket, decision } = check
   const hello = await checkSni(check, head)
   if (hello === undefined) return void socket.destroy()
-  return openTunnel(asked.rt, entry, socket, decision.dial, hello.bytes, true, undefined, laterHellos(hello))
+  return openTunnel(asked.rt, entry, socket, decision.dial, hello.bytes, asked.answer, undefined, laterHellos(hello))
 }
 
 /** An opened tunnel carries HTTP, whose client speaks first: its first bytes tell TLS from plain HTTP. */
 async function openOpened(check: SniCheck, opened: Interceptor, entry: TunnelEntry, head: Buffer): Promise<void> {
   const { asked, socket, decision } = check
-  socket.write(ESTABLISHED)
+  socket.write(asked.answer.established)
   const first = await firstChunk(socket, head, asked.rt.limits().tunnelIdleTimeoutMs)
   if (first === undefined || closed(socket)) return void socket.destroy()
   if (!startsLikeTls(first)) return openTunnelFor(opened, entry, socket, first, decision, false)
@@ -157,7 +175,7 @@ async function checkSni(check: SniCheck, bytes: Buffer): Promise<Hello | undefin
  */
 async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who: ClientIdentity, socket: Socket, head: Buffer, target: Target, decision: Decision, entry: TunnelEntry | undefined): Promise<void> {
   const { rt, id } = asked
-  socket.write(ESTABLISHED)
+  socket.write(asked.answer.established)
   const hello = await readHello(socket, head, rt.gate(who).ctx.tls.helloTimeoutMs)
   if (hello === undefined) return logAsked(asked, target, decision, entry?.resolved, reply(400, 'http_request_error', 'client closed the tunnel before a ClientHello'))
   if (closed(socket)) return
@@ -171,10 +189,10 @@ async function onTlsPort(asked: Asked, interceptor: Interceptor | undefined, who
   logAsked(asked, target, second.decision, resolved, undefined, sni)
   if (second.decision.verdict === 'deny' || closed(socket)) return void socket.destroy()
   const opened = interceptor && needsInterception(gate.policy, second.ruleTarget) ? interceptor : undefined
-  const tunnel = entry ?? new TunnelEntry(rt, id, who, second.ruleTarget, resolved, 'pending', socket)
+  const tunnel = entry ?? new TunnelEntry(rt, id, who, second.ruleTarget, resolved, 'pending', socket, asked.listener)
   tunnel.hello = hello.view
   if (opened) return openTunnelFor(opened, tunnel, socket, hello.bytes, second.decision, true)
-  return openTunnel(rt, tunnel, socket, second.decision.dial, hello.bytes, false, undefined, laterHellos(hello))
+  return openTunnel(rt, tunnel, socket, second.decision.dial, hello.bytes, undefined, undefined, laterHellos(hello))
 }
 
 /** The ClientHello's server name for the log: none for an empty one or no ClientHello. */
@@ -211,10 +229,10 @@ function firstChunk(socket: Socket, head: Buffer, timeoutMs: number): Promise<Bu
 }
 
 /**
- * Dials the checked addresses (or the parent proxy, for the name), sends what the client already sent, and relays. `answer` says
- * whether the 200 is still to be written (or, on failure, an error status can still be sent).
+ * Dials the checked addresses (or the parent proxy, for the name), sends what the client already sent, and relays. `answer`, when
+ * the client is still to be told the tunnel is open (or, on failure, why not); undefined when it was told already.
  */
-export async function openTunnel(rt: Runtime, entry: TunnelEntry, socket: Socket, addresses: readonly Ip[], first: Buffer, answer: boolean, screen?: Screen, inspect?: Inspect): Promise<void> {
+export async function openTunnel(rt: Runtime, entry: TunnelEntry, socket: Socket, addresses: readonly Ip[], first: Buffer, answer: TunnelAnswer | undefined, screen?: Screen, inspect?: Inspect): Promise<void> {
   const { id, target } = entry
   entry.carries = 'relayed'
   const limits = rt.limits()
@@ -232,21 +250,21 @@ export async function openTunnel(rt: Runtime, entry: TunnelEntry, socket: Socket
     rt.record({ type: 'timing', what: 'connect', ms: performance.now() - dialStarted, ok: false })
     if (!(error instanceof DialFailure)) throw error
     rt.log.info('upstream failed', { id, status: error.reply.status, error: error.reply.type, detail: error.reply.details, nextHop: error.reply.nextHop })
-    return answer ? replyOnSocket(socket, error.reply) : void socket.destroy()
+    return answer ? answer.refuse(socket, error.reply) : void socket.destroy()
   }
   if (socket.destroyed) return void upstream.destroy()
   if (inspect && !inspect(first)) {
     upstream.destroy()
     return void socket.destroy()
   }
-  if (answer) socket.write(ESTABLISHED)
+  if (answer) socket.write(answer.established)
   if (first.length > 0) upstream.write(first)
   socket.off('error', destroySocket)
   const tunnel = relay(socket, upstream, limits, (stats) => {
     // formatted only now: upstream.remoteAddress would keep a peer-name object on the socket for the tunnel's life;
     // without the parent's handshake bytes
     const { bytesFromClient, bytesToClient, durationMs, error } = stats
-    rt.record(tunnelClosed(id, dialed && formatIp(dialed), bytesFromClient - handshake.sent, bytesToClient - handshake.received, durationMs, error, parent?.hop))
+    rt.record(tunnelClosed(id, dialed && formatIp(dialed), bytesFromClient - handshake.sent, bytesToClient - handshake.received, durationMs, error, parent?.hop, entry.listener))
   }, screen, inspect)
   entry.closeWith((reason) => tunnel.close(reason))
 }

@@ -3,7 +3,7 @@
 //   TLS ports:  client --TLS to ADDRESS:PORT--> ClientHello (SNI) -> admit SNI:PORT (rules, DNS, guard) -> dial checked IP -> ClientHello -> relay
 //   rules with methods/paths: ... -> admit -> interceptor (intercept.ts)
 //   HTTP ports: client --GET /path, Host: host--> forwardRoute / upgradeRoute with the listener's port (absolute-form.ts); CONNECT -> 405
-import type { IncomingMessage } from 'node:http'
+import type { RequestHead } from './connect-head.js'
 import type { Socket } from 'node:net'
 import { admit, underCurrent } from '../net/gate.js'
 import { parseIp, type Ip } from '../policy/ip.js'
@@ -51,11 +51,11 @@ export async function transparentTlsRoute(rt: Runtime, interceptor: Interceptor 
   const entry = new TunnelEntry(rt, id, who, target, resolved, 'pending', socket)
   entry.hello = hello.view
   if (opened) return openTunnelFor(opened, entry, socket, hello.bytes, decision, true)
-  return openTunnel(rt, entry, socket, decision.dial, hello.bytes, false, undefined, laterHellos(hello))
+  return openTunnel(rt, entry, socket, decision.dial, hello.bytes, undefined, undefined, laterHellos(hello))
 }
 
 /** CONNECT on a transparent HTTP port: refused, such clients reach origins through the proxy port. */
-export function transparentConnect(rt: Runtime, req: IncomingMessage, socket: Socket): void {
+export function transparentConnect(rt: Runtime, req: RequestHead, socket: Socket): void {
   const r = reply(405, 'http_request_error', 'CONNECT is not accepted on a transparent listener: send requests for the Host, or use the proxy port')
   logDecision(rt, { id: rt.nextId(), req, method: 'CONNECT', target: undefined, rawTarget: req.url ?? '', reply: r, listener: 'transparent' })
   replyOnSocket(socket, r)

@@ -45,6 +45,8 @@ export class TunnelEntry implements OpenConnection {
     readonly resolved: readonly Ip[] | undefined,
     public carries: 'pending' | 'relayed' | 'opened',
     private readonly socket: Socket,
+    /** set for tunnels asked for on another listener than the proxy port: their closed lines say which */
+    readonly listener?: Listener,
   ) {
     rt.open.add(this)
     socket.once('close', () => rt.open.delete(this))
@@ -87,8 +89,8 @@ export interface DecisionRecord {
   readonly status?: number | undefined
   readonly mode: string
   readonly policy?: string | undefined
-  /** set for connections to a transparent (sandbox) listener, from clients that know no proxy */
-  readonly listener?: 'transparent' | undefined
+  /** set for connections to a transparent (sandbox) listener, from clients that know no proxy, or to the SOCKS listener */
+  readonly listener?: Listener | undefined
   readonly wouldDeny: boolean
 }
 
@@ -106,6 +108,7 @@ export interface ClosedRecord {
   readonly bytesToClient?: number
   readonly durationMs: number
   readonly error?: string | undefined
+  readonly listener?: Listener | undefined
 }
 
 /** How long a DNS lookup or an upstream connect took (for metrics; not logged). */
@@ -127,6 +130,9 @@ export interface ProbeRecord {
   readonly nonce: string
   readonly client: string
 }
+
+/** The listeners besides the proxy port a connection can come in on. */
+export type Listener = 'transparent' | 'socks'
 
 export type ProxyEvent =
   | ({ readonly type: 'decision' } & DecisionRecord)
@@ -178,7 +184,7 @@ interface DecisionLog {
   readonly intercepted?: boolean
   /** the name of the policy that decided it */
   readonly policy?: string
-  readonly listener?: 'transparent'
+  readonly listener?: Listener | undefined
 }
 
 /** Marks the events built here (logDecision, tunnelClosed): their keys are in decisionJson's or closedJson's order. */
@@ -258,8 +264,8 @@ export function decisionJson(e: DecisionEvent): string {
 }
 
 /** A relayed tunnel's closed event (route-connect.ts), in closedJson's key order. */
-export function tunnelClosed(id: string, chosen: string | undefined, bytesFromClient: number, bytesToClient: number, durationMs: number, error: string | undefined, via: string | undefined): ClosedEvent {
-  const event: ClosedEvent & { [IN_ORDER]: true } = { type: 'closed', id, kind: 'tunnel', chosen, bytesFromClient, bytesToClient, durationMs, error, via, [IN_ORDER]: true }
+export function tunnelClosed(id: string, chosen: string | undefined, bytesFromClient: number, bytesToClient: number, durationMs: number, error: string | undefined, via: string | undefined, listener?: Listener): ClosedEvent {
+  const event: ClosedEvent & { [IN_ORDER]: true } = { type: 'closed', id, kind: 'tunnel', chosen, bytesFromClient, bytesToClient, durationMs, error, via, listener, [IN_ORDER]: true }
   return event
 }
 
@@ -273,7 +279,7 @@ export function closedJson(e: ClosedEvent): string {
   if (!(IN_ORDER in e)) return JSON.stringify(e)
   return (
     `{"type":"closed","id":${jsonString(e.id)},"kind":${jsonString(e.kind)}${jsonField('chosen', e.chosen)}${jsonNumber('bytesFromClient', e.bytesFromClient)}` +
-    `${jsonNumber('bytesToClient', e.bytesToClient)}${jsonNumber('durationMs', e.durationMs)}${jsonField('error', e.error)}${jsonField('via', e.via)}}`
+    `${jsonNumber('bytesToClient', e.bytesToClient)}${jsonNumber('durationMs', e.durationMs)}${jsonField('error', e.error)}${jsonField('via', e.via)}${jsonField('listener', e.listener)}}`
   )
 }
 

@@ -1,6 +1,7 @@
 // The running proxy: one HTTP listener that routes CONNECT, Upgrade and absolute-form requests,
 // answers its own health check, swaps rules atomically on reload and shuts down gracefully; with
-// "sandbox", transparent listeners too (transparent.ts), whose HTTP connections it also parses.
+// "sandbox", transparent listeners too (transparent.ts), whose HTTP connections it also parses; with
+// "socks", a SOCKS5 listener (socks.ts) whose tunnels take CONNECT's path.
 import type { IncomingMessage, OutgoingHttpHeader, OutgoingHttpHeaders, Server, ServerResponse } from 'node:http'
 import { http, tls } from '../core/builtins.js'
 import type { AddressInfo, Socket } from 'node:net'
@@ -20,13 +21,15 @@ import { createLeafMinter } from '../certs/leaf.js'
 import { LinkedSet } from './linked-set.js'
 import { generatePac, pacEtag, type PacFlavor } from '../wiring/pac.js'
 import type { Logger } from '../core/log.js'
-import type { SandboxSettings } from '../rules/sandbox.js'
+import { sandboxSocksListen, type SandboxSettings } from '../rules/sandbox.js'
 import type { SelfAddress } from '../policy/decide.js'
 import { createLookup, type Lookup } from '../net/resolve.js'
 import { selfAddresses } from '../net/self.js'
 import { destroySocket, refuserFor, replyOnResponse } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { connectRoute } from './route-connect.js'
+import type { RequestHead } from './connect-head.js'
+import { takeProxyPort } from './proxy-port.js'
 import { forwardRoute } from './route-forward.js'
 import { ABSOLUTE_FORM, type RequestForm } from './absolute-form.js'
 import { transparentConnect, transparentTlsRoute } from './route-transparent.js'
@@ -39,6 +42,8 @@ import { formatTarget } from '../policy/target.js'
 import { nextUpstream, type UpstreamOptions } from '../net/upstream.js'
 import { VERSION } from '../core/version.js'
 import { createSandboxDns, dnsListener } from '../dns/server.js'
+import { createSocksListener, type SocksListener, type SocksServe } from './socks.js'
+import { socksRoute } from './route-socks.js'
 
 export interface ProxyOptions {
   readonly config: Config
@@ -55,6 +60,8 @@ export interface ProxyOptions {
   readonly upstreamCa?: readonly string[]
   /** sees every decision and finished connection, as logged */
   readonly observe?: (event: ProxyEvent) => void
+  /** false: CONNECT heads on the proxy port are read by node:http too (the fast path's differential test) */
+  readonly connectFastPath?: boolean
 }
 
 export interface ReloadOutcome {
@@ -65,6 +72,8 @@ export interface ReloadOutcome {
 export interface Proxy {
   listen(): Promise<AddressInfo>
   address(): AddressInfo
+  /** where the "socks" listener is bound, when there is one */
+  socksAddress(): AddressInfo | undefined
   /** swaps in new rules; open connections the new rules deny are closed */
   /** `upstreamCa`: the tls.upstreamCaFiles contents as now read (absent: unchanged) */
   reload(config: Config, upstreamCa?: readonly string[]): ReloadOutcome
@@ -204,6 +213,25 @@ export function createProxy(options: ProxyOptions): Proxy {
       tls: (socket, listener) => guarded('transparent-tls', () => socket.destroy(), () => transparentTlsRoute(rt, interceptor, listener, socket)),
     })
   /** where a request says it goes: its URL on the proxy port, its Host on a transparent one */
+  // SOCKS5 listeners, bound once like the sandbox's: what each needs from this proxy, then the one "socks" asks for
+  // and the sandbox's ("socks" first: socksAddress reads it)
+  const socksServe: SocksServe = {
+    rt,
+    auth: () => (config.auth ? authenticator : undefined),
+    full: () => sockets.size >= config.limits.maxConnections,
+    track: (socket) => {
+      sockets.add(socket)
+      socket.on('close', untrack)
+    },
+    route: (who, socket, request, head) => guarded('socks', () => socket.destroy(), () => socksRoute(rt, interceptor, who, socket, request, head)),
+  }
+  const socksAt = config.socks?.listen
+  const sandboxSocks = sandbox && sandboxSocksListen(sandbox)
+  const socksListeners: SocksListener[] = [
+    ...(socksAt ? [createSocksListener(socksAt, socksServe)] : []),
+    // the sandbox's asks for no login: ALL_PROXY carries none, as transparent clients send none; source policies still apply
+    ...(sandboxSocks ? [createSocksListener(sandboxSocks, { ...socksServe, auth: () => undefined })] : []),
+  ]
   const formOf = (socket: Socket): RequestForm => {
     const listener = transparent?.httpListener(socket)
     return listener ? { kind: 'transparent', port: listener.port } : ABSOLUTE_FORM
@@ -220,6 +248,13 @@ export function createProxy(options: ProxyOptions): Proxy {
     requireHostHeader: false, // checkRequestHead answers a missing Host with Proxy-Status
   })
   server.maxHeadersCount = 0 // count them ourselves: Node would otherwise drop headers past 2000 silently
+  const fastPath = options.connectFastPath !== false
+  const port = takeProxyPort(server, {
+    connect: (req, socket, head) => onConnect(req, socket, head),
+    clientError: (error, socket) => onClientError(error, socket),
+    fast: (socket) => fastPath && !transparent?.httpListener(socket),
+    maxHeaderBytes: () => config.limits.maxHeaderBytes,
+  }, Math.min(1_000, limits.headerTimeoutMs))
   const applyLimits = (l: Config['limits']): void => {
     // read for each new connection (Node 20 _http_server: server.maxHeaderSize); undocumented, so test/reload covers it
     Object.assign(server, { maxHeaderSize: l.maxHeaderBytes })
@@ -246,7 +281,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     running?.catch((error: unknown) => failed(what, fallback, error))
   }
   /** Proxy authentication comes first: a client it refuses never reaches a route, which learns who the client is. */
-  const authenticated = (what: string, req: IncomingMessage, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void> | undefined): void => {
+  const authenticated = (what: string, req: RequestHead, refuse: (r: ProxyReply) => void, route: (who: ClientIdentity) => Promise<void> | undefined): void => {
     const source = req.socket.remoteAddress ?? ''
     // without proxy authentication (none on transparent listeners: clients there know no proxy), straight to the route
     if (!config.auth || transparent?.httpListener(req.socket)) return guarded(what, refuse, () => route({ source: parseIp(source), user: undefined }))
@@ -275,24 +310,27 @@ export function createProxy(options: ProxyOptions): Proxy {
   })
   server.on('request', (req, res) => onRequest(req, res, false))
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
-  server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+  function onConnect(req: RequestHead, socket: Socket, head: Buffer): void {
     socket.on('error', destroySocket)
     if (transparent?.httpListener(socket)) return transparentConnect(rt, req, socket)
     authenticated('connect', req, refuserFor(socket), (who) => connectRoute(rt, interceptor, who, req, socket, head))
-  })
+  }
+  server.on('connect', onConnect)
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
     authenticated('upgrade', req, refuserFor(socket), (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
   })
-  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) =>
+  function onClientError(error: NodeJS.ErrnoException, socket: Socket): void {
     answerClientError(error, socket, (r) => {
       record({ type: 'decision', id: rt.nextId(), client: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, method: '', target: '', decision: 'error', reason: r.type, status: r.status, detail: r.details, mode: gate.ctx.mode, wouldDeny: false })
-    }),
-  )
+    })
+  }
+  server.on('clientError', onClientError)
 
   return {
     open,
     address: () => server.address() as AddressInfo,
+    socksAddress: () => (socksAt ? socksListeners[0]?.address() : undefined),
     listen: async () => {
       const address = await new Promise<AddressInfo>((resolve, reject) => {
         server.once('error', reject)
@@ -309,7 +347,11 @@ export function createProxy(options: ProxyOptions): Proxy {
         await Promise.all([new Promise((closed) => server.close(closed)), transparent?.close()])
         throw error
       })
-      self = [...selfAddresses(address), ...(transparent?.self ?? []), ...dnsSelf(config.sandbox)]
+      await Promise.all(socksListeners.map((l) => l.listen())).catch(async (error: unknown) => {
+        await Promise.all([new Promise((closed) => server.close(closed)), transparent?.close(), sandboxDns?.close(), ...socksListeners.map((l) => l.close())])
+        throw error
+      })
+      self = [...selfAddresses(address), ...(transparent?.self ?? []), ...dnsSelf(config.sandbox), ...socksListeners.flatMap((l) => l.self())]
       gate = makeGate(config)
       ready = true
       return address
@@ -325,6 +367,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       upstream = nextUpstream(upstream, config, upstreamOptions())
       if (upstream ? !upstream.proxy.sameAs(parentBefore) : parentBefore) log.info('upstream changed', { upstream: upstream?.proxy.display ?? 'none: direct' })
       const dnsNext = dnsListener(config.sandbox)
+      if (JSON.stringify(config.socks?.listen) !== JSON.stringify(socksAt)) log.warn('"socks" listener changed: restart proxy-gate to apply it')
       if (dnsNext !== dnsAt) log.warn('sandbox DNS address or port changed: restart proxy-gate to apply it', { running: dnsAt ?? 'none', configured: dnsNext ?? 'none' })
       pacCache.clear()
       let closed = 0
@@ -373,6 +416,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     const closedServer = new Promise<void>((resolve) => server.close(() => resolve()))
     const closedTransparent = transparent?.close()
     server.closeIdleConnections()
+    port.closeIdle()
     log.info('stopped accepting', { connections: sockets.size, graceMs: config.limits.shutdownGraceMs })
     let stopped = false
     void pause(config.limits.shutdownGraceMs).then(() => {
@@ -383,7 +427,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       for (const socket of sockets) socket.destroy()
       transparent?.destroyAll()
     })
-    await Promise.all([closedServer, closedTransparent, sandboxDns?.close()])
+    await Promise.all([closedServer, closedTransparent, sandboxDns?.close(), ...socksListeners.map((l) => l.close())])
     stopped = true
     hurried.abort() // ends the grace period's timer
     upgradeProxy?.close()

@@ -33,9 +33,9 @@ interface Bound {
   readonly key: 'http' | 'tls'
 }
 
-/** True when both settings ask for the same listeners (they are bound at start: a change needs a restart). */
+/** True when both settings ask for the same listeners, SOCKS5's too (they are bound at start: a change needs a restart). */
 export function sameListeners(a: SandboxSettings | undefined, b: SandboxSettings | undefined): boolean {
-  const shape = (s: SandboxSettings | undefined): string => (s ? JSON.stringify([formatIp(s.address), s.httpPorts, s.tlsPorts]) : '')
+  const shape = (s: SandboxSettings | undefined): string => (s ? JSON.stringify([formatIp(s.address), s.httpPorts, s.tlsPorts, s.socksPort ?? false]) : '')
   return shape(a) === shape(b)
 }
 

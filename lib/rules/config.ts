@@ -5,6 +5,7 @@ import { MAX_TIMER_MS, wholeNumberWithin, type Bound } from './bounds.js'
 import { hostWarnings } from './host-warnings.js'
 import { parseSandbox, type SandboxSettings } from './sandbox.js'
 import { parseSecrets, type SecretSpec, type SecretValues } from './secrets.js'
+import { parseSocks, type SocksSettings } from './socks.js'
 import { parseClients, parsePolicies, type PolicySet } from '../policy/clients.js'
 import { formatIp, parseIp, type Ip } from '../policy/ip.js'
 import { compilePolicy, describePattern, entryText, metadataWarnings, parseBypass, parsePorts, type HostPattern, type Mode, type Policy, type RuleError } from '../policy/rules.js'
@@ -101,10 +102,12 @@ export interface Config {
   readonly secrets: readonly SecretSpec[]
   /** their values, once read (lib/secrets/): the policies then hold the bindings */
   readonly secretValues?: SecretValues
+  /** the SOCKS5 listener; undefined: none */
+  readonly socks: SocksSettings | undefined
 }
 
 const DEFAULT_LISTEN: Listen = { host: '127.0.0.1', port: 3128 }
-const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits', 'tls', 'policies', 'clients', 'auth', 'upstream', 'upstreamBypass', 'sandbox', 'secrets']
+const TOP_KEYS = ['$schema', 'listen', 'mode', 'allow', 'deny', 'bypass', 'dns', 'limits', 'tls', 'policies', 'clients', 'auth', 'upstream', 'upstreamBypass', 'sandbox', 'secrets', 'socks']
 const TLS_KEYS = ['ports', 'requireSni', 'allowNonTls', 'helloTimeoutMs', 'upstreamCaFiles']
 
 export const DEFAULT_TLS: TlsSettings = { ports: [[443, 443]], requireSni: true, allowNonTls: false, helloTimeoutMs: 10_000, upstreamCaFiles: [] }
@@ -341,10 +344,11 @@ export function parseConfig(json: unknown): ConfigResult {
   const upstreamBypass = parseUpstreamBypass(errors, json.upstreamBypass, json.upstream)
   const sandbox = parseSandbox(errors, json.sandbox)
   const secrets = parseSecrets(errors, json.secrets)
+  const socks = parseSocks(errors, json.socks, parseListen)
   if (clients.some((c) => c.kind === 'user') && !auth) err(errors, 'clients', json.clients, '"user" clients need proxy authentication: add "auth"')
   if (errors.length > 0 || !policy.ok) return { ok: false, errors }
   const policies = { fallback: policy.value, named, clients }
-  return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits, tls, policies, auth, upstream: upstream?.ok ? upstream.value : undefined, upstreamBypass, sandbox, secrets } }
+  return { ok: true, value: { listen, mode: mode as Mode, policy: policy.value, bypass, dns, limits, tls, policies, auth, upstream: upstream?.ok ? upstream.value : undefined, upstreamBypass, sandbox, secrets, socks } }
 }
 
 /** A policy's warnings: ranges that hold metadata addresses, then host rules that are not what they look like. */

@@ -5,6 +5,7 @@ import { closeSync, existsSync, openSync, readSync, statSync, watch, type FSWatc
 import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import type { SandboxSettings } from './sandbox.js'
+import type { SocksSettings } from './socks.js'
 import { parseConfig, type Config, type Listen } from './config.js'
 import { scanJson, type DuplicateKey, type JsonSpot } from './json-scan.js'
 import type { Mode } from '../policy/rules.js'
@@ -15,6 +16,7 @@ export interface Overrides {
   readonly listen?: Listen
   readonly mode?: Mode
   readonly sandbox?: SandboxSettings
+  readonly socks?: SocksSettings
 }
 
 /** The rules.json that ships in the package (next to package.json), from lib/ and dist/ alike. */
@@ -104,7 +106,8 @@ function parseRulesText(text: string, file: string): { ok: true; value: unknown 
   try {
     value = JSON.parse(text)
   } catch (error) {
-    return { ok: false, errors: [fileError(file, `not valid JSON: ${(error as Error).message}`)] }
+    const where = scan.syntaxError ? ` at ${at(scan.syntaxError)}` : ''
+    return { ok: false, errors: [fileError(file, `not valid JSON${where}: ${(error as Error).message}`)] }
   }
   if (scan.duplicates.length === 0) return { ok: true, value }
   const message = (d: DuplicateKey): string => `duplicate key ${JSON.stringify(d.key)}, also at ${at(d.first)}: JSON keeps only the last one, so the other would be ignored without a word`

@@ -5,7 +5,7 @@
 // JSON parsers on npm that report duplicates recurse), holds only a stack of open containers, and
 // needs no value of its own: JSON.parse still makes the value. It follows RFC 8259 exactly, so it
 // agrees with JSON.parse on what is JSON (test/json-scan.test.ts holds the two to it); at a
-// syntax error it stops, and JSON.parse names the error.
+// syntax error it stops, says where (JSON.parse's messages do not, on every Node), and JSON.parse names the error.
 
 export interface JsonSpot {
   /** where in rules.json, as errors name it: `deny`, `policies.dev.allow[2]` */
@@ -21,7 +21,14 @@ export interface DuplicateKey extends JsonSpot {
   readonly first: JsonSpot
 }
 
-export type JsonScan = { readonly tooDeep: JsonSpot } | { readonly tooDeep: undefined; readonly duplicates: readonly DuplicateKey[] }
+export type JsonScan =
+  | { readonly tooDeep: JsonSpot }
+  | {
+      readonly tooDeep: undefined
+      readonly duplicates: readonly DuplicateKey[]
+      /** where the text stops being JSON (JSON.parse's messages do not all say where): undefined when it is JSON */
+      readonly syntaxError: JsonSpot | undefined
+    }
 
 interface Container {
   readonly object: boolean
@@ -75,7 +82,9 @@ function childPath(parent: Container | undefined): string {
 class Scanner {
   readonly open: Container[] = []
   readonly duplicates: DuplicateKey[] = []
-  at: number
+  private offset = 0
+  /** the last place the scan stood on: where a syntax error is, once `at` is -1 */
+  lastGood = 0
   /** true: a value comes next (after `[`, `,` in an array, `:`); false: `,` or a closing bracket */
   wantValue = true
 
@@ -84,6 +93,20 @@ class Scanner {
     readonly maxDepth: number,
   ) {
     this.at = skip(WHITESPACE, text, 0)
+  }
+
+  get at(): number {
+    return this.offset
+  }
+
+  set at(value: number) {
+    this.offset = value
+    if (value >= 0) this.lastGood = value
+  }
+
+  /** Whether the scan ended at the end of one complete value (else the text is not JSON, from lastGood on). */
+  get complete(): boolean {
+    return this.offset === this.text.length && this.open.length === 0 && !this.wantValue
   }
 
   /** One step: a value, or what follows one. false: the text ends here (or stops being JSON). */
@@ -129,14 +152,14 @@ class Scanner {
 
 /**
  * Scans JSON text: the first place where containers nest deeper than `maxDepth`, else every key
- * that repeats in its object. Stops at a syntax error with what it found before it.
+ * that repeats in its object. Stops at a syntax error with what it found before it, and its place.
  */
 export function scanJson(text: string, maxDepth: number): JsonScan {
   const scanner = new Scanner(text, maxDepth)
   for (;;) {
     const step = scanner.step()
     if (typeof step === 'object') return { tooDeep: step }
-    if (!step) return { tooDeep: undefined, duplicates: scanner.duplicates }
+    if (!step) return { tooDeep: undefined, duplicates: scanner.duplicates, syntaxError: scanner.complete ? undefined : spotAt(text, scanner.lastGood, '') }
     scanner.at = skip(WHITESPACE, text, scanner.at)
   }
 }

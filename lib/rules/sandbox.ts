@@ -1,6 +1,6 @@
 // The "sandbox" section of rules.json: proxy-gate as the only way out of a container network,
 // with its own DNS server and transparent listeners on its address there. Validated once at load.
-import { formatIpPort, parseIp, type Ip } from '../policy/ip.js'
+import { formatIp, formatIpPort, parseIp, type Ip } from '../policy/ip.js'
 import { entryText, type RuleError } from '../policy/rules.js'
 import { wholeNumberWithin } from './bounds.js'
 
@@ -15,10 +15,12 @@ export interface SandboxSettings {
   readonly httpPorts: readonly number[]
   /** ports on `address` for TLS from clients that know no proxy, decided by the ClientHello's server name */
   readonly tlsPorts: readonly number[]
+  /** the SOCKS5 listener's port on `address` (what `sandbox run` puts in ALL_PROXY); undefined: none */
+  readonly socksPort: number | undefined
 }
 
-const KEYS = ['address', 'dns', 'dnsQueriesPerSecond', 'http', 'tls']
-const DEFAULTS = { dnsPort: 53, dnsQueriesPerSecond: 100, httpPorts: [80], tlsPorts: [443] }
+const KEYS = ['address', 'dns', 'dnsQueriesPerSecond', 'http', 'tls', 'socks']
+const DEFAULTS = { dnsPort: 53, dnsQueriesPerSecond: 100, httpPorts: [80], tlsPorts: [443], socksPort: 1080 }
 
 type Report = (path: string, value: unknown, message: string) => void
 
@@ -33,12 +35,22 @@ function portList(report: Report, key: 'http' | 'tls', value: unknown, fallback:
   return []
 }
 
-function dnsPort(report: Report, value: unknown): number | undefined {
-  if (value === undefined) return DEFAULTS.dnsPort
+/** `sandbox.dns` and `sandbox.socks`: a port, false for no such listener, or the default. */
+function optionalPort(report: Report, key: 'dns' | 'socks', value: unknown): number | undefined {
+  if (value === undefined) return key === 'dns' ? DEFAULTS.dnsPort : DEFAULTS.socksPort
   if (value === false) return undefined
   if (isPort(value)) return value
-  report('sandbox.dns', value, 'must be a port (1-65535) for the DNS server, or false for none')
+  report(`sandbox.${key}`, value, `must be a port (1-65535) for the ${key === 'dns' ? 'DNS server' : 'SOCKS5 listener'}, or false for none`)
   return undefined
+}
+
+/** The SOCKS port shares the address with the other TCP listeners (and DNS over TCP): one port, one listener. */
+function socksClash(settings: Omit<SandboxSettings, 'address'>): string | undefined {
+  const { socksPort } = settings
+  if (socksPort === undefined) return undefined
+  if (socksPort === settings.dnsPort) return 'sandbox.dns'
+  if (settings.httpPorts.includes(socksPort)) return 'sandbox.http'
+  return settings.tlsPorts.includes(socksPort) ? 'sandbox.tls' : undefined
 }
 
 function parseAddress(report: Report, value: unknown): Ip | undefined {
@@ -52,21 +64,29 @@ export function parseSandbox(errors: RuleError[], value: unknown): SandboxSettin
   if (value === undefined) return undefined
   const report: Report = (path, v, message) => errors.push({ path, entry: entryText(v), message })
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    report('sandbox', value, '"sandbox" is { "address": IP, "dns": PORT|false, "http": [PORTS], "tls": [PORTS] }')
+    report('sandbox', value, '"sandbox" is { "address": IP, "dns": PORT|false, "http": [PORTS], "tls": [PORTS], "socks": PORT|false }')
     return undefined
   }
   const obj = value as Record<string, unknown>
   for (const key of Object.keys(obj)) if (!KEYS.includes(key)) report(`sandbox.${key}`, obj[key], `unknown key "${key}" (allowed: ${KEYS.join(', ')})`)
   const address = parseAddress(report, obj.address)
   const settings = {
-    dnsPort: dnsPort(report, obj.dns),
+    dnsPort: optionalPort(report, 'dns', obj.dns),
     dnsQueriesPerSecond: wholeNumberWithin(errors, 'sandbox.dnsQueriesPerSecond', obj.dnsQueriesPerSecond, DEFAULTS.dnsQueriesPerSecond, { min: 1, max: 1_000_000 }),
     httpPorts: portList(report, 'http', obj.http, DEFAULTS.httpPorts),
     tlsPorts: portList(report, 'tls', obj.tls, DEFAULTS.tlsPorts),
+    socksPort: optionalPort(report, 'socks', obj.socks),
   }
   const both = settings.httpPorts.filter((p) => settings.tlsPorts.includes(p))
   if (both.length > 0) report('sandbox.tls', obj.tls, `port ${both.join(', ')} is also in sandbox.http: a port is either plain HTTP or TLS`)
+  const clash = socksClash(settings)
+  if (clash !== undefined) report('sandbox.socks', obj.socks ?? DEFAULTS.socksPort, `port ${settings.socksPort ?? ''} is also ${clash}'s: the SOCKS5 listener needs a port of its own (or "socks": false)`)
   return address ? { address, ...settings } : undefined
+}
+
+/** Where the sandbox's SOCKS5 listener binds, in the shape of "listen" and "socks.listen" (the host as an IP literal), or undefined for none. */
+export function sandboxSocksListen(sandbox: SandboxSettings): { readonly host: string; readonly port: number } | undefined {
+  return sandbox.socksPort === undefined ? undefined : { host: formatIp(sandbox.address), port: sandbox.socksPort }
 }
 
 /** `ADDRESS:PORT` of one sandbox listener, IPv6 in brackets. */

@@ -63,6 +63,15 @@ export function proxyUrl(plan: SandboxPlan): string {
   return `http://${plan.address}:3128`
 }
 
+/**
+ * The SOCKS5 listener `start --sandbox` opens on proxy-gate's address: `sandbox.socks`'s default
+ * port, 1080 (test/sandbox-plan.test.ts holds the two together). socks5h: the client sends the
+ * name, so that name rules decide it and proxy-gate resolves it.
+ */
+export function socksUrl(plan: SandboxPlan): string {
+  return `socks5h://${plan.address}:1080`
+}
+
 export function startArgs(plan: SandboxPlan, secrets: ProxyGateSecrets = NO_PROXY_GATE_SECRETS): string[] {
   return ['start', '--rules', `${MOUNT}/${plan.rulesFile}`, '--listen', '0.0.0.0:3128', '--advertise', `${plan.address}:3128`, '--insecure-open', '--admin-listen', 'off', '--sandbox', plan.address, ...startSecretArgs(secrets)]
 }
@@ -84,11 +93,19 @@ export function proxyCommands(plan: SandboxPlan, secrets: ProxyGateSecrets = NO_
   ]
 }
 
-/** What a workload is told, in both spellings: `run` and the Compose file set the same. */
+/**
+ * What a workload is told, in both spellings: `run` and the Compose file set the same. ALL_PROXY is
+ * for what is not HTTP(S) (ssh through `nc -X 5`, database clients): clients that read both use
+ * the HTTP(S) variables for HTTP(S).
+ */
 export function proxyEnvironment(plan: SandboxPlan): [string, string][] {
   const proxy = proxyUrl(plan)
+  const socks = socksUrl(plan)
   const bypass = 'localhost,127.0.0.1'
-  return [['HTTP_PROXY', proxy], ['HTTPS_PROXY', proxy], ['NO_PROXY', bypass], ['http_proxy', proxy], ['https_proxy', proxy], ['no_proxy', bypass]]
+  return [
+    ['HTTP_PROXY', proxy], ['HTTPS_PROXY', proxy], ['ALL_PROXY', socks], ['NO_PROXY', bypass],
+    ['http_proxy', proxy], ['https_proxy', proxy], ['all_proxy', socks], ['no_proxy', bypass],
+  ]
 }
 
 /** `run` for a workload: on the internal network only, DNS and proxy variables set to proxy-gate; `secrets`: placeholders and the CA bundle. */

@@ -128,25 +128,40 @@ export function planWrite(current: JsonFile, fragment: JsonObject): WritePlan {
  */
 export type BackupRule = 'first' | 'latest'
 
-/** `mode`: the file's and the backup's; by default the file's own (the backup holds what it held: not wider). */
+/**
+ * `mode`: the file's and the backup's; by default the file's own (the backup holds what it held: not wider).
+ * The backup of a file that did not exist is empty (no JSON at all): --revert then removes the file again.
+ */
 export function applyWrite(path: string, plan: WritePlan, backup: BackupRule, mode = modeOf(path)): void {
-  if ((backup === 'latest' && plan.changes.length > 0) || !existsSync(backupPath(path))) {
-    if (plan.text === undefined) writeJsonAtomic(backupPath(path), plan.before, mode)
-    else writeFileAtomic(backupPath(path), plan.text, mode)
-  }
+  if ((backup === 'latest' && plan.changes.length > 0) || !existsSync(backupPath(path))) writeFileAtomic(backupPath(path), plan.text ?? '', mode)
   writeJsonAtomic(path, plan.after, mode, indentOf(plan.text))
 }
 
-/** Restores the managed keys from the backup and removes it. */
-export function applyRevert(path: string, fragment: JsonObject): Result<readonly Change[]> {
-  const backup = readJsonFile(backupPath(path))
+export interface RevertPlan {
+  readonly after: JsonObject
+  readonly changes: readonly Change[]
+  /** the file did not exist before proxy-gate wrote it, and holds nothing else now: it goes */
+  readonly remove: boolean
+  readonly text: string | undefined
+}
+
+/** What restoring the managed keys from the backup would change (nothing is written). */
+export function planRevert(path: string, fragment: JsonObject): Result<RevertPlan> {
+  const absent = existsSync(backupPath(path)) && statSync(backupPath(path)).size === 0
+  const backup = absent ? { ok: true as const, value: { value: {} } } : readJsonFile(backupPath(path))
   if (!backup.ok) return backup
   if (!backup.value.value) return { ok: false, error: `no backup at ${backupPath(path)}: nothing to revert` }
   const current = readJsonFile(path)
   if (!current.ok) return current
   const before = current.value.value ?? {}
   const after = revertFragment(before, backup.value.value, fragment)
-  writeJsonAtomic(path, after, undefined, indentOf(current.value.text))
+  const remove = absent && current.value.value !== undefined && Object.keys(after).length === 0
+  return { ok: true, value: { after, changes: changesBetween(before, after, fragment), remove, text: current.value.text } }
+}
+
+/** Restores the managed keys as planned (or removes a file proxy-gate created), and removes the backup. */
+export function applyRevert(path: string, plan: RevertPlan): void {
+  if (plan.remove) unlinkSync(path)
+  else writeJsonAtomic(path, plan.after, undefined, indentOf(plan.text))
   unlinkSync(backupPath(path))
-  return { ok: true, value: changesBetween(before, after, fragment) }
 }
