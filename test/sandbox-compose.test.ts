@@ -8,6 +8,7 @@ import { parse } from 'yaml'
 import { composeFile } from '../lib/wiring/sandbox-compose.js'
 import { runArgs, sandboxPlan, type SandboxPlan } from '../lib/wiring/sandbox.js'
 import type { EngineKind } from '../lib/wiring/engine.js'
+import { CERTS_MOUNT, WORKLOAD_BUNDLE } from '../lib/wiring/sandbox-secrets.js'
 
 const schema = JSON.parse(readFileSync(new URL('./compose-spec/compose-spec.json', import.meta.url), 'utf8')) as object
 // the schema names draft-07 by an address Ajv 6 does not hold: its meta-schema check is skipped, not its rules
@@ -93,4 +94,26 @@ t.test('Podman: the network is the one sandbox up made (external), the workload 
   t.same(run.capDrop, ['NET_RAW'])
   t.notMatch(text, /inhibit_ipv4/)
   t.match(text, /sandbox up --engine podman --name box/, 'the file says where its network comes from')
+})
+
+t.test('with the CA and secrets: still valid, variables by name for proxy-gate, placeholders and the bundle for the workload, as run gives them', async (t) => {
+  const p = plan('docker')
+  const secrets = {
+    proxyGate: { caDir: '/home/u/certs', envNames: ['GH_VALUE'], files: [{ host: '/home/u/npm', container: '/etc/npm' }] },
+    workload: { placeholders: [['GH_TOKEN', 'ghp_placeholder']] as const, bundle: '/home/u/certs/ca-bundle.pem' },
+  }
+  const doc = valid(t, composeFile(p, secrets))
+  const proxy = doc.services?.['proxy-gate'] ?? {}
+  t.same(proxy.environment, ['GH_VALUE'])
+  t.same(proxy.volumes, ['/srv/rules:/etc/proxy-gate:ro', `/home/u/certs:${CERTS_MOUNT}:ro`, '/home/u/npm:/etc/npm:ro'])
+  const workload = doc.services?.workload ?? {}
+  const args = runArgs(p, [], secrets.workload)
+  const env = Object.fromEntries(args.flatMap((a, i) => (args[i - 1] === '-e' ? [[a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)]] : [])))
+  t.same(workload.environment, env, 'the same variables as run')
+  t.equal(env.GH_TOKEN, 'ghp_placeholder')
+  t.equal(env.SSL_CERT_FILE, WORKLOAD_BUNDLE)
+  t.same(workload.volumes, [`/home/u/certs/ca-bundle.pem:${WORKLOAD_BUNDLE}:ro`])
+  t.ok(args.includes(`/home/u/certs/ca-bundle.pem:${WORKLOAD_BUNDLE}:ro`))
+  const podman = valid(t, composeFile(plan('podman'), secrets))
+  t.same(podman.services?.workload?.volumes, workload.volumes, 'on Podman too')
 })

@@ -9,14 +9,18 @@ import { VERSION } from '../core/version.js'
 import { parseIp } from '../policy/ip.js'
 import { podmanNetworkProblems, subnetTemplate, type EngineIdentity, type EngineKind } from '../wiring/engine.js'
 import { checkNameAndSubnet, DEFAULT_SUBNET, downCommands, networkCommands, proxyCommands, proxyUrl, runArgs, sandboxPlan, socksUrl, type SandboxPlan } from '../wiring/sandbox.js'
-import { escapes } from '../wiring/sandbox-args.js'
+import { copiedVariables, escapes } from '../wiring/sandbox-args.js'
 import { composeFile } from '../wiring/sandbox-compose.js'
+import type { WorkloadSecrets } from '../wiring/sandbox-secrets.js'
 import { DEFAULT_PROBE_ADDRESSES } from '../wiring/sandbox-verify.js'
+import type { Config } from '../rules/config.js'
 import { loadRulesFile, rulesPath } from '../rules/file.js'
+import { caDir } from './ca.js'
 import { printErrors, usageError } from './common.js'
 import { detectEngine } from './engine.js'
 import { prepareContext } from './sandbox-image.js'
 import { probeCommand } from './sandbox-probe.js'
+import { proxyGateSecrets, secretValuesProblem, unreadableProblem, workloadSecrets } from './sandbox-secrets.js'
 import { printOutcome, verifySandbox } from './sandbox-verify.js'
 
 /** The image `sandbox build` tags and `up` runs; deploy/kubernetes names it too. */
@@ -39,15 +43,22 @@ const SANDBOX_HELP = `usage: proxy-gate sandbox <build|up|run|verify|down|compos
                                            those that undo the confinement (--network, --privileged,
                                            --cap-add NET_ADMIN, --dns, ...) are refused
           [--allow-escape]                 pass them on anyway, with a warning
+          [--no-secrets]                   leave out the secrets' placeholders (each secret's NAME is
+                                           otherwise set to its placeholder; never to a value)
   verify  [--name N] [--json] [--probe-address A]...
                                            prove from inside N that proxy-gate is the only way out: a
                                            short-lived probe container tries the host's addresses, the
                                            metadata address, public addresses (default ${DEFAULT_PROBE_ADDRESSES.join(', ')})
                                            and DNS. Exit 0 confined, 1 a path is open, 2 could not run
   down    [--name N]                       remove the container and both networks
-  compose [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR]
+  compose [--name N] [--rules FILE] [--image IMAGE] [--subnet CIDR] [--no-secrets]
                                            print a Compose file: on Docker the same topology, on
                                            Podman services that join the network up made
+
+  --dir DIR                                the local CA folder (default as for "ca"): up, run and
+                                           compose give proxy-gate the CA and secrets key in it, and
+                                           workloads a CA bundle (DIR/ca-bundle.pem) when the rules
+                                           open tunnels (methods/paths rules, secrets)
 
   --engine docker|podman                   the CLI to drive (default docker; DOCKER_HOST is honoured);
                                            its "version" tells which engine it drives (a docker
@@ -65,6 +76,8 @@ export const SANDBOX_OPTIONS = {
   'probe-address': { type: 'string', multiple: true },
   'no-verify': { type: 'boolean', default: false },
   'allow-escape': { type: 'boolean', default: false },
+  dir: { type: 'string' },
+  'no-secrets': { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 } as const
 
@@ -197,12 +210,13 @@ function existingNetworkProblem(values: Values, p: SandboxPlan): string | undefi
   return `network ${p.network} exists but is not the airtight kind that up makes: ${problems.join('; ')}. Remove it (proxy-gate sandbox down --name ${p.name} --engine ${values.engine}) and run up again`
 }
 
-/** Whether the rules file the container will run on loads (its problems are printed if not). */
-function rulesLoad(p: SandboxPlan): boolean {
+/** The rules the sandbox's proxy-gate reads, or undefined with the problems shown. */
+function sandboxRules(p: SandboxPlan): Config | undefined {
   const rules = join(p.rulesDir, p.rulesFile)
   const loaded = loadRulesFile(rules)
-  if (!loaded.ok) printErrors(rules, loaded.errors)
-  return loaded.ok
+  if (loaded.ok) return loaded.value
+  printErrors(rules, loaded.errors)
+  return undefined
 }
 
 /**
@@ -216,8 +230,16 @@ function warnAboutMount(p: SandboxPlan): void {
 }
 
 async function up(values: Values, p: SandboxPlan, engineName: string): Promise<number> {
-  if (!rulesLoad(p)) return 1
+  const rules = join(p.rulesDir, p.rulesFile)
+  const config = sandboxRules(p)
+  if (config === undefined) return 1
   warnAboutMount(p)
+  const secrets = proxyGateSecrets(config, rules, caDir(values.dir), p.user)
+  const problem = secrets.ok ? (secretValuesProblem(config, rules, process.env) ?? unreadableProblem(secrets.value, config.secrets.length > 0, p.user)) : secrets.error
+  if (!secrets.ok || problem !== undefined) {
+    console.error(`proxy-gate sandbox up: ${problem}`)
+    return 1
+  }
   for (const network of networkCommands(p)) {
     if (exists(values, 'network', network.name)) {
       const problem = network.name === p.network ? existingNetworkProblem(values, p) : undefined
@@ -229,7 +251,7 @@ async function up(values: Values, p: SandboxPlan, engineName: string): Promise<n
     if (code !== 0) return code
   }
   if (exists(values, 'container', p.container)) await engine(values, ['rm', '-f', p.container])
-  const code = await runAll(values, proxyCommands(p))
+  const code = await runAll(values, proxyCommands(p, secrets.value))
   if (code !== 0) return code
   if (!(await started(values, p.container))) {
     await engine(values, ['rm', '-f', p.container])
@@ -282,6 +304,39 @@ async function down(values: Values, p: SandboxPlan): Promise<number> {
   return failed
 }
 
+/** The rules, and a workload's placeholders (unless --no-secrets) and CA bundle; or undefined with the problem shown. */
+function workloadSide(values: Values, p: SandboxPlan): { config: Config; workload: WorkloadSecrets } | undefined {
+  const config = sandboxRules(p)
+  if (config === undefined) return undefined
+  const found = workloadSecrets(config, join(p.rulesDir, p.rulesFile), caDir(values.dir), process.env, !values['no-secrets'])
+  if (found.ok) return { config, workload: found.value }
+  console.error(`proxy-gate sandbox: ${found.error}`)
+  return undefined
+}
+
+/** `run`'s arguments that would copy a secret's value (or the variable its placeholder goes in) from here into the workload: refused, as escapes are. */
+function copiesSecrets(values: Values, config: Config, args: readonly string[]): boolean {
+  const names = new Set(config.secrets.flatMap((s) => [s.name, ...(s.from.kind === 'env' ? [s.from.ref] : [])]))
+  const found = names.size === 0 ? [] : copiedVariables(args, names)
+  const allow = values['allow-escape']
+  for (const arg of found) console.error(`proxy-gate sandbox run: ${allow ? 'WARNING: passing on' : 'refused:'} ${arg}: copies a secret's variable from this environment into the workload, which is to hold only placeholders`)
+  return found.length > 0 && !allow
+}
+
+function compose(values: Values, p: SandboxPlan): number {
+  const side = workloadSide(values, p)
+  if (side === undefined) return 1
+  warnAboutMount(p)
+  const { config, workload } = side
+  const proxyGate = proxyGateSecrets(config, join(p.rulesDir, p.rulesFile), caDir(values.dir), p.user)
+  if (!proxyGate.ok) {
+    console.error(`proxy-gate sandbox compose: ${proxyGate.error}`)
+    return 1
+  }
+  process.stdout.write(composeFile(p, { proxyGate: proxyGate.value, workload }))
+  return 0
+}
+
 export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'probe') return probeCommand(argv.slice(1))
   let parsed
@@ -313,12 +368,7 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
   }
   if (verb === 'up' && rest.length === 0) return up(values, p, identified.engine.name)
   if (verb === 'down' && rest.length === 0) return down(values, p)
-  if (verb === 'compose' && rest.length === 0) {
-    if (!rulesLoad(p)) return 1
-    warnAboutMount(p)
-    process.stdout.write(composeFile(p))
-    return 0
-  }
+  if (verb === 'compose' && rest.length === 0) return compose(values, p)
   if (verb === 'verify' && rest.length === 0) {
     const outcome = await verifySandbox(verifyRequest(values, p))
     printOutcome(outcome, values.json)
@@ -332,7 +382,10 @@ export async function sandboxCommand(argv: readonly string[]): Promise<number> {
       console.error(`proxy-gate sandbox run: ${problem}`)
       return 1
     }
-    return engine(values, runArgs(p, rest))
+    const side = workloadSide(values, p)
+    if (side === undefined) return 1
+    if (copiesSecrets(values, side.config, rest)) return 2
+    return engine(values, runArgs(p, rest, side.workload))
   }
   return usageError(`unknown sandbox command: ${[verb, ...rest].join(' ')} (see proxy-gate sandbox --help)`)
 }

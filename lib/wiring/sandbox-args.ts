@@ -118,3 +118,15 @@ export function escapes(plan: SandboxPlan, args: readonly string[]): Escape[] {
     return why === undefined ? [] : [{ arg: o.arg, reason: why }]
   })
 }
+
+/**
+ * Arguments before the image that copy one of `names` from the caller's environment into the
+ * workload (`-e VAR`, `--env VAR` without a value) or all of it (Podman's `--env-host`): the way a
+ * secret's value would enter it.
+ */
+export function copiedVariables(args: readonly string[], names: ReadonlySet<string>): string[] {
+  const copies = (o: Option): boolean => (o.name === 'e' || o.name === 'env') && o.value !== undefined && !o.value.includes('=') && names.has(o.value)
+  return runOptions(args)
+    .filter((o) => copies(o) || (o.name === 'env-host' && isTrue(o.value)))
+    .map((o) => o.arg)
+}

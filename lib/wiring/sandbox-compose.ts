@@ -1,6 +1,15 @@
 // The sandbox as a Compose file (the Compose Specification, as Compose v2 reads it), built the
 // same way as `sandbox up` and `run` build it on each engine. Pure: `sandbox compose` prints it.
 import { MOUNT, proxyEnvironment, startArgs, type SandboxPlan } from './sandbox.js'
+import { NO_PROXY_GATE_SECRETS, NO_WORKLOAD_SECRETS, proxyGateSecretVolumes, workloadSecretEnvironment, workloadSecretVolumes, type ProxyGateSecrets, type WorkloadSecrets } from './sandbox-secrets.js'
+
+/** The CA and secrets, for proxy-gate's service and for the workload's (as `up` and `run` give them). */
+export interface ComposeSecrets {
+  readonly proxyGate: ProxyGateSecrets
+  readonly workload: WorkloadSecrets
+}
+
+const NO_SECRETS: ComposeSecrets = { proxyGate: NO_PROXY_GATE_SECRETS, workload: NO_WORKLOAD_SECRETS }
 
 type Yaml = string | number | boolean | readonly Yaml[] | { readonly [key: string]: Yaml }
 type Mapping = { readonly [key: string]: Yaml }
@@ -30,12 +39,14 @@ function block(mapping: Mapping, indent: string): string[] {
 }
 
 /** A service of the sandbox: proxy-gate's DNS and proxy, and what the engine takes away. */
-function workload(plan: SandboxPlan, onDocker: boolean): Mapping {
+function workload(plan: SandboxPlan, onDocker: boolean, secrets: WorkloadSecrets): Mapping {
   const { workloadSysctls, workloadCapDrop } = plan.construction
+  const volumes = workloadSecretVolumes(secrets)
   return {
     image: 'alpine',
     dns: [plan.address],
-    environment: Object.fromEntries(proxyEnvironment(plan)),
+    environment: Object.fromEntries([...proxyEnvironment(plan), ...workloadSecretEnvironment(secrets)]),
+    ...(volumes.length > 0 ? { volumes } : {}),
     // as a list: podman-compose 1.0 passes a mapping's keys on without their values
     ...(Object.keys(workloadSysctls).length > 0 ? { sysctls: Object.entries(workloadSysctls).map(([k, v]) => `${k}=${v}`) } : {}),
     ...(workloadCapDrop.length > 0 ? { cap_drop: workloadCapDrop } : {}),
@@ -44,26 +55,28 @@ function workload(plan: SandboxPlan, onDocker: boolean): Mapping {
   }
 }
 
-function proxyGate(plan: SandboxPlan): Mapping {
+function proxyGate(plan: SandboxPlan, secrets: ProxyGateSecrets): Mapping {
   return {
     image: plan.image,
-    command: startArgs(plan),
+    command: startArgs(plan, secrets),
+    // names only: Compose takes each value from its own environment, so the file never holds one
+    ...(secrets.envNames.length > 0 ? { environment: [...secrets.envNames] } : {}),
     read_only: true,
     ...(plan.user ? { user: plan.user } : {}),
     cap_drop: ['ALL'],
     security_opt: ['no-new-privileges'],
     restart: 'unless-stopped',
-    volumes: [`${plan.rulesDir}:${MOUNT}:ro`],
+    volumes: [`${plan.rulesDir}:${MOUNT}:ro`, ...proxyGateSecretVolumes(secrets)],
     networks: { sandbox: { ipv4_address: plan.address }, egress: {} },
   }
 }
 
-function dockerDocument(plan: SandboxPlan): Mapping {
+function dockerDocument(plan: SandboxPlan, secrets: ComposeSecrets): Mapping {
   const { driverOpts, auxAddresses } = plan.construction
   const ipam = { subnet: plan.subnet, ...(Object.keys(auxAddresses).length > 0 ? { aux_addresses: auxAddresses } : {}) }
   return {
     name: plan.name,
-    services: { 'proxy-gate': proxyGate(plan), workload: workload(plan, true) },
+    services: { 'proxy-gate': proxyGate(plan, secrets.proxyGate), workload: workload(plan, true, secrets.workload) },
     networks: {
       sandbox: { name: plan.network, driver: 'bridge', internal: true, enable_ipv6: false, driver_opts: driverOpts, ipam: { config: [ipam] } },
       egress: { name: plan.egress },
@@ -72,8 +85,8 @@ function dockerDocument(plan: SandboxPlan): Mapping {
 }
 
 /** On Podman the network and proxy-gate come from `sandbox up`: Compose cannot make that network there. */
-function podmanDocument(plan: SandboxPlan): Mapping {
-  return { name: plan.name, services: { workload: workload(plan, false) }, networks: { sandbox: { name: plan.network, external: true } } }
+function podmanDocument(plan: SandboxPlan, secrets: ComposeSecrets): Mapping {
+  return { name: plan.name, services: { workload: workload(plan, false, secrets.workload) }, networks: { sandbox: { name: plan.network, external: true } } }
 }
 
 function header(plan: SandboxPlan): string[] {
@@ -92,7 +105,7 @@ function header(plan: SandboxPlan): string[] {
   ]
 }
 
-export function composeFile(plan: SandboxPlan): string {
-  const document = plan.engine === 'docker' ? dockerDocument(plan) : podmanDocument(plan)
+export function composeFile(plan: SandboxPlan, secrets: ComposeSecrets = NO_SECRETS): string {
+  const document = plan.engine === 'docker' ? dockerDocument(plan, secrets) : podmanDocument(plan, secrets)
   return [...header(plan), ...block(document, ''), ''].join('\n')
 }

@@ -4,6 +4,7 @@
 import { formatIp, parseCidr, type Cidr, type Ip } from '../policy/ip.js'
 import type { Result } from '../policy/target.js'
 import { construction, egressNetworkArgs, internalNetworkArgs, proxyArgs, workloadArgs, type Construction, type EngineKind } from './engine.js'
+import { NO_PROXY_GATE_SECRETS, NO_WORKLOAD_SECRETS, proxyGateSecretArgs, startSecretArgs, workloadSecretEnvironment, workloadSecretVolumes, type ProxyGateSecrets, type WorkloadSecrets } from './sandbox-secrets.js'
 
 export interface SandboxPlan {
   readonly name: string
@@ -71,8 +72,8 @@ export function socksUrl(plan: SandboxPlan): string {
   return `socks5h://${plan.address}:1080`
 }
 
-export function startArgs(plan: SandboxPlan): string[] {
-  return ['start', '--rules', `${MOUNT}/${plan.rulesFile}`, '--listen', '0.0.0.0:3128', '--advertise', `${plan.address}:3128`, '--insecure-open', '--admin-listen', 'off', '--sandbox', plan.address]
+export function startArgs(plan: SandboxPlan, secrets: ProxyGateSecrets = NO_PROXY_GATE_SECRETS): string[] {
+  return ['start', '--rules', `${MOUNT}/${plan.rulesFile}`, '--listen', '0.0.0.0:3128', '--advertise', `${plan.address}:3128`, '--insecure-open', '--admin-listen', 'off', '--sandbox', plan.address, ...startSecretArgs(secrets)]
 }
 
 /** Creates the networks (the caller skips those that exist) and the proxy-gate container. */
@@ -83,10 +84,11 @@ export function networkCommands(plan: SandboxPlan): { readonly name: string; rea
   ]
 }
 
-export function proxyCommands(plan: SandboxPlan): string[][] {
+/** `secrets`: the CA folder and the secrets' sources proxy-gate reads (never a value: variables go by name). */
+export function proxyCommands(plan: SandboxPlan, secrets: ProxyGateSecrets = NO_PROXY_GATE_SECRETS): string[][] {
   const security = ['--read-only', '--cap-drop', 'ALL', '--security-opt', 'no-new-privileges']
   return [
-    ['run', '-d', '--name', plan.container, ...label(plan), '--restart', 'unless-stopped', '--network', plan.network, '--ip', plan.address, ...security, ...proxyArgs(plan.construction), ...(plan.user ? ['--user', plan.user] : []), '-v', `${plan.rulesDir}:${MOUNT}:ro`, plan.image, ...startArgs(plan)],
+    ['run', '-d', '--name', plan.container, ...label(plan), '--restart', 'unless-stopped', '--network', plan.network, '--ip', plan.address, ...security, ...proxyArgs(plan.construction), ...(plan.user ? ['--user', plan.user] : []), '-v', `${plan.rulesDir}:${MOUNT}:ro`, ...proxyGateSecretArgs(secrets), plan.image, ...startArgs(plan, secrets)],
     ['network', 'connect', plan.egress, plan.container],
   ]
 }
@@ -106,10 +108,11 @@ export function proxyEnvironment(plan: SandboxPlan): [string, string][] {
   ]
 }
 
-/** `run` for a workload: on the internal network only, DNS and proxy variables set to proxy-gate. */
-export function runArgs(plan: SandboxPlan, userArgs: readonly string[]): string[] {
+/** `run` for a workload: on the internal network only, DNS and proxy variables set to proxy-gate; `secrets`: placeholders and the CA bundle. */
+export function runArgs(plan: SandboxPlan, userArgs: readonly string[], secrets: WorkloadSecrets = NO_WORKLOAD_SECRETS): string[] {
   const env = proxyEnvironment(plan).flatMap(([k, v]) => ['-e', `${k}=${v}`])
-  return ['run', '--rm', '--network', plan.network, '--dns', plan.address, ...workloadArgs(plan.construction), ...env, ...userArgs]
+  const trust = [...workloadSecretEnvironment(secrets).flatMap(([k, v]) => ['-e', `${k}=${v}`]), ...workloadSecretVolumes(secrets).flatMap((v) => ['-v', v])]
+  return ['run', '--rm', '--network', plan.network, '--dns', plan.address, ...workloadArgs(plan.construction), ...env, ...trust, ...userArgs]
 }
 
 export interface Removal {
