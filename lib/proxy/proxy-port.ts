@@ -25,8 +25,16 @@ export interface ProxyPort {
   closeIdle(): void
 }
 
-const SINCE = Symbol('waiting since')
-type Waiting = Socket & { [SINCE]?: number }
+/**
+ * A connection waiting for its first chunk. The set holds this record, not the socket: an object is
+ * in one LinkedSet at a time, and server.ts keeps every client socket in its own (closed at shutdown).
+ */
+interface Wait {
+  readonly socket: Socket
+  readonly since: number
+}
+const WAIT = Symbol('waiting for a first chunk')
+type Waiting = Socket & { [WAIT]?: Wait | undefined }
 
 function noop(): void {}
 
@@ -44,13 +52,15 @@ export function takeProxyPort(server: Server, hooks: PortHooks, checkEveryMs: nu
   const toHttp = listeners[0] as ((this: Server, socket: Socket) => void) | undefined
   if (listeners.length !== 1 || toHttp === undefined) throw new Error(`node:http registers ${listeners.length} connection listeners, expected 1`)
   server.removeListener('connection', toHttp)
-  const waiting = new LinkedSet<Waiting>()
+  const waiting = new LinkedSet<Wait>()
 
   function release(socket: Waiting): void {
     socket.removeListener('data', onFirst)
     socket.removeListener('end', onEnd)
     socket.removeListener('error', onError)
-    waiting.delete(socket)
+    const wait = socket[WAIT]
+    if (wait) waiting.delete(wait)
+    socket[WAIT] = undefined
   }
   /** as node:http's socketOnError: further errors ignored, then 'clientError' */
   function failed(socket: Socket, error: NodeJS.ErrnoException): void {
@@ -80,8 +90,8 @@ export function takeProxyPort(server: Server, hooks: PortHooks, checkEveryMs: nu
     const timeout = server.headersTimeout
     if (timeout <= 0 || waiting.size === 0) return
     const now = performance.now()
-    for (const socket of waiting) {
-      if (now - (socket[SINCE] ?? now) <= timeout) continue
+    for (const { socket, since } of waiting) {
+      if (now - since <= timeout) continue
       release(socket)
       failed(socket, Object.assign(new Error('Request timeout'), { code: 'ERR_HTTP_REQUEST_TIMEOUT' }))
     }
@@ -92,15 +102,19 @@ export function takeProxyPort(server: Server, hooks: PortHooks, checkEveryMs: nu
 
   server.on('connection', (socket: Waiting) => {
     if (!hooks.fast(socket)) return toHttp.call(server, socket)
-    socket[SINCE] = performance.now()
-    waiting.add(socket)
+    const wait: Wait = { socket, since: performance.now() }
+    socket[WAIT] = wait
+    waiting.add(wait)
     socket.on('data', onFirst)
     socket.on('end', onEnd)
     socket.on('error', onError)
   })
   return {
     closeIdle: () => {
-      for (const socket of waiting) socket.destroy()
+      for (const { socket } of waiting) {
+        release(socket)
+        socket.destroy()
+      }
     },
   }
 }
