@@ -28,8 +28,13 @@ export interface ProxyPort {
   closeIdle(graceMs: number): void
 }
 
-const SINCE = Symbol('waiting since')
-type Waiting = Socket & { [SINCE]?: number }
+/** A connection waiting for its first chunk, and since when (the header timeout's sweep reads it). */
+interface Wait {
+  readonly socket: Socket
+  readonly since: number
+}
+const WAIT = Symbol('waiting for a first chunk')
+type Waiting = Socket & { [WAIT]?: Wait | undefined }
 
 function noop(): void {}
 
@@ -47,13 +52,15 @@ export function takeProxyPort(server: Server, hooks: PortHooks, checkEveryMs: nu
   const toHttp = listeners[0] as ((this: Server, socket: Socket) => void) | undefined
   if (listeners.length !== 1 || toHttp === undefined) throw new Error(`node:http registers ${listeners.length} connection listeners, expected 1`)
   server.removeListener('connection', toHttp)
-  const waiting = new LinkedSet<Waiting>()
+  const waiting = new LinkedSet<Wait>()
 
   function release(socket: Waiting): void {
     socket.removeListener('data', onFirst)
     socket.removeListener('end', onEnd)
     socket.removeListener('error', onError)
-    waiting.delete(socket)
+    const wait = socket[WAIT]
+    if (wait) waiting.delete(wait)
+    socket[WAIT] = undefined
   }
   /** as node:http's socketOnError: further errors ignored, then 'clientError' */
   function failed(socket: Socket, error: NodeJS.ErrnoException): void {
@@ -83,8 +90,8 @@ export function takeProxyPort(server: Server, hooks: PortHooks, checkEveryMs: nu
     const timeout = server.headersTimeout
     if (timeout <= 0 || waiting.size === 0) return
     const now = performance.now()
-    for (const socket of waiting) {
-      if (now - (socket[SINCE] ?? now) <= timeout) continue
+    for (const { socket, since } of waiting) {
+      if (now - since <= timeout) continue
       release(socket)
       failed(socket, Object.assign(new Error('Request timeout'), { code: 'ERR_HTTP_REQUEST_TIMEOUT' }))
     }
@@ -95,8 +102,9 @@ export function takeProxyPort(server: Server, hooks: PortHooks, checkEveryMs: nu
 
   server.on('connection', (socket: Waiting) => {
     if (!hooks.fast(socket)) return toHttp.call(server, socket)
-    socket[SINCE] = performance.now()
-    waiting.add(socket)
+    const wait: Wait = { socket, since: performance.now() }
+    socket[WAIT] = wait
+    waiting.add(wait)
     socket.on('data', onFirst)
     socket.on('end', onEnd)
     socket.on('error', onError)
@@ -105,7 +113,7 @@ export function takeProxyPort(server: Server, hooks: PortHooks, checkEveryMs: nu
     closeIdle: (graceMs) => {
       if (waiting.size === 0) return
       setTimeout(() => {
-        for (const socket of [...waiting]) {
+        for (const { socket } of [...waiting]) {
           release(socket)
           socket.destroy()
         }

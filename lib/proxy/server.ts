@@ -101,6 +101,24 @@ type HeadLines = OutgoingHttpHeaders | OutgoingHttpHeader[]
 /** how long a connection accepted just before shutdown has to send its request (a load balancer's, whose bytes are on the way) */
 const STRAGGLER_MS = 1_000
 
+/** The response a request before this one on the connection is still writing, if any. */
+function pendingResponse(socket: Socket): ServerResponse | undefined {
+  const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+  return pending && !pending.writableFinished ? pending : undefined
+}
+
+/**
+ * A CONNECT or Upgrade pipelined behind a request whose response is still being written (node:http
+ * hands the socket over at once) is routed once that response is out: answers keep their order
+ * (RFC 9112 9.3.2), and the earlier response never lands inside the tunnel. Cut off: closed.
+ */
+function afterResponse(pending: ServerResponse, socket: Socket, route: () => void): void {
+  pending.once('finish', route)
+  pending.once('close', () => {
+    if (!pending.writableFinished) socket.destroy()
+  })
+}
+
 export function createProxy(options: ProxyOptions): Proxy {
   const { log } = options
   let config = options.config
@@ -315,13 +333,21 @@ export function createProxy(options: ProxyOptions): Proxy {
   server.on('checkContinue', (req, res) => onRequest(req, res, true))
   function onConnect(req: RequestHead, socket: Socket, head: Buffer): void {
     socket.on('error', destroySocket)
+    const pending = pendingResponse(socket)
+    if (pending) return afterResponse(pending, socket, () => routeConnect(req, socket, head))
+    routeConnect(req, socket, head)
+  }
+  function routeConnect(req: RequestHead, socket: Socket, head: Buffer): void {
     if (transparent?.httpListener(socket)) return transparentConnect(rt, req, socket)
     authenticated('connect', req, refuserFor(socket), (who) => connectRoute(rt, interceptor, who, req, socket, head))
   }
   server.on('connect', onConnect)
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket)
-    authenticated('upgrade', req, refuserFor(socket), (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
+    const route = (): void => authenticated('upgrade', req, refuserFor(socket), (who) => upgradeRoute(rt, wsProxy(), who, req, socket, head, formOf(socket)))
+    const pending = pendingResponse(socket)
+    if (pending) return afterResponse(pending, socket, route)
+    route()
   })
   function onClientError(error: NodeJS.ErrnoException, socket: Socket): void {
     answerClientError(error, socket, (r) => {
