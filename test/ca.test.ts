@@ -14,6 +14,9 @@ import { tempDir } from './helpers/files.js'
 import { OPENSSL_SKIP } from './helpers/openssl.js'
 import { startProxy } from './helpers/proxy.js'
 
+// each case makes RSA keys in a child process: under coverage, on a busy CI machine, the file took 59 s
+t.setTimeout(120_000)
+
 const SERVER_AUTH = '1.3.6.1.5.5.7.3.1'
 const DAY = 86_400_000
 
