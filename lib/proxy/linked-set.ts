@@ -6,8 +6,6 @@
 // registry as a Set, 1.6 MB per scavenge and a mark-compact every second at ~18k requests/s.
 // Here each entry is linked to its neighbours, and an entry that leaves points at nothing.
 
-const NODE = Symbol('linked-set node')
-
 interface Node<T extends object> {
   readonly owner: LinkedSet<T>
   readonly value: T
@@ -15,10 +13,12 @@ interface Node<T extends object> {
   next: Node<T> | undefined
 }
 
-type Member<T extends object> = T & { [NODE]?: Node<T> | undefined }
+type Member<T extends object> = Record<symbol, Node<T> | undefined>
 
-/** Add, delete and size in O(1); iteration walks a copy, so entries may leave meanwhile. An object is in at most one LinkedSet at a time. */
+/** Add, delete and size in O(1); iteration walks a copy, so entries may leave meanwhile. An object may be in several LinkedSets at once. */
 export class LinkedSet<T extends object> implements Iterable<T> {
+  /** each set's own link on its members: a socket waits in the proxy port's set while it is in the proxy's registry */
+  private readonly node = Symbol('linked-set node')
   private head: Node<T> | undefined
   private count = 0
 
@@ -27,24 +27,24 @@ export class LinkedSet<T extends object> implements Iterable<T> {
   }
 
   add(value: T): void {
-    const member = value as Member<T>
-    if (member[NODE]) return
+    const member = value as unknown as Member<T>
+    if (member[this.node]) return
     const node: Node<T> = { owner: this, value, prev: undefined, next: this.head }
     if (this.head) this.head.prev = node
     this.head = node
-    member[NODE] = node
+    member[this.node] = node
     this.count++
   }
 
   delete(value: T): void {
-    const member = value as Member<T>
-    const node = member[NODE]
+    const member = value as unknown as Member<T>
+    const node = member[this.node]
     if (node?.owner !== this) return
     if (node.prev) node.prev.next = node.next
     else this.head = node.next
     if (node.next) node.next.prev = node.prev
     node.prev = node.next = undefined
-    member[NODE] = undefined
+    member[this.node] = undefined
     this.count--
   }
 
