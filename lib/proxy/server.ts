@@ -236,6 +236,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   /** where a request says it goes: its URL on the proxy port, its Host on a transparent one */
   // SOCKS5 listeners, bound once like the sandbox's: what each needs from this proxy, then the one "socks" asks for
   // and the sandbox's ("socks" first: socksAddress reads it)
+  let socksOpen = 0
   const socksServe: SocksServe = {
     rt,
     auth: () => (config.auth ? authenticator : undefined),
@@ -243,6 +244,12 @@ export function createProxy(options: ProxyOptions): Proxy {
     track: (socket) => {
       sockets.add(socket)
       socket.on('close', untrack)
+      socksOpen++
+      applyLimits(config.limits)
+      socket.once('close', () => {
+        socksOpen--
+        applyLimits(config.limits)
+      })
     },
     route: (who, socket, request, head) => guarded('socks', () => socket.destroy(), () => socksRoute(rt, interceptor, who, socket, request, head)),
   }
@@ -273,7 +280,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   const port = takeProxyPort(server, {
     connect: (req, socket, head) => onConnect(req, socket, head),
     clientError: (error, socket) => onClientError(error, socket),
-    fast: (socket) => fastPath && !transparent?.httpListener(socket),
+    fast: (socket) => fastPath && !socket.destroyed && !transparent?.httpListener(socket),
     maxHeaderBytes: () => config.limits.maxHeaderBytes,
   }, Math.min(1_000, limits.headerTimeoutMs))
   const applyLimits = (l: Config['limits']): void => {
@@ -282,10 +289,15 @@ export function createProxy(options: ProxyOptions): Proxy {
     server.headersTimeout = l.headerTimeoutMs
     server.requestTimeout = l.requestTimeoutMs
     server.keepAliveTimeout = l.keepAliveTimeoutMs
-    server.maxConnections = l.maxConnections
+    // one budget with the SOCKS listeners: what their connections hold, the proxy port cannot take
+    server.maxConnections = Math.max(0, l.maxConnections - socksOpen)
     transparent?.setMaxConnections(l.maxConnections)
   }
   applyLimits(limits)
+  // node:net takes maxConnections 0 as no limit: when SOCKS clients hold the whole budget, a new one is closed here
+  server.prependListener('connection', (socket: Socket) => {
+    if (socksOpen >= config.limits.maxConnections && !transparent?.httpListener(socket)) socket.destroy()
+  })
 
   const failed = (what: string, fallback: (r: ProxyReply) => void, error: unknown): void => {
     log.error('internal error', { where: what, error: error instanceof Error ? error.stack : String(error) })

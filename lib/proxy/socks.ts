@@ -130,6 +130,11 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
       if (request.kind === 'need-more') return
       if (request.kind === 'bad') return fail(request)
       stop()
+      // a reload since the greeting may have added "auth": checked as a CONNECT head is, when complete
+      if (user === undefined && serve.auth()) {
+        logRefusal(rt, socket, reply(407, 'http_request_denied', 'the rules ask for a login since this SOCKS5 client was greeted without one: connect again'))
+        return endWithCode(socket, REPLY.notAllowed)
+      }
       if (request.kind === 'address-type') {
         logRefusal(rt, socket, reply(400, 'http_request_error', `SOCKS5 address type 0x${request.addressType.toString(16).padStart(2, '0')} is not supported (IPv4, name and IPv6 are)`))
         return endWithCode(socket, REPLY.addressNotSupported)
