@@ -14,7 +14,7 @@ import { selfAddresses } from '../net/self.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { logDecision, type Runtime } from './runtime.js'
 import { endWithCode, type SocksRequest } from './route-socks.js'
-import { credentialsReply, MAX_HANDSHAKE_BYTES, METHOD, methodReply, parseCredentials, parseGreeting, parseRequest, REPLY, type Bad } from '../socks/parse.js'
+import { credentialsReply, MAX_HANDSHAKE_BYTES, METHOD, methodReply, parseCredentials, parseGreeting, parseRequest, REPLY, type Bad, type RequestStep } from '../socks/parse.js'
 
 /** What a SOCKS listener needs from the proxy it belongs to. */
 export interface SocksServe {
@@ -83,6 +83,8 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
   let buffered: Buffer = Buffer.alloc(0)
   let phase: Phase = 'greeting'
   let user: string | undefined
+  /** the accepted login as a Basic header, checked again when the request comes (never logged) */
+  let credentials: string | undefined
   const source = socket.remoteAddress ?? ''
   let done = false
   const stop = (): void => {
@@ -135,19 +137,40 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
         logRefusal(rt, socket, reply(407, 'http_request_denied', 'the rules ask for a login since this SOCKS5 client was greeted without one: connect again'))
         return endWithCode(socket, REPLY.notAllowed)
       }
-      if (request.kind === 'address-type') {
-        logRefusal(rt, socket, reply(400, 'http_request_error', `SOCKS5 address type 0x${request.addressType.toString(16).padStart(2, '0')} is not supported (IPv4, name and IPv6 are)`))
-        return endWithCode(socket, REPLY.addressNotSupported)
-      }
       socket.pause()
-      serve.route({ source: parseIp(source), user }, socket, request, buffered.subarray(request.length))
+      // a reload since the login may have removed the user or changed its password: asked again, as a CONNECT head is (a cache hit when unchanged)
+      if (credentials === undefined) return route(request)
+      return void stillLoggedIn(credentials).then((ok) => {
+        if (socket.destroyed) return
+        if (ok) return route(request)
+        logRefusal(rt, socket, reply(407, 'http_request_denied', 'the login of this SOCKS5 client is no longer accepted by the rules: connect again'))
+        endWithCode(socket, REPLY.notAllowed)
+      })
     }
+  }
+  const route = (request: Extract<RequestStep, { kind: 'request' | 'address-type' }>): void => {
+    if (request.kind === 'address-type') {
+      logRefusal(rt, socket, reply(400, 'http_request_error', `SOCKS5 address type 0x${request.addressType.toString(16).padStart(2, '0')} is not supported (IPv4, name and IPv6 are)`))
+      return endWithCode(socket, REPLY.addressNotSupported)
+    }
+    serve.route({ source: parseIp(source), user }, socket, request, buffered.subarray(request.length))
+  }
+  /** the login checked again under the rules in force now; rules without "auth" any more take the client as anyone */
+  const stillLoggedIn = async (header: string): Promise<boolean> => {
+    const auth = serve.auth()
+    if (!auth) {
+      user = undefined
+      return true
+    }
+    const result = await auth.check(header, source)
+    return result.ok && result.user === user
   }
   /** RFC 1929 credentials, checked as a Proxy-Authorization header would be: the same users, cache and lockout. */
   const login = async (name: string, password: string): Promise<void> => {
     const auth = serve.auth()
     // a name with a colon is no user (rules/auth.ts) and would split differently in a Basic header
-    const result = auth && !name.includes(':') ? await auth.check(`Basic ${Buffer.from(`${name}:${password}`).toString('base64')}`, source) : undefined
+    const header = `Basic ${Buffer.from(`${name}:${password}`).toString('base64')}`
+    const result = auth && !name.includes(':') ? await auth.check(header, source) : undefined
     if (socket.destroyed) return
     if (!result?.ok) {
       stop()
@@ -155,6 +178,7 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
       return endWith(socket, credentialsReply(false))
     }
     user = result.user
+    credentials = header
     socket.write(credentialsReply(true))
     phase = 'request'
     step()
