@@ -1,7 +1,7 @@
 // SOCKS on CONNECT's decision path: the "socks" settings and `start --socks` (validation, exposure
 // checks), the SNI check on TLS ports, per-client policies by SOCKS user, reloads that revoke a
 // SOCKS tunnel, and a differential run: for the same targets SOCKS and CONNECT reach the same canaries.
-import { writeFileSync } from 'node:fs'
+import { renameSync, writeFileSync } from 'node:fs'
 import { connect as tlsConnect } from 'node:tls'
 import t, { type Test } from 'tap'
 import { parseConfig } from '../lib/rules/config.js'
@@ -256,16 +256,19 @@ t.test('start: a reload that changes "socks" fails (it needs a restart); one tha
   const tokenFile = join(tempDir('token'), 'admin-token')
   const cli = await startCli(['start', '--log-format', 'json', '--admin-listen', 'off', '--admin-token-file', tokenFile, '--rules', file, '--listen', '127.0.0.1:0'])
   t.teardown(() => cli.stop())
-  const reloadWith = async (rules: Record<string, unknown>): Promise<Record<string, unknown>> => {
+  // written whole (a rename: the file watcher never reads it half-written), and the outcome told apart by what it says: the
+  // watcher and SIGHUP may each reload the same file
+  const reloadWith = async (rules: Record<string, unknown>, outcome: RegExp): Promise<Record<string, unknown>> => {
     const before = cli.lines.length
-    writeFileSync(file, JSON.stringify(rules))
+    writeFileSync(`${file}.next`, JSON.stringify(rules))
+    renameSync(`${file}.next`, file)
     cli.child.kill('SIGHUP')
-    return cli.waitFor((l) => cli.lines.indexOf(l) >= before && (l.message === 'reloaded' || l.message === 'reload failed: keeping the previous rules'))
+    return cli.waitFor((l) => cli.lines.indexOf(l) >= before && (l.message === 'reloaded' || l.message === 'reload failed: keeping the previous rules') && outcome.test(JSON.stringify(l)))
   }
-  const moved = await reloadWith({ allow: [], socks: { listen: '127.0.0.1:1' } })
+  const moved = await reloadWith({ allow: [], socks: { listen: '127.0.0.1:1' } }, /127\.0\.0\.1:1/)
   t.match(moved, { message: 'reload failed: keeping the previous rules', errors: [/"socks" changed to 127\.0\.0\.1:1 \(running: 127\.0\.0\.1:0\): restart/] })
-  const removed = await reloadWith({ allow: [] })
+  const removed = await reloadWith({ allow: [] }, /changed to none/)
   t.match(removed, { message: 'reload failed: keeping the previous rules', errors: [/"socks" changed to none/] })
-  const same = await reloadWith({ allow: ['example.test:22'], socks: { listen: '127.0.0.1:0' } })
+  const same = await reloadWith({ allow: ['example.test:22'], socks: { listen: '127.0.0.1:0' } }, /"message":"reloaded"/)
   t.equal(same.message, 'reloaded')
 })
