@@ -181,13 +181,18 @@ function handshake(serve: SocksServe, socket: Socket, notSocks: (socket: Socket,
     credentials = header
     socket.write(credentialsReply(true))
     phase = 'request'
+    socket.resume()
     step()
   }
-  // each message is far shorter than the limit: only a client that sends on while its login is checked reaches it
+  // the handshake's messages together are far shorter than the limit: a client that sends more is no SOCKS5 client
   const onData = (chunk: Buffer): void => {
     buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk])
     if (phase !== 'waiting') step()
-    if (!done && buffered.length > MAX_HANDSHAKE_BYTES) fail({ kind: 'bad', reason: `more than ${MAX_HANDSHAKE_BYTES} bytes before the handshake is complete` })
+    if (done || buffered.length <= MAX_HANDSHAKE_BYTES) return
+    // what comes while the login is checked may be the request and the tunnel's first bytes (a ClientHello with a
+    // post-quantum key share is 1.7 KB): held back, and read once the login is through
+    if (phase === 'waiting') return void socket.pause()
+    fail({ kind: 'bad', reason: `more than ${MAX_HANDSHAKE_BYTES} bytes before the handshake is complete` })
   }
   // a client that stops sending mid-handshake can never complete it
   const onEnd = (): void => {
