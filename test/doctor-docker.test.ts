@@ -6,11 +6,10 @@
 // probe fails. An image that is not here is skipped, never pulled.
 // This engine has its own bridge and leaves iptables alone, so it can run beside sandbox.test's.
 import { existsSync } from 'node:fs'
-import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import t from 'tap'
 import { runCli, startCli } from './helpers/cli.js'
-import { engineMissing, importBusyboxImage, startEngine } from './helpers/docker.js'
+import { engineMissing, importBusyboxImage, startBridgedEngine } from './helpers/docker.js'
 import { tempDir, writeJson } from './helpers/files.js'
 import { stablePort } from './helpers/haproxy.js'
 import { closedPort } from './helpers/net.js'
@@ -28,18 +27,9 @@ function missing(): string | false {
   return engineMissing() || (existsSync('/usr/bin/busybox') ? false : 'needs /usr/bin/busybox (apt-get install busybox-static)')
 }
 
-function ip(args: string): void {
-  const r = spawnSync('sh', ['-c', `ip ${args}`], { encoding: 'utf8' })
-  if (r.status !== 0) throw new Error(`ip ${args}: ${r.stderr}`)
-}
 
 t.test('doctor: a container proves its request reached proxy-gate, or says why not', { skip: missing() }, async (t) => {
-  ip(`link add ${BRIDGE} type bridge`)
-  t.teardown(() => ip(`link del ${BRIDGE}`))
-  ip(`addr add ${BRIDGE_IP}/24 dev ${BRIDGE}`)
-  ip(`link set ${BRIDGE} up`)
-  const engine = await startEngine(['--bridge', BRIDGE, '--iptables=false'])
-  t.teardown(() => engine.stop())
+  const engine = await startBridgedEngine(t, BRIDGE, BRIDGE_IP)
   importBusyboxImage(engine, IMAGE)
 
   const home = tempDir('doctor-docker')

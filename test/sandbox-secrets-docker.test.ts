@@ -6,7 +6,7 @@
 // workload's environment, and not in anything the workload could print.
 // This engine has its own bridge and leaves iptables alone, so it can run beside sandbox.test's
 // (the isolation itself is sandbox.test's subject; here `up --no-verify`).
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { chmodSync, chownSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
@@ -14,7 +14,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { createCa, writeCa } from '../lib/certs/ca.js'
 import { CLI_PATH } from './helpers/cli.js'
-import { engineMissing, importNodeImage, startEngine, type Engine } from './helpers/docker.js'
+import { engineMissing, importNodeImage, startBridgedEngine, type Engine } from './helpers/docker.js'
 import { startDns } from './helpers/dns.js'
 import { tempDir, writeJson } from './helpers/files.js'
 import { startHttpsUpstream } from './helpers/net.js'
@@ -57,21 +57,12 @@ async function cli(engine: Engine, args: readonly string[], env: Record<string, 
   return { code, out: Buffer.concat(chunks).toString('utf8') }
 }
 
-function ip(args: string): void {
-  const r = spawnSync('sh', ['-c', `ip ${args}`], { encoding: 'utf8' })
-  if (r.status !== 0) throw new Error(`ip ${args}: ${r.stderr}`)
-}
 
 // building the image and starting containers takes longer than tap's 60 s per file on two cores
 t.setTimeout(240_000)
 
 t.test('a sandboxed workload holding only the placeholder makes an authenticated request', { skip: engineMissing() }, async (t) => {
-  ip(`link add ${BRIDGE} type bridge`)
-  t.teardown(() => ip(`link del ${BRIDGE}`))
-  ip(`addr add ${BRIDGE_IP}/24 dev ${BRIDGE}`)
-  ip(`link set ${BRIDGE} up`)
-  const engine = await startEngine(['--bridge', BRIDGE, '--iptables=false'])
-  t.teardown(() => engine.stop())
+  const engine = await startBridgedEngine(t, BRIDGE, BRIDGE_IP)
   const origin = await startHttpsUpstream(ORIGIN, ['api.bound.test'], (req, res) => {
     res.statusCode = req.headers.authorization === `Bearer ${VALUE}` ? 200 : 401
     res.end(res.statusCode === 200 ? 'authenticated' : 'who are you')

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { CLI_PATH } from './helpers/cli.js'
-import { engineMissing, importBinariesImage, importNodeImage, startEngine, type Engine } from './helpers/docker.js'
+import { engineCli, engineMissing, importBinariesImage, importNodeImage, startEngine, type Engine } from './helpers/docker.js'
 import { startDns } from './helpers/dns.js'
 import { REPO_FILE, REPO_TEXT, SSH_SKIP, startSshd } from './helpers/ssh.js'
 
@@ -64,14 +64,7 @@ async function childNamespace(): Promise<{ path: string; close(): Promise<void> 
 }
 
 /** The proxy-gate command line with the engine's DOCKER_HOST, to its end. */
-async function cli(engine: Engine, args: readonly string[]): Promise<{ code: number | null; out: string }> {
-  const child = spawn(process.execPath, [CLI_PATH, ...args], { env: engine.env })
-  const chunks: Buffer[] = []
-  child.stdout.on('data', (c: Buffer) => chunks.push(c))
-  child.stderr.on('data', (c: Buffer) => chunks.push(c))
-  const [code] = (await once(child, 'close')) as [number | null]
-  return { code, out: Buffer.concat(chunks).toString('utf8') }
-}
+const cli = (engine: Engine, args: readonly string[]): ReturnType<typeof engineCli> => engineCli(CLI_PATH, engine, args)
 
 /** The binaries the workload image gets, where this machine has them. */
 function binary(name: string): string {

@@ -8,7 +8,7 @@
 // subnet's first address or any host address, and the workloads' only resolvers are proxy-gate and
 // the engine's forwarder to it. With the subnet's first address put on the bridge by hand, verify
 // names it and `up` refuses the network and removes it. `sandbox down` leaves nothing behind.
-import { spawn, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { once } from 'node:events'
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -16,7 +16,7 @@ import { networkInterfaces, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { CLI_PATH } from './helpers/cli.js'
-import { engineMissing, importNodeImage, startEngine, type Engine } from './helpers/docker.js'
+import { engineCli, engineMissing, importNodeImage, startEngine, type Engine } from './helpers/docker.js'
 import { startDns } from './helpers/dns.js'
 import { startHttpsUpstream, startHttpUpstream } from './helpers/net.js'
 
@@ -47,14 +47,7 @@ interface Verified {
 }
 
 /** The proxy-gate command line with the engine's DOCKER_HOST, to its end. */
-async function cli(engine: Engine, args: readonly string[]): Promise<{ code: number | null; out: string }> {
-  const child = spawn(process.execPath, [CLI_PATH, ...args], { env: engine.env })
-  const chunks: Buffer[] = []
-  child.stdout.on('data', (c: Buffer) => chunks.push(c))
-  child.stderr.on('data', (c: Buffer) => chunks.push(c))
-  const [code] = (await once(child, 'close')) as [number | null]
-  return { code, out: Buffer.concat(chunks).toString('utf8') }
-}
+const cli = (engine: Engine, args: readonly string[]): ReturnType<typeof engineCli> => engineCli(CLI_PATH, engine, args)
 
 /** Runs in the workload container: each probe prints one JSON line { probe, ok, detail }. */
 const WORKLOAD = String.raw`

@@ -6,6 +6,7 @@ import { existsSync, mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync,
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { once } from 'node:events'
+import type { Test } from 'tap'
 
 export interface Engine {
   /** the environment that points the docker CLI at this engine */
@@ -158,4 +159,33 @@ export function importBinariesImage(engine: Pick<Engine, 'env'>, tag: string, bi
   } finally {
     rmSync(root, { recursive: true, force: true })
   }
+}
+
+/** The proxy-gate command line with the engine's DOCKER_HOST, run to its end: exit code and everything it printed. */
+export async function engineCli(cliPath: string, engine: Pick<Engine, 'env'>, args: readonly string[]): Promise<{ code: number | null; out: string }> {
+  const child = spawn(process.execPath, [cliPath, ...args], { env: engine.env })
+  const chunks: Buffer[] = []
+  child.stdout.on('data', (c: Buffer) => chunks.push(c))
+  child.stderr.on('data', (c: Buffer) => chunks.push(c))
+  const [code] = (await once(child, 'close')) as [number | null]
+  return { code, out: Buffer.concat(chunks).toString('utf8') }
+}
+
+function ip(args: string): void {
+  const r = spawnSync('sh', ['-c', `ip ${args}`], { encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`ip ${args}: ${r.stderr}`)
+}
+
+/**
+ * An engine on a bridge of its own (`bridge`, at `address`/24) and without iptables rules, so that
+ * it can run beside another test file's engine in the same namespace; both removed at the test's end.
+ */
+export async function startBridgedEngine(t: Test, bridge: string, address: string): Promise<Engine> {
+  ip(`link add ${bridge} type bridge`)
+  t.teardown(() => ip(`link del ${bridge}`))
+  ip(`addr add ${address}/24 dev ${bridge}`)
+  ip(`link set ${bridge} up`)
+  const engine = await startEngine(['--bridge', bridge, '--iptables=false'])
+  t.teardown(() => engine.stop())
+  return engine
 }
