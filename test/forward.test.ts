@@ -591,6 +591,28 @@ t.test('case 106: TLS, SOCKS5 and HTTP/2 preface bytes are refused and the proxy
   t.equal(f.up.requests.length, 3, 'only the follow-up requests were forwarded')
 })
 
+t.test('bytes that are no request, after one that was answered: the same outcome every time, the 400 after that answer', async (t) => {
+  const f = await fixture(t)
+  const garbage = '\x16\x03ab'
+  const cases: Array<[string, string, number[]]> = [
+    // node:http answers an expectation it does not know (417, keep-alive) before the body is read
+    ['417 then 400', head([`POST http://${f.api}/ HTTP/1.1`, `Host: ${f.api}`, 'Expect: keep-alive', 'Content-Length: 5']) + 'hello' + garbage, [417, 400]],
+    ['forwarded 200 then 400', head([`GET http://${f.api}/ HTTP/1.1`, `Host: ${f.api}`]) + garbage, [200, 400]],
+    // a refused request with a body closes the connection: what follows is never read
+    ['refused 403 and closed', head([`POST http://${f.evil}/ HTTP/1.1`, `Host: ${f.evil}`, 'Content-Length: 5']) + 'hello' + garbage, [403]],
+  ]
+  for (const [name, bytes, statuses] of cases) {
+    const seen = new Map<string, number>()
+    for (let i = 0; i < 15; i++) {
+      const r = await rawExchange(f.proxy.port, bytes)
+      const outcome = `${parseResponses(r.text).map((res) => res.status).join(',')}${r.closed ? ' closed' : ' open'}`
+      seen.set(outcome, (seen.get(outcome) ?? 0) + 1)
+    }
+    t.same([...seen.keys()], [`${statuses.join(',')} closed`], `${name}: 15 of 15 (${JSON.stringify(Object.fromEntries(seen))})`)
+  }
+  t.equal(await freshStatus(f), 200, 'a fresh request afterwards is served')
+})
+
 t.test('an upstream that refuses the connection is 502 connection_refused; a name that does not resolve is 502 dns_error', async (t) => {
   const port = await closedPort()
   const f = await fixture(t, { allow: [`127.0.0.1:${port}`, `nx.allowed.test:${port}`] })

@@ -55,17 +55,21 @@ function clientErrorReply(error: NodeJS.ErrnoException): ProxyReply {
 
 /**
  * Answers a request Node's HTTP parser refused ('clientError'), on the proxy port and inside opened
- * tunnels: `noted` logs the answer. Nothing is written to a client that is gone, or after a
- * response already under way (a second status line would corrupt it).
+ * tunnels: `noted` logs the answer. Nothing is written to a client that is gone, or into a
+ * response under way (a second status line would corrupt it): the answer follows the earlier
+ * response once that is out, whether its last bytes were still being written or not (which one
+ * depends on the kernel's timing, and the client must get the same answer either way).
  */
 export function answerClientError(error: NodeJS.ErrnoException, socket: Socket, noted: (r: ProxyReply) => void): void {
   if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
   const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
-  if (pending?.headersSent) return void socket.destroy()
+  const underWay = pending !== null && pending !== undefined && !pending.writableFinished
+  // a timeout is about the request whose response is under way: it cannot be answered any more
+  const timeout = error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+  if (underWay && timeout && pending.headersSent) return void socket.destroy()
   const r = clientErrorReply(error)
   noted(r)
-  // an earlier pipelined request still being decided answers first: responses keep their order
-  // (a timeout is about that request itself, so it is answered at once)
-  if (pending && !pending.writableFinished && error.code !== 'ERR_HTTP_REQUEST_TIMEOUT') pending.once('finish', () => replyOnSocket(socket, r))
+  // an earlier pipelined request answers first: responses keep their order (a timeout, about that request itself, at once)
+  if (underWay && !timeout) pending.once('finish', () => replyOnSocket(socket, r))
   else replyOnSocket(socket, r)
 }

@@ -32,7 +32,7 @@ function replyHeaders(r: ProxyReply, close: boolean): Record<string, string> {
 
 /** For sockets that left the HTTP machinery (CONNECT, Upgrade, parse errors): write and close. */
 export function replyOnSocket(socket: Socket, r: ProxyReply): void {
-  if (socket.destroyed) return
+  if (socket.destroyed || !socket.writable) return // closing already (an answer that said Connection: close)
   const lines = Object.entries(replyHeaders(r, true)).map(([k, v]) => `${k}: ${v}`)
   const head = [`HTTP/1.1 ${r.status} ${http.STATUS_CODES[r.status] ?? ''}`, ...lines]
   socket.end(`${head.join('\r\n')}\r\n\r\n${r.body}`)
