@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // Allow adds exactly the rule the admin saw, and a client's bytes never become a wildcard in it.
 // A row of the most denied is one per target and reason, and each new denial changes its
 // suggestion: POST /allow names the rule shown, and is refused (409, with the row as it is now)

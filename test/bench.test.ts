@@ -1,3 +1,4 @@
+// ci: floor line only: it checks files proxy-gate writes with the tools that read them, not Node's runtime
 // `npm run bench -- --quick` works end to end: the tool is not a test (it never fails on a
 // number), but a bench that no longer runs is found here rather than on the day it is needed.
 // Only workloads without wrk or peers (squid, tinyproxy) run; the figures are not looked at.

@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // Every number in rules.json has a range, the same in rules.schema.json and in validation: the
 // numbers are found by walking the schema (a new unbounded one fails here), and each is tried at its
 // bounds and one past them through parseConfig. A timeout past what a timer can wait (2^31-1 ms)

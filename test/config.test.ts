@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // lib/rules/config.ts and lib/rules/file.ts: rules.json as a whole (listen, mode, allow/deny, bypass,
 // dns, limits), the example file, the shipped rules.json, and reading a file from disk.
 import { readFileSync } from 'node:fs'

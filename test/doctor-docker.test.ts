@@ -1,3 +1,4 @@
+// ci: floor line only: it drives a real container engine, whose confinement is the same under any Node
 // `proxy-gate doctor`'s end-to-end probe with a real Docker engine in the suite's loopback-only
 // namespace: with ~/.docker/config.json proxies pointing at proxy-gate (written by `docker --target
 // cli --write`), the CLI gives the probe container HTTP_PROXY, its request reaches proxy-gate and the

@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // lib/policy/ip.ts: the strict IP parser, RFC 5952 formatting, CIDR parsing and the special-range
 // classifier. Pure functions, so every case is a table row (corpus sections A and B).
 import { isIPv4, isIPv6 } from 'node:net'

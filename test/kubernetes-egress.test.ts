@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // The second wall matches the first: the egress NetworkPolicy of proxy-gate's pods (deploy/kubernetes,
 // rendered by kubectl) excludes every range the address guard refuses (lib/policy/ip.ts's own table,
 // metadata addresses included) and nothing the guard lets through, in the form Kubernetes accepts.

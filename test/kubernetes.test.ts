@@ -1,3 +1,4 @@
+// ci: floor line only: it checks files proxy-gate writes with the tools that read them, not Node's runtime
 // deploy/kubernetes without a cluster: kubectl renders the kustomize base and the workload example
 // offline (and decodes every object), then the manifests are held against what proxy-gate really
 // is: the image `sandbox build` tags and the Dockerfile's user, and a real proxy-gate started with

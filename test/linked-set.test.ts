@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // lib/proxy/linked-set.ts: the set behind the open-connection registry and the tunnel sweep. Entries
 // join and leave in any order, each once, and a walk may close (and so remove) entries as it goes.
 import t from 'tap'

@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // lib/observe/metrics.ts: the exposition text, line for line, as prom-client's own counters and
 // histograms wrote it before events were counted in plain numbers; prom-client itself and its
 // process metrics wait for the first scrape.

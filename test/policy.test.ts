@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // lib/policy/rules.ts and decide.ts: the rule grammar and its validation errors, the matcher, and the two-step
 // decision (names on rules alone, then every resolved address through deny rules and the
 // address guard). Rules R1-R4 and the DNS fixtures are the corpus's (section 0); the resolved

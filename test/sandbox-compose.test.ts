@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // lib/wiring/sandbox-compose.ts: the Compose file `sandbox compose` prints is valid under the
 // Compose Specification's own JSON schema (test/compose-spec/, vendored with its licence), its
 // workload gets exactly what `sandbox run` gives one, and each engine keeps its own construction.

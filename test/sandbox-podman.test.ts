@@ -1,3 +1,4 @@
+// ci: floor line only: it drives a real container engine, whose confinement is the same under any Node
 // The sandbox end to end on Podman (rootful, netavark), in the loopback-only namespace test/run.sh
 // made: `sandbox build --engine podman` makes the image with no network, `up` makes an internal
 // network whose bridge has no address of the host on it, and from a workload that `run` starts

@@ -1,3 +1,4 @@
+// ci: floor line only: it drives a real container engine, whose confinement is the same under any Node
 // Secrets through the sandbox with a real Docker engine in the suite's loopback-only namespace: a
 // workload started by `sandbox run` holds only the placeholder, trusts proxy-gate's CA through the
 // bundle `run` mounts (NODE_EXTRA_CA_CERTS, no change to its image), and completes a request to a

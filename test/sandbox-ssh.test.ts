@@ -1,3 +1,4 @@
+// ci: floor line only: it drives a real container engine, whose confinement is the same under any Node
 // git over SSH from a sandbox workload, end to end with a real Docker engine, real OpenSSH and git:
 // `sandbox up` with a rule for git.test:22, then a workload started by `sandbox run` (an image with
 // ssh, git and OpenBSD nc copied from this machine) clones a repository from sshd with only the

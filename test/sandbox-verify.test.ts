@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // lib/wiring/sandbox-verify.ts and sandbox-facts.ts, lib/dns/query.ts: which probes `sandbox
 // verify` makes from the engine's facts and the probe container's own, how each outcome is judged
 // (any answer from an address but proxy-gate's is an open path; a resolver must answer as

@@ -1,3 +1,4 @@
+// ci: floor line only: it drives a real container engine, whose confinement is the same under any Node
 // The sandbox end to end with a real Docker engine: `proxy-gate sandbox build` makes the image with
 // no network, `sandbox up` makes an internal network whose only way out is proxy-gate, and from a
 // workload container started by `sandbox run` allowed names work (through the proxy variables and

@@ -1,3 +1,4 @@
+// ci: floor line only: it checks files proxy-gate writes with the tools that read them, not Node's runtime
 // `proxy-gate service install|uninstall|status` through recording stand-ins for launchctl,
 // systemctl and schtasks on PATH (each appends its arguments to a file and keeps its state as
 // files), in a temporary HOME: what each OS's tools are asked, refusal to overwrite, idempotence,

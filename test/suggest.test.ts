@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // The rule suggested for a denied request (lib/policy/suggest.ts, through decideRequest) allows
 // that request and nothing else: the client's path is never read as a glob. A path holding "*"
 // gets no suggestion (a glob reads "*" as a wildcard, spelled %2A too); "%", "?", "#" and white

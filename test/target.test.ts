@@ -1,3 +1,4 @@
+// ci: floor line only: pure functions, no I/O: the same under any Node
 // lib/policy/target.ts: the one grammar for CONNECT authorities, absolute-form URLs and host names
 // (corpus sections A-E). A lenient parse here is a check/dial mismatch later, so refusals are
 // asserted as firmly as acceptances.

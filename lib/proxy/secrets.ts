@@ -40,6 +40,8 @@ function readable(url: string, raw: readonly string[]): string[] {
  * request (pass its host name as `url`). `where` names what carried it.
  */
 export function misplacedInHead(gate: Gate, target: Target, url: string, raw: readonly string[], where: string, cleartext = false): Decision | undefined {
+  // no secrets, no placeholder to find: not even the head's texts are gathered (every request and tunnel comes here)
+  if (gate.policy.secrets === undefined || gate.policy.secrets.length === 0) return undefined
   const found = placeholdersIn(gate.policy.secrets, readable(url, raw))
   const misplaced = found.find((b) => !boundTo(b, target))
   if (misplaced) return misplacedSecret(gate.ctx, misplaced, target, where)
