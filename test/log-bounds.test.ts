@@ -31,7 +31,7 @@ const tick = () => new Promise((resolve) => setImmediate(resolve))
 for (const format of ['json', 'pretty'] as const) {
   t.test(`${format}: at most 8 MiB wait for an output that is not read; the rest is dropped and counted`, async (t) => {
     const out = stalledOutput()
-    const log = createLogger({ level: 'info', format, stream: out.stream })
+    const log = createLogger({ level: 'info', format, stream: out.stream, batchMs: 0 })
     const detail = 'x'.repeat(200)
     let most = 0
     // 16 MiB of lines, 500 a turn

@@ -3,7 +3,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { PassThrough } from 'node:stream'
+import { PassThrough, Writable } from 'node:stream'
 import t from 'tap'
 import winston from 'winston'
 import { createLogger, logTypedEvent, timestampAt, type LogLevel } from '../lib/core/log.js'
@@ -14,7 +14,7 @@ function capture(level: LogLevel, format: 'json' | 'pretty') {
   const stream = new PassThrough()
   let text = ''
   stream.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')))
-  const log = createLogger({ level, format, stream })
+  const log = createLogger({ level, format, stream, batchMs: 0 })
   const written = async (): Promise<string[]> => {
     await new Promise((resolve) => setImmediate(resolve))
     await new Promise((resolve) => setImmediate(resolve))
@@ -124,4 +124,31 @@ t.test('the timestamp of an event line is what toISOString gives, from the secon
     t.equal(timestampAt(now), new Date(now).toISOString(), new Date(now).toISOString())
   }
   t.equal(timestampAt(base + 5), new Date(base + 5).toISOString(), 'back to an earlier second')
+})
+
+t.test('by default lines of several event-loop turns are written together once the batch time is up, and a large batch at once', async (t) => {
+  const writes: string[] = []
+  let wrote: () => void = () => undefined
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      writes.push(chunk.toString('utf8'))
+      wrote()
+      done()
+    },
+  })
+  const log = createLogger({ level: 'info', format: 'json', stream })
+  const written = new Promise<void>((resolve) => (wrote = resolve))
+  log.info('first')
+  await new Promise((resolve) => setImmediate(resolve))
+  log.info('second')
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(writes.length, 0, 'not written at the end of either turn')
+  const hold = setTimeout(() => undefined, 60_000) // the batch's timer is unref'd: this keeps the test process up until it fires
+  await written
+  clearTimeout(hold)
+  t.equal(writes.length, 1, 'one write')
+  t.match(writes[0], /"message":"first".*\n.*"message":"second"/, 'with both lines, in order')
+  const detail = 'x'.repeat(400)
+  for (let i = 0; i < 200; i++) log.info('bulk', { i, detail })
+  t.ok(writes.length >= 2, 'past 64 KiB the batch is written without waiting')
 })

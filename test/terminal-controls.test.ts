@@ -62,7 +62,7 @@ t.test('JSON lines: C1 controls are written as \\u escapes (the same value), C0 
   const stream = new PassThrough()
   let text = ''
   stream.on('data', (d: Buffer) => (text += d.toString('utf8')))
-  const log = createLogger({ level: 'info', format: 'json', stream })
+  const log = createLogger({ level: 'info', format: 'json', stream, batchMs: 0 })
   log.info(`decision ${HOSTILE}`, { target: HOSTILE, [HOSTILE]: [HOSTILE] })
   logTypedEvent(log, { type: 'decision', target: HOSTILE })
   await new Promise((resolve) => setImmediate(resolve))

@@ -61,7 +61,7 @@ export async function startProxy(rules: Record<string, unknown>, options: StartO
       }
     }
   })
-  const log = createLogger({ level: 'debug', format: 'json', stream })
+  const log = createLogger({ level: 'debug', format: 'json', stream, batchMs: 0 })
   const { arm = (c: Config) => c, ...proxyOptions } = options
   const proxy = createProxy({ ...proxyOptions, config: arm(configFrom(rules)), log })
   const address = await proxy.listen()
