@@ -1,0 +1,80 @@
+// Review of the clientError answer (d87b532): bytes node:http's parser refuses, after requests whose
+// responses are still under way, get one 400 after every earlier response, and once only.
+import type { ServerResponse } from 'node:http'
+import t, { type Test } from 'tap'
+import { parseResponses, rawSession, startHttpUpstream, type Upstream } from './helpers/net.js'
+import { logLine, startProxy, type TestProxy } from './helpers/proxy.js'
+
+interface Held {
+  readonly up: Upstream
+  readonly proxy: TestProxy
+  /** the upstream responses waiting, by path */
+  readonly held: Map<string, ServerResponse>
+  /** resolves once the upstream holds the response for `path` */
+  holding(path: string): Promise<ServerResponse>
+}
+
+/** An upstream that answers each request's head (and a first body byte) only, the rest when the test says so. */
+async function heldFixture(t: Test): Promise<Held> {
+  const held = new Map<string, ServerResponse>()
+  const waiters = new Map<string, (res: ServerResponse) => void>()
+  const up = await startHttpUpstream('127.0.0.1', (req, res) => {
+    const path = req.url ?? ''
+    res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': '4' })
+    res.write('a')
+    held.set(path, res)
+    waiters.get(path)?.(res)
+  })
+  const proxy = await startProxy({ allow: [`127.0.0.1:${up.port}`] })
+  t.teardown(async () => {
+    for (const res of held.values()) res.destroy()
+    await proxy.close()
+    await up.close()
+  })
+  const holding = (path: string): Promise<ServerResponse> => {
+    const res = held.get(path)
+    return res ? Promise.resolve(res) : new Promise((resolve) => waiters.set(path, resolve))
+  }
+  return { up, proxy, held, holding }
+}
+
+const get = (port: number, path: string): string => `GET http://127.0.0.1:${port}${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`
+const isError = (l: Record<string, unknown>): boolean => l.type === 'decision' && l.decision === 'error'
+
+/** One full event-loop turn (its poll phase reads what a loopback peer already sent). */
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(() => setImmediate(resolve)))
+
+t.test('bytes after a garbage head, while a response is under way, are not answered (nor logged) again', async (t) => {
+  const f = await heldFixture(t)
+  const client = await rawSession(f.proxy.port)
+  t.teardown(() => client.destroy())
+  await client.send(get(f.up.port, '/long'))
+  await client.waitFor((text) => text.endsWith('a'))
+  await client.send('\x01garbage')
+  await logLine(f.proxy, isError, 'the 400 decided')
+  // node:http's parser reports its error again for every later chunk
+  for (let i = 0; i < 12; i++) {
+    await client.send(`\x01more ${i}`)
+    await turn()
+  }
+  ;(await f.holding('/long')).end('bcd')
+  await client.closed
+  t.same(parseResponses(client.text()).map((r) => [r.status, r.body]), [[200, 'abcd'], [400, parseResponses(client.text())[1]?.body ?? '']], 'the response, then one 400')
+  t.equal(f.proxy.logs().filter(isError).length, 1, 'one refusal logged, not one per chunk')
+})
+
+t.test('a garbage head after two pipelined requests: its 400 comes after both responses, not inside or before the second', async (t) => {
+  const f = await heldFixture(t)
+  const client = await rawSession(f.proxy.port)
+  t.teardown(() => client.destroy())
+  await client.send(get(f.up.port, '/first') + get(f.up.port, '/second') + '\x01garbage')
+  await logLine(f.proxy, isError, 'the 400 decided')
+  const [first, second] = await Promise.all([f.holding('/first'), f.holding('/second')])
+  first.end('bcd')
+  await client.waitFor((text) => parseResponses(text)[0]?.complete === true)
+  await turn()
+  second.end('efg')
+  await client.closed
+  const responses = parseResponses(client.text())
+  t.same(responses.map((r) => [r.status, r.status === 200 ? r.body : '']), [[200, 'abcd'], [200, 'aefg'], [400, '']], 'both responses whole and in order, then the 400')
+})
