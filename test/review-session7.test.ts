@@ -3,7 +3,7 @@
 import type { ServerResponse } from 'node:http'
 import t, { type Test } from 'tap'
 import { parseResponses, rawSession, startHttpUpstream, type Upstream } from './helpers/net.js'
-import { logLine, startProxy, type TestProxy } from './helpers/proxy.js'
+import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
 
 interface Held {
   readonly up: Upstream
@@ -39,7 +39,7 @@ async function heldFixture(t: Test): Promise<Held> {
 }
 
 const get = (port: number, path: string): string => `GET http://127.0.0.1:${port}${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`
-const isError = (l: Record<string, unknown>): boolean => l.type === 'decision' && l.decision === 'error'
+const isError = (l: LogLine): boolean => l.message === 'decision' && l.decision === 'error'
 
 /** One full event-loop turn (its poll phase reads what a loopback peer already sent). */
 const turn = (): Promise<void> => new Promise((resolve) => setImmediate(() => setImmediate(resolve)))
