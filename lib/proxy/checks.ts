@@ -67,9 +67,23 @@ export function answerClientError(error: NodeJS.ErrnoException, socket: Socket, 
   // a timeout is about the request whose response is under way: it cannot be answered any more
   const timeout = error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
   if (underWay && timeout && pending.headersSent) return void socket.destroy()
+  // node:http's parser reports its error again for every later chunk: answered (and logged) once
+  if (waiting.has(socket) && !timeout) return
   const r = clientErrorReply(error)
   noted(r)
-  // an earlier pipelined request answers first: responses keep their order (a timeout, about that request itself, at once)
-  if (underWay && !timeout) pending.once('finish', () => replyOnSocket(socket, r))
-  else replyOnSocket(socket, r)
+  // earlier pipelined requests answer first: responses keep their order (a timeout, about that request itself, at once)
+  if (underWay && !timeout) {
+    waiting.add(socket)
+    afterResponses(socket, () => replyOnSocket(socket, r))
+  } else replyOnSocket(socket, r)
+}
+
+/** Connections whose refused head is answered once the responses before it are out. */
+const waiting = new WeakSet<Socket>()
+
+/** Runs `then` once the connection owes no response: node:http hands the socket to the next pipelined one on 'finish', in turn. */
+function afterResponses(socket: Socket, then: () => void): void {
+  const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+  if (pending && !pending.writableFinished) pending.once('finish', () => afterResponses(socket, then))
+  else then()
 }
