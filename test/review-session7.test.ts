@@ -78,3 +78,18 @@ t.test('a garbage head after two pipelined requests: its 400 comes after both re
   const responses = parseResponses(client.text())
   t.same(responses.map((r) => [r.status, r.status === 200 ? r.body : '']), [[200, 'abcd'], [200, 'aefg'], [400, '']], 'both responses whole and in order, then the 400')
 })
+
+t.test('a CONNECT after two pipelined requests: the tunnel opens after both responses, neither lands inside it', async (t) => {
+  const f = await heldFixture(t)
+  const client = await rawSession(f.proxy.port)
+  t.teardown(() => client.destroy())
+  const authority = `127.0.0.1:${f.up.port}`
+  await client.send(get(f.up.port, '/first') + get(f.up.port, '/second') + `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`)
+  const [first, second] = await Promise.all([f.holding('/first'), f.holding('/second')])
+  first.end('bcd')
+  await client.waitFor((text) => parseResponses(text)[0]?.complete === true)
+  await turn()
+  second.end('efg')
+  const text = await client.waitFor((seen) => seen.includes('efg') && seen.includes('Connection established'))
+  t.same(parseResponses(text).map((r) => [r.status, r.body]), [[200, 'abcd'], [200, 'aefg'], [200, '']], 'both responses, then the tunnel (empty so far)')
+})
