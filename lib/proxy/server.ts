@@ -108,12 +108,17 @@ function pendingResponse(socket: Socket): ServerResponse | undefined {
 }
 
 /**
- * A CONNECT or Upgrade pipelined behind a request whose response is still being written (node:http
- * hands the socket over at once) is routed once that response is out: answers keep their order
+ * A CONNECT or Upgrade pipelined behind requests whose responses are still being written (node:http
+ * hands the socket over at once) is routed once they are all out: answers keep their order
  * (RFC 9112 9.3.2), and the earlier response never lands inside the tunnel. Cut off: closed.
  */
 function afterResponse(pending: ServerResponse, socket: Socket, route: () => void): void {
-  pending.once('finish', route)
+  // node:http hands the socket to the next pipelined response on 'finish', before this listener
+  pending.once('finish', () => {
+    const next = pendingResponse(socket)
+    if (next) afterResponse(next, socket, route)
+    else route()
+  })
   pending.once('close', () => {
     if (!pending.writableFinished) socket.destroy()
   })
