@@ -2,7 +2,9 @@
 // responses are still under way, get one 400 after every earlier response, and once only.
 import type { ServerResponse } from 'node:http'
 import t, { type Test } from 'tap'
-import { parseResponses, rawSession, startHttpUpstream, type Upstream } from './helpers/net.js'
+import { createCa } from '../lib/certs/ca.js'
+import { startDns } from './helpers/dns.js'
+import { parseResponses, rawSession, startHttpUpstream, type RawSession, type Upstream } from './helpers/net.js'
 import { logLine, startProxy, type LogLine, type TestProxy } from './helpers/proxy.js'
 
 interface Held {
@@ -15,7 +17,7 @@ interface Held {
 }
 
 /** An upstream that answers each request's head (and a first body byte) only, the rest when the test says so. */
-async function heldFixture(t: Test): Promise<Held> {
+async function heldFixture(t: Test, opened = false): Promise<Held> {
   const held = new Map<string, ServerResponse>()
   const waiters = new Map<string, (res: ServerResponse) => void>()
   const up = await startHttpUpstream('127.0.0.1', (req, res) => {
@@ -25,11 +27,14 @@ async function heldFixture(t: Test): Promise<Held> {
     held.set(path, res)
     waiters.get(path)?.(res)
   })
-  const proxy = await startProxy({ allow: [`127.0.0.1:${up.port}`] })
+  // opened: a rule with paths, so that a CONNECT to HOST is opened and its requests decided one by one
+  const dns = opened ? await startDns({ [HOST]: { A: ['127.0.0.1'] } }) : undefined
+  const allow = opened ? [{ host: HOST, ports: [up.port], methods: ['GET'], paths: ['/first', '/long'] }, `127.0.0.1:${up.port}`] : [`127.0.0.1:${up.port}`]
+  const proxy = await startProxy({ allow, ...(dns ? { dns: { servers: [dns.server] } } : {}) }, opened ? { ca: await createCa() } : {})
   t.teardown(async () => {
     for (const res of held.values()) res.destroy()
     await proxy.close()
-    await up.close()
+    await Promise.all([up.close(), dns?.close()])
   })
   const holding = (path: string): Promise<ServerResponse> => {
     const res = held.get(path)
@@ -37,6 +42,9 @@ async function heldFixture(t: Test): Promise<Held> {
   }
   return { up, proxy, held, holding }
 }
+
+const HOST = 'api.allowed.test'
+const ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n'
 
 const get = (port: number, path: string): string => `GET http://127.0.0.1:${port}${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`
 const isError = (l: LogLine): boolean => l.message === 'decision' && l.decision === 'error'
@@ -92,4 +100,45 @@ t.test('a CONNECT after two pipelined requests: the tunnel opens after both resp
   second.end('efg')
   const text = await client.waitFor((seen) => seen.includes('efg') && seen.includes('Connection established'))
   t.same(parseResponses(text).map((r) => [r.status, r.body]), [[200, 'abcd'], [200, 'aefg'], [200, '']], 'both responses, then the tunnel (empty so far)')
+})
+
+/** A plain-HTTP tunnel to HOST, opened: what the client received inside it, after the 200. */
+async function openedTunnel(t: Test, f: Held): Promise<{ client: RawSession; inside: () => string }> {
+  const client = await rawSession(f.proxy.port)
+  t.teardown(() => client.destroy())
+  await client.send(`CONNECT ${HOST}:${f.up.port} HTTP/1.1\r\nHost: ${HOST}:${f.up.port}\r\n\r\n`)
+  await client.waitFor((text) => text.startsWith(ESTABLISHED))
+  return { client, inside: () => client.text().slice(ESTABLISHED.length) }
+}
+
+const inTunnel = (path: string, extra = ''): string => `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n${extra}\r\n`
+
+t.test('inside an opened tunnel: bytes after a garbage head, while a response is under way, get one 400 after it, logged once', async (t) => {
+  const f = await heldFixture(t, true)
+  const { client, inside } = await openedTunnel(t, f)
+  await client.send(inTunnel('/long'))
+  await client.waitFor((text) => text.endsWith('a'))
+  await client.send('\x01garbage')
+  await logLine(f.proxy, isError, 'the 400 decided')
+  for (let i = 0; i < 12; i++) {
+    await client.send(`\x01more ${i}`)
+    await turn()
+  }
+  ;(await f.holding('/long')).end('bcd')
+  await client.closed
+  t.same(parseResponses(inside()).map((r) => r.status), [200, 400], 'the response, then one 400')
+  t.equal(f.proxy.logs().filter(isError).length, 1, 'one refusal logged, not one per chunk')
+})
+
+t.test('inside an opened tunnel: an Upgrade pipelined behind a request is answered after that response', async (t) => {
+  const f = await heldFixture(t, true)
+  const { client, inside } = await openedTunnel(t, f)
+  // /ws is not among the rule's paths: refused with 403
+  await client.send(inTunnel('/first') + inTunnel('/ws', 'Connection: Upgrade\r\nUpgrade: websocket\r\n'))
+  await logLine(f.proxy, (l) => l.message === 'decision' && l.path === '/ws', 'the Upgrade decided')
+  // a refusal written at once closes the connection, and /first may never reach the origin
+  const first = await Promise.race([f.holding('/first'), client.closed.then(() => undefined)])
+  first?.end('bcd')
+  await client.waitFor(() => parseResponses(inside()).filter((r) => r.complete).length >= 2)
+  t.same(parseResponses(inside()).map((r) => [r.status, r.status === 200 ? r.body : '']), [[200, 'abcd'], [403, '']], 'the response, then the refusal')
 })
