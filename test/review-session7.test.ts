@@ -135,7 +135,6 @@ t.test('inside an opened tunnel: an Upgrade pipelined behind a request is answer
   const { client, inside } = await openedTunnel(t, f)
   // /ws is not among the rule's paths: refused with 403
   await client.send(inTunnel('/first') + inTunnel('/ws', 'Connection: Upgrade\r\nUpgrade: websocket\r\n'))
-  await logLine(f.proxy, (l) => l.message === 'decision' && l.path === '/ws', 'the Upgrade decided')
   // a refusal written at once closes the connection, and /first may never reach the origin
   const first = await Promise.race([f.holding('/first'), client.closed.then(() => undefined)])
   first?.end('bcd')
