@@ -1,5 +1,6 @@
 // Review of the clientError answer (d87b532): bytes node:http's parser refuses, after requests whose
-// responses are still under way, get one 400 after every earlier response, and once only.
+// responses are still under way, get one 400 after every earlier response, and once only; a CONNECT or
+// Upgrade behind them (on the proxy port and inside opened tunnels) waits for all of them.
 import type { ServerResponse } from 'node:http'
 import t, { type Test } from 'tap'
 import { createCa } from '../lib/certs/ca.js'
