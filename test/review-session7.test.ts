@@ -18,7 +18,7 @@ interface Held {
 }
 
 /** An upstream that answers each request's head (and a first body byte) only, the rest when the test says so. */
-async function heldFixture(t: Test, opened = false): Promise<Held> {
+async function heldFixture(t: Test, opened = false, limits: Record<string, number> = {}): Promise<Held> {
   const held = new Map<string, ServerResponse>()
   const waiters = new Map<string, (res: ServerResponse) => void>()
   const up = await startHttpUpstream('127.0.0.1', (req, res) => {
@@ -31,7 +31,7 @@ async function heldFixture(t: Test, opened = false): Promise<Held> {
   // opened: a rule with paths, so that a CONNECT to HOST is opened and its requests decided one by one
   const dns = opened ? await startDns({ [HOST]: { A: ['127.0.0.1'] } }) : undefined
   const allow = opened ? [{ host: HOST, ports: [up.port], methods: ['GET'], paths: ['/first', '/long'] }, `127.0.0.1:${up.port}`] : [`127.0.0.1:${up.port}`]
-  const proxy = await startProxy({ allow, ...(dns ? { dns: { servers: [dns.server] } } : {}) }, opened ? { ca: await createCa() } : {})
+  const proxy = await startProxy({ allow, limits, ...(dns ? { dns: { servers: [dns.server] } } : {}) }, opened ? { ca: await createCa() } : {})
   t.teardown(async () => {
     for (const res of held.values()) res.destroy()
     await proxy.close()
@@ -101,6 +101,19 @@ t.test('a CONNECT after two pipelined requests: the tunnel opens after both resp
   second.end('efg')
   const text = await client.waitFor((seen) => seen.includes('efg') && seen.includes('Connection established'))
   t.same(parseResponses(text).map((r) => [r.status, r.body]), [[200, 'abcd'], [200, 'aefg'], [200, '']], 'both responses, then the tunnel (empty so far)')
+})
+
+t.test('a connection whose garbage head waits behind a response that does not end is closed at the header timeout', async (t) => {
+  const f = await heldFixture(t, false, { headerTimeoutMs: 300 })
+  const client = await rawSession(f.proxy.port)
+  t.teardown(() => client.destroy())
+  await client.send(get(f.up.port, '/long'))
+  await client.waitFor((text) => text.endsWith('a'))
+  await client.send('\x01garbage')
+  // the timeout (300 ms, swept every 300 ms) closes it; the response never ends here
+  await client.waitFor(() => false, 5_000)
+  t.ok(client.isClosed(), 'closed at the header timeout')
+  t.same(parseResponses(client.text()).map((r) => [r.status, r.complete]), [[200, false]], 'the response cut off, no 400 inside it')
 })
 
 /** A plain-HTTP tunnel to HOST, opened: what the client received inside it, after the 200. */
