@@ -1,12 +1,12 @@
 // Request-head checks every route runs before parsing the target, and requests inside opened
 // tunnels too: protocol version, header count, missing or duplicate Host, framing that the proxy
 // refuses to guess about; and the answer to a head the HTTP parser refused (too large, malformed).
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Limits } from '../rules/config.js'
 import { countHeader } from './headers.js'
 import { reply, type ProxyReply } from '../core/reply.js'
-import { replyOnSocket } from './respond.js'
+import { afterResponse, pendingResponse, replyOnSocket } from './respond.js'
 import type { RequestHead } from './connect-head.js'
 
 const NO_TRACE = new Set(['TRACE', 'TRACK'])
@@ -53,23 +53,29 @@ function clientErrorReply(error: NodeJS.ErrnoException): ProxyReply {
   return reply(400, 'http_request_error', `malformed request (${error.code ?? 'parse error'})`)
 }
 
+/** Connections whose refused head is answered once the responses before it are out. */
+const waiting = new WeakSet<Socket>()
+
 /**
  * Answers a request Node's HTTP parser refused ('clientError'), on the proxy port and inside opened
  * tunnels: `noted` logs the answer. Nothing is written to a client that is gone, or into a
  * response under way (a second status line would corrupt it): the answer follows the earlier
- * response once that is out, whether its last bytes were still being written or not (which one
+ * responses once they are out, whether its last bytes were still being written or not (which one
  * depends on the kernel's timing, and the client must get the same answer either way).
  */
 export function answerClientError(error: NodeJS.ErrnoException, socket: Socket, noted: (r: ProxyReply) => void): void {
   if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
-  const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
-  const underWay = pending !== null && pending !== undefined && !pending.writableFinished
+  const pending = pendingResponse(socket)
   // a timeout is about the request whose response is under way: it cannot be answered any more
   const timeout = error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
-  if (underWay && timeout && pending.headersSent) return void socket.destroy()
+  if (pending && timeout && pending.headersSent) return void socket.destroy()
+  // node:http's parser reports its error again for every later chunk: answered (and logged) once
+  if (waiting.has(socket) && !timeout) return
   const r = clientErrorReply(error)
   noted(r)
-  // an earlier pipelined request answers first: responses keep their order (a timeout, about that request itself, at once)
-  if (underWay && !timeout) pending.once('finish', () => replyOnSocket(socket, r))
-  else replyOnSocket(socket, r)
+  // earlier pipelined requests answer first: responses keep their order (a timeout, about that request itself, at once)
+  if (pending && !timeout) {
+    waiting.add(socket)
+    afterResponse(pending, socket, () => replyOnSocket(socket, r))
+  } else replyOnSocket(socket, r)
 }

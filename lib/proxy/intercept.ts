@@ -19,7 +19,7 @@ import { formatIp, type Ip } from '../policy/ip.js'
 import type { LeafMinter } from '../certs/leaf.js'
 import { checkInnerHost, type Decision } from '../policy/decide.js'
 import { redecide } from '../net/gate.js'
-import { denial, destroySocket, replyOnResponse, replyOnSocket } from './respond.js'
+import { afterResponse, denial, destroySocket, pendingResponse, replyOnResponse, replyOnSocket } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { relayRequest } from './route-forward.js'
 import { parentFor, type Upstream } from '../net/upstream.js'
@@ -118,9 +118,16 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
   })
 
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    const tunnel = tunnels.get(req.socket)
     socket.on('error', destroySocket)
-    if (!tunnel) return socket.destroy()
+    // pipelined behind requests whose responses are still being written: answered after them, as on the proxy port
+    const pending = pendingResponse(socket)
+    if (pending) return afterResponse(pending, socket, () => upgrade(req, socket, head))
+    upgrade(req, socket, head)
+  })
+
+  function upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const tunnel = tunnels.get(req.socket)
+    if (!tunnel) return void socket.destroy()
     const problem = refusedHead(tunnel, req)
     if (problem) return replyOnSocket(socket, problem)
     const { decision, wire } = decide(tunnel, req)
@@ -150,7 +157,7 @@ export function createInterceptor(rt: Runtime, minter: LeafMinter, originTls: ()
       const went = chosen()
       rt.record({ type: 'closed', id, kind: 'upgrade', intercepted: true, chosen: went && formatIp(went), via: parent?.hop, durationMs: Date.now() - started })
     })
-  })
+  }
 
   // a head the parser refuses (too large, malformed) is answered as on the proxy port; other socket errors close it
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {

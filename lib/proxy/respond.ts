@@ -30,6 +30,29 @@ function replyHeaders(r: ProxyReply, close: boolean): Record<string, string> {
   }
 }
 
+/** The response a request before this one on the connection is still writing, if any. */
+export function pendingResponse(socket: Socket): ServerResponse | undefined {
+  const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+  return pending && !pending.writableFinished ? pending : undefined
+}
+
+/**
+ * What follows requests whose responses are still being written (a CONNECT or Upgrade, which
+ * node:http hands over at once; a head its parser refused) runs once they are all out: answers
+ * keep their order (RFC 9112 9.3.2), and an earlier response never lands inside a tunnel. Cut off: closed.
+ */
+export function afterResponse(pending: ServerResponse, socket: Socket, then: () => void): void {
+  // node:http hands the socket to the next pipelined response on 'finish', before this listener
+  pending.once('finish', () => {
+    const next = pendingResponse(socket)
+    if (next) afterResponse(next, socket, then)
+    else then()
+  })
+  pending.once('close', () => {
+    if (!pending.writableFinished) socket.destroy()
+  })
+}
+
 /** For sockets that left the HTTP machinery (CONNECT, Upgrade, parse errors): write and close. */
 export function replyOnSocket(socket: Socket, r: ProxyReply): void {
   if (socket.destroyed || !socket.writable) return // closing already (an answer that said Connection: close)

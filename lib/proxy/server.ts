@@ -25,7 +25,7 @@ import { sandboxSocksListen, type SandboxSettings } from '../rules/sandbox.js'
 import type { SelfAddress } from '../policy/decide.js'
 import { createLookup, type Lookup } from '../net/resolve.js'
 import { selfAddresses } from '../net/self.js'
-import { destroySocket, refuserFor, replyOnResponse } from './respond.js'
+import { afterResponse, destroySocket, pendingResponse, refuserFor, replyOnResponse } from './respond.js'
 import { reply, type ProxyReply } from '../core/reply.js'
 import { connectRoute } from './route-connect.js'
 import type { RequestHead } from './connect-head.js'
@@ -100,24 +100,6 @@ type HeadLines = OutgoingHttpHeaders | OutgoingHttpHeader[]
 
 /** how long a connection accepted just before shutdown has to send its request (a load balancer's, whose bytes are on the way) */
 const STRAGGLER_MS = 1_000
-
-/** The response a request before this one on the connection is still writing, if any. */
-function pendingResponse(socket: Socket): ServerResponse | undefined {
-  const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
-  return pending && !pending.writableFinished ? pending : undefined
-}
-
-/**
- * A CONNECT or Upgrade pipelined behind a request whose response is still being written (node:http
- * hands the socket over at once) is routed once that response is out: answers keep their order
- * (RFC 9112 9.3.2), and the earlier response never lands inside the tunnel. Cut off: closed.
- */
-function afterResponse(pending: ServerResponse, socket: Socket, route: () => void): void {
-  pending.once('finish', route)
-  pending.once('close', () => {
-    if (!pending.writableFinished) socket.destroy()
-  })
-}
 
 export function createProxy(options: ProxyOptions): Proxy {
   const { log } = options
