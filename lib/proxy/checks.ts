@@ -66,7 +66,7 @@ const waiting = new WeakSet<Socket>()
 export function answerClientError(error: NodeJS.ErrnoException, socket: Socket, noted: (r: ProxyReply) => void): void {
   if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
   const pending = pendingResponse(socket)
-  // a timeout is about the request whose response is under way: it cannot be answered any more
+  // a timeout is about an unfinished request behind the response under way: that response has begun, so nothing more can be said
   const timeout = error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
   if (pending && timeout && pending.headersSent) return void socket.destroy()
   // node:http's parser reports its error again for every later chunk: answered (and logged) once
