@@ -104,6 +104,8 @@ t.test('the workload holds the placeholder, the bound host gets the value, anyth
   t.equal(got[3]?.headers.authorization, `Bearer ${VALUE}`)
   const marker = placeholder.slice(4).toLowerCase()
   t.notOk(JSON.stringify(got).toLowerCase().includes(marker), 'the placeholder never reached the secret\'s host')
+  // log lines are written in batches (up to 10 ms): the last one may come after curl's answer
+  await proxy.waitFor((l) => decisionsFor(proxy.lines, 'GITHUB_TOKEN').filter((d) => d.decision === 'allow').length === 4 && l.message === 'decision')
   t.equal(decisionsFor(proxy.lines, 'GITHUB_TOKEN').filter((l) => l.decision === 'allow').length, 4, 'each substitution is logged by name')
 
   t.equal(await curl(proxy.port, w.caPem, ['-H', `Authorization: Bearer ${placeholder}`, `https://other.test:${w.other.port}/x`]), 403, 'another opened host')
