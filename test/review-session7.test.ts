@@ -53,21 +53,28 @@ const isError = (l: LogLine): boolean => l.message === 'decision' && l.decision 
 /** One full event-loop turn (its poll phase reads what a loopback peer already sent). */
 const turn = (): Promise<void> => new Promise((resolve) => setImmediate(() => setImmediate(resolve)))
 
-t.test('bytes after a garbage head, while a response is under way, are not answered (nor logged) again', async (t) => {
-  const f = await heldFixture(t)
-  const client = await rawSession(f.proxy.port)
-  t.teardown(() => client.destroy())
-  await client.send(get(f.up.port, '/long'))
+/**
+ * With /long's first byte out and the rest held: a garbage head, then 12 more chunks (node:http's
+ * parser reports its error again for every later chunk), then /long ends and the connection closes.
+ */
+async function garbageWhileHeld(client: RawSession, f: Held): Promise<void> {
   await client.waitFor((text) => text.endsWith('a'))
   await client.send('\x01garbage')
   await logLine(f.proxy, isError, 'the 400 decided')
-  // node:http's parser reports its error again for every later chunk
   for (let i = 0; i < 12; i++) {
     await client.send(`\x01more ${i}`)
     await turn()
   }
   ;(await f.holding('/long')).end('bcd')
   await client.closed
+}
+
+t.test('bytes after a garbage head, while a response is under way, are not answered (nor logged) again', async (t) => {
+  const f = await heldFixture(t)
+  const client = await rawSession(f.proxy.port)
+  t.teardown(() => client.destroy())
+  await client.send(get(f.up.port, '/long'))
+  await garbageWhileHeld(client, f)
   t.same(parseResponses(client.text()).map((r) => [r.status, r.body]), [[200, 'abcd'], [400, parseResponses(client.text())[1]?.body ?? '']], 'the response, then one 400')
   t.equal(f.proxy.logs().filter(isError).length, 1, 'one refusal logged, not one per chunk')
 })
@@ -131,15 +138,7 @@ t.test('inside an opened tunnel: bytes after a garbage head, while a response is
   const f = await heldFixture(t, true)
   const { client, inside } = await openedTunnel(t, f)
   await client.send(inTunnel('/long'))
-  await client.waitFor((text) => text.endsWith('a'))
-  await client.send('\x01garbage')
-  await logLine(f.proxy, isError, 'the 400 decided')
-  for (let i = 0; i < 12; i++) {
-    await client.send(`\x01more ${i}`)
-    await turn()
-  }
-  ;(await f.holding('/long')).end('bcd')
-  await client.closed
+  await garbageWhileHeld(client, f)
   t.same(parseResponses(inside()).map((r) => r.status), [200, 400], 'the response, then one 400')
   t.equal(f.proxy.logs().filter(isError).length, 1, 'one refusal logged, not one per chunk')
 })
