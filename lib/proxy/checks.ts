@@ -66,6 +66,11 @@ const waiting = new WeakSet<Socket>()
 export function answerClientError(error: NodeJS.ErrnoException, socket: Socket, noted: (r: ProxyReply) => void): void {
   if (error.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
   const pending = pendingResponse(socket)
+  // bytes after an answer that said Connection: close: nothing more is said, whatever the timing
+  if (error.code === 'HPE_CLOSED_CONNECTION') {
+    if (!pending) socket.destroySoon()
+    return
+  }
   // a timeout is about an unfinished request behind the response under way: that response has begun, so nothing more can be said
   const timeout = error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
   if (pending && timeout && pending.headersSent) return void socket.destroy()
