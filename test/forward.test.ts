@@ -599,6 +599,8 @@ t.test('bytes that are no request, after one that was answered: the same outcome
     ['417 then 400', head([`POST http://${f.api}/ HTTP/1.1`, `Host: ${f.api}`, 'Expect: keep-alive', 'Content-Length: 5']) + 'hello' + garbage, [417, 400]],
     ['forwarded 200 then 400', head([`GET http://${f.api}/ HTTP/1.1`, `Host: ${f.api}`]) + garbage, [200, 400]],
     // a refused request with a body closes the connection: what follows is never read
+    // an answer that said Connection: close: what follows is refused by node:http (HPE_CLOSED_CONNECTION) and gets nothing
+    ['505 and closed', head([`GET http://${f.api}/ HTTP/2.0`, `Host: ${f.api}`]) + head([`GET http://${f.api}/ HTTP/1.1`, `Host: ${f.api}`]), [505]],
     ['refused 403 and closed', head([`POST http://${f.evil}/ HTTP/1.1`, `Host: ${f.evil}`, 'Content-Length: 5']) + 'hello' + garbage, [403]],
   ]
   for (const [name, bytes, statuses] of cases) {
